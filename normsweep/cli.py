@@ -1,0 +1,226 @@
+"""The `normsweep` command: a thin layer over the Python API.
+
+Exit status: 0 success; 2 bad usage or a bad grid file; 1 a failure at run
+time; 130 interrupted (finished cohorts are kept; relaunch to resume).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from normsweep.errors import GridError, RunError
+
+err_console = Console(stderr=True)
+
+
+def fail_usage(err: GridError) -> click.UsageError:
+    return click.UsageError(str(err))
+
+
+class RichReporter:
+    """Progress over cohorts and steps, updated between compiled segments."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.cohorts = None
+        self.steps = None
+
+    def start(self, cohorts: int, skipped: int) -> None:
+        self.cohorts = self.progress.add_task("cohorts", total=cohorts, completed=skipped)
+        if skipped:
+            self.progress.console.print(f"{skipped} of {cohorts} cohorts already on disk: skipped")
+
+    def cohort(self, name: str, steps: int) -> None:
+        if self.steps is not None:
+            self.progress.remove_task(self.steps)
+        self.steps = self.progress.add_task(f"  {name}", total=steps)
+
+    def advance(self, steps: int) -> None:
+        self.progress.advance(self.steps, steps)
+
+    def done(self, name: str) -> None:
+        self.progress.advance(self.cohorts, 1)
+
+
+class QuietReporter:
+    def start(self, cohorts, skipped): ...
+    def cohort(self, name, steps): ...
+    def advance(self, steps): ...
+    def done(self, name): ...
+
+
+def parse_bytes(text: str) -> int:
+    units = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20,
+             "g": 2**30, "gib": 2**30, "t": 2**40, "tib": 2**40}
+    t = text.strip().lower()
+    num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = t[len(num):]
+    try:
+        value = float(num)
+    except ValueError:
+        value = -1.0
+    if unit not in units or not value > 0:
+        raise click.BadParameter(f"{text!r}: give a size such as 512MiB or 4GiB",
+                                 param_hint="--memory-budget")
+    return int(value * units[unit])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="normsweep")
+def main() -> None:
+    """normsweep: how weight norms move under plain gradient descent.
+
+    \b
+    Example:
+      normsweep launch sweeps/quickstart.toml
+      normsweep show results/quickstart
+      normsweep analyze results/quickstart
+    """
+
+
+@main.command()
+@click.argument("grid", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Results folder (default: results/<name> from the grid file).")
+@click.option("--memory-budget", metavar="SIZE",
+              help="Memory one compiled chunk may use, e.g. 2GiB (default: a quarter of RAM "
+                   "on CPU, half an accelerator's memory).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display; print only the summary.")
+def launch(grid: Path, out: Path | None, memory_budget: str | None, quiet: bool) -> None:
+    """Train every point of GRID and record norm trajectories.
+
+    Writes OUT/cohorts/<cohort>.nc as each (width, depth) cohort finishes and
+    OUT/sweep.nc at the end. Cohorts already on disk are skipped, so running
+    the same command again resumes an interrupted sweep.
+
+    \b
+    Example:
+      normsweep launch sweeps/quickstart.toml
+      normsweep launch sweeps/seed.toml --out /data/seed --quiet
+    """
+    from normsweep import config as config_mod
+    from normsweep import launch as launch_mod
+
+    budget = parse_bytes(memory_budget) if memory_budget else None
+    try:
+        config = config_mod.load(grid)
+    except GridError as err:
+        raise fail_usage(err) from None
+    root = out if out is not None else Path("results") / config.name
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err_console, disable=quiet)
+    reporter = QuietReporter() if quiet else RichReporter(progress)
+    try:
+        with progress:
+            summary = launch_mod.launch(config, root, budget_bytes=budget, reporter=reporter)
+    except GridError as err:
+        raise fail_usage(err) from None
+    except RunError as err:
+        raise click.ClickException(str(err)) from None
+    except KeyboardInterrupt:
+        done = len(list((root / "cohorts").glob("*.nc"))) if (root / "cohorts").exists() else 0
+        err_console.print(f"interrupted: {done} cohort file(s) are complete in {root}/cohorts; "
+                          f"run the same command again to resume")
+        sys.exit(130)
+    click.echo(f"{summary.cohorts} cohorts ({len(summary.trained)} trained, "
+               f"{len(summary.skipped)} already done), {summary.networks} networks, "
+               f"{summary.diverged} diverged, {summary.seconds:.1f} s")
+    click.echo(f"results: {summary.root / 'sweep.nc'}")
+
+
+def folder_status(root: Path):
+    """(config, done cohort names, all cohort names) of a results folder."""
+    from normsweep import config as config_mod
+    from normsweep import plan, store
+
+    config = config_mod.load(root / "grid.toml")
+    cohorts = plan.cohorts(config)
+    done = [c.name for c in cohorts if store.cohort_path(root, c).exists()]
+    return config, done, [c.name for c in cohorts]
+
+
+@main.command(name="ls")
+@click.argument("root", required=False, default="results",
+                type=click.Path(file_okay=False, path_type=Path))
+def ls_cmd(root: Path) -> None:
+    """List the sweeps under ROOT (default: results) and how complete each is.
+
+    \b
+    Example:
+      normsweep ls
+      normsweep ls /data/sweeps
+    """
+    if not root.is_dir():
+        raise click.BadParameter(f"{root}: no such folder", param_hint="ROOT")
+    table = Table("sweep", "cohorts done", "networks", "sweep.nc", "created")
+    found = 0
+    for folder in sorted(p for p in root.iterdir() if (p / "grid.toml").exists()):
+        found += 1
+        try:
+            config, done, names = folder_status(folder)
+        except GridError as err:
+            table.add_row(str(folder), f"[red]unreadable grid.toml ({err.allowed})", "", "", "")
+            continue
+        sweep = folder / "sweep.nc"
+        created = ""
+        if sweep.exists():
+            import xarray as xr
+            with xr.open_dataset(sweep) as ds:
+                created = ds.attrs.get("created", "")
+        table.add_row(str(folder), f"{len(done)}/{len(names)}", str(config.grid.size),
+                      "yes" if sweep.exists() else "no", created)
+    if not found:
+        click.echo(f"no sweeps under {root}")
+        return
+    Console().print(table)
+
+
+@main.command()
+@click.argument("dir", type=click.Path(file_okay=False, path_type=Path))
+def show(dir: Path) -> None:
+    """Summarise one results folder: its grid, what is done, what diverged.
+
+    \b
+    Example:
+      normsweep show results/quickstart
+    """
+    if not (dir / "grid.toml").exists():
+        raise click.BadParameter(f"{dir}: holds no grid.toml, not a normsweep results folder",
+                                 param_hint="DIR")
+    try:
+        config, done, names = folder_status(dir)
+    except GridError as err:
+        raise click.ClickException(f"{dir}/grid.toml is damaged: {err}") from None
+    g = config.grid
+    console = Console()
+    console.print(f"[bold]{config.name}[/bold]  ({dir})")
+    console.print(f"  data: n={config.data.n} on S^{config.data.d - 1}, k={config.data.k}, "
+                  f"seed={config.data.seed}")
+    console.print(f"  model: init={config.model.init}, output={config.model.output}; "
+                  f"train: loss={config.train.loss}, steps={config.train.steps}, "
+                  f"{config.train.dtype}; record: steps={config.record.steps}")
+    scaled = f" × width^{g.lr_width_exponent:g}" if g.lr_width_exponent else ""
+    console.print(f"  width {list(g.width)}  depth {list(g.depth)}  seed {list(g.seed)}")
+    console.print(f"  lr {[float(f'{v:.4g}') for v in g.lr]}{scaled}")
+    console.print(f"  cohorts: {len(done)}/{len(names)} done"
+                  + ("" if len(done) == len(names) else
+                     f"; missing: {', '.join(n for n in names if n not in done)}"))
+    sweep = dir / "sweep.nc"
+    if sweep.exists():
+        import xarray as xr
+        with xr.open_dataset(sweep) as ds:
+            div = int((ds["diverged_at"] >= 0).sum())
+            console.print(f"  sweep.nc: {ds['diverged_at'].size} networks, {div} diverged, "
+                          f"{ds.sizes['step']} recorded steps, created {ds.attrs.get('created')}, "
+                          f"{ds.attrs.get('backend')} ({ds.attrs.get('device_kind')})")
+    else:
+        console.print("  sweep.nc: not yet written (launch again to finish)")
+
+
+if __name__ == "__main__":
+    main()

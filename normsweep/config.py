@@ -1,0 +1,330 @@
+"""Grid files: TOML text in, frozen and validated `Config` out.
+
+The grid file is parsed once, here. Nothing in it is ever evaluated as code:
+an axis is a list of numbers or a table ``{values = [...]}``,
+``{geomspace = [start, stop, num]}`` or ``{linspace = [start, stop, num]}``.
+Every error names the file, the key, the value and what is allowed.
+
+Example::
+
+    name = "tiny"
+    [train]
+    steps = 50
+    [grid]
+    width = [16, 32]
+    depth = [3]
+    lr = { geomspace = [0.01, 1.0, 3] }
+    seed = [0, 1]
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from normsweep.errors import GridError
+
+INITS = ("he", "width")
+OUTPUTS = ("softmax", "linear")
+LOSSES = ("mse", "cross_entropy")
+DTYPES = ("float32", "float64")
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+MAX_SEED = 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The training set: `n` points uniform on the unit sphere S^{d-1} in R^d,
+    each with a random one-hot target over `k` classes, drawn from `seed`."""
+    n: int = 1024
+    d: int = 16
+    k: int = 10
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """`init`: "he" draws W_l ~ N(0, 2/fan_in); "width" draws every entry of
+    every layer from N(0, 2/width). `output`: "softmax" or "linear" (logits)."""
+    init: str = "he"
+    output: str = "softmax"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Full-batch gradient descent for `steps` steps on `loss` in `dtype`."""
+    loss: str = "mse"
+    steps: int = 2000
+    dtype: str = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordConfig:
+    """Which steps are recorded: "log" (log-spaced, at most `log_points` of
+    them, always step 0 and the last step), "all", or an integer stride (every
+    stride-th step and the last). `weights` keeps initial and final weights.
+    `power_iters`: warm-started power iterations per record and matrix."""
+    steps: str | int = "log"
+    weights: bool = False
+    power_iters: int = 10
+    log_points: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class GridConfig:
+    """The axes of the sweep, each sorted ascending and free of duplicates.
+
+    `lr` holds η₀; a network of width m trains with η = η₀·m^`lr_width_exponent`.
+    """
+    width: tuple[int, ...]
+    depth: tuple[int, ...]
+    lr: tuple[float, ...]
+    seed: tuple[int, ...] = (0,)
+    lr_width_exponent: float = 0.0
+
+    def lr_effective(self, width: int) -> np.ndarray:
+        """The learning rates η actually used at `width`, one per `lr` value."""
+        return np.asarray(self.lr, np.float64) * float(width) ** self.lr_width_exponent
+
+    @property
+    def size(self) -> int:
+        return len(self.width) * len(self.depth) * len(self.lr) * len(self.seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole grid file, validated. `text` is the file as read."""
+    name: str
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    record: RecordConfig
+    grid: GridConfig
+    text: str = dataclasses.field(default="", compare=False, repr=False)
+    source: str = dataclasses.field(default="<string>", compare=False, repr=False)
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting that shapes a cohort's content, as plain values.
+
+        Two launches into one folder must agree on all of these; the width
+        and depth axes may differ (a relaunch may add cohorts).
+        """
+        grid = self.grid
+        return {
+            "data.n": self.data.n, "data.d": self.data.d, "data.k": self.data.k,
+            "data.seed": self.data.seed,
+            "model.init": self.model.init, "model.output": self.model.output,
+            "train.loss": self.train.loss, "train.steps": self.train.steps,
+            "train.dtype": self.train.dtype,
+            "record.steps": self.record.steps, "record.weights": self.record.weights,
+            "record.power_iters": self.record.power_iters,
+            "record.log_points": self.record.log_points,
+            "grid.lr": list(grid.lr), "grid.lr.width_exponent": grid.lr_width_exponent,
+            "grid.seed": list(grid.seed),
+        }
+
+    def fingerprint(self) -> str:
+        """A short hash of `settings()`: equal fingerprints combine."""
+        return hashlib.sha256(repr(sorted(self.settings().items())).encode()).hexdigest()[:16]
+
+
+def load(path: str | Path) -> Config:
+    """Reads and validates the grid file at `path`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise GridError(str(path), "(file)", str(path), f"cannot be read: {err}") from None
+    return parse(text, source=str(path), default_name=path.stem)
+
+
+def parse(text: str, source: str = "<string>", default_name: str | None = None) -> Config:
+    """Parses grid-file `text`; `source` names it in error messages."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise GridError(source, "(TOML syntax)", _first_line(err), "not valid TOML") from None
+    p = _Parser(source)
+    p.known(raw, "", {"name", "data", "model", "train", "record", "grid"})
+    name = raw.get("name", default_name)
+    if name is None:
+        raise GridError(source, "name", None, "required: a plain identifier")
+    if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
+        raise GridError(source, "name", name,
+                        "must be a plain identifier of letters, digits, '.', '_' and '-'")
+    data = p.section(raw, "data", DataConfig, {
+        "n": p.integer(1), "d": p.integer(2), "k": p.integer(2), "seed": p.integer(0, MAX_SEED)})
+    model = p.section(raw, "model", ModelConfig, {
+        "init": p.choice(INITS), "output": p.choice(OUTPUTS)})
+    train = p.section(raw, "train", TrainConfig, {
+        "loss": p.choice(LOSSES), "steps": p.integer(1, 10**9), "dtype": p.choice(DTYPES)})
+    record = p.section(raw, "record", RecordConfig, {
+        "steps": p.schedule, "weights": p.boolean, "power_iters": p.integer(1, 1000),
+        "log_points": p.integer(2, 100_000)})
+    if train.loss == "cross_entropy" and model.output != "softmax":
+        raise GridError(source, "train.loss", train.loss,
+                        "cross_entropy needs model.output = \"softmax\"")
+    grid = p.grid(raw.get("grid"))
+    return Config(name, data, model, train, record, grid, text=text, source=source)
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0]
+
+
+class _Parser:
+    """Validators bound to one source file, so every error can name it."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, key: str, value: object, allowed: str) -> GridError:
+        return GridError(self.source, key, value, allowed)
+
+    def known(self, table: dict, prefix: str, allowed: set[str]) -> None:
+        for key in table:
+            if key not in allowed:
+                full = f"{prefix}{key}"
+                raise self.fail(full, table[key],
+                                f"unknown key; allowed here: {', '.join(sorted(allowed))}")
+
+    def section(self, raw: dict, name: str, cls: type, fields: dict) -> Any:
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            raise self.fail(name, table, "must be a table ([" + name + "])")
+        self.known(table, name + ".", set(fields))
+        values = {key: check(f"{name}.{key}", table[key])
+                  for key, check in fields.items() if key in table}
+        return cls(**values)
+
+    # -- scalar validators: each takes (key, value) and returns the value --
+    def integer(self, lo: int, hi: int | None = None):
+        def check(key: str, value: object) -> int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise self.fail(key, value, f"must be an integer ≥ {lo}")
+            if value < lo or (hi is not None and value > hi):
+                bound = f"between {lo} and {hi}" if hi is not None else f"≥ {lo}"
+                raise self.fail(key, value, f"must be an integer {bound}")
+            return value
+        return check
+
+    def choice(self, options: tuple[str, ...]):
+        def check(key: str, value: object) -> str:
+            if value not in options:
+                raise self.fail(key, value, "must be one of " + ", ".join(f'"{o}"' for o in options))
+            return value
+        return check
+
+    def boolean(self, key: str, value: object) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, value, "must be true or false")
+        return value
+
+    def schedule(self, key: str, value: object) -> str | int:
+        if value in ("log", "all"):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        raise self.fail(key, value, 'must be "log", "all" or a stride (an integer ≥ 1)')
+
+    # -- the grid --
+    def grid(self, table: object) -> GridConfig:
+        if table is None:
+            raise self.fail("grid", None, "required: a [grid] table with width, depth and lr")
+        if not isinstance(table, dict):
+            raise self.fail("grid", table, "must be a table ([grid])")
+        self.known(table, "grid.", {"width", "depth", "lr", "seed"})
+        for key in ("width", "depth", "lr"):
+            if key not in table:
+                raise self.fail(f"grid.{key}", None, "required")
+        width = self.axis("grid.width", table["width"], integer=True, lo=1)
+        depth = self.axis("grid.depth", table["depth"], integer=True, lo=2, hi=1000)
+        lr, exponent = self.lr_axis(table["lr"])
+        seed = self.axis("grid.seed", table.get("seed", [0]), integer=True, lo=0, hi=MAX_SEED)
+        if width[-1] > 1_000_000:
+            raise self.fail("grid.width", width[-1], "must be at most 1000000")
+        for m in width:
+            eff = np.asarray(lr) * float(m) ** exponent
+            if not np.all(np.isfinite(eff)) or np.any(eff <= 0):
+                raise self.fail("grid.lr", list(lr),
+                                f"lr·width^{exponent} must be finite and > 0 (fails at width {m})")
+        return GridConfig(width, depth, lr, seed, exponent)
+
+    def lr_axis(self, value: object) -> tuple[tuple[float, ...], float]:
+        exponent = 0.0
+        if isinstance(value, dict) and "width_exponent" in value:
+            value = dict(value)
+            exponent = value.pop("width_exponent")
+            if isinstance(exponent, bool) or not isinstance(exponent, (int, float)) \
+                    or not math.isfinite(exponent) or abs(exponent) > 4:
+                raise self.fail("grid.lr.width_exponent", exponent,
+                                "must be a finite number between -4 and 4")
+        lr = self.axis("grid.lr", value, integer=False, lo=0.0, open_lo=True)
+        return lr, float(exponent)
+
+    def axis(self, key: str, value: object, *, integer: bool, lo: float,
+             hi: float | None = None, open_lo: bool = False) -> tuple:
+        """One axis: a list or a {values|geomspace|linspace} table."""
+        kinds = "a list, or a table {values = [...]}, {geomspace = [start, stop, num]} " \
+                "or {linspace = [start, stop, num]}"
+        if isinstance(value, dict):
+            if len(value) != 1 or next(iter(value)) not in ("values", "geomspace", "linspace"):
+                extra = " (and width_exponent)" if key == "grid.lr" else ""
+                raise self.fail(key, value, f"a table axis has exactly one of values, geomspace, "
+                                            f"linspace{extra}")
+            (form, spec), = value.items()
+            key = f"{key}.{form}"
+            values = spec if form == "values" else self.spaced(key, form, spec, integer)
+        elif isinstance(value, list):
+            values = value
+        else:
+            raise self.fail(key, value, f"must be {kinds}")
+        if not isinstance(values, list) or not values:
+            raise self.fail(key, values, "must be a non-empty list")
+        out = []
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise self.fail(key, v, "every value must be a number")
+            if integer and (isinstance(v, float) and not v.is_integer()):
+                raise self.fail(key, v, "every value must be an integer")
+            if not math.isfinite(v):
+                raise self.fail(key, v, "every value must be finite")
+            bad_lo = v <= lo if open_lo else v < lo
+            if bad_lo or (hi is not None and v > hi):
+                rel = ">" if open_lo else "≥"
+                rng = f"{rel} {lo}" + (f" and ≤ {hi}" if hi is not None else "")
+                raise self.fail(key, v, f"every value must be {rng}")
+            out.append(int(v) if integer else float(v))
+        if len(set(out)) != len(out):
+            dup = sorted({v for v in out if out.count(v) > 1})
+            raise self.fail(key, values, f"values must be distinct (repeated: {dup})")
+        return tuple(sorted(out))
+
+    def spaced(self, key: str, form: str, spec: object, integer: bool) -> list:
+        if (not isinstance(spec, list) or len(spec) != 3
+                or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in spec)):
+            raise self.fail(key, spec, "must be [start, stop, num]")
+        start, stop, num = spec
+        if not (math.isfinite(start) and math.isfinite(stop)):
+            raise self.fail(key, spec, "start and stop must be finite")
+        if not isinstance(num, int) or not 1 <= num <= 10_000:
+            raise self.fail(key, spec, "num must be an integer between 1 and 10000")
+        if form == "geomspace":
+            if start <= 0 or stop <= 0:
+                raise self.fail(key, spec, "geomspace needs start > 0 and stop > 0")
+            values = np.geomspace(start, stop, num)
+        else:
+            values = np.linspace(start, stop, num)
+        if integer:
+            rounded = np.rint(values)
+            if len(set(rounded.tolist())) != len(rounded):
+                raise self.fail(key, spec, "rounds to repeated integers; use fewer points "
+                                           "or a list")
+            return [int(v) for v in rounded]
+        return [float(v) for v in values]

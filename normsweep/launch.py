@@ -1,0 +1,173 @@
+"""`normsweep launch`, as a library: grid → plan → train → store.
+
+    config = normsweep.config.load("sweeps/quickstart.toml")
+    summary = normsweep.launch.launch(config, Path("results/quickstart"))
+
+Each cohort is trained (in memory-budget chunks that share one compiled
+program), written to `DIR/cohorts/<cohort>.nc` atomically, and skipped on a
+relaunch. `DIR/sweep.nc` is combined at the end.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from normsweep import config as config_mod
+from normsweep import plan, store, train
+from normsweep.config import Config
+from normsweep.data import sphere_data
+from normsweep.errors import GridError, RunError
+
+
+@dataclasses.dataclass
+class Summary:
+    """What a launch did."""
+    root: Path
+    cohorts: int
+    trained: list[str]
+    skipped: list[str]
+    networks: int
+    diverged: int
+    seconds: float
+
+
+class Reporter:
+    """Progress callbacks; the default does nothing (see cli.RichReporter)."""
+
+    def start(self, cohorts: int, skipped: int) -> None: ...
+    def cohort(self, name: str, steps: int) -> None: ...
+    def advance(self, steps: int) -> None: ...
+    def done(self, name: str) -> None: ...
+
+
+def default_budget() -> int:
+    """Bytes a cohort chunk may use: half an accelerator's memory, or a
+    quarter of the host's RAM on CPU."""
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] * 0.5)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.25)
+
+
+def program_for(config: Config, cohort: plan.Cohort) -> train.Program:
+    return train.Program(dims=cohort.dims(config.data.d, config.data.k), init=config.model.init,
+                         output=config.model.output, loss=config.train.loss,
+                         dtype=config.train.dtype, power_iters=config.record.power_iters)
+
+
+def training_data(config: Config):
+    dtype = jnp.dtype(config.train.dtype)
+    return sphere_data(plan.data_key(config), config.data.n, config.data.d, config.data.k, dtype)
+
+
+def enable_dtype(config: Config) -> None:
+    if config.train.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+
+
+def check_folder(config: Config, root: Path) -> None:
+    """Refuses a results folder whose settings would not combine with `config`."""
+    grid_file = root / "grid.toml"
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise GridError("--out", "DIR", str(root), "exists and is not a folder")
+    if not grid_file.exists():
+        if any(root.iterdir()):
+            raise GridError("--out", "DIR", str(root),
+                            "is not empty and holds no grid.toml: not a normsweep results folder")
+        return
+    try:
+        previous = config_mod.load(grid_file)
+    except GridError as err:
+        raise RunError(f"{grid_file} is damaged ({err}); move the folder away or pick another "
+                       "--out") from None
+    old, new = previous.settings(), config.settings()
+    for key in new:
+        if old.get(key) != new[key]:
+            raise GridError(config.source, key, new[key],
+                            f"the results folder {root} was launched with {key} = {old.get(key)!r};"
+                            f" use the same value or another --out")
+
+
+def cohort_done(config: Config, path: Path) -> bool:
+    """True when `path` is a finished cohort of this grid's settings."""
+    if not path.exists():
+        return False
+    ds = store.read_cohort(path)
+    if ds.attrs.get("config_fingerprint") != config.fingerprint():
+        raise RunError(f"{path} was written with other settings (fingerprint "
+                       f"{ds.attrs.get('config_fingerprint')}, this grid {config.fingerprint()}); "
+                       "move it away to recompute it")
+    return True
+
+
+def train_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
+                 budget_bytes: int, on_steps: Callable[[int], None] | None = None) -> train.Trajectory:
+    """All members of a cohort, in chunks of equal size (one compilation)."""
+    program = program_for(config, cohort)
+    chunks = plan.chunking(config, cohort, len(steps), budget_bytes)
+    lrs, seeds = cohort.member_lr(), cohort.member_seed()
+    init_keys, power_keys = plan.member_keys(seeds)
+    parts = []
+    for idx in chunks.slices(cohort.size):
+        parts.append(train.train_members(program, x, y, lrs[idx], init_keys[idx], power_keys[idx],
+                                         steps, config.record.weights, on_steps))
+    keep = cohort.size
+
+    def cat(arrays):
+        return np.concatenate(arrays, axis=0)[:keep]
+
+    records = {k: cat([p.records[k] for p in parts]) for k in parts[0].records}
+    weights = {}
+    if config.record.weights:
+        for which in ("initial", "final"):
+            weights[which] = [cat([getattr(p, which)[l] for p in parts])
+                              for l in range(cohort.depth)]
+    return train.Trajectory(records, cat([p.diverged_at for p in parts]), **weights)
+
+
+def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
+           reporter: Reporter | None = None) -> Summary:
+    """Trains every cohort of `config` not yet in `root`, then writes sweep.nc."""
+    started = time.perf_counter()
+    reporter = reporter or Reporter()
+    root = Path(root)
+    check_folder(config, root)
+    enable_dtype(config)
+    budget = budget_bytes or default_budget()
+    cohorts = plan.cohorts(config)
+    steps = plan.record_steps(config.train.steps, config.record.steps, config.record.log_points)
+    try:
+        (root / "cohorts").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunError(f"cannot create {root / 'cohorts'}: {err.strerror or err}") from None
+    store.write_text(root / "grid.toml", config.text)
+
+    todo = [c for c in cohorts if not cohort_done(config, store.cohort_path(root, c))]
+    skipped = [c.name for c in cohorts if c not in todo]
+    reporter.start(len(cohorts), len(skipped))
+    x, y = training_data(config) if todo else (None, None)
+    for cohort in todo:
+        n_chunks = plan.chunking(config, cohort, len(steps), budget).count
+        reporter.cohort(cohort.name, config.train.steps * n_chunks)
+        traj = train_cohort(config, cohort, x, y, steps, budget, reporter.advance)
+        ds = store.cohort_dataset(config, cohort, steps, traj, np.asarray(x), np.asarray(y))
+        groups = {"weights": store.weights_dataset(cohort, traj)} if config.record.weights else None
+        store.write_netcdf(store.cohort_path(root, cohort), ds, groups)
+        reporter.done(cohort.name)
+
+    sweep = store.combine([store.read_cohort(store.cohort_path(root, c)) for c in cohorts])
+    store.write_netcdf(root / "sweep.nc", sweep)
+    diverged = int((sweep["diverged_at"] >= 0).sum())
+    networks = int(sweep["diverged_at"].size)
+    return Summary(root, len(cohorts), [c.name for c in todo], skipped, networks, diverged,
+                   time.perf_counter() - started)

@@ -1,0 +1,79 @@
+"""Matrix norms recorded during training.
+
+Frobenius norms are exact. The spectral norm ‖W‖₂ (largest singular value)
+of a matrix whose smaller side has at most `EXACT_MAX` entries is the square
+root of the top eigenvalue of its small Gram matrix (exact, cheap: the input
+layer d×m and the readout m×k of the reference setting). Larger matrices use
+power iteration on WᵀW, warm-started from the vector the previous record
+converged to, so a few iterations per record suffice; the first record is a
+cold start with more iterations. No full SVD is ever taken.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+EXACT_MAX = 64
+SQUARINGS = 24
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def frobenius(w: jax.Array) -> jax.Array:
+    return jnp.sqrt(jnp.sum(jnp.square(w)))
+
+
+def uses_power_iteration(shape: tuple[int, int]) -> bool:
+    return min(shape) > EXACT_MAX
+
+
+def spectral_exact(w: jax.Array, squarings: int = SQUARINGS) -> jax.Array:
+    """‖W‖₂ from the Gram matrix G of the smaller side of W, by repeated squaring.
+
+    G^(2^s), renormalised after each squaring, is (to rounding) the projector
+    on the top eigenvectors of G whenever λ₂/λ₁ < 1 − 2^-s; its largest column
+    is then a top eigenvector v, and ‖W‖₂² = vᵀGv (a Rayleigh quotient, whose
+    error is quadratic in the error of v; for a near-tie λ₁ ≈ λ₂ any mix of
+    the two gives λ₁ to within the tie). Pure XLA: LAPACK's eigvalsh, called
+    from inside the training loop, can deadlock the CPU runtime.
+    """
+    p, q = w.shape
+    gram = jnp.matmul(w, w.T, precision=HIGHEST) if p <= q else jnp.matmul(w.T, w, precision=HIGHEST)
+
+    def square(_, a):
+        a = jnp.matmul(a, a, precision=HIGHEST)
+        n = jnp.max(jnp.abs(a))
+        return a / jnp.where(n > 0, n, 1)
+
+    a = jax.lax.fori_loop(0, squarings, square, gram / jnp.maximum(jnp.max(jnp.abs(gram)), 1e-30))
+    v = a[:, jnp.argmax(jnp.sum(jnp.square(a), axis=0))]
+    v = v / jnp.where(jnp.linalg.norm(v) > 0, jnp.linalg.norm(v), 1)
+    top = jnp.dot(v, jnp.matmul(gram, v, precision=HIGHEST), precision=HIGHEST)
+    return jnp.sqrt(jnp.maximum(top, 0.0))
+
+
+def power_iteration(w: jax.Array, v: jax.Array, iters: int) -> tuple[jax.Array, jax.Array]:
+    """`iters` steps of v ← WᵀWv/‖WᵀWv‖ from `v` (unit, length fan_out).
+
+    Returns (‖Wv‖, v): a lower bound on ‖W‖₂ whose error falls with the square
+    of the angle between v and the top right singular vector. For W = 0 it
+    returns (0, v) unchanged.
+    """
+    def body(_, v):
+        u = jnp.matmul(w.T, jnp.matmul(w, v, precision=HIGHEST), precision=HIGHEST)
+        n = jnp.linalg.norm(u)
+        return jnp.where(n > 0, u / jnp.where(n > 0, n, 1), v)
+
+    v = jax.lax.fori_loop(0, iters, body, v)
+    return jnp.linalg.norm(jnp.matmul(w, v, precision=HIGHEST)), v
+
+
+def spectral(w: jax.Array, v: jax.Array, iters: int) -> tuple[jax.Array, jax.Array]:
+    """‖W‖₂ and the warm-start vector for the next call (see module doc)."""
+    if uses_power_iteration(w.shape):
+        return power_iteration(w, v, iters)
+    return spectral_exact(w), v
+
+
+def unit_vector(key: jax.Array, size: int, dtype) -> jax.Array:
+    v = jax.random.normal(key, (size,), dtype)
+    return v / jnp.linalg.norm(v)

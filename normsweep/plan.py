@@ -1,0 +1,125 @@
+"""From a validated `Config` to the work to do: cohorts, record steps, keys.
+
+A *cohort* is every grid point that shares (width, depth): one compiled
+program, vmapped over its *members*, the (lr, seed) pairs in row-major order
+(lr outer, seed inner). A cohort whose members do not fit the memory budget
+is split into equal *chunks* (the last padded by repeating a member), so all
+chunks of a cohort run the same compiled program.
+
+Every PRNG key is derived here, from integers in the grid file only:
+  data key      = fold_in(key(data.seed), DATA)
+  init key      = fold_in(key(seed), INIT)    (the same at every lr and chunking)
+  power key     = fold_in(key(seed), POWER)   (start vectors of power iteration)
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+
+from normsweep.config import Config
+
+DATA, INIT, POWER = 0, 1, 2
+DTYPE_BYTES = {"float32": 4, "float64": 8}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cohort:
+    """The grid points of one (width, depth)."""
+    width: int
+    depth: int
+    lr: tuple[float, ...]            # η₀, as in the grid
+    lr_effective: tuple[float, ...]  # η used at this width
+    seed: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        return f"width{self.width}_depth{self.depth}"
+
+    @property
+    def size(self) -> int:
+        return len(self.lr) * len(self.seed)
+
+    def member_lr(self) -> np.ndarray:
+        """Effective η of each member, lr-major."""
+        return np.repeat(np.asarray(self.lr_effective, np.float64), len(self.seed))
+
+    def member_seed(self) -> np.ndarray:
+        return np.tile(np.asarray(self.seed, np.int64), len(self.lr))
+
+    def dims(self, d: int, k: int) -> tuple[int, ...]:
+        """Layer sizes (d, m, ..., m, k): layer l maps dims[l] → dims[l+1]."""
+        return (d,) + (self.width,) * (self.depth - 1) + (k,)
+
+
+def cohorts(config: Config) -> list[Cohort]:
+    """The cohorts of a grid, by width then depth."""
+    g = config.grid
+    return [Cohort(m, L, g.lr, tuple(float(x) for x in g.lr_effective(m)), g.seed)
+            for m in g.width for L in g.depth]
+
+
+def record_steps(total: int, schedule: str | int, log_points: int = 256) -> np.ndarray:
+    """The steps recorded in a run of `total` steps; step 0 is the initialisation.
+
+    "all": every step 0..total. An integer s: 0, s, 2s, ... and `total`.
+    "log": 0, then about `log_points` steps spaced evenly in log(step), and
+    `total`; every step when total + 1 ≤ log_points.
+    """
+    if schedule == "all" or (schedule == "log" and total + 1 <= log_points):
+        steps = np.arange(total + 1)
+    elif schedule == "log":
+        steps = np.unique(np.concatenate([
+            [0], np.floor(np.geomspace(1, total, log_points - 1)), [total]]))
+    else:
+        steps = np.unique(np.concatenate([np.arange(0, total + 1, int(schedule)), [total]]))
+    return steps.astype(np.int64)
+
+
+def data_key(config: Config) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(config.data.seed), DATA)
+
+
+def member_keys(seeds: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """(init keys, power-iteration keys), one per member seed."""
+    base = jax.vmap(jax.random.key)(np.asarray(seeds, np.uint32))
+    fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+    return fold(base, INIT), fold(base, POWER)
+
+
+def member_bytes(config: Config, cohort: Cohort, n_records: int) -> int:
+    """A generous estimate of the device memory one member needs."""
+    dims = cohort.dims(config.data.d, config.data.k)
+    params = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+    vectors = 2 * sum(dims[1:])
+    activations = config.data.n * sum(dims[1:])
+    records = n_records * (6 * cohort.depth + 2)
+    words = 8 * params + 4 * activations + 2 * vectors + records
+    return words * DTYPE_BYTES[config.train.dtype]
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunking:
+    """How a cohort's members are split: `count` chunks of `size` members."""
+    size: int
+    count: int
+
+    def slices(self, members: int) -> list[np.ndarray]:
+        """Member indices per chunk; the last is padded with its last member."""
+        out = []
+        for c in range(self.count):
+            idx = np.arange(c * self.size, min((c + 1) * self.size, members))
+            pad = np.full(self.size - len(idx), idx[-1])
+            out.append(np.concatenate([idx, pad]).astype(np.int64))
+        return out
+
+
+def chunking(config: Config, cohort: Cohort, n_records: int, budget_bytes: int) -> Chunking:
+    """The fewest equal chunks whose members fit `budget_bytes` together."""
+    per = member_bytes(config, cohort, n_records)
+    fit = max(1, budget_bytes // per)
+    count = math.ceil(cohort.size / fit)
+    size = math.ceil(cohort.size / count)
+    return Chunking(size=size, count=count)

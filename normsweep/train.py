@@ -1,0 +1,258 @@
+"""Training a cohort: pure JAX, state in, trajectory out.
+
+One member (one (η, seed) pair) is written as plain functions of its state;
+`jax.vmap` runs all members of a cohort at once and `jax.lax.scan` walks the
+record schedule inside one compiled program. Width and depth are static (in
+`Program`), learning rates and keys are traced: a cohort compiles once,
+whatever its learning rates.
+
+Step t evaluates the loss, logits and gradient at W(t) once; a recorded step
+measures the norms from those same quantities (no second forward pass), then
+applies the update W(t+1) = W(t) − η∇L(W(t)) with `optax.sgd` (no momentum,
+no decay). Between records the loop runs plain steps with no host round-trip.
+The host regains control only between segments of records (for progress).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from normsweep import metrics
+from normsweep.model import MLP, kernels
+
+LAYER_METRICS = ("frob_norm", "spec_norm", "frob_dist", "spec_dist", "update_norm", "grad_norm")
+NETWORK_METRICS = ("loss", "accuracy")
+COLD_ITERS = 100
+SEGMENTS = 16
+
+# Trace counts per jitted function; tests assert a cohort compiles once.
+TRACES: collections.Counter = collections.Counter()
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """Everything static about a cohort's compiled program."""
+    dims: tuple[int, ...]
+    init: str = "he"
+    output: str = "softmax"
+    loss: str = "mse"
+    dtype: str = "float32"
+    power_iters: int = 10
+    cold_iters: int = COLD_ITERS
+
+    @property
+    def depth(self) -> int:
+        return len(self.dims) - 1
+
+    @property
+    def jdtype(self):
+        return jnp.dtype(self.dtype)
+
+    def model(self) -> MLP:
+        return MLP(dims=self.dims, init_scheme=self.init, dtype=self.jdtype)
+
+
+class State(NamedTuple):
+    """One member's training state. `update_sq[l]` = ‖W_l(t) − W_l(t−1)‖_F²
+    (NaN before the first step); `diverged_at` = −1 or the first step whose
+    loss was not finite (the member's weights are frozen from then on)."""
+    params: Any
+    params0: tuple
+    opt_state: Any
+    spec_v: tuple
+    dist_v: tuple
+    update_sq: jax.Array
+    diverged_at: jax.Array
+
+
+def loss_and_logits(program: Program, params, x: jax.Array, y: jax.Array):
+    """The training loss at `params` and the logits it was computed from.
+
+    mse: ½ Σ_i ‖F(x_i) − y_i‖² with F = softmax(logits) or the logits.
+    cross_entropy: −Σ_i log softmax(logits_i)[y_i].
+    """
+    z = program.model().apply(params, x)
+    if program.loss == "cross_entropy":
+        return -jnp.sum(y * jax.nn.log_softmax(z)), z
+    f = jax.nn.softmax(z) if program.output == "softmax" else z
+    return 0.5 * jnp.sum(jnp.square(f - y)), z
+
+
+def init_member(program: Program, init_key: jax.Array, power_key: jax.Array,
+                x: jax.Array) -> State:
+    """W(0) from `init_key`; power-iteration vectors from `power_key`, the one
+    for W converged by a cold start of `cold_iters` iterations."""
+    params = program.model().init(init_key, x[:1])
+    ws = kernels(params)
+    dt = program.jdtype
+    spec_v, dist_v = [], []
+    for l, w in enumerate(ws):
+        v = metrics.unit_vector(jax.random.fold_in(power_key, l), w.shape[1], dt)
+        spec_v.append(metrics.spectral(w, v, program.cold_iters)[1])
+        dist_v.append(metrics.unit_vector(jax.random.fold_in(power_key, 1000 + l), w.shape[1], dt))
+    nan = jnp.full((program.depth,), jnp.nan, dt)
+    return State(params, ws, optax.sgd(1.0).init(params), tuple(spec_v), tuple(dist_v),
+                 nan, jnp.asarray(-1, jnp.int32))
+
+
+def step(program: Program, state: State, lr: jax.Array, x, y, t):
+    """One gradient-descent step from W(t). Returns the new state and
+    (loss, logits, grads) at W(t)."""
+    (loss, z), grads = jax.value_and_grad(loss_and_logits, argnums=1, has_aux=True)(
+        program, state.params, x, y)
+    diverged_at = jnp.where((state.diverged_at < 0) & ~jnp.isfinite(loss),
+                            jnp.asarray(t, jnp.int32), state.diverged_at)
+    alive = diverged_at < 0
+    updates, opt_state = optax.sgd(lr).update(grads, state.opt_state, state.params)
+    moved = optax.apply_updates(state.params, updates)
+    params = jax.tree.map(lambda new, old: jnp.where(alive, new, old), moved, state.params)
+    update_sq = jnp.stack([jnp.sum(jnp.square(u)) for u in kernels(updates)])
+    new = state._replace(params=params, opt_state=opt_state, update_sq=update_sq,
+                         diverged_at=diverged_at)
+    return new, (loss, z, grads)
+
+
+def measure(program: Program, state: State, loss, z, grads, y, diverged_at, t):
+    """The records of step t from W(t) (in `state`) and its loss, logits and
+    gradient. Returns (records, spec_v, dist_v); records are NaN from the
+    member's divergence on."""
+    rec = {name: [] for name in LAYER_METRICS}
+    spec_v, dist_v = [], []
+    for w, w0, g, v, dv in zip(kernels(state.params), state.params0, kernels(grads),
+                               state.spec_v, state.dist_v):
+        s, v = metrics.spectral(w, v, program.power_iters)
+        ds, dv = metrics.spectral(w - w0, dv, program.power_iters)
+        spec_v.append(v)
+        dist_v.append(dv)
+        rec["frob_norm"].append(metrics.frobenius(w))
+        rec["spec_norm"].append(s)
+        rec["frob_dist"].append(metrics.frobenius(w - w0))
+        rec["spec_dist"].append(ds)
+        rec["grad_norm"].append(metrics.frobenius(g))
+    rec = {name: jnp.stack(vals) for name, vals in rec.items() if vals}
+    rec["update_norm"] = jnp.sqrt(state.update_sq)
+    rec["loss"] = loss
+    rec["accuracy"] = jnp.mean(jnp.argmax(z, -1) == jnp.argmax(y, -1)).astype(loss.dtype)
+    dead = (diverged_at >= 0) & (diverged_at <= t)
+    rec = {name: jnp.where(dead, jnp.nan, val) for name, val in rec.items()}
+    return rec, tuple(spec_v), tuple(dist_v)
+
+
+def record_and_step(program: Program, state: State, lr, x, y, t):
+    """Measure step t, then take the step: (state at t+1, records of t)."""
+    new, (loss, z, grads) = step(program, state, lr, x, y, t)
+    rec, spec_v, dist_v = measure(program, state, loss, z, grads, y, new.diverged_at, t)
+    return new._replace(spec_v=spec_v, dist_v=dist_v), rec
+
+
+def empty_records(program: Program) -> dict:
+    nan = jnp.full((program.depth,), jnp.nan, program.jdtype)
+    rec = {name: nan for name in LAYER_METRICS}
+    rec.update({name: nan[0] for name in NETWORK_METRICS})
+    return rec
+
+
+def run_segment(program: Program, state: State, lr, x, y, t, gap, valid):
+    """For each record r of the segment: measure step t[r], then advance
+    1 + gap[r] steps (to the next record). Entries with valid[r] False are
+    padding and do nothing. t, gap, valid are the same for every member."""
+    def body(state, inp):
+        t_r, gap_r, valid_r = inp
+
+        def go(state):
+            state, rec = record_and_step(program, state, lr, x, y, t_r)
+            plain = lambda i, s: step(program, s, lr, x, y, t_r + 1 + i)[0]
+            return jax.lax.fori_loop(0, gap_r, plain, state), rec
+
+        return jax.lax.cond(valid_r, go, lambda s: (s, empty_records(program)), state)
+
+    return jax.lax.scan(body, state, (t, gap, valid))
+
+
+def final_record(program: Program, state: State, lr, x, y, t):
+    """Measure the last step without moving past it."""
+    new, rec = record_and_step(program, state, lr, x, y, t)
+    return new._replace(params=state.params, opt_state=state.opt_state,
+                        update_sq=state.update_sq), rec
+
+
+# -- compiled, vmapped over members ---------------------------------------
+
+@functools.partial(jax.jit, static_argnums=0)
+def init_cohort(program: Program, init_keys, power_keys, x):
+    TRACES["init"] += 1
+    return jax.vmap(functools.partial(init_member, program), in_axes=(0, 0, None))(
+        init_keys, power_keys, x)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def segment_cohort(program: Program, state, lrs, x, y, t, gap, valid):
+    TRACES["segment"] += 1
+    return jax.vmap(functools.partial(run_segment, program),
+                    in_axes=(0, 0, None, None, None, None, None))(state, lrs, x, y, t, gap, valid)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def final_cohort(program: Program, state, lrs, x, y, t):
+    TRACES["final"] += 1
+    return jax.vmap(functools.partial(final_record, program),
+                    in_axes=(0, 0, None, None, None))(state, lrs, x, y, t)
+
+
+@dataclasses.dataclass
+class Trajectory:
+    """Host arrays of one run of members. Layer metrics (member, record, layer),
+    network metrics (member, record); weights (member, fan_in, fan_out) per layer."""
+    records: dict[str, np.ndarray]
+    diverged_at: np.ndarray
+    initial: list[np.ndarray] | None = None
+    final: list[np.ndarray] | None = None
+
+
+def segments(steps: np.ndarray, count: int = SEGMENTS):
+    """Splits records 0..R−2 into `count` equal segments (padded) of
+    (t, gap, valid) arrays; record R−1 (the last step) is measured apart."""
+    t = steps[:-1]
+    gap = np.diff(steps) - 1
+    size = max(1, math.ceil(len(t) / count))
+    pad = size * math.ceil(len(t) / size) - len(t)
+    t = np.concatenate([t, np.zeros(pad, t.dtype)]).astype(np.int32)
+    gap = np.concatenate([gap, np.zeros(pad, gap.dtype)]).astype(np.int32)
+    valid = np.arange(len(t)) < len(steps) - 1
+    return [(t[i:i + size], gap[i:i + size], valid[i:i + size]) for i in range(0, len(t), size)]
+
+
+def train_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys,
+                  steps: np.ndarray, keep_weights: bool = False,
+                  on_steps: Callable[[int], None] | None = None) -> Trajectory:
+    """Trains the members (one per entry of `lrs`) and records at `steps`.
+
+    `steps` must start at 0; its last entry is the number of steps trained.
+    `on_steps(n)` is called on the host after each segment with the number of
+    steps it advanced.
+    """
+    if steps[0] != 0 or len(steps) < 2:
+        raise ValueError("steps must start at 0 and hold at least two records")
+    lrs = jnp.asarray(lrs, program.jdtype)
+    state = init_cohort(program, init_keys, power_keys, x)
+    # A copy, not a view: the state's buffers are donated to the next call.
+    initial = [np.array(w, copy=True) for w in state.params0] if keep_weights else None
+    chunks = []
+    for t, gap, valid in segments(steps):
+        state, rec = segment_cohort(program, state, lrs, x, y, t, gap, valid)
+        chunks.append({k: np.asarray(v)[:, valid] for k, v in rec.items()})
+        if on_steps is not None:
+            on_steps(int(np.sum(gap[valid] + 1)))
+    state, last = final_cohort(program, state, lrs, x, y, int(steps[-1]))
+    chunks.append({k: np.asarray(v)[:, None] for k, v in last.items()})
+    records = {k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0]}
+    final = [np.asarray(w) for w in kernels(state.params)] if keep_weights else None
+    return Trajectory(records, np.asarray(state.diverged_at), initial, final)
