@@ -157,14 +157,14 @@ def ls_cmd(root: Path) -> None:
     """
     if not root.is_dir():
         raise click.BadParameter(f"{root}: no such folder", param_hint="ROOT")
-    table = Table("sweep", "cohorts done", "networks", "sweep.nc", "created")
+    table = Table("sweep", "cohorts done", "networks", "sweep.nc", "created", title=str(root))
     found = 0
     for folder in sorted(p for p in root.iterdir() if (p / "grid.toml").exists()):
         found += 1
         try:
             config, done, names = folder_status(folder)
         except GridError as err:
-            table.add_row(str(folder), f"[red]unreadable grid.toml ({err.allowed})", "", "", "")
+            table.add_row(folder.name, f"[red]unreadable grid.toml ({err.allowed})", "", "", "")
             continue
         sweep = folder / "sweep.nc"
         created = ""
@@ -172,7 +172,7 @@ def ls_cmd(root: Path) -> None:
             import xarray as xr
             with xr.open_dataset(sweep) as ds:
                 created = ds.attrs.get("created", "")
-        table.add_row(str(folder), f"{len(done)}/{len(names)}", str(config.grid.size),
+        table.add_row(folder.name, f"{len(done)}/{len(names)}", str(config.grid.size),
                       "yes" if sweep.exists() else "no", created)
     if not found:
         click.echo(f"no sweeps under {root}")

@@ -71,8 +71,16 @@ def record_steps(total: int, schedule: str | int, log_points: int = 256) -> np.n
     if schedule == "all" or (schedule == "log" and total + 1 <= log_points):
         steps = np.arange(total + 1)
     elif schedule == "log":
-        steps = np.unique(np.concatenate([
-            [0], np.floor(np.geomspace(1, total, log_points - 1)), [total]]))
+        # oversample the log grid until, after rounding merges the small
+        # steps, `log_points` distinct steps remain
+        num = log_points
+        while True:
+            steps = np.unique(np.concatenate([[0], np.floor(np.geomspace(1, total, num)), [total]]))
+            if len(steps) >= log_points:
+                steps = steps[:log_points - 1].tolist() + [total]
+                steps = np.asarray(steps)
+                break
+            num += log_points - len(steps)
     else:
         steps = np.unique(np.concatenate([np.arange(0, total + 1, int(schedule)), [total]]))
     return steps.astype(np.int64)
@@ -95,7 +103,7 @@ def member_bytes(config: Config, cohort: Cohort, n_records: int) -> int:
     params = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
     vectors = 2 * sum(dims[1:])
     activations = config.data.n * sum(dims[1:])
-    records = n_records * (6 * cohort.depth + 2)
+    records = n_records * (7 * cohort.depth + 2)
     words = 8 * params + 4 * activations + 2 * vectors + records
     return words * DTYPE_BYTES[config.train.dtype]
 

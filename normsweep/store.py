@@ -43,6 +43,7 @@ VARIABLES = {
     "spec_dist": ("spectral norm of W_l(t) - W_l(0)", "1"),
     "update_norm": ("Frobenius norm of the last update W_l(t) - W_l(t-1)", "1"),
     "grad_norm": ("Frobenius norm of the gradient dL/dW_l at W(t)", "1"),
+    "grad_dot_weight": ("inner product <W_l(t), dL/dW_l at W(t)>", "1"),
     "loss": ("training loss at W(t)", "1"),
     "accuracy": ("fraction of training points whose largest output is the target class", "1"),
     "diverged_at": ("first step with a non-finite loss, -1 if none", "step"),

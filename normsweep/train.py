@@ -28,7 +28,8 @@ import optax
 from normsweep import metrics
 from normsweep.model import MLP, kernels
 
-LAYER_METRICS = ("frob_norm", "spec_norm", "frob_dist", "spec_dist", "update_norm", "grad_norm")
+LAYER_METRICS = ("frob_norm", "spec_norm", "frob_dist", "spec_dist", "update_norm", "grad_norm",
+                 "grad_dot_weight")
 NETWORK_METRICS = ("loss", "accuracy")
 COLD_ITERS = 100
 SEGMENTS = 16
@@ -137,6 +138,7 @@ def measure(program: Program, state: State, loss, z, grads, y, diverged_at, t):
         rec["frob_dist"].append(metrics.frobenius(w - w0))
         rec["spec_dist"].append(ds)
         rec["grad_norm"].append(metrics.frobenius(g))
+        rec["grad_dot_weight"].append(jnp.sum(w * g))
     rec = {name: jnp.stack(vals) for name, vals in rec.items() if vals}
     rec["update_norm"] = jnp.sqrt(state.update_sq)
     rec["loss"] = loss

@@ -1,0 +1,57 @@
+"""Shared fixtures. Strict dtype and rank promotion, as in Equinox: a silent
+float64 upcast or a broadcast between mismatched ranks is a bug here."""
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+TINY = textwrap.dedent("""\
+    name = "tiny"
+    [data]
+    n = 64
+    d = 8
+    k = 4
+    seed = 3
+    [train]
+    steps = 30
+    [record]
+    steps = "log"
+    weights = true
+    [grid]
+    width = [16, 24]
+    depth = [2, 3]
+    lr = { geomspace = [0.5, 8.0, 3] }
+    seed = [0, 1]
+    """)
+
+
+def write_grid(folder: Path, text: str, name: str = "grid.toml") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory) -> Path:
+    """A launched tiny sweep, shared read-only by the tests that inspect one."""
+    from normsweep import config, launch
+
+    root = tmp_path_factory.mktemp("sweeps") / "tiny"
+    grid = write_grid(tmp_path_factory.mktemp("grids"), TINY)
+    launch.launch(config.load(grid), root)
+    return root
+
+
+@pytest.fixture
+def tiny_copy(tiny_sweep, tmp_path) -> Path:
+    """A private copy of the tiny sweep, for tests that alter it."""
+    dst = tmp_path / "tiny"
+    shutil.copytree(tiny_sweep, dst)
+    return dst

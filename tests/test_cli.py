@@ -1,0 +1,113 @@
+"""The command line: launch, resume, refusals, ls, show, help."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import xarray as xr
+from click.testing import CliRunner
+
+from normsweep.cli import main
+from tests.conftest import TINY, write_grid
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_every_command_has_help_with_an_example():
+    for name, command in main.commands.items():
+        result = invoke(name, "--help")
+        assert result.exit_code == 0, name
+        assert "Example:" in result.output, f"{name} --help has no example"
+    assert "Example:" in invoke("--help").output
+
+
+def test_bad_grid_exits_2_and_writes_nothing(tmp_path):
+    grid = write_grid(tmp_path, TINY.replace("width = [16, 24]", "widht = [16, 24]"))
+    out = tmp_path / "out"
+    result = invoke("launch", grid, "--out", out, "--quiet")
+    assert result.exit_code == 2
+    assert "grid.widht" in result.output and str(grid) in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_missing_grid_file_exits_2(tmp_path):
+    result = invoke("launch", tmp_path / "nope.toml", "--quiet")
+    assert result.exit_code == 2 and "nope.toml" in result.output
+
+
+def test_relaunch_skips_and_changed_settings_are_refused(tiny_copy, tmp_path):
+    grid = write_grid(tmp_path, TINY)
+    before = {p.name: p.stat().st_mtime_ns for p in (tiny_copy / "cohorts").iterdir()}
+    result = invoke("launch", grid, "--out", tiny_copy, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "0 trained, 4 already done" in result.output
+    assert before == {p.name: p.stat().st_mtime_ns for p in (tiny_copy / "cohorts").iterdir()}
+    other = write_grid(tmp_path, TINY.replace("steps = 30", "steps = 40"), "other.toml")
+    result = invoke("launch", other, "--out", tiny_copy, "--quiet")
+    assert result.exit_code == 2
+    assert "train.steps" in result.output and "40" in result.output and "30" in result.output
+    assert before == {p.name: p.stat().st_mtime_ns for p in (tiny_copy / "cohorts").iterdir()}
+
+
+def test_relaunch_with_more_depths_adds_cohorts(tiny_copy, tmp_path):
+    grid = write_grid(tmp_path, TINY.replace("depth = [2, 3]", "depth = [2, 3, 4]"))
+    result = invoke("launch", grid, "--out", tiny_copy, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "2 trained, 4 already done" in result.output
+    with xr.open_dataset(tiny_copy / "sweep.nc") as ds:
+        assert ds.sizes["layer"] == 4 and list(ds.depth.values) == [2, 3, 4]
+        assert ds["frob_norm"].sel(depth=3, layer=3).isnull().all()
+
+
+def test_foreign_folder_is_refused(tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    result = invoke("launch", write_grid(tmp_path, TINY), "--out", out, "--quiet")
+    assert result.exit_code == 2 and "not a normsweep results folder" in result.output
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+
+
+def test_ls_and_show(tiny_sweep):
+    result = invoke("ls", tiny_sweep.parent)
+    assert result.exit_code == 0 and "tiny" in result.output and "4/4" in result.output
+    result = invoke("show", tiny_sweep)
+    assert result.exit_code == 0, result.output
+    assert "cohorts: 4/4 done" in result.output and "24 networks" in result.output
+
+
+def test_show_on_a_foreign_folder_exits_2(tmp_path):
+    assert invoke("show", tmp_path).exit_code == 2
+
+
+def test_killed_launch_resumes_to_the_same_sweep(tiny_sweep, tmp_path):
+    """SIGKILL mid-sweep: no half-written file; a relaunch completes it and
+    the result equals an uninterrupted run bit for bit."""
+    grid = write_grid(tmp_path, TINY)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "normsweep.cli", "launch", str(grid), "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(out.glob("cohorts/*.nc")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted(p.name for p in out.glob("cohorts/*.nc"))
+    assert 1 <= len(done) < 4, "kill the launch between its first and last cohort"
+    for path in out.glob("cohorts/*.nc"):
+        xr.open_dataset(path).close()   # every visible file is complete
+    assert not (out / "sweep.nc").exists()
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert f"{4 - len(done)} trained, {len(done)} already done" in result.stdout
+    with xr.open_dataset(out / "sweep.nc") as a, xr.open_dataset(tiny_sweep / "sweep.nc") as b:
+        xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
+    assert not [p for p in out.rglob(".*tmp*")]

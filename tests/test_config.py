@@ -1,0 +1,113 @@
+"""Grid files: what is accepted, and a table of what is refused and how."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from normsweep import config
+from normsweep.errors import GridError
+
+GRID = '[grid]\nwidth = [16]\ndepth = [2]\nlr = [0.1]\n'
+
+
+def test_defaults_are_the_reference_setting():
+    c = config.parse(GRID, default_name="g")
+    assert (c.data.n, c.data.d, c.data.k, c.data.seed) == (1024, 16, 10, 0)
+    assert (c.model.init, c.model.output) == ("he", "softmax")
+    assert (c.train.loss, c.train.steps, c.train.dtype) == ("mse", 2000, "float32")
+    assert c.record.steps == "log" and c.record.weights is False
+    assert c.grid.seed == (0,) and c.name == "g"
+
+
+def test_axis_forms():
+    c = config.parse('name = "a"\n[grid]\nwidth = { geomspace = [64, 1024, 5] }\n'
+                     'depth = { values = [4, 2, 3] }\nlr = { linspace = [0.1, 0.3, 3] }\n'
+                     'seed = [2, 0]\n')
+    assert c.grid.width == (64, 128, 256, 512, 1024)
+    assert c.grid.depth == (2, 3, 4) and c.grid.seed == (0, 2)
+    np.testing.assert_allclose(c.grid.lr, [0.1, 0.2, 0.3])
+
+
+def test_lr_width_exponent():
+    c = config.parse('name = "a"\n[grid]\nwidth = [64, 256]\ndepth = [2]\n'
+                     'lr = { geomspace = [0.25, 4, 5], width_exponent = -1 }\n')
+    assert c.grid.lr_width_exponent == -1
+    np.testing.assert_allclose(c.grid.lr_effective(256), np.geomspace(0.25, 4, 5) / 256)
+
+
+def test_fingerprint_ignores_width_and_depth_but_not_lr():
+    a = config.parse('name = "a"\n' + GRID)
+    b = config.parse('name = "a"\n' + GRID.replace("[16]", "[16, 32]").replace("[2]", "[2, 5]"))
+    c = config.parse('name = "a"\n' + GRID.replace("[0.1]", "[0.2]"))
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+BASE = {"name": '"ok"', "data": "", "model": "", "train": "", "record": ""}
+# (id, grid text, key the message must name, a fragment of the message)
+BAD = [
+    ("toml-syntax", 'name = "x\n' + GRID, "TOML", "not valid TOML"),
+    ("unknown-top", 'name = "x"\nwidht = 3\n' + GRID, "widht", "unknown key"),
+    ("misspelt-axis", 'name = "x"\n[grid]\nwidht = [16]\ndepth = [2]\nlr = [0.1]\n', "grid.widht", "unknown key"),
+    ("unknown-data-key", '[data]\nnn = 3\n' + GRID, "data.nn", "unknown key"),
+    ("unknown-section-key", '[train]\nmomentum = 0.9\n' + GRID, "train.momentum", "unknown key"),
+    ("name-slash", 'name = "../evil"\n' + GRID, "name", "plain identifier"),
+    ("name-empty", 'name = ""\n' + GRID, "name", "plain identifier"),
+    ("name-number", 'name = 3\n' + GRID, "name", "plain identifier"),
+    ("n-zero", '[data]\nn = 0\n' + GRID, "data.n", "≥ 1"),
+    ("n-float", '[data]\nn = 10.5\n' + GRID, "data.n", "integer"),
+    ("d-one", '[data]\nd = 1\n' + GRID, "data.d", "≥ 2"),
+    ("k-string", '[data]\nk = "ten"\n' + GRID, "data.k", "integer"),
+    ("seed-negative", '[data]\nseed = -1\n' + GRID, "data.seed", "between"),
+    ("init-unknown", '[model]\ninit = "xavier"\n' + GRID, "model.init", '"he"'),
+    ("output-unknown", '[model]\noutput = "sigmoid"\n' + GRID, "model.output", '"softmax"'),
+    ("loss-unknown", '[train]\nloss = "hinge"\n' + GRID, "train.loss", '"mse"'),
+    ("ce-linear", '[model]\noutput = "linear"\n[train]\nloss = "cross_entropy"\n' + GRID, "train.loss", "softmax"),
+    ("steps-zero", '[train]\nsteps = 0\n' + GRID, "train.steps", "between 1"),
+    ("steps-bool", '[train]\nsteps = true\n' + GRID, "train.steps", "integer"),
+    ("dtype", '[train]\ndtype = "float16"\n' + GRID, "train.dtype", "float32"),
+    ("record-steps", '[record]\nsteps = "sometimes"\n' + GRID, "record.steps", "stride"),
+    ("record-stride-zero", '[record]\nsteps = 0\n' + GRID, "record.steps", "stride"),
+    ("weights-string", '[record]\nweights = "yes"\n' + GRID, "record.weights", "true or false"),
+    ("no-grid", 'name = "x"\n', "grid", "required"),
+    ("no-lr", '[grid]\nwidth = [16]\ndepth = [2]\n', "grid.lr", "required"),
+    ("width-zero", GRID.replace("[16]", "[0, 16]"), "grid.width", "≥ 1"),
+    ("width-float", GRID.replace("[16]", "[16.5]"), "grid.width", "integer"),
+    ("width-empty", GRID.replace("[16]", "[]"), "grid.width", "non-empty"),
+    ("width-duplicate", GRID.replace("[16]", "[16, 16]"), "grid.width", "distinct"),
+    ("width-string", GRID.replace("[16]", '"16"'), "grid.width", "must be a list"),
+    ("depth-one", GRID.replace("depth = [2]", "depth = [1]"), "grid.depth", "≥ 2"),
+    ("lr-zero", GRID.replace("[0.1]", "[0.0]"), "grid.lr", "> 0"),
+    ("lr-negative", GRID.replace("[0.1]", "[-0.1]"), "grid.lr", "> 0"),
+    ("lr-nan", GRID.replace("[0.1]", "[nan]"), "grid.lr", "finite"),
+    ("lr-inf", GRID.replace("[0.1]", "[inf]"), "grid.lr", "finite"),
+    ("lr-bool", GRID.replace("[0.1]", "[true]"), "grid.lr", "number"),
+    ("geomspace-zero", GRID.replace("[0.1]", "{ geomspace = [0, 1, 3] }"), "grid.lr.geomspace", "start > 0"),
+    ("geomspace-short", GRID.replace("[0.1]", "{ geomspace = [0.1, 1] }"), "grid.lr.geomspace", "[start, stop, num]"),
+    ("linspace-num", GRID.replace("[0.1]", "{ linspace = [0.1, 1, 0] }"), "grid.lr.linspace", "num"),
+    ("axis-two-forms", GRID.replace("[0.1]", "{ values = [0.1], geomspace = [1, 2, 2] }"), "grid.lr", "exactly one"),
+    ("axis-unknown-form", GRID.replace("[0.1]", "{ logspace = [1, 2, 2] }"), "grid.lr", "exactly one"),
+    ("width-exponent-on-width", GRID.replace("[16]", "{ values = [16], width_exponent = 1 }"), "grid.width", "exactly one"),
+    ("width-exponent-nan", GRID.replace("[0.1]", "{ values = [0.1], width_exponent = nan }"), "grid.lr.width_exponent", "finite"),
+    ("int-geomspace-repeats", GRID.replace("[16]", "{ geomspace = [2, 3, 5] }"), "grid.width.geomspace", "repeated"),
+    ("seed-huge", GRID + "seed = [4294967296]\n", "grid.seed", "≤ 2147483647"),
+    ("grid-not-table", 'grid = 3\n', "grid", "table"),
+]
+
+
+@pytest.mark.parametrize("text,key,fragment", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_grid_is_refused_with_file_key_value_and_allowed(text, key, fragment):
+    with pytest.raises(GridError) as info:
+        config.parse(text, source="bad.toml", default_name="x")
+    message = str(info.value)
+    assert message.startswith("bad.toml: ")
+    assert key in message, message
+    assert fragment in message, message
+
+
+def test_grid_file_is_never_executed(tmp_path):
+    path = tmp_path / "g.toml"
+    marker = tmp_path / "pwned"
+    path.write_text('name = "__import__(\'os\').system(\'touch %s\')"\n' % marker + GRID)
+    with pytest.raises(GridError):
+        config.load(path)
+    assert not marker.exists()

@@ -1,0 +1,72 @@
+"""Initialisation, data and the plan (schedules, keys, chunks)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from normsweep import plan
+from normsweep.config import parse
+from normsweep.data import sphere_data
+from normsweep.model import MLP, kernels
+
+
+def test_he_init_is_untruncated_with_variance_2_over_fan_in():
+    dims = (16, 512, 512, 10)
+    ws = kernels(MLP(dims).init(jax.random.key(0), jnp.ones((1, 16))))
+    assert [w.shape for w in ws] == [(16, 512), (512, 512), (512, 10)]
+    for w, fan_in in zip(ws, dims[:-1]):
+        z = np.asarray(w).ravel() / np.sqrt(2 / fan_in)
+        assert z.var() == pytest.approx(1.0, abs=0.05 if z.size > 5000 else 0.15)
+        assert abs(z).max() > 2.5, "truncated at 2σ like he_normal?"
+    hidden = np.asarray(ws[1])
+    assert np.linalg.norm(hidden) == pytest.approx(np.sqrt(2 * 512), rel=0.01)
+    assert np.linalg.norm(hidden, 2) == pytest.approx(2 * np.sqrt(2), rel=0.05)
+
+
+def test_width_init_uses_2_over_width_everywhere():
+    ws = kernels(MLP((16, 256, 10), init_scheme="width").init(jax.random.key(1), jnp.ones((1, 16))))
+    for w in ws:
+        assert np.asarray(w).std() == pytest.approx(np.sqrt(2 / 256), rel=0.1)
+
+
+def test_sphere_data():
+    x, y = sphere_data(jax.random.key(0), 500, 5, 3, jnp.float32)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, rtol=1e-6)
+    assert abs(np.asarray(x).mean(0)).max() < 0.1
+    assert set(np.asarray(y).sum(1).tolist()) == {1.0}
+    assert 100 < np.asarray(y).sum(0).min()
+
+
+@pytest.mark.parametrize("total,schedule", [(2000, "log"), (10, "log"), (100, "all"),
+                                            (100, 7), (100_000, "log")])
+def test_record_steps(total, schedule):
+    s = plan.record_steps(total, schedule, 256)
+    assert s[0] == 0 and s[-1] == total and np.all(np.diff(s) > 0)
+    if schedule == "log":
+        assert len(s) <= 256 and (len(s) > 200 or len(s) == total + 1)
+    if schedule == "all":
+        assert len(s) == total + 1
+    if schedule == 7:
+        assert set(range(0, 100, 7)) <= set(s.tolist())
+
+
+def test_member_keys_depend_on_seed_only():
+    a, pa = plan.member_keys(np.array([3, 4]))
+    b, pb = plan.member_keys(np.array([4]))
+    assert jnp.array_equal(jax.random.key_data(a[1]), jax.random.key_data(b[0]))
+    assert not jnp.array_equal(jax.random.key_data(a[1]), jax.random.key_data(pa[1]))
+
+
+def test_chunking_fits_the_budget_and_pads_equal_chunks():
+    c = parse('name = "a"\n[grid]\nwidth = [64]\ndepth = [3]\nlr = [1, 2, 3]\nseed = [0, 1, 2]\n')
+    cohort = plan.cohorts(c)[0]
+    per = plan.member_bytes(c, cohort, 300)
+    ch = plan.chunking(c, cohort, 300, 4 * per)
+    assert ch.count == 3 and ch.size == 3
+    ch = plan.chunking(c, cohort, 300, 2 * per)
+    slices = ch.slices(cohort.size)
+    assert ch.count == 5 and {len(s) for s in slices} == {2}
+    assert sorted(set(np.concatenate(slices).tolist())) == list(range(9))
+    assert plan.chunking(c, cohort, 300, 10**12).count == 1

@@ -1,0 +1,106 @@
+"""The results database: schema, written == read back, weights, combining."""
+from __future__ import annotations
+
+import glob
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import normsweep
+from normsweep import config, plan, store, train
+from normsweep.errors import RunError
+
+CONTRACT = ["frob_norm", "spec_norm", "frob_dist", "spec_dist", "update_norm", "grad_norm",
+            "loss", "accuracy", "diverged_at", "inputs", "targets"]
+
+
+def test_sweep_follows_the_contract(tiny_sweep):
+    ds = normsweep.open_sweep(tiny_sweep)
+    for name in CONTRACT:
+        assert name in ds.variables, name
+        assert ds[name].attrs["long_name"] and ds[name].attrs["units"], name
+    assert ds["frob_norm"].dims == ("width", "depth", "lr", "seed", "step", "layer")
+    assert ds["loss"].dims == ("width", "depth", "lr", "seed", "step")
+    assert ds["diverged_at"].dims == ("width", "depth", "lr", "seed")
+    assert ds["inputs"].dims == ("sample", "feature") and ds["targets"].dims == ("sample", "class")
+    assert ds["lr_effective"].dims == ("width", "lr")
+    for key in ("config_toml", "normsweep_version", "jax_version", "jaxlib_version",
+                "flax_version", "optax_version", "backend", "device_kind", "created"):
+        assert isinstance(ds.attrs[key], str) and ds.attrs[key], key
+    assert config.parse(ds.attrs["config_toml"]).name == "tiny"
+    assert ds["step"].values[0] == 0 and ds["step"].values[-1] == 30
+
+
+def test_layers_beyond_depth_are_nan(tiny_sweep):
+    ds = normsweep.open_sweep(tiny_sweep)
+    shallow = ds["frob_norm"].sel(depth=2)
+    assert shallow.sel(layer=2).isnull().all()
+    assert shallow.sel(layer=[0, 1]).notnull().all()
+    assert ds["frob_norm"].sel(depth=3).notnull().all()
+
+
+def test_written_equals_read_back(tmp_path):
+    c = config.parse('name = "w"\n[data]\nn = 16\nd = 4\nk = 3\n[train]\nsteps = 5\n'
+                     '[record]\nweights = true\n[grid]\nwidth = [8]\ndepth = [2, 3]\n'
+                     'lr = [0.1, 0.2]\nseed = [0, 1, 2]\n')
+    cohort = plan.cohorts(c)[1]
+    steps = np.arange(6)
+    rng = np.random.default_rng(0)
+    recs = {k: rng.normal(size=(6, 6, 3)).astype(np.float32) for k in train.LAYER_METRICS}
+    recs.update({k: rng.normal(size=(6, 6)).astype(np.float32) for k in train.NETWORK_METRICS})
+    ws = [rng.normal(size=(6, a, b)).astype(np.float32) for a, b in ((4, 8), (8, 8), (8, 3))]
+    traj = train.Trajectory(recs, np.array([-1, 2, -1, -1, 4, -1]), ws, [w + 1 for w in ws])
+    x, y = rng.normal(size=(16, 4)).astype(np.float32), np.eye(3, dtype=np.float32)[rng.integers(0, 3, 16)]
+    ds = store.cohort_dataset(c, cohort, steps, traj, x, y)
+    (tmp_path / "cohorts").mkdir()
+    path = store.cohort_path(tmp_path, cohort)
+    store.write_netcdf(path, ds, {"weights": store.weights_dataset(cohort, traj)})
+    back = store.read_cohort(path)
+    xr.testing.assert_identical(back.drop_attrs(), ds.drop_attrs())
+    assert back.attrs["config_toml"] == ds.attrs["config_toml"]
+    # member 4 is (lr index 1, seed index 1): lr 0.2, seed 1
+    np.testing.assert_array_equal(back["loss"].sel(lr=0.2, seed=1).values[0, 0], recs["loss"][4])
+    assert int(back["diverged_at"].sel(lr=0.2, seed=1).squeeze()) == 4
+    got = normsweep.load_weights(tmp_path, width=8, depth=3, lr=0.2, seed=1, which="final")
+    for l in range(3):
+        np.testing.assert_array_equal(got[l], ws[l][4] + 1)
+    assert not list(tmp_path.glob("cohorts/.*")), "temporary file left behind"
+
+
+def test_load_weights_gives_the_initialisation(tiny_sweep):
+    ds = normsweep.open_sweep(tiny_sweep)
+    ws = normsweep.load_weights(tiny_sweep, width=24, depth=3, lr=float(ds.lr[1]), seed=1,
+                                which="initial")
+    assert [w.shape for w in ws] == [(8, 24), (24, 24), (24, 4)]
+    frob0 = ds["frob_norm"].sel(width=24, depth=3, seed=1, step=0).isel(lr=1).values
+    np.testing.assert_allclose([np.linalg.norm(w) for w in ws], frob0, rtol=1e-5)
+    final = normsweep.load_weights(tiny_sweep, width=24, depth=3, lr=float(ds.lr[1]), seed=1)
+    dist = ds["frob_dist"].sel(width=24, depth=3, seed=1).isel(lr=1, step=-1).values
+    np.testing.assert_allclose([np.linalg.norm(f - w) for f, w in zip(final, ws)], dist, rtol=1e-4)
+    with pytest.raises(KeyError, match="lr = 0.123"):
+        normsweep.load_weights(tiny_sweep, width=24, depth=3, lr=0.123, seed=1)
+
+
+def test_open_mfdataset_on_cohorts_equals_sweep(tiny_sweep):
+    files = sorted(glob.glob(str(tiny_sweep / "cohorts" / "*.nc")))
+    with xr.open_mfdataset(files, combine="by_coords", data_vars="all", join="outer") as mf:
+        sweep = normsweep.open_sweep(tiny_sweep)
+        for name in ("frob_norm", "loss", "diverged_at", "inputs"):
+            xr.testing.assert_equal(mf[name].load(), sweep[name])
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    ds = xr.Dataset({"a": ("x", np.arange(3.0))})
+    def boom(self, path, *args, **kwargs):
+        open(path, "wb").write(b"partial")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", boom)
+    with pytest.raises(RunError, match="No space left"):
+        store.write_netcdf(tmp_path / "x.nc", ds)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_open_sweep_on_a_foreign_folder(tmp_path):
+    with pytest.raises(RunError, match="not a normsweep results folder"):
+        normsweep.open_sweep(tmp_path)
