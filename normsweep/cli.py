@@ -133,6 +133,48 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, quiet: bool)
     click.echo(f"results: {summary.root / 'sweep.nc'}")
 
 
+@main.command()
+@click.argument("dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--boot", default=400, show_default=True, type=click.IntRange(10, 100_000),
+              help="Bootstrap replicates for the 95% intervals.")
+@click.option("--fit-accuracy", default=0.99, show_default=True,
+              type=click.FloatRange(0, 1), help="Training accuracy at which a network counts as fit.")
+def analyze(dir: Path, boot: int, fit_accuracy: float) -> None:
+    """Fit scaling laws of the norm changes against η and width; write a report.
+
+    Writes DIR/analysis/report.md, fits.csv, fits.nc and PNG figures, and
+    prints the fit table. Needs the analysis extra (matplotlib).
+
+    \b
+    Example:
+      normsweep analyze results/quickstart
+      normsweep analyze results/seed --boot 1000
+    """
+    if not dir.is_dir():
+        raise click.BadParameter(f"{dir}: no such folder", param_hint="DIR")
+    try:
+        from normsweep.analysis import report
+    except ImportError as err:
+        raise click.ClickException(f"analyze needs matplotlib: pip install 'normsweep[analysis]' "
+                                   f"({err})") from None
+    try:
+        result = report.analyze(dir, boot=boot, fit_accuracy=fit_accuracy)
+    except RunError as err:
+        raise click.ClickException(str(err)) from None
+    t = result.table
+    table = Table("metric", "depth", "layer", "η exponent", "width exponent", "r²", "n",
+                  title="metric ≈ C·η^a·m^b (95% bootstrap intervals)")
+    for _, r in t.iterrows():
+        def ci(v, lo, hi):
+            return "–" if v != v else f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+        table.add_row(r.metric, str(r.depth), f"{r.layer} ({r.layer_role})",
+                      ci(r.lr_exponent, r.lr_exponent_lo, r.lr_exponent_hi),
+                      ci(r.width_exponent, r.width_exponent_lo, r.width_exponent_hi),
+                      f"{r.r2:.2f}", str(r.n))
+    Console(width=140).print(table)
+    click.echo(f"report: {result.report}")
+
+
 def folder_status(root: Path):
     """(config, done cohort names, all cohort names) of a results folder."""
     from normsweep import config as config_mod

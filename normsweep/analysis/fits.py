@@ -1,0 +1,171 @@
+"""Scaling-law fits: metric ≈ C · η^a · m^b, per (metric, layer, depth).
+
+    from normsweep.analysis import fits
+    table = fits.fit_sweep(ds)                 # a pandas DataFrame, one row per fit
+    one = fits.fit_power_law(y, lr, width)     # y: (lr, width, seed) array
+
+Least squares in log space over the networks kept (not diverged, not failed;
+see `outcomes.classify`), with 95% intervals from a bootstrap over seeds:
+each replicate resamples, within every (η, m) cell, that cell's seeds with
+replacement and refits. η is the learning rate actually used (`lr_effective`).
+Only what the data identify is fitted: with one η value the η exponent is
+NaN, with one width the width exponent is NaN (the `fitted` column says which).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from normsweep.analysis import outcomes
+
+EARLY_STEPS = 10
+METRICS = {
+    "rel_frob_dist": "‖W(T) − W(0)‖_F / ‖W(0)‖_F",
+    "rel_spec_dist": "‖W(T) − W(0)‖₂ / ‖W(0)‖₂",
+    "rel_frob_change": "(‖W(T)‖_F − ‖W(0)‖_F) / ‖W(0)‖_F (fitted on its magnitude)",
+    "rel_spec_change": "(‖W(T)‖₂ − ‖W(0)‖₂) / ‖W(0)‖₂ (fitted on its magnitude)",
+    "early_update_norm": f"mean ‖W(t) − W(t−1)‖_F over steps 1..{EARLY_STEPS}",
+}
+COLUMNS = ["metric", "layer", "depth", "layer_role", "lr_exponent", "lr_exponent_lo",
+           "lr_exponent_hi", "width_exponent", "width_exponent_lo", "width_exponent_hi",
+           "prefactor", "r2", "n", "sign", "fitted", "excluded_diverged", "excluded_failed"]
+
+
+def layer_role(layer: int, depth: int) -> str:
+    return "input" if layer == 0 else "readout" if layer == depth - 1 else "hidden"
+
+
+def derived_metrics(ds: xr.Dataset) -> xr.Dataset:
+    """The fitted quantities, dims (width, depth, lr, seed, layer), at the last step."""
+    first, last = ds.isel(step=0), ds.isel(step=-1)
+    early = ds["update_norm"].sel(step=slice(1, EARLY_STEPS))
+    return xr.Dataset({
+        "rel_frob_dist": last["frob_dist"] / first["frob_norm"],
+        "rel_spec_dist": last["spec_dist"] / first["spec_norm"],
+        "rel_frob_change": (last["frob_norm"] - first["frob_norm"]) / first["frob_norm"],
+        "rel_spec_change": (last["spec_norm"] - first["spec_norm"]) / first["spec_norm"],
+        "early_update_norm": early.mean("step"),
+    })
+
+
+@dataclasses.dataclass
+class Fit:
+    """One fitted law log y = log C + a log η + b log m."""
+    a: float
+    a_lo: float
+    a_hi: float
+    b: float
+    b_lo: float
+    b_hi: float
+    prefactor: float
+    r2: float
+    n: int
+    fitted: str
+
+
+def _solve(design: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted least squares, batched: design (B, P, k), y and w (B, P)."""
+    a = np.einsum("bpi,bp,bpj->bij", design, w, design)
+    c = np.einsum("bpi,bp,bp->bi", design, w, y)
+    a = a + 1e-12 * np.eye(a.shape[-1])
+    return np.linalg.solve(a, c[..., None])[..., 0]
+
+
+def fit_power_law(y: np.ndarray, lr: np.ndarray, width: np.ndarray, *, boot: int = 400,
+                  rng: np.random.Generator | int = 0) -> Fit:
+    """Fits y ≈ C·lr^a·width^b.
+
+    Args:
+      y: values of shape (n_lr, n_width, n_seed); NaN, ≤ 0 or inf are left out.
+      lr: (n_lr,) or (n_lr, n_width) learning rates actually used.
+      width: (n_width,) widths.
+      boot: bootstrap replicates (seeds resampled within each (lr, width) cell).
+      rng: a Generator or a seed.
+
+    Returns:
+      A `Fit`; exponents the data cannot identify are NaN.
+    """
+    rng = np.random.default_rng(rng)
+    y = np.asarray(y, np.float64)
+    n_lr, n_w, n_s = y.shape
+    lr = np.broadcast_to(np.asarray(lr, np.float64).reshape(n_lr, -1), (n_lr, n_w))
+    log_lr = np.broadcast_to(np.log(lr)[..., None], y.shape)
+    log_w = np.broadcast_to(np.log(np.asarray(width, np.float64))[None, :, None], y.shape)
+    ok = np.isfinite(y) & (y > 0)
+    logy = np.where(ok, np.log(np.where(ok, y, 1.0)), 0.0)
+    use_lr = len(np.unique(np.round(log_lr[ok], 12))) > 1
+    use_w = len(np.unique(log_w[ok])) > 1
+    cols = [np.ones_like(logy)] + ([log_lr] if use_lr else []) + ([log_w] if use_w else [])
+    design = np.stack(cols, -1).reshape(1, -1, len(cols))
+    k = len(cols)
+    n = int(ok.sum())
+    nan = float("nan")
+    fitted = "+".join(["lr"] * use_lr + ["width"] * use_w) or "none"
+    if n <= k:
+        return Fit(nan, nan, nan, nan, nan, nan, nan, nan, n, "none (too few points)")
+    beta = _solve(design, logy.reshape(1, -1), ok.reshape(1, -1).astype(float))[0]
+    pred = design[0] @ beta
+    resid = (logy.ravel() - pred)[ok.ravel()]
+    total = logy.ravel()[ok.ravel()] - logy.ravel()[ok.ravel()].mean()
+    r2 = 1 - (resid @ resid) / (total @ total) if total @ total > 0 else 1.0
+    # bootstrap: resample seeds within each cell
+    idx = rng.integers(0, n_s, size=(boot, n_lr, n_w, n_s))
+    by = np.take_along_axis(np.broadcast_to(logy, (boot,) + y.shape), idx, -1)
+    bw = np.take_along_axis(np.broadcast_to(ok, (boot,) + y.shape), idx, -1).astype(float)
+    bd = np.broadcast_to(design, (boot,) + design.shape[1:])
+    enough = bw.reshape(boot, -1).sum(1) > k
+    betas = _solve(bd[enough], by.reshape(boot, -1)[enough], bw.reshape(boot, -1)[enough])
+
+    def coef(j: int | None) -> tuple[float, float, float]:
+        if j is None:
+            return nan, nan, nan
+        lo, hi = np.percentile(betas[:, j], [2.5, 97.5]) if len(betas) else (nan, nan)
+        return float(beta[j]), float(lo), float(hi)
+
+    a = coef(1 if use_lr else None)
+    b = coef((2 if use_lr else 1) if use_w else None)
+    return Fit(*a, *b, float(np.exp(beta[0])), float(r2), n, fitted)
+
+
+def fit_sweep(ds: xr.Dataset, *, boot: int = 400, seed: int = 0,
+              fit_accuracy: float = outcomes.FIT_ACCURACY) -> pd.DataFrame:
+    """One row per (metric, layer, depth): the columns of `COLUMNS`.
+
+    Networks that diverged or failed (see `outcomes.classify`) are left out
+    and counted in `excluded_diverged` and `excluded_failed`.
+    """
+    outcome = outcomes.classify(ds, fit_accuracy)
+    keep = outcome.isin([outcomes.FIT, outcomes.TRAINING])
+    derived = derived_metrics(ds).where(keep)
+    lr_eff = ds["lr_effective"].transpose("lr", "width").values
+    rows = []
+    rng = np.random.default_rng(seed)
+    for depth in ds["depth"].values:
+        excl_div = int((outcome.sel(depth=depth) == outcomes.DIVERGED).sum())
+        excl_fail = int((outcome.sel(depth=depth) == outcomes.FAILED).sum())
+        for layer in range(int(depth)):
+            for metric in METRICS:
+                da = derived[metric].sel(depth=depth, layer=layer).transpose("lr", "width", "seed")
+                values = da.values
+                sign = float(np.sign(np.nanmedian(values))) if np.isfinite(values).any() else 0.0
+                fit = fit_power_law(np.abs(values), lr_eff, ds["width"].values, boot=boot, rng=rng)
+                rows.append([metric, layer, int(depth), layer_role(layer, int(depth)),
+                             fit.a, fit.a_lo, fit.a_hi, fit.b, fit.b_lo, fit.b_hi,
+                             fit.prefactor, fit.r2, fit.n, sign, fit.fitted, excl_div, excl_fail])
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def to_dataset(table: pd.DataFrame) -> xr.Dataset:
+    """The fit table as a labelled Dataset over (metric, depth, layer)."""
+    ds = table.set_index(["metric", "depth", "layer"]).to_xarray()
+    for name in ("layer_role", "fitted", "metric"):
+        if name in ds:
+            ds[name] = ds[name].astype(str)
+    ds["layer_role"] = ds["layer_role"].where(ds["layer_role"] != "nan", "")
+    ds["fitted"] = ds["fitted"].where(ds["fitted"] != "nan", "")
+    ds.attrs["model"] = "metric = prefactor * lr_effective**lr_exponent * width**width_exponent"
+    ds.attrs["interval"] = "95% bootstrap over seeds within each (lr, width) cell"
+    return ds

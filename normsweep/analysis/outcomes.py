@@ -1,0 +1,49 @@
+"""What became of each network: fit, still training, failed or diverged.
+
+  diverged  its loss became non-finite (`diverged_at` ≥ 0);
+  failed    final loss ≥ initial loss (with a softmax output the loss is
+            bounded by n, so a too-large η saturates the network rather
+            than overflowing);
+  fit       final training accuracy ≥ `fit_accuracy` (default 0.99);
+  training  otherwise: the loss fell but the points are not all fitted yet.
+"""
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+FIT, TRAINING, FAILED, DIVERGED = "fit", "training", "failed", "diverged"
+ORDER = (FIT, TRAINING, FAILED, DIVERGED)
+FIT_ACCURACY = 0.99
+
+
+def classify(ds: xr.Dataset, fit_accuracy: float = FIT_ACCURACY) -> xr.DataArray:
+    """Outcome per network, dims (width, depth, lr, seed), as strings."""
+    first, last = ds["loss"].isel(step=0), ds["loss"].isel(step=-1)
+    acc = ds["accuracy"].isel(step=-1)
+    out = xr.full_like(ds["diverged_at"], 0, dtype=object).astype(object)
+    out[...] = TRAINING
+    out = out.where(~(acc >= fit_accuracy), FIT)
+    out = out.where(~(last >= first), FAILED)
+    out = out.where(~(ds["diverged_at"] >= 0), DIVERGED)
+    return out.rename("outcome")
+
+
+def counts(outcome: xr.DataArray) -> dict[str, int]:
+    return {name: int((outcome == name).sum()) for name in ORDER}
+
+
+def largest_stable_lr(ds: xr.Dataset, outcome: xr.DataArray) -> xr.DataArray:
+    """Per (width, depth): the largest η at which no seed failed or diverged
+    (NaN if every η did)."""
+    ok = outcome.isin([FIT, TRAINING]).all("seed")
+    lr = ds["lr_effective"].broadcast_like(ok)
+    return lr.where(ok).max("lr").rename("largest_stable_lr")
+
+
+def as_codes(outcome: xr.DataArray) -> xr.DataArray:
+    """Outcomes as integers 0..3 in `ORDER`, for plotting."""
+    codes = xr.zeros_like(outcome, dtype=np.int64)
+    for i, name in enumerate(ORDER):
+        codes = codes.where(outcome != name, i)
+    return codes

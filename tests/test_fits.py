@@ -1,0 +1,76 @@
+"""Scaling-law fits recover planted exponents, with honest intervals."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from normsweep.analysis import fits, outcomes
+from tests.synthetic import planted
+
+
+def row(table, metric="rel_frob_dist", layer=1):
+    return table[(table.metric == metric) & (table.layer == layer)].iloc[0]
+
+
+def test_planted_exponents_are_recovered_within_their_interval():
+    table = fits.fit_sweep(planted(0.8, -0.5, seeds=5), boot=300)
+    r = row(table)
+    assert r.lr_exponent_lo <= 0.8 <= r.lr_exponent_hi
+    assert r.width_exponent_lo <= -0.5 <= r.width_exponent_hi
+    assert r.lr_exponent == pytest.approx(0.8, abs=0.1)
+    assert r.width_exponent == pytest.approx(-0.5, abs=0.1)
+    assert r.prefactor == pytest.approx(0.5, rel=0.3) and r.r2 > 0.9
+    assert r.n == 4 * 3 * 5 and r.layer_role == "hidden"
+
+
+def test_coverage_of_the_intervals():
+    hits = 0
+    for rng in range(20):
+        f = fits.fit_power_law(*_cell(1.0, -1.0, rng), boot=200, rng=rng)
+        hits += f.b_lo <= -1.0 <= f.b_hi
+    assert hits >= 15, f"95% intervals covered the truth only {hits}/20 times"
+
+
+def _cell(a, b, rng, seeds=4):
+    g = np.random.default_rng(rng)
+    lr, width = np.array([0.01, 0.1]), np.array([32, 64, 128])
+    y = 2 * lr[:, None, None] ** a * width[None, :, None] ** b
+    return y * np.exp(0.2 * g.normal(size=(2, 3, seeds))), lr, width
+
+
+def test_intervals_shrink_with_more_seeds():
+    few = row(fits.fit_sweep(planted(0.8, -0.5, seeds=3, rng=1), boot=300))
+    many = row(fits.fit_sweep(planted(0.8, -0.5, seeds=24, rng=1), boot=300))
+    assert (many.width_exponent_hi - many.width_exponent_lo) < \
+        0.6 * (few.width_exponent_hi - few.width_exponent_lo)
+
+
+def test_diverged_networks_are_excluded_and_counted():
+    ds = planted(0.8, -0.5, seeds=4, diverge=[(0, 0, 0), (3, 2, 1)])
+    assert outcomes.counts(outcomes.classify(ds))["diverged"] == 2
+    r = row(fits.fit_sweep(ds, boot=200))
+    assert r.excluded_diverged == 2 and r.n == 4 * 3 * 4 - 2
+    assert r.width_exponent == pytest.approx(-0.5, abs=0.1)
+
+
+def test_one_value_on_an_axis_fits_only_the_other():
+    y, lr, width = _cell(1.0, -1.0, 0)
+    f = fits.fit_power_law(y[:1], lr[:1], width, boot=50)
+    assert np.isnan(f.a) and f.fitted == "width" and f.b == pytest.approx(-1, abs=0.2)
+    f = fits.fit_power_law(y[:, :1], lr, width[:1], boot=50)
+    assert np.isnan(f.b) and f.fitted == "lr" and f.a == pytest.approx(1, abs=0.2)
+
+
+def test_sign_of_the_norm_change_is_reported():
+    ds = planted(1.0, -1.0)
+    ds["frob_norm"][..., -1, :] = 0.9        # every norm shrank by 10%
+    r = row(fits.fit_sweep(ds, boot=50), metric="rel_frob_change")
+    assert r.sign == -1.0 and r.prefactor == pytest.approx(0.1, rel=1e-6)
+    assert r.lr_exponent == pytest.approx(0, abs=1e-6)
+
+
+def test_fit_table_as_dataset():
+    table = fits.fit_sweep(planted(0.8, -0.5), boot=50)
+    ds = fits.to_dataset(table)
+    assert float(ds["width_exponent"].sel(metric="rel_frob_dist", depth=3, layer=1)) == \
+        pytest.approx(row(table).width_exponent)
