@@ -1,0 +1,108 @@
+"""`normsweep analyze` on a real tiny sweep, and the scripts in analysis/."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import xarray as xr
+from click.testing import CliRunner
+
+from normsweep.analysis import fits, outcomes, report, theory
+from normsweep.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = ["metric", "layer", "lr_exponent", "lr_exponent_lo", "lr_exponent_hi",
+            "width_exponent", "width_exponent_lo", "width_exponent_hi", "prefactor", "r2", "n"]
+
+
+@pytest.fixture(scope="module")
+def analyzed(tiny_sweep, tmp_path_factory):
+    import shutil
+    root = tmp_path_factory.mktemp("an") / "tiny"
+    shutil.copytree(tiny_sweep, root)
+    result = CliRunner().invoke(main, ["analyze", str(root), "--boot", "50"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return root, result.output
+
+
+def test_analyze_writes_every_output(analyzed):
+    root, output = analyzed
+    out = root / "analysis"
+    for name in ("report.md", "fits.csv", "fits.nc", "init_norms.png", "stability.png",
+                 "scaling_rel_frob_dist.png", "per_step_identity.png", "trajectory_frob_norm.png"):
+        assert (out / name).stat().st_size > 0, name
+    table = pd.read_csv(out / "fits.csv")
+    assert set(REQUIRED) <= set(table.columns)
+    assert set(fits.METRICS) == set(table.metric)
+    assert len(table) == len(fits.METRICS) * (2 + 3)       # layers of depth 2 and depth 3
+    with xr.open_dataset(out / "fits.nc") as ds:
+        assert "width_exponent" in ds and ds.sizes["metric"] == len(fits.METRICS)
+    assert "rel_frob_dist" in output and "width exponent" in output
+
+
+def test_report_answers_each_part_with_numbers(analyzed):
+    root, _ = analyzed
+    text = (root / "analysis" / "report.md").read_text()
+    for heading in ("Norms at initialisation", "During training", "Per iteration",
+                    "Well-trained networks", "Stability", "Scaling laws"):
+        assert heading in text
+    assert "√(2m)" in text and "Bai–Yin" in text
+    assert "−2η⟨W, ∇L⟩ + η²‖∇L‖²" in text
+    assert "no finite minimiser" in text
+
+
+def test_identity_holds_in_a_real_sweep(tiny_sweep):
+    ds = xr.open_dataset(tiny_sweep / "sweep.nc").load()
+    check = report.identity_check(ds.where(ds.diverged_at < 0))
+    assert check["pairs"] > 100
+    assert check["identity_rel_max"] < 1e-4
+    assert check["layer_spread_p90"] < 1e-3
+
+
+def test_init_table_matches_theory(tiny_sweep):
+    from normsweep import config
+    ds = xr.open_dataset(tiny_sweep / "sweep.nc").load()
+    table = report.init_table(ds, config.parse(ds.attrs["config_toml"]))
+    hidden = table[table.layer == "hidden"]
+    assert len(hidden) == 2 and list(hidden.width) == [16, 24]
+    for err in table["rel. err F"]:
+        assert abs(float(err.rstrip("%"))) < 10
+
+
+def test_theory_values():
+    assert theory.frobenius(256, 256, 2 / 256) == pytest.approx((2 * 256) ** 0.5, rel=1e-4)
+    for m, want in ((64, 2.75), (256, 2.80), (1024, 2.82)):
+        assert theory.spectral_finite(m, m, 2 / m) == pytest.approx(want, abs=0.01)
+    assert theory.spectral_edge(256, 256, 2 / 256) == pytest.approx(2 * 2**0.5)
+
+
+def test_outcomes_classification(tiny_sweep):
+    ds = xr.open_dataset(tiny_sweep / "sweep.nc").load()
+    out = outcomes.classify(ds)
+    c = outcomes.counts(out)
+    assert sum(c.values()) == ds.diverged_at.size
+    last, first = ds.loss.isel(step=-1), ds.loss.isel(step=0)
+    assert bool(((out == outcomes.FAILED) == ((last >= first) & (ds.diverged_at < 0))).all())
+
+
+@pytest.mark.parametrize("script,args", [
+    ("trajectories.py", ["--depth", "3", "--layer", "1"]),
+    ("init_vs_theory.py", []),
+    ("exponent_table.py", ["--boot", "20"]),
+    ("collapse.py", ["--depth", "3", "--layer", "1"]),
+])
+def test_analysis_scripts_run(tiny_sweep, tmp_path, script, args):
+    out = tmp_path / "fig.png"
+    cmd = [sys.executable, str(ROOT / "analysis" / script), str(tiny_sweep), *args]
+    if script != "exponent_table.py":
+        cmd += ["--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    if script == "exponent_table.py":
+        assert "width exponent b" in result.stdout
+    else:
+        assert out.stat().st_size > 1000
