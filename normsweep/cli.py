@@ -46,12 +46,18 @@ class RichReporter:
     def done(self, name: str) -> None:
         self.progress.advance(self.cohorts, 1)
 
+    def warn(self, message: str) -> None:
+        self.progress.console.print(f"[yellow]warning:[/yellow] {message}")
+
 
 class QuietReporter:
     def start(self, cohorts, skipped): ...
     def cohort(self, name, steps): ...
     def advance(self, steps): ...
     def done(self, name): ...
+
+    def warn(self, message):
+        click.echo(f"warning: {message}", err=True)
 
 
 def parse_bytes(text: str) -> int:
@@ -124,8 +130,8 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, quiet: bool)
         raise click.ClickException(str(err)) from None
     except KeyboardInterrupt:
         done = len(list((root / "cohorts").glob("*.nc"))) if (root / "cohorts").exists() else 0
-        err_console.print(f"interrupted: {done} cohort file(s) are complete in {root}/cohorts; "
-                          f"run the same command again to resume")
+        click.echo(f"interrupted: {done} cohort file(s) are complete in {root}/cohorts; "
+                   f"run the same command again to resume", err=True)
         sys.exit(130)
     click.echo(f"{summary.cohorts} cohorts ({len(summary.trained)} trained, "
                f"{len(summary.skipped)} already done), {summary.networks} networks, "

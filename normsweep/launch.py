@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -45,6 +47,9 @@ class Reporter:
     def cohort(self, name: str, steps: int) -> None: ...
     def advance(self, steps: int) -> None: ...
     def done(self, name: str) -> None: ...
+
+    def warn(self, message: str) -> None:
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
 def default_budget() -> int:
@@ -81,7 +86,10 @@ def check_folder(config: Config, root: Path) -> None:
     if not root.is_dir():
         raise GridError("--out", "DIR", str(root), "exists and is not a folder")
     if not grid_file.exists():
-        if any(root.iterdir()):
+        # a launch that died before writing grid.toml leaves only these behind
+        leftovers = {".lock", "cohorts"}
+        if any(p.name not in leftovers or (p.is_dir() and any(p.iterdir()))
+               for p in root.iterdir()):
             raise GridError("--out", "DIR", str(root),
                             "is not empty and holds no grid.toml: not a normsweep results folder")
         return
@@ -98,16 +106,59 @@ def check_folder(config: Config, root: Path) -> None:
                             f" use the same value or another --out")
 
 
-def cohort_done(config: Config, path: Path) -> bool:
-    """True when `path` is a finished cohort of this grid's settings."""
+def cohort_done(config: Config, cohort: plan.Cohort, path: Path,
+                warn: Callable[[str], None]) -> bool:
+    """True when `path` is a finished cohort of this grid's settings.
+
+    A file that cannot be read (truncated, corrupt) is renamed to
+    `<name>.nc.damaged`, reported, and recomputed; a readable file of another
+    grid or cohort is refused (it is never silently combined)."""
     if not path.exists():
         return False
-    ds = store.read_cohort(path)
+    try:
+        ds = store.read_cohort(path)
+    except RunError as err:
+        damaged = path.with_name(path.name + ".damaged")
+        os.replace(path, damaged)
+        warn(f"{err}; moved to {damaged.name} and recomputing")
+        return False
     if ds.attrs.get("config_fingerprint") != config.fingerprint():
         raise RunError(f"{path} was written with other settings (fingerprint "
                        f"{ds.attrs.get('config_fingerprint')}, this grid {config.fingerprint()}); "
                        "move it away to recompute it")
+    if ds.sizes.get("width") != 1 or int(ds["width"][0]) != cohort.width \
+            or int(ds["depth"][0]) != cohort.depth:
+        raise RunError(f"{path} does not hold the cohort width={cohort.width}, "
+                       f"depth={cohort.depth}; move it away to recompute it")
     return True
+
+
+def check_resources(config: Config, root: Path, cohorts: list[plan.Cohort], n_records: int,
+                    budget: int) -> None:
+    """Refuses a grid whose single network exceeds the memory budget, or whose
+    results would not fit on the disk (an estimate, before anything runs)."""
+    for cohort in cohorts:
+        need = plan.member_bytes(config, cohort, n_records)
+        if need > budget:
+            raise GridError(config.source, "grid.width", cohort.width,
+                            f"one network of width {cohort.width} and depth {cohort.depth} needs "
+                            f"about {need / 2**30:.2f} GiB, more than the memory budget "
+                            f"{budget / 2**30:.2f} GiB (--memory-budget)")
+    word = plan.DTYPE_BYTES[config.train.dtype]
+    layers = max(config.grid.depth)
+    disk = 0
+    for cohort in cohorts:
+        disk += 2 * cohort.size * n_records * (7 * layers + 2) * word   # cohort file + sweep.nc
+        if config.record.weights:
+            disk += 2 * cohort.size * plan.member_bytes(config, cohort, 0) // 4
+    parent = root
+    while not parent.exists():
+        parent = parent.parent
+    free = shutil.disk_usage(parent).free
+    if disk > free:
+        raise GridError(config.source, "grid", f"{config.grid.size} networks",
+                        f"the results need about {disk / 2**30:.2f} GiB and {parent} has "
+                        f"{free / 2**30:.2f} GiB free")
 
 
 def train_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
@@ -146,13 +197,23 @@ def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
     budget = budget_bytes or default_budget()
     cohorts = plan.cohorts(config)
     steps = plan.record_steps(config.train.steps, config.record.steps, config.record.log_points)
+    check_resources(config, root, cohorts, len(steps), budget)
     try:
         (root / "cohorts").mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise RunError(f"cannot create {root / 'cohorts'}: {err.strerror or err}") from None
-    store.write_text(root / "grid.toml", config.text)
+    with store.folder_lock(root):
+        return _launch_locked(config, root, cohorts, steps, budget, reporter, started)
 
-    todo = [c for c in cohorts if not cohort_done(config, store.cohort_path(root, c))]
+
+def _launch_locked(config, root, cohorts, steps, budget, reporter, started) -> Summary:
+    store.write_text(root / "grid.toml", config.text)
+    known = {store.cohort_path(root, c).name for c in cohorts}
+    for stray in sorted((root / "cohorts").glob("*.nc")):
+        if stray.name not in known:
+            reporter.warn(f"{stray} is not a cohort of this grid: left alone, not combined")
+    todo = [c for c in cohorts
+            if not cohort_done(config, c, store.cohort_path(root, c), reporter.warn)]
     skipped = [c.name for c in cohorts if c not in todo]
     reporter.start(len(cohorts), len(skipped))
     x, y = training_data(config) if todo else (None, None)

@@ -18,8 +18,16 @@ SQUARINGS = 24
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
+def sum_squares(w: jax.Array) -> jax.Array:
+    """Σ w², as a dot product: under vmap it stays a batched dot of fixed
+    shape, whose rounding does not depend on the number of members (a plain
+    reduction is vectorised across members differently for different counts)."""
+    flat = w.reshape(-1)
+    return jnp.dot(flat, flat, precision=HIGHEST)
+
+
 def frobenius(w: jax.Array) -> jax.Array:
-    return jnp.sqrt(jnp.sum(jnp.square(w)))
+    return jnp.sqrt(sum_squares(w))
 
 
 def uses_power_iteration(shape: tuple[int, int]) -> bool:
@@ -45,8 +53,8 @@ def spectral_exact(w: jax.Array, squarings: int = SQUARINGS) -> jax.Array:
         return a / jnp.where(n > 0, n, 1)
 
     a = jax.lax.fori_loop(0, squarings, square, gram / jnp.maximum(jnp.max(jnp.abs(gram)), 1e-30))
-    v = a[:, jnp.argmax(jnp.sum(jnp.square(a), axis=0))]
-    v = v / jnp.where(jnp.linalg.norm(v) > 0, jnp.linalg.norm(v), 1)
+    v = a[:, jnp.argmax(jnp.einsum("ij,ij->j", a, a, precision=HIGHEST))]
+    v = v / jnp.where(frobenius(v) > 0, frobenius(v), 1)
     top = jnp.dot(v, jnp.matmul(gram, v, precision=HIGHEST), precision=HIGHEST)
     return jnp.sqrt(jnp.maximum(top, 0.0))
 
@@ -60,11 +68,11 @@ def power_iteration(w: jax.Array, v: jax.Array, iters: int) -> tuple[jax.Array, 
     """
     def body(_, v):
         u = jnp.matmul(w.T, jnp.matmul(w, v, precision=HIGHEST), precision=HIGHEST)
-        n = jnp.linalg.norm(u)
+        n = frobenius(u)
         return jnp.where(n > 0, u / jnp.where(n > 0, n, 1), v)
 
     v = jax.lax.fori_loop(0, iters, body, v)
-    return jnp.linalg.norm(jnp.matmul(w, v, precision=HIGHEST)), v
+    return frobenius(jnp.matmul(w, v, precision=HIGHEST)), v
 
 
 def spectral(w: jax.Array, v: jax.Array, iters: int) -> tuple[jax.Array, jax.Array]:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
+import fcntl
 import importlib.metadata
 import os
 from pathlib import Path
@@ -186,6 +188,33 @@ def write_text(path: Path, text: str) -> None:
             tmp.write_text(text, encoding="utf-8")
     except OSError as err:
         raise RunError(f"cannot write {path}: {err.strerror or err}") from None
+
+
+@contextlib.contextmanager
+def folder_lock(root: Path) -> Iterator[None]:
+    """Holds an exclusive lock on the results folder `root` while a launch
+    writes to it. The kernel drops the lock when its holder dies, so a crashed
+    launch never leaves the folder locked."""
+    path = Path(root) / ".lock"
+    try:
+        f = open(path, "a+")
+    except OSError as err:
+        raise RunError(f"cannot create {path}: {err.strerror or err}") from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise RunError(f"{root} is being written by another launch (pid {holder}); wait for "
+                           "it to finish, then launch again to add what is missing") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
 
 
 def cohort_path(root: Path, cohort: Cohort) -> Path:

@@ -115,7 +115,7 @@ def step(program: Program, state: State, lr: jax.Array, x, y, t):
     updates, opt_state = optax.sgd(lr).update(grads, state.opt_state, state.params)
     moved = optax.apply_updates(state.params, updates)
     params = jax.tree.map(lambda new, old: jnp.where(alive, new, old), moved, state.params)
-    update_sq = jnp.stack([jnp.sum(jnp.square(u)) for u in kernels(updates)])
+    update_sq = jnp.stack([metrics.sum_squares(u) for u in kernels(updates)])
     new = state._replace(params=params, opt_state=opt_state, update_sq=update_sq,
                          diverged_at=diverged_at)
     return new, (loss, z, grads)
@@ -138,7 +138,7 @@ def measure(program: Program, state: State, loss, z, grads, y, diverged_at, t):
         rec["frob_dist"].append(metrics.frobenius(w - w0))
         rec["spec_dist"].append(ds)
         rec["grad_norm"].append(metrics.frobenius(g))
-        rec["grad_dot_weight"].append(jnp.sum(w * g))
+        rec["grad_dot_weight"].append(jnp.dot(w.reshape(-1), g.reshape(-1), precision=metrics.HIGHEST))
     rec = {name: jnp.stack(vals) for name, vals in rec.items() if vals}
     rec["update_norm"] = jnp.sqrt(state.update_sq)
     rec["loss"] = loss
@@ -195,18 +195,32 @@ def init_cohort(program: Program, init_keys, power_keys, x):
         init_keys, power_keys, x)
 
 
+def per_member(x: jax.Array, lrs: jax.Array) -> jax.Array:
+    """The inputs repeated once per member.
+
+    With inputs shared across members, vmap turns the first layer's x @ W_0
+    (and its gradient) into one matmul over all members' columns, whose
+    blocking, and so whose rounding, depends on the number of members. With
+    a copy per member every product is a batched matmul of fixed shape, so a
+    member's trajectory does not depend on how many siblings it has (chunking
+    and cohort size leave results bit-identical; tested).
+    """
+    return jnp.broadcast_to(x, lrs.shape + x.shape)
+
+
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
 def segment_cohort(program: Program, state, lrs, x, y, t, gap, valid):
     TRACES["segment"] += 1
     return jax.vmap(functools.partial(run_segment, program),
-                    in_axes=(0, 0, None, None, None, None, None))(state, lrs, x, y, t, gap, valid)
+                    in_axes=(0, 0, 0, None, None, None, None))(
+        state, lrs, per_member(x, lrs), y, t, gap, valid)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def final_cohort(program: Program, state, lrs, x, y, t):
     TRACES["final"] += 1
     return jax.vmap(functools.partial(final_record, program),
-                    in_axes=(0, 0, None, None, None))(state, lrs, x, y, t)
+                    in_axes=(0, 0, 0, None, None))(state, lrs, per_member(x, lrs), y, t)
 
 
 @dataclasses.dataclass

@@ -39,8 +39,11 @@ def test_vmapped_equals_one_at_a_time(cohort):
     for i, (lr, seed) in enumerate([(0.05, 0), (0.05, 1), (4.0, 0), (4.0, 1)]):
         alone = run(PROG, [lr], [seed], STEPS)
         for name, value in alone.records.items():
-            np.testing.assert_allclose(cohort.records[name][i], value[0], rtol=2e-5, atol=1e-6,
-                                       err_msg=name)
+            if name in ("spec_norm", "spec_dist"):   # small batched Gram matmuls: 1–2 ulp
+                np.testing.assert_allclose(cohort.records[name][i], value[0], rtol=1e-6,
+                                           atol=1e-7, err_msg=name)
+            else:                                     # bit for bit (see train.per_member)
+                np.testing.assert_array_equal(cohort.records[name][i], value[0], err_msg=name)
 
 
 def test_matches_independent_reference(cohort):
