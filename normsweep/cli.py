@@ -96,8 +96,13 @@ def main() -> None:
 @click.option("--memory-budget", metavar="SIZE",
               help="Memory one compiled chunk may use, e.g. 2GiB (default: a quarter of RAM "
                    "on CPU, half an accelerator's memory).")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Run cohorts as Dask tasks: a scheduler address (tcp://host:8786; workers "
+                   "must share DIR) or local[:N] for N worker processes here. Needs "
+                   "normsweep[dask].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display; print only the summary.")
-def launch(grid: Path, out: Path | None, memory_budget: str | None, quiet: bool) -> None:
+def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: str | None,
+           quiet: bool) -> None:
     """Train every point of GRID and record norm trajectories.
 
     Writes OUT/cohorts/<cohort>.nc as each (width, depth) cohort finishes and
@@ -108,11 +113,19 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, quiet: bool)
     Example:
       normsweep launch sweeps/quickstart.toml
       normsweep launch sweeps/seed.toml --out /data/seed --quiet
+      normsweep launch sweeps/seed.toml --scheduler local:2
     """
     from normsweep import config as config_mod
     from normsweep import launch as launch_mod
 
     budget = parse_bytes(memory_budget) if memory_budget else None
+    if scheduler is not None:
+        from normsweep.executors import parse_scheduler
+        try:
+            parse_scheduler(scheduler)
+        except ValueError:
+            raise click.BadParameter(f"{scheduler!r}: give tcp://HOST:PORT, HOST:PORT or "
+                                     "local[:N]", param_hint="--scheduler") from None
     try:
         config = config_mod.load(grid)
     except GridError as err:
@@ -123,10 +136,11 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, quiet: bool)
     reporter = QuietReporter() if quiet else RichReporter(progress)
     try:
         with progress:
-            summary = launch_mod.launch(config, root, budget_bytes=budget, reporter=reporter)
+            summary = launch_mod.launch(config, root, budget_bytes=budget, reporter=reporter,
+                                        scheduler=scheduler)
     except GridError as err:
         raise fail_usage(err) from None
-    except RunError as err:
+    except (RunError, OSError, RuntimeError) as err:
         raise click.ClickException(str(err)) from None
     except KeyboardInterrupt:
         done = len(list((root / "cohorts").glob("*.nc"))) if (root / "cohorts").exists() else 0

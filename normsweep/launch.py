@@ -78,6 +78,23 @@ def enable_dtype(config: Config) -> None:
         jax.config.update("jax_enable_x64", True)
 
 
+def enable_compilation_cache() -> None:
+    """A persistent JAX compilation cache, so that relaunching a grid (or a
+    Dask worker meeting a cohort shape again) compiles nothing it compiled
+    before. Directory: $NORMSWEEP_JAX_CACHE, default ~/.cache/normsweep/jax;
+    set NORMSWEEP_JAX_CACHE=off to opt out."""
+    where = os.environ.get("NORMSWEEP_JAX_CACHE", "")
+    if where.lower() in ("off", "0", "false", "no"):
+        return
+    path = Path(where) if where else Path.home() / ".cache" / "normsweep" / "jax"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # an unwritable cache is no reason to fail a sweep
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def check_folder(config: Config, root: Path) -> None:
     """Refuses a results folder whose settings would not combine with `config`."""
     grid_file = root / "grid.toml"
@@ -186,9 +203,22 @@ def train_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
     return train.Trajectory(records, cat([p.diverged_at for p in parts]), **weights)
 
 
+def run_cohort(config: Config, root: Path, cohort: plan.Cohort, x, y, steps: np.ndarray,
+               budget: int, on_steps: Callable[[int], None] | None) -> int:
+    """Trains one cohort and writes its file; returns how many members diverged."""
+    traj = train_cohort(config, cohort, x, y, steps, budget, on_steps)
+    ds = store.cohort_dataset(config, cohort, steps, traj, np.asarray(x), np.asarray(y))
+    groups = {"weights": store.weights_dataset(cohort, traj)} if config.record.weights else None
+    store.write_netcdf(store.cohort_path(root, cohort), ds, groups)
+    return int((traj.diverged_at >= 0).sum())
+
+
 def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
-           reporter: Reporter | None = None) -> Summary:
-    """Trains every cohort of `config` not yet in `root`, then writes sweep.nc."""
+           reporter: Reporter | None = None, scheduler: str | None = None) -> Summary:
+    """Trains every cohort of `config` not yet in `root`, then writes sweep.nc.
+
+    `scheduler`: None trains here; "local[:N]" or a Dask scheduler address
+    sends one task per cohort (see `executors`)."""
     started = time.perf_counter()
     reporter = reporter or Reporter()
     root = Path(root)
@@ -202,11 +232,14 @@ def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
         (root / "cohorts").mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise RunError(f"cannot create {root / 'cohorts'}: {err.strerror or err}") from None
+    enable_compilation_cache()
     with store.folder_lock(root):
-        return _launch_locked(config, root, cohorts, steps, budget, reporter, started)
+        return _launch_locked(config, root, cohorts, steps, budget, reporter, started, scheduler)
 
 
-def _launch_locked(config, root, cohorts, steps, budget, reporter, started) -> Summary:
+def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
+                   scheduler) -> Summary:
+    store.remove_stale_temporaries(root)
     store.write_text(root / "grid.toml", config.text)
     known = {store.cohort_path(root, c).name for c in cohorts}
     for stray in sorted((root / "cohorts").glob("*.nc")):
@@ -216,16 +249,19 @@ def _launch_locked(config, root, cohorts, steps, budget, reporter, started) -> S
             if not cohort_done(config, c, store.cohort_path(root, c), reporter.warn)]
     skipped = [c.name for c in cohorts if c not in todo]
     reporter.start(len(cohorts), len(skipped))
-    x, y = training_data(config) if todo else (None, None)
-    for cohort in todo:
-        n_chunks = plan.chunking(config, cohort, len(steps), budget).count
-        reporter.cohort(cohort.name, config.train.steps * n_chunks)
-        traj = train_cohort(config, cohort, x, y, steps, budget, reporter.advance)
-        ds = store.cohort_dataset(config, cohort, steps, traj, np.asarray(x), np.asarray(y))
-        groups = {"weights": store.weights_dataset(cohort, traj)} if config.record.weights else None
-        store.write_netcdf(store.cohort_path(root, cohort), ds, groups)
-        reporter.done(cohort.name)
+    if scheduler is not None and todo:
+        from normsweep import executors
+        executors.run_dask(scheduler, config, root,
+                           [(cohorts.index(c), c) for c in todo], budget, reporter.done)
+    elif todo:
+        x, y = training_data(config)
+        for cohort in todo:
+            n_chunks = plan.chunking(config, cohort, len(steps), budget).count
+            reporter.cohort(cohort.name, config.train.steps * n_chunks)
+            run_cohort(config, root, cohort, x, y, steps, budget, reporter.advance)
+            reporter.done(cohort.name)
 
+    store.remove_stale_temporaries(root)   # left by Dask workers killed mid-write
     sweep = store.combine([store.read_cohort(store.cohort_path(root, c)) for c in cohorts])
     store.write_netcdf(root / "sweep.nc", sweep)
     diverged = int((sweep["diverged_at"] >= 0).sum())

@@ -217,6 +217,19 @@ def folder_lock(root: Path) -> Iterator[None]:
         yield
 
 
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Removes the hidden temporary files a killed writer left in `root` and
+    `root/cohorts`. Call only while holding `folder_lock`: then no writer of
+    this folder is alive."""
+    removed = []
+    for folder in (Path(root), Path(root) / "cohorts", Path(root) / "analysis"):
+        for tmp in folder.glob(".*.tmp-*"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
 def cohort_path(root: Path, cohort: Cohort) -> Path:
     return Path(root) / "cohorts" / f"{cohort.name}.nc"
 

@@ -105,6 +105,7 @@ def test_killed_launch_resumes_to_the_same_sweep(tiny_sweep, tmp_path):
     for path in out.glob("cohorts/*.nc"):
         xr.open_dataset(path).close()   # every visible file is complete
     assert not (out / "sweep.nc").exists()
+    (out / "cohorts" / ".width24_depth3.nc.tmp-99999").write_bytes(b"half")   # a killed write
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert f"{4 - len(done)} trained, {len(done)} already done" in result.stdout

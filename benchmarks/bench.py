@@ -1,0 +1,175 @@
+"""normsweep against the machine's matmul rate and the loops a user would write.
+
+    python benchmarks/bench.py              # the full table (about 10 minutes on 2 CPU cores)
+    python benchmarks/bench.py --smoke      # a tiny version, to keep the script working
+
+Everything is measured in one run on one machine and reported as ratios,
+since absolute seconds on shared machines are noise. FLOPs of a training step
+are counted as 6·n·P (forward 2nP, backward 4nP; P = number of weights).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from normsweep import plan, train
+from normsweep.data import sphere_data
+
+
+def best_of(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def matmul_rate(size: int, repeat: int) -> float:
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    return 2 * size**3 / best_of(lambda: f(a).block_until_ready(), repeat)
+
+
+def params(dims):
+    return sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+
+
+def normsweep_run(dims, n, lrs, seeds, steps_array, x, y):
+    prog = train.Program(dims=dims)
+    lr = np.repeat(lrs, len(seeds))
+    ik, pk = plan.member_keys(np.tile(seeds, len(lrs)))
+    t0 = time.perf_counter()
+    train.train_members(prog, x, y, lr, ik, pk, steps_array)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    train.train_members(prog, x, y, lr, ik, pk, steps_array)
+    return time.perf_counter() - t0, first - (time.perf_counter() - t0)
+
+
+def baseline_run(dims, x, y, lr, steps, svd: bool):
+    """One configuration at a time: a jitted step called from Python, logging
+    the loss and every layer's Frobenius (and, with svd, spectral) norm."""
+    def loss(ws):
+        h = x
+        for l, w in enumerate(ws):
+            h = h @ w
+            if l < len(ws) - 1:
+                h = jax.nn.relu(h)
+        return 0.5 * jnp.sum((jax.nn.softmax(h) - y) ** 2)
+
+    opt = optax.sgd(lr)
+
+    @jax.jit
+    def step(ws, state):
+        value, grads = jax.value_and_grad(loss)(ws)
+        updates, state = opt.update(grads, state, ws)
+        norms = [jnp.linalg.norm(w) for w in ws]
+        if svd:
+            norms += [jnp.linalg.norm(w, 2) for w in ws]
+        return optax.apply_updates(ws, updates), state, value, norms
+
+    keys = jax.random.split(jax.random.key(0), len(dims) - 1)
+    ws = [jax.random.normal(k, (a, b)) * np.sqrt(2 / a) for k, a, b in zip(keys, dims[:-1], dims[1:])]
+    state = opt.init(ws)
+    out = step(ws, state)
+    jax.block_until_ready(out)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        ws, state, value, norms = step(ws, state)
+        float(value)                     # a user's loop logs every step
+    return (time.perf_counter() - t0) / steps
+
+
+def peak_rss(steps: int) -> int:
+    code = ("import numpy as np, jax, jax.numpy as jnp, resource\n"
+            "from normsweep import plan, train\nfrom normsweep.data import sphere_data\n"
+            "x, y = sphere_data(jax.random.key(0), 64, 16, 10, jnp.float32)\n"
+            "ik, pk = plan.member_keys(np.array([0, 1]))\n"
+            f"s = plan.record_steps({steps}, 'log')\n"
+            "train.train_members(train.Program(dims=(16, 32, 32, 10)), x, y, np.array([0.01, 0.02]),"
+            " ik, pk, s)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) * 1024
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds not minutes")
+    ap.add_argument("--json", help="also write the figures to this file")
+    args = ap.parse_args()
+    smoke = args.smoke
+    n, d, k = (64, 16, 10) if smoke else (1024, 16, 10)
+    x, y = sphere_data(jax.random.key(0), n, d, k, jnp.float32)
+    lrs, seeds = np.geomspace(1e-3, 1e-2, 4), np.array([0, 1])
+    members = len(lrs) * len(seeds)
+    res = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend()}
+    res["matmul_flops"] = matmul_rate(256 if smoke else 1024, 3 if smoke else 10)
+    print(f"matmul {256 if smoke else 1024}² float32: {res['matmul_flops'] / 1e9:.1f} GFLOP/s")
+
+    rows = []
+    widths = [32] if smoke else [64, 256, 512, 1024]
+    for m in widths:
+        dims = (d, m, m, k)
+        steps = 20 if smoke else (400 if m <= 256 else 120 if m == 512 else 40)
+        sched = plan.record_steps(steps, "log")
+        t, compile_s = normsweep_run(dims, n, lrs, seeds, sched, x, y)
+        flop = 6 * n * params(dims) * members * steps
+        ns_rate = members * steps / t
+        base = baseline_run(dims, x, y, 1e-3, max(5, steps // 4), svd=False)
+        base_svd = baseline_run(dims, x, y, 1e-3, max(3, steps // 20), svd=True)
+        row = {"width": m, "members": members, "steps": steps,
+               "net_steps_per_s": ns_rate, "flops": flop / t,
+               "fraction_of_matmul": flop / t / res["matmul_flops"], "compile_s": compile_s,
+               "speedup_vs_loop": ns_rate * base, "speedup_vs_loop_svd": ns_rate * base_svd}
+        rows.append(row)
+        print(f"width {m:5d}: {ns_rate:9.1f} network-steps/s, {flop / t / 1e9:6.1f} GFLOP/s "
+              f"({row['fraction_of_matmul']:.0%} of matmul), compile {compile_s:.1f} s, "
+              f"×{row['speedup_vs_loop']:.1f} vs one-at-a-time loop, "
+              f"×{row['speedup_vs_loop_svd']:.1f} vs loop with SVD per step")
+    res["cohorts"] = rows
+
+    # recording cost: "all" and "log" against recording only the first and last step
+    m = 32 if smoke else 256
+    steps = 20 if smoke else 300
+    dims = (d, m, m, k)
+    timing = {}
+    for label, sched in (("off", np.array([0, steps])), ("log", plan.record_steps(steps, "log", 64)),
+                         ("all", plan.record_steps(steps, "all"))):
+        timing[label], _ = normsweep_run(dims, n, lrs, seeds, sched, x, y)
+    res["record_overhead_log"] = timing["log"] / timing["off"] - 1
+    res["record_overhead_all"] = timing["all"] / timing["off"] - 1
+    print(f"recording at width {m}: log {res['record_overhead_log']:+.1%}, "
+          f"all {res['record_overhead_all']:+.1%} against first+last only")
+
+    # compilations for cohorts that differ only in η (a shape not compiled before)
+    fresh = (d, m + 8, m + 8, k)
+    before = sum(train.TRACES.values())
+    for scale in (1.0, 3.0, 7.0):
+        normsweep_run(fresh, n, lrs * scale, seeds, np.array([0, 1, 2]), x, y)
+    res["compilations_for_3_lr_cohorts"] = sum(train.TRACES.values()) - before
+    print(f"programs compiled for 3 cohorts differing only in η: "
+          f"{res['compilations_for_3_lr_cohorts']} (init, segment and final step, once)")
+
+    short, long = (200, 2000) if smoke else (1000, 100_000)
+    res["peak_rss_short"], res["peak_rss_long"] = peak_rss(short), peak_rss(long)
+    print(f"peak memory, log recording: {res['peak_rss_short'] / 2**20:.0f} MiB at {short} steps, "
+          f"{res['peak_rss_long'] / 2**20:.0f} MiB at {long} steps")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

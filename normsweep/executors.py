@@ -1,0 +1,99 @@
+"""Where cohorts run: in this process, or as tasks on a Dask cluster.
+
+A Dask task trains one cohort and writes its file into the shared results
+folder itself (atomically), returning only a small summary; the client
+combines sweep.nc at the end. Tasks are idempotent: a cohort already on disk
+is skipped, so a task retried after its worker died, or a relaunch, never
+duplicates work or files. Dask is an optional extra: `pip install
+'normsweep[dask]'`.
+
+    --scheduler tcp://host:8786    an existing scheduler (workers must see DIR)
+    --scheduler local[:N]          a LocalCluster of N single-threaded worker
+                                   processes on loopback (default N: CPU count)
+
+This module imports no JAX at the top: a worker sets its environment first.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Callable
+
+WORKER_ENV = {
+    # several workers may share one accelerator: allocate on demand
+    "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+}
+LOCAL_RE = re.compile(r"^local(?::(\d+))?$")
+
+
+def parse_scheduler(address: str) -> tuple[str, int | None]:
+    """("local", N) for local[:N]; ("remote", None) for a scheduler address."""
+    match = LOCAL_RE.match(address)
+    if match:
+        return "local", int(match.group(1)) if match.group(1) else None
+    if "://" in address or ":" in address:
+        return "remote", None
+    raise ValueError(address)
+
+
+def worker_environment() -> None:
+    """Pins the worker's JAX set-up before JAX is imported there."""
+    for key, value in WORKER_ENV.items():
+        os.environ.setdefault(key, value)
+    if "JAX_PLATFORMS" not in os.environ and os.environ.get("NORMSWEEP_JAX_PLATFORMS"):
+        os.environ["JAX_PLATFORMS"] = os.environ["NORMSWEEP_JAX_PLATFORMS"]
+
+
+def cohort_task(config_text: str, source: str, root: str, index: int, budget: int) -> dict:
+    """Trains cohort `index` of the grid unless its file exists; runs on a worker."""
+    worker_environment()
+    import time
+
+    from normsweep import config as config_mod
+    from normsweep import launch, plan
+
+    started = time.perf_counter()
+    cfg = config_mod.parse(config_text, source=source)
+    launch.enable_dtype(cfg)
+    launch.enable_compilation_cache()
+    cohort = plan.cohorts(cfg)[index]
+    skipped = launch.cohort_done(cfg, cohort, launch.store.cohort_path(Path(root), cohort),
+                                 lambda message: None)
+    diverged = 0
+    if not skipped:
+        x, y = launch.training_data(cfg)
+        steps = plan.record_steps(cfg.train.steps, cfg.record.steps, cfg.record.log_points)
+        diverged = launch.run_cohort(cfg, Path(root), cohort, x, y, steps, budget, None)
+    return {"cohort": cohort.name, "skipped": skipped, "diverged": diverged,
+            "seconds": time.perf_counter() - started, "pid": os.getpid()}
+
+
+def run_dask(address: str, config, root: Path, cohorts: list, budget: int,
+             done: Callable[[str], None]) -> None:
+    """Runs `cohorts` (a list of (index, cohort)) on the Dask scheduler at
+    `address` (or a LocalCluster for local[:N]); returns when all are on disk."""
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError as err:
+        raise RuntimeError("--scheduler needs Dask: pip install 'normsweep[dask]'") from err
+    kind, workers = parse_scheduler(address)
+    cluster = None
+    if kind == "local":
+        cluster = LocalCluster(n_workers=workers or os.cpu_count(), threads_per_worker=1,
+                               processes=True, host="127.0.0.1", dashboard_address=None,
+                               env=dict(WORKER_ENV))
+        client = Client(cluster)
+    else:
+        client = Client(address, timeout="30s")
+    try:
+        futures = [client.submit(cohort_task, config.text, config.source, str(root.resolve()),
+                                 index, budget, key=f"normsweep-{config.fingerprint()}-{c.name}",
+                                 pure=False, retries=2)
+                   for index, c in cohorts]
+        for future in as_completed(futures):
+            done(future.result()["cohort"])
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
