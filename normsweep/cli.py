@@ -100,9 +100,12 @@ def main() -> None:
               help="Run cohorts as Dask tasks: a scheduler address (tcp://host:8786; workers "
                    "must share DIR) or local[:N] for N worker processes here. Needs "
                    "normsweep[dask].")
+@click.option("--devices", type=click.IntRange(1), metavar="N",
+              help="Shard each cohort's networks across at most N local devices "
+                   "(default: all of them).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display; print only the summary.")
 def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: str | None,
-           quiet: bool) -> None:
+           devices: int | None, quiet: bool) -> None:
     """Train every point of GRID and record norm trajectories.
 
     Writes OUT/cohorts/<cohort>.nc as each (width, depth) cohort finishes and
@@ -137,7 +140,7 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
     try:
         with progress:
             summary = launch_mod.launch(config, root, budget_bytes=budget, reporter=reporter,
-                                        scheduler=scheduler)
+                                        scheduler=scheduler, devices=devices)
     except GridError as err:
         raise fail_usage(err) from None
     except (RunError, OSError, RuntimeError) as err:

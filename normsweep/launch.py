@@ -179,7 +179,8 @@ def check_resources(config: Config, root: Path, cohorts: list[plan.Cohort], n_re
 
 
 def train_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
-                 budget_bytes: int, on_steps: Callable[[int], None] | None = None) -> train.Trajectory:
+                 budget_bytes: int, on_steps: Callable[[int], None] | None = None,
+                 devices: int | None = 1) -> train.Trajectory:
     """All members of a cohort, in chunks of equal size (one compilation)."""
     program = program_for(config, cohort)
     chunks = plan.chunking(config, cohort, len(steps), budget_bytes)
@@ -188,7 +189,7 @@ def train_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
     parts = []
     for idx in chunks.slices(cohort.size):
         parts.append(train.train_members(program, x, y, lrs[idx], init_keys[idx], power_keys[idx],
-                                         steps, config.record.weights, on_steps))
+                                         steps, config.record.weights, on_steps, devices))
     keep = cohort.size
 
     def cat(arrays):
@@ -204,9 +205,10 @@ def train_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
 
 
 def run_cohort(config: Config, root: Path, cohort: plan.Cohort, x, y, steps: np.ndarray,
-               budget: int, on_steps: Callable[[int], None] | None) -> int:
+               budget: int, on_steps: Callable[[int], None] | None,
+               devices: int | None = 1) -> int:
     """Trains one cohort and writes its file; returns how many members diverged."""
-    traj = train_cohort(config, cohort, x, y, steps, budget, on_steps)
+    traj = train_cohort(config, cohort, x, y, steps, budget, on_steps, devices)
     ds = store.cohort_dataset(config, cohort, steps, traj, np.asarray(x), np.asarray(y))
     groups = {"weights": store.weights_dataset(cohort, traj)} if config.record.weights else None
     store.write_netcdf(store.cohort_path(root, cohort), ds, groups)
@@ -214,11 +216,13 @@ def run_cohort(config: Config, root: Path, cohort: plan.Cohort, x, y, steps: np.
 
 
 def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
-           reporter: Reporter | None = None, scheduler: str | None = None) -> Summary:
+           reporter: Reporter | None = None, scheduler: str | None = None,
+           devices: int | None = None) -> Summary:
     """Trains every cohort of `config` not yet in `root`, then writes sweep.nc.
 
     `scheduler`: None trains here; "local[:N]" or a Dask scheduler address
-    sends one task per cohort (see `executors`)."""
+    sends one task per cohort (see `executors`). `devices`: shard each
+    cohort's members across this many local devices (None: all)."""
     started = time.perf_counter()
     reporter = reporter or Reporter()
     root = Path(root)
@@ -234,11 +238,12 @@ def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
         raise RunError(f"cannot create {root / 'cohorts'}: {err.strerror or err}") from None
     enable_compilation_cache()
     with store.folder_lock(root):
-        return _launch_locked(config, root, cohorts, steps, budget, reporter, started, scheduler)
+        return _launch_locked(config, root, cohorts, steps, budget, reporter, started, scheduler,
+                              devices)
 
 
 def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
-                   scheduler) -> Summary:
+                   scheduler, devices) -> Summary:
     store.remove_stale_temporaries(root)
     store.write_text(root / "grid.toml", config.text)
     known = {store.cohort_path(root, c).name for c in cohorts}
@@ -258,7 +263,7 @@ def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
         for cohort in todo:
             n_chunks = plan.chunking(config, cohort, len(steps), budget).count
             reporter.cohort(cohort.name, config.train.steps * n_chunks)
-            run_cohort(config, root, cohort, x, y, steps, budget, reporter.advance)
+            run_cohort(config, root, cohort, x, y, steps, budget, reporter.advance, devices)
             reporter.done(cohort.name)
 
     store.remove_stale_temporaries(root)   # left by Dask workers killed mid-write

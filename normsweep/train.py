@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from normsweep import metrics
 from normsweep.model import MLP, kernels
@@ -246,29 +247,59 @@ def segments(steps: np.ndarray, count: int = SEGMENTS):
     return [(t[i:i + size], gap[i:i + size], valid[i:i + size]) for i in range(0, len(t), size)]
 
 
+def member_mesh(devices: int | None) -> Mesh | None:
+    """A one-axis mesh ("members") over the first `devices` local devices
+    (all of them for None); None when there is only one."""
+    available = jax.local_devices()
+    count = len(available) if devices is None else min(devices, len(available))
+    if count <= 1:
+        return None
+    return Mesh(np.array(available[:count]), ("members",))
+
+
+def shard_members(mesh: Mesh | None, lrs, init_keys, power_keys, x, y):
+    """Pads the member axis to a multiple of the mesh size (repeating the last
+    member) and places members across devices, data replicated."""
+    if mesh is None:
+        return lrs, init_keys, power_keys, x, y
+    size = mesh.devices.size
+    pad = (-len(lrs)) % size
+    if pad:
+        idx = np.concatenate([np.arange(len(lrs)), np.full(pad, len(lrs) - 1)])
+        lrs, init_keys, power_keys = lrs[idx], init_keys[idx], power_keys[idx]
+    split, whole = NamedSharding(mesh, P("members")), NamedSharding(mesh, P())
+    return (jax.device_put(lrs, split), jax.device_put(init_keys, split),
+            jax.device_put(power_keys, split), jax.device_put(x, whole), jax.device_put(y, whole))
+
+
 def train_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys,
                   steps: np.ndarray, keep_weights: bool = False,
-                  on_steps: Callable[[int], None] | None = None) -> Trajectory:
+                  on_steps: Callable[[int], None] | None = None,
+                  devices: int | None = 1) -> Trajectory:
     """Trains the members (one per entry of `lrs`) and records at `steps`.
 
     `steps` must start at 0; its last entry is the number of steps trained.
     `on_steps(n)` is called on the host after each segment with the number of
-    steps it advanced.
+    steps it advanced. `devices`: how many local devices to shard the members
+    across (None: all); results equal a one-device run (tested).
     """
     if steps[0] != 0 or len(steps) < 2:
         raise ValueError("steps must start at 0 and hold at least two records")
+    members = len(lrs)
     lrs = jnp.asarray(lrs, program.jdtype)
+    lrs, init_keys, power_keys, x, y = shard_members(member_mesh(devices), lrs, init_keys,
+                                                     power_keys, x, y)
     state = init_cohort(program, init_keys, power_keys, x)
     # A copy, not a view: the state's buffers are donated to the next call.
-    initial = [np.array(w, copy=True) for w in state.params0] if keep_weights else None
+    initial = [np.array(w, copy=True)[:members] for w in state.params0] if keep_weights else None
     chunks = []
     for t, gap, valid in segments(steps):
         state, rec = segment_cohort(program, state, lrs, x, y, t, gap, valid)
-        chunks.append({k: np.asarray(v)[:, valid] for k, v in rec.items()})
+        chunks.append({k: np.asarray(v)[:members, valid] for k, v in rec.items()})
         if on_steps is not None:
             on_steps(int(np.sum(gap[valid] + 1)))
     state, last = final_cohort(program, state, lrs, x, y, int(steps[-1]))
-    chunks.append({k: np.asarray(v)[:, None] for k, v in last.items()})
+    chunks.append({k: np.asarray(v)[:members, None] for k, v in last.items()})
     records = {k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0]}
-    final = [np.asarray(w) for w in kernels(state.params)] if keep_weights else None
-    return Trajectory(records, np.asarray(state.diverged_at), initial, final)
+    final = [np.asarray(w)[:members] for w in kernels(state.params)] if keep_weights else None
+    return Trajectory(records, np.asarray(state.diverged_at)[:members], initial, final)
