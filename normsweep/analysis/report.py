@@ -116,9 +116,6 @@ def identity_check(ds: xr.Dataset) -> dict:
     size = np.abs(gdw).where(depth_ok).max("layer")
     layer_rel = (spread / size).where(size > 0)
     share = (np.abs(second) / np.abs(first)).where(np.abs(first) > 0)
-    # the mean change of ‖W_l‖_F per step over the first recorded steps
-    step_change = (b["frob_norm"] - xr.DataArray(f0, dims=a["frob_norm"].dims,
-                                                 coords=a["frob_norm"].coords))
     return {
         "pairs": int(np.isfinite(rel.values).sum()),
         "identity_rel_median": float(np.nanmedian(rel.values)),
@@ -126,7 +123,7 @@ def identity_check(ds: xr.Dataset) -> dict:
         "layer_spread_median": float(np.nanmedian(layer_rel.values)),
         "layer_spread_p90": float(np.nanpercentile(layer_rel.values, 90)),
         "second_order_share_median": float(np.nanmedian(share.values)),
-        "measured": measured, "predicted": predicted, "step_change": step_change,
+        "measured": measured, "predicted": predicted,
         "max_step": int(steps[consecutive[-1] + 1]),
     }
 
