@@ -80,9 +80,12 @@ def run_dask(address: str, config, root: Path, cohorts: list, budget: int,
     kind, workers = parse_scheduler(address)
     cluster = None
     if kind == "local":
+        import jax
+        # local workers use the client's platform rather than probing for others
+        env = {**WORKER_ENV, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS",
+                                                             jax.default_backend())}
         cluster = LocalCluster(n_workers=workers or os.cpu_count(), threads_per_worker=1,
-                               processes=True, host="127.0.0.1", dashboard_address=None,
-                               env=dict(WORKER_ENV))
+                               processes=True, host="127.0.0.1", dashboard_address=None, env=env)
         client = Client(cluster)
     else:
         client = Client(address, timeout="30s")

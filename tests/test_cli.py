@@ -112,3 +112,23 @@ def test_killed_launch_resumes_to_the_same_sweep(tiny_sweep, tmp_path):
     with xr.open_dataset(out / "sweep.nc") as a, xr.open_dataset(tiny_sweep / "sweep.nc") as b:
         xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
     assert not [p for p in out.rglob(".*tmp*")]
+
+
+def test_float64_launch_end_to_end(tmp_path):
+    """dtype = "float64" trains and stores in float64; a huge η diverges alone."""
+    text = TINY.replace("steps = 30", "steps = 12\ndtype = \"float64\"").replace(
+        'lr = { geomspace = [0.5, 8.0, 3] }', "lr = [0.1, 1e6]").replace(
+        "width = [16, 24]", "width = [16]").replace("depth = [2, 3]", "depth = [3]").replace(
+        "[model]", "").replace("[train]", "[model]\noutput = \"linear\"\n[train]")
+    grid = write_grid(tmp_path, text)
+    out = tmp_path / "f64"
+    result = subprocess.run([sys.executable, "-m", "normsweep.cli", "launch", str(grid), "--out",
+                             str(out), "--quiet"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "RuntimeWarning" not in result.stderr and "overflow" not in result.stderr
+    with xr.open_dataset(out / "sweep.nc") as ds:
+        assert ds["frob_norm"].dtype == np.float64 and ds["loss"].dtype == np.float64
+        div = ds["diverged_at"].squeeze()
+        # at η = 1e6 a seed either overflows or first kills every ReLU (zero output)
+        assert int(div.sel(lr=0.1).max()) == -1 and int(div.sel(lr=1e6).max()) >= 0
+        assert np.isfinite(ds["loss"].sel(lr=0.1)).all()

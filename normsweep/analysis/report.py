@@ -194,6 +194,12 @@ def fig_scaling(ds: xr.Dataset, table: pd.DataFrame, out: Path, keep: xr.DataArr
         row = table[(table.metric == "rel_frob_dist") & (table.layer == layer)
                     & (table.depth == depth)].iloc[0]
         da = derived["rel_frob_dist"].sel(depth=depth, layer=layer)
+        if np.isfinite(row.width_exponent):
+            ax.plot([], [], "k-", lw=1, label=(
+                f"fit: m^{row.width_exponent:.2f} [{row.width_exponent_lo:.2f}, "
+                f"{row.width_exponent_hi:.2f}]" + (f", η^{row.lr_exponent:.2f} "
+                f"[{row.lr_exponent_lo:.2f}, {row.lr_exponent_hi:.2f}]"
+                if np.isfinite(row.lr_exponent) else "")))
         for i, lr in enumerate(ds["lr"].values):
             vals = da.sel(lr=lr)
             if not np.isfinite(vals).any():
@@ -209,9 +215,7 @@ def fig_scaling(ds: xr.Dataset, table: pd.DataFrame, out: Path, keep: xr.DataArr
         ax.set_yscale("log")
         ax.set_xlabel("width m")
         ax.set_ylabel("‖W(T) − W(0)‖_F / ‖W(0)‖_F")
-        ax.set_title(f"{role} layer {layer}, depth {depth}: fit m^{row.width_exponent:.2f} "
-                     f"[{row.width_exponent_lo:.2f}, {row.width_exponent_hi:.2f}], "
-                     f"η^{row.lr_exponent:.2f}", fontsize=8)
+        ax.set_title(f"{role} layer {layer}, depth {depth}", fontsize=9)
         ax.legend(fontsize=7)
     return _save(fig, out / "scaling_rel_frob_dist.png")
 
