@@ -132,3 +132,17 @@ def test_float64_launch_end_to_end(tmp_path):
         # at η = 1e6 a seed either overflows or first kills every ReLU (zero output)
         assert int(div.sel(lr=0.1).max()) == -1 and int(div.sel(lr=1e6).max()) >= 0
         assert np.isfinite(ds["loss"].sel(lr=0.1)).all()
+
+
+from tests.test_config import BAD  # noqa: E402
+
+
+@pytest.mark.parametrize("text,key", [(b[1], b[2]) for b in BAD], ids=[b[0] for b in BAD])
+def test_every_bad_grid_exits_2_through_the_cli(tmp_path, text, key):
+    grid = write_grid(tmp_path, text)
+    out = tmp_path / "out"
+    result = invoke("launch", grid, "--out", out, "--quiet")
+    assert result.exit_code == 2, result.output
+    assert str(grid) in result.output and key in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()

@@ -74,3 +74,15 @@ def test_fit_table_as_dataset():
     ds = fits.to_dataset(table)
     assert float(ds["width_exponent"].sel(metric="rel_frob_dist", depth=3, layer=1)) == \
         pytest.approx(row(table).width_exponent)
+
+
+def test_lr_scaled_with_width_from_one_value_fits_the_path_only():
+    """η = 0.5/m for every width: η and m are collinear, so only the exponent
+    along η ∝ 1/m is identified (planted: a − ... = b_path)."""
+    g = np.random.default_rng(3)
+    width = np.array([32, 64, 128, 256])
+    lr = (0.5 / width)[None, :]                       # (1 lr value, widths)
+    y = (0.5 * width ** -0.8)[None, :, None] * np.exp(0.05 * g.normal(size=(1, 4, 4)))
+    f = fits.fit_power_law(y, lr, width, boot=100)
+    assert np.isnan(f.a) and "η scaled with width" in f.fitted
+    assert f.b_lo <= -0.8 <= f.b_hi

@@ -159,3 +159,36 @@ def test_results_are_identical_whatever_the_chunking(tiny_sweep, tmp_path):
         # differently for different member counts
         for v in ("spec_norm", "spec_dist"):
             np.testing.assert_allclose(a[v], b[v], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("errno_,text", [(13, "Permission denied"), (28, "No space left")])
+def test_os_errors_while_writing_exit_1_and_leave_no_temporary(tmp_path, monkeypatch, errno_, text):
+    grid = write_grid(tmp_path, TINY)
+    out = tmp_path / "ro"
+
+    def refuse(self, path, *args, **kwargs):
+        open(path, "wb").write(b"partial")
+        raise OSError(errno_, text)
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", refuse)
+    result = invoke("launch", grid, "--out", out, "--quiet")
+    assert result.exit_code == 1 and text in result.output and "Traceback" not in result.output
+    assert not list(out.rglob(".*.tmp-*")) and not list(out.glob("cohorts/*.nc"))
+
+
+def test_results_folder_removed_mid_run_exits_1(tmp_path, monkeypatch):
+    grid = write_grid(tmp_path, TINY)
+    out = tmp_path / "gone"
+    real = store.write_netcdf
+    calls = []
+
+    def remove_after_first(path, ds, groups=None):
+        calls.append(path)
+        if len(calls) == 2:
+            shutil.rmtree(out)
+        return real(path, ds, groups)
+
+    monkeypatch.setattr(store, "write_netcdf", remove_after_first)
+    result = invoke("launch", grid, "--out", out, "--quiet")
+    assert result.exit_code == 1 and "cannot write" in result.output
+    assert "Traceback" not in result.output

@@ -9,7 +9,9 @@ see `outcomes.classify`), with 95% intervals from a bootstrap over seeds:
 each replicate resamples, within every (η, m) cell, that cell's seeds with
 replacement and refits. η is the learning rate actually used (`lr_effective`).
 Only what the data identify is fitted: with one η value the η exponent is
-NaN, with one width the width exponent is NaN (the `fitted` column says which).
+NaN, with one width the width exponent is NaN, and when η is scaled with
+width from a single η₀ (η and m collinear) only the exponent along that path
+is fitted, as the width exponent (the `fitted` column says which).
 """
 from __future__ import annotations
 
@@ -98,12 +100,20 @@ def fit_power_law(y: np.ndarray, lr: np.ndarray, width: np.ndarray, *, boot: int
     logy = np.where(ok, np.log(np.where(ok, y, 1.0)), 0.0)
     use_lr = len(np.unique(np.round(log_lr[ok], 12))) > 1
     use_w = len(np.unique(log_w[ok])) > 1
+    collinear = False
+    if use_lr and use_w:
+        # η = η₀·m^p with a single η₀: log η is a linear function of log m
+        both = np.stack([np.ones(int(ok.sum())), log_lr[ok], log_w[ok]], -1)
+        collinear = np.linalg.matrix_rank(both, tol=1e-9) < 3
+        use_lr = use_lr and not collinear
     cols = [np.ones_like(logy)] + ([log_lr] if use_lr else []) + ([log_w] if use_w else [])
     design = np.stack(cols, -1).reshape(1, -1, len(cols))
     k = len(cols)
     n = int(ok.sum())
     nan = float("nan")
     fitted = "+".join(["lr"] * use_lr + ["width"] * use_w) or "none"
+    if collinear:
+        fitted = "width (η scaled with width: one law along η ∝ m^p)"
     if n <= k:
         return Fit(nan, nan, nan, nan, nan, nan, nan, nan, n, "none (too few points)")
     beta = _solve(design, logy.reshape(1, -1), ok.reshape(1, -1).astype(float))[0]
