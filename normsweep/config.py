@@ -69,11 +69,16 @@ class RecordConfig:
     """Which steps are recorded: "log" (log-spaced, at most `log_points` of
     them, always step 0 and the last step), "all", or an integer stride (every
     stride-th step and the last). `weights` keeps initial and final weights.
-    `power_iters`: warm-started power iterations per record and matrix."""
+    `power_iters`: warm-started power iterations per record and matrix.
+    `sharpness`: 0 (off) or a stride s: the top Hessian eigenvalue is measured
+    at the recorded steps that are multiples of s and at the last step, with
+    `sharpness_iters` warm-started power iterations on Hessian-vector products."""
     steps: str | int = "log"
     weights: bool = False
     power_iters: int = 10
     log_points: int = 256
+    sharpness: int = 0
+    sharpness_iters: int = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +130,8 @@ class Config:
             "record.steps": self.record.steps, "record.weights": self.record.weights,
             "record.power_iters": self.record.power_iters,
             "record.log_points": self.record.log_points,
+            "record.sharpness": self.record.sharpness,
+            "record.sharpness_iters": self.record.sharpness_iters,
             "grid.lr": list(grid.lr), "grid.lr.width_exponent": grid.lr_width_exponent,
             "grid.seed": list(grid.seed),
         }
@@ -166,7 +173,8 @@ def parse(text: str, source: str = "<string>", default_name: str | None = None) 
         "loss": p.choice(LOSSES), "steps": p.integer(1, 10**9), "dtype": p.choice(DTYPES)})
     record = p.section(raw, "record", RecordConfig, {
         "steps": p.schedule, "weights": p.boolean, "power_iters": p.integer(1, 1000),
-        "log_points": p.integer(2, 100_000)})
+        "log_points": p.integer(2, 100_000), "sharpness": p.integer(0, 10**9),
+        "sharpness_iters": p.integer(1, 1000)})
     if train.loss == "cross_entropy" and model.output != "softmax":
         raise GridError(source, "train.loss", train.loss,
                         "cross_entropy needs model.output = \"softmax\"")

@@ -65,7 +65,9 @@ def default_budget() -> int:
 def program_for(config: Config, cohort: plan.Cohort) -> train.Program:
     return train.Program(dims=cohort.dims(config.data.d, config.data.k), init=config.model.init,
                          output=config.model.output, loss=config.train.loss,
-                         dtype=config.train.dtype, power_iters=config.record.power_iters)
+                         dtype=config.train.dtype, power_iters=config.record.power_iters,
+                         sharpness_every=config.record.sharpness,
+                         sharpness_iters=config.record.sharpness_iters)
 
 
 def training_data(config: Config):

@@ -47,6 +47,8 @@ VARIABLES = {
     "grad_norm": ("Frobenius norm of the gradient dL/dW_l at W(t)", "1"),
     "grad_dot_weight": ("inner product <W_l(t), dL/dW_l at W(t)>", "1"),
     "loss": ("training loss at W(t)", "1"),
+    "sharpness": ("largest-magnitude eigenvalue of the loss Hessian at W(t) (NaN where not "
+                  "measured)", "1"),
     "accuracy": ("fraction of training points whose largest output is the target class", "1"),
     "diverged_at": ("first step with a non-finite loss, -1 if none", "step"),
     "inputs": ("training inputs, uniform on the unit sphere", "1"),
@@ -117,7 +119,8 @@ def cohort_dataset(config: Config, cohort: Cohort, steps: np.ndarray, traj: trai
         return shaped(np.concatenate([a, pad], axis=-1))
 
     data = {name: (LAYER_DIMS, padded(traj.records[name])) for name in train.LAYER_METRICS}
-    data.update({name: (NET_DIMS, shaped(traj.records[name])) for name in train.NETWORK_METRICS})
+    data.update({name: (NET_DIMS, shaped(value)) for name, value in traj.records.items()
+                 if name not in train.LAYER_METRICS})
     data["diverged_at"] = (NET_DIMS[:-1], shaped(traj.diverged_at.astype(np.int64)))
     coords = {
         "inputs": (("sample", "feature"), np.asarray(inputs)),

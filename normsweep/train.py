@@ -49,6 +49,8 @@ class Program:
     dtype: str = "float32"
     power_iters: int = 10
     cold_iters: int = COLD_ITERS
+    sharpness_every: int = 0
+    sharpness_iters: int = 20
 
     @property
     def depth(self) -> int:
@@ -73,6 +75,7 @@ class State(NamedTuple):
     dist_v: tuple
     update_sq: jax.Array
     diverged_at: jax.Array
+    hess_v: Any = ()
 
 
 def loss_and_logits(program: Program, params, x: jax.Array, y: jax.Array):
@@ -101,8 +104,42 @@ def init_member(program: Program, init_key: jax.Array, power_key: jax.Array,
         spec_v.append(metrics.spectral(w, v, program.cold_iters)[1])
         dist_v.append(metrics.unit_vector(jax.random.fold_in(power_key, 1000 + l), w.shape[1], dt))
     nan = jnp.full((program.depth,), jnp.nan, dt)
+    hess_v = ()
+    if program.sharpness_every:
+        hess_v = jax.tree.map(lambda w: jax.random.normal(jax.random.fold_in(power_key, 2000),
+                                                          w.shape, dt), params)
+        hess_v = _tree_scale(hess_v, 1 / jnp.sqrt(_tree_dot(hess_v, hess_v)))
     return State(params, ws, optax.sgd(1.0).init(params), tuple(spec_v), tuple(dist_v),
-                 nan, jnp.asarray(-1, jnp.int32))
+                 nan, jnp.asarray(-1, jnp.int32), hess_v)
+
+
+def _tree_dot(a, b) -> jax.Array:
+    leaves = [jnp.dot(u.reshape(-1), v.reshape(-1), precision=metrics.HIGHEST)
+              for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+    return sum(leaves[1:], leaves[0])
+
+
+def _tree_scale(a, c):
+    return jax.tree.map(lambda u: u * c, a)
+
+
+def sharpness(program: Program, params, v, x, y, iters: int):
+    """The largest-magnitude eigenvalue of the Hessian of the loss at `params`
+    (signed), by `iters` power iterations on Hessian-vector products from the
+    unit vector `v` (a parameter tree). Returns (λ, v)."""
+    grad = jax.grad(lambda p: loss_and_logits(program, p, x, y)[0])
+
+    def hvp(u):
+        return jax.jvp(grad, (params,), (u,))[1]
+
+    def body(_, u):
+        hu = hvp(u)
+        n = jnp.sqrt(_tree_dot(hu, hu))
+        return jax.tree.map(lambda new, old: jnp.where(n > 0, new / jnp.where(n > 0, n, 1), old),
+                            hu, u)
+
+    v = jax.lax.fori_loop(0, iters, body, v)
+    return _tree_dot(v, hvp(v)), v
 
 
 def step(program: Program, state: State, lr: jax.Array, x, y, t):
@@ -149,17 +186,30 @@ def measure(program: Program, state: State, loss, z, grads, y, diverged_at, t):
     return rec, tuple(spec_v), tuple(dist_v)
 
 
-def record_and_step(program: Program, state: State, lr, x, y, t):
-    """Measure step t, then take the step: (state at t+1, records of t)."""
+def record_and_step(program: Program, state: State, lr, x, y, t, last: bool = False):
+    """Measure step t, then take the step: (state at t+1, records of t).
+    With sharpness on, it is measured when t is a multiple of its stride or
+    `last` (the final record)."""
     new, (loss, z, grads) = step(program, state, lr, x, y, t)
     rec, spec_v, dist_v = measure(program, state, loss, z, grads, y, new.diverged_at, t)
-    return new._replace(spec_v=spec_v, dist_v=dist_v), rec
+    new = new._replace(spec_v=spec_v, dist_v=dist_v)
+    if program.sharpness_every:
+        due = jnp.logical_or(last, t % program.sharpness_every == 0)
+        lam, hess_v = jax.lax.cond(
+            due, lambda v: sharpness(program, state.params, v, x, y, program.sharpness_iters),
+            lambda v: (jnp.full((), jnp.nan, program.jdtype), v), state.hess_v)
+        dead = (new.diverged_at >= 0) & (new.diverged_at <= t)
+        rec["sharpness"] = jnp.where(dead, jnp.nan, lam)
+        new = new._replace(hess_v=hess_v)
+    return new, rec
 
 
 def empty_records(program: Program) -> dict:
     nan = jnp.full((program.depth,), jnp.nan, program.jdtype)
     rec = {name: nan for name in LAYER_METRICS}
     rec.update({name: nan[0] for name in NETWORK_METRICS})
+    if program.sharpness_every:
+        rec["sharpness"] = nan[0]
     return rec
 
 
@@ -182,7 +232,7 @@ def run_segment(program: Program, state: State, lr, x, y, t, gap, valid):
 
 def final_record(program: Program, state: State, lr, x, y, t):
     """Measure the last step without moving past it."""
-    new, rec = record_and_step(program, state, lr, x, y, t)
+    new, rec = record_and_step(program, state, lr, x, y, t, last=True)
     return new._replace(params=state.params, opt_state=state.opt_state,
                         update_sq=state.update_sq), rec
 

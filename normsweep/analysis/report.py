@@ -241,6 +241,45 @@ def fig_stability(ds: xr.Dataset, outcome: xr.DataArray, out: Path) -> Path:
     return _save(fig, out / "stability.png")
 
 
+def sharpness_table(ds: xr.Dataset) -> pd.DataFrame:
+    """Per η: the median over networks of the largest and the last measured
+    sharpness in units of the stability threshold 2/η."""
+    ratio = ds["sharpness"] * ds["lr_effective"] / 2
+    ratio = ratio.where(ds["diverged_at"] < 0).transpose(..., "step")
+    values = ratio.values
+    measured = np.isfinite(values)
+    idx = np.where(measured.any(-1), values.shape[-1] - 1 - np.argmax(measured[..., ::-1], -1), 0)
+    last_values = np.take_along_axis(values, idx[..., None], -1)[..., 0]
+    last = xr.DataArray(last_values, dims=ratio.dims[:-1],
+                        coords={d: ratio[d] for d in ratio.dims[:-1]})
+    rows = []
+    for lr in ds["lr"].values:
+        peak = ratio.sel(lr=lr).max("step").values.ravel()
+        end = last.sel(lr=lr).values.ravel()
+        rows.append({"lr": f"{lr:.3g}", "networks": int(np.isfinite(peak).sum()),
+                     "max λ·η/2 (median)": _fmt(float(np.nanmedian(peak))) if np.isfinite(peak).any() else "–",
+                     "final λ·η/2 (median)": _fmt(float(np.nanmedian(end))) if np.isfinite(end).any() else "–"})
+    return pd.DataFrame(rows)
+
+
+def fig_sharpness(ds: xr.Dataset, out: Path) -> Path:
+    width, depth = int(ds["width"].values[-1]), int(ds["depth"].values[-1])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, lr in enumerate(ds["lr"].values):
+        da = ds["sharpness"].sel(width=width, depth=depth, lr=lr).mean("seed").dropna("step")
+        if not da.size:
+            continue
+        eta = float(ds["lr_effective"].sel(width=width, lr=lr))
+        ax.plot(da["step"], da, "o-", ms=3, color=f"C{i}", label=f"η = {eta:.3g}")
+        ax.axhline(2 / eta, color=f"C{i}", ls="--", lw=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("top Hessian eigenvalue λ")
+    ax.set_yscale("symlog")
+    ax.set_title(f"sharpness (dashed: 2/η), width {width}, depth {depth}", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, out / "sharpness.png")
+
+
 def fig_identity(check: dict, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(4.5, 4.2))
     m, p = check["measured"].values.ravel(), check["predicted"].values.ravel()
@@ -308,6 +347,8 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
     check = identity_check(ds.where(ds["diverged_at"] < 0))
     if check:
         figures.append(fig_identity(check, out))
+    if "sharpness" in ds:
+        figures.append(fig_sharpness(ds, out))
     text = render(ds, cfg, table, outcome, check, fit_accuracy, root)
     store.write_text(out / "report.md", text)
     return Analysis(table, out / "report.md", figures)
@@ -403,6 +444,12 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root) -> str:
     lines += [_md(st.reset_index().rename(columns={"index": ""})), "",
               "![stability](stability.png)", ""]
 
+    if "sharpness" in ds:
+        lines += ["## Edge of stability", "",
+                  "Full-batch GD is stable near a minimum only while the top Hessian eigenvalue "
+                  "λ < 2/η; under GD the sharpness tends to rise to about 2/η and hover there "
+                  "(Cohen et al. 2021). λ·η/2 per learning rate (1 = the threshold):", "",
+                  _md(sharpness_table(ds)), "", "![sharpness](sharpness.png)", ""]
     lines += ["## 6. Scaling laws", "",
               "metric ≈ C·η^a·m^b, least squares in log space over the networks that fit or are "
               "still training (diverged and failed ones are left out and counted), 95% intervals "

@@ -1,0 +1,68 @@
+"""Sharpness: power iteration on Hessian-vector products against a dense Hessian."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from normsweep import plan, train
+from normsweep.config import parse
+from normsweep.data import sphere_data
+
+X, Y = sphere_data(jax.random.key(2), 16, 4, 3, jnp.float32)
+
+
+def dense_top(program, params):
+    flat, unravel = ravel_pytree(params)
+    hess = jax.hessian(lambda f: train.loss_and_logits(program, unravel(f), X, Y)[0])(flat)
+    eig = np.linalg.eigvalsh(np.asarray(hess, np.float64))
+    return eig[np.argmax(np.abs(eig))]
+
+
+def test_sharpness_matches_dense_hessian_along_training():
+    prog = train.Program(dims=(4, 6, 6, 3), sharpness_every=5, sharpness_iters=60)
+    ik, pk = plan.member_keys(np.array([0]))
+    steps = np.arange(16)
+    traj = train.train_members(prog, X, Y, np.array([0.3]), ik, pk, steps, keep_weights=True)
+    s = traj.records["sharpness"][0]
+    assert np.isnan(s[[1, 2, 3, 4, 6]]).all() and np.isfinite(s[[0, 5, 10, 15]]).all()
+    init = prog.model().init(ik[0], X[:1])
+    for w_name, got in (("initial", s[0]), ("final", s[15])):
+        ws = getattr(traj, w_name)
+        params = {"params": {f"layer_{l:03d}": {"kernel": jnp.asarray(w[0])}
+                             for l, w in enumerate(ws)}}
+        assert got == pytest.approx(dense_top(prog, params), rel=1e-3)
+    del init
+
+
+def test_sharpness_is_off_by_default_and_recorded_when_asked(tmp_path):
+    from normsweep import launch
+    text = ('name = "s"\n[data]\nn = 16\nd = 4\nk = 3\n[train]\nsteps = 10\n'
+            '[record]\nsteps = "all"\nsharpness = 5\n[grid]\nwidth = [6]\ndepth = [2]\n'
+            'lr = [0.1, 0.2]\n')
+    launch.launch(parse(text), tmp_path / "on")
+    launch.launch(parse(text.replace("sharpness = 5\n", "")), tmp_path / "off")
+    import xarray as xr
+    with xr.open_dataset(tmp_path / "on" / "sweep.nc") as on, \
+            xr.open_dataset(tmp_path / "off" / "sweep.nc") as off:
+        assert "sharpness" not in off and "sharpness" in on
+        assert on["sharpness"].dims == ("width", "depth", "lr", "seed", "step")
+        measured = on["sharpness"].notnull().any(["width", "depth", "lr", "seed"])
+        assert list(on["step"].values[measured.values]) == [0, 5, 10]
+        assert on["sharpness"].attrs["long_name"]
+        xr.testing.assert_identical(on["loss"], off["loss"])   # measuring changes nothing
+
+
+def test_report_has_an_edge_of_stability_section(tmp_path):
+    from normsweep import launch
+    from normsweep.analysis import report
+    text = ('name = "eos"\n[data]\nn = 16\nd = 4\nk = 3\n[train]\nsteps = 12\n'
+            '[record]\nsharpness = 4\n[grid]\nwidth = [6, 8]\ndepth = [2, 3]\n'
+            'lr = [0.1, 0.3]\nseed = [0, 1]\n')
+    launch.launch(parse(text), tmp_path / "eos")
+    result = report.analyze(tmp_path / "eos", boot=20)
+    text = result.report.read_text()
+    assert "Edge of stability" in text and "λ·η/2" in text
+    assert (tmp_path / "eos" / "analysis" / "sharpness.png").stat().st_size > 1000
