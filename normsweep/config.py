@@ -72,13 +72,16 @@ class RecordConfig:
     `power_iters`: warm-started power iterations per record and matrix.
     `sharpness`: 0 (off) or a stride s: the top Hessian eigenvalue is measured
     at the recorded steps that are multiples of s and at the last step, with
-    `sharpness_iters` warm-started power iterations on Hessian-vector products."""
+    `sharpness_iters` warm-started power iterations on Hessian-vector products.
+    `jacobian_norm`: 0 (off) or a stride, likewise: the mean Frobenius and
+    spectral norms of the input–output Jacobian ∂F(x_i)/∂x_i over the data."""
     steps: str | int = "log"
     weights: bool = False
     power_iters: int = 10
     log_points: int = 256
     sharpness: int = 0
     sharpness_iters: int = 20
+    jacobian_norm: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +135,7 @@ class Config:
             "record.log_points": self.record.log_points,
             "record.sharpness": self.record.sharpness,
             "record.sharpness_iters": self.record.sharpness_iters,
+            "record.jacobian_norm": self.record.jacobian_norm,
             "grid.lr": list(grid.lr), "grid.lr.width_exponent": grid.lr_width_exponent,
             "grid.seed": list(grid.seed),
         }
@@ -174,7 +178,7 @@ def parse(text: str, source: str = "<string>", default_name: str | None = None) 
     record = p.section(raw, "record", RecordConfig, {
         "steps": p.schedule, "weights": p.boolean, "power_iters": p.integer(1, 1000),
         "log_points": p.integer(2, 100_000), "sharpness": p.integer(0, 10**9),
-        "sharpness_iters": p.integer(1, 1000)})
+        "sharpness_iters": p.integer(1, 1000), "jacobian_norm": p.integer(0, 10**9)})
     if train.loss == "cross_entropy" and model.output != "softmax":
         raise GridError(source, "train.loss", train.loss,
                         "cross_entropy needs model.output = \"softmax\"")

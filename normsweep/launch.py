@@ -67,7 +67,8 @@ def program_for(config: Config, cohort: plan.Cohort) -> train.Program:
                          output=config.model.output, loss=config.train.loss,
                          dtype=config.train.dtype, power_iters=config.record.power_iters,
                          sharpness_every=config.record.sharpness,
-                         sharpness_iters=config.record.sharpness_iters)
+                         sharpness_iters=config.record.sharpness_iters,
+                         jacobian_every=config.record.jacobian_norm)
 
 
 def training_data(config: Config):

@@ -47,6 +47,10 @@ VARIABLES = {
     "grad_norm": ("Frobenius norm of the gradient dL/dW_l at W(t)", "1"),
     "grad_dot_weight": ("inner product <W_l(t), dL/dW_l at W(t)>", "1"),
     "loss": ("training loss at W(t)", "1"),
+    "jacobian_frob_norm": ("mean over the data of the Frobenius norm of dF(x_i)/dx_i "
+                           "(NaN where not measured)", "1"),
+    "jacobian_spec_norm": ("mean over the data of the spectral norm of dF(x_i)/dx_i "
+                           "(NaN where not measured)", "1"),
     "sharpness": ("largest-magnitude eigenvalue of the loss Hessian at W(t) (NaN where not "
                   "measured)", "1"),
     "accuracy": ("fraction of training points whose largest output is the target class", "1"),

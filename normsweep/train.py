@@ -51,6 +51,7 @@ class Program:
     cold_iters: int = COLD_ITERS
     sharpness_every: int = 0
     sharpness_iters: int = 20
+    jacobian_every: int = 0
 
     @property
     def depth(self) -> int:
@@ -186,6 +187,21 @@ def measure(program: Program, state: State, loss, z, grads, y, diverged_at, t):
     return rec, tuple(spec_v), tuple(dist_v)
 
 
+def output(program: Program, params, x: jax.Array) -> jax.Array:
+    """F(x): the softmax of the logits, or the logits for a linear output."""
+    z = program.model().apply(params, x)
+    return jax.nn.softmax(z) if program.output == "softmax" else z
+
+
+def jacobian_norms(program: Program, params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Means over the points of ‖∂F(x_i)/∂x_i‖_F and ‖∂F(x_i)/∂x_i‖₂ (each
+    Jacobian k×d, by forward-mode JVPs)."""
+    jac = jax.vmap(jax.jacfwd(lambda xi: output(program, params, xi[None])[0]))(x)
+    frob = jax.vmap(metrics.frobenius)(jac)
+    spec = jax.vmap(metrics.spectral_exact)(jac)
+    return jnp.mean(frob), jnp.mean(spec)
+
+
 def record_and_step(program: Program, state: State, lr, x, y, t, last: bool = False):
     """Measure step t, then take the step: (state at t+1, records of t).
     With sharpness on, it is measured when t is a multiple of its stride or
@@ -201,6 +217,14 @@ def record_and_step(program: Program, state: State, lr, x, y, t, last: bool = Fa
         dead = (new.diverged_at >= 0) & (new.diverged_at <= t)
         rec["sharpness"] = jnp.where(dead, jnp.nan, lam)
         new = new._replace(hess_v=hess_v)
+    if program.jacobian_every:
+        due = jnp.logical_or(last, t % program.jacobian_every == 0)
+        nan = jnp.full((), jnp.nan, program.jdtype)
+        frob, spec = jax.lax.cond(due, lambda p: jacobian_norms(program, p, x),
+                                  lambda p: (nan, nan), state.params)
+        dead = (new.diverged_at >= 0) & (new.diverged_at <= t)
+        rec["jacobian_frob_norm"] = jnp.where(dead, jnp.nan, frob)
+        rec["jacobian_spec_norm"] = jnp.where(dead, jnp.nan, spec)
     return new, rec
 
 
@@ -210,6 +234,8 @@ def empty_records(program: Program) -> dict:
     rec.update({name: nan[0] for name in NETWORK_METRICS})
     if program.sharpness_every:
         rec["sharpness"] = nan[0]
+    if program.jacobian_every:
+        rec["jacobian_frob_norm"] = rec["jacobian_spec_norm"] = nan[0]
     return rec
 
 

@@ -40,14 +40,17 @@ def test_sharpness_matches_dense_hessian_along_training():
 def test_sharpness_is_off_by_default_and_recorded_when_asked(tmp_path):
     from normsweep import launch
     text = ('name = "s"\n[data]\nn = 16\nd = 4\nk = 3\n[train]\nsteps = 10\n'
-            '[record]\nsteps = "all"\nsharpness = 5\n[grid]\nwidth = [6]\ndepth = [2]\n'
+            '[record]\nsteps = "all"\nsharpness = 5\njacobian_norm = 5\n[grid]\nwidth = [6]\n'
+            'depth = [2]\n'
             'lr = [0.1, 0.2]\n')
     launch.launch(parse(text), tmp_path / "on")
-    launch.launch(parse(text.replace("sharpness = 5\n", "")), tmp_path / "off")
+    launch.launch(parse(text.replace("sharpness = 5\njacobian_norm = 5\n", "")), tmp_path / "off")
     import xarray as xr
     with xr.open_dataset(tmp_path / "on" / "sweep.nc") as on, \
             xr.open_dataset(tmp_path / "off" / "sweep.nc") as off:
-        assert "sharpness" not in off and "sharpness" in on
+        for name in ("sharpness", "jacobian_frob_norm", "jacobian_spec_norm"):
+            assert name not in off and name in on, name
+            assert on[name].attrs["long_name"] and on[name].attrs["units"] == "1"
         assert on["sharpness"].dims == ("width", "depth", "lr", "seed", "step")
         measured = on["sharpness"].notnull().any(["width", "depth", "lr", "seed"])
         assert list(on["step"].values[measured.values]) == [0, 5, 10]
