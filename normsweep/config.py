@@ -32,6 +32,7 @@ from normsweep.errors import GridError
 
 INITS = ("he", "width")
 OUTPUTS = ("softmax", "linear")
+PARAMETRIZATIONS = ("standard", "ntk", "mup")
 LOSSES = ("mse", "cross_entropy")
 DTYPES = ("float32", "float64")
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -51,9 +52,11 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """`init`: "he" draws W_l ~ N(0, 2/fan_in); "width" draws every entry of
-    every layer from N(0, 2/width). `output`: "softmax" or "linear" (logits)."""
+    every layer from N(0, 2/width). `output`: "softmax" or "linear" (logits).
+    `parametrization`: "standard", "ntk" or "mup" (see model.lr_multipliers)."""
     init: str = "he"
     output: str = "softmax"
+    parametrization: str = "standard"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +131,7 @@ class Config:
             "data.n": self.data.n, "data.d": self.data.d, "data.k": self.data.k,
             "data.seed": self.data.seed,
             "model.init": self.model.init, "model.output": self.model.output,
+            "model.parametrization": self.model.parametrization,
             "train.loss": self.train.loss, "train.steps": self.train.steps,
             "train.dtype": self.train.dtype,
             "record.steps": self.record.steps, "record.weights": self.record.weights,
@@ -172,7 +176,11 @@ def parse(text: str, source: str = "<string>", default_name: str | None = None) 
     data = p.section(raw, "data", DataConfig, {
         "n": p.integer(1), "d": p.integer(2), "k": p.integer(2), "seed": p.integer(0, MAX_SEED)})
     model = p.section(raw, "model", ModelConfig, {
-        "init": p.choice(INITS), "output": p.choice(OUTPUTS)})
+        "init": p.choice(INITS), "output": p.choice(OUTPUTS),
+        "parametrization": p.choice(PARAMETRIZATIONS)})
+    if model.parametrization == "mup" and model.init != "he":
+        raise GridError(source, "model.init", model.init,
+                        'parametrization = "mup" sets its own init; leave init at "he"')
     train = p.section(raw, "train", TrainConfig, {
         "loss": p.choice(LOSSES), "steps": p.integer(1, 10**9), "dtype": p.choice(DTYPES)})
     record = p.section(raw, "record", RecordConfig, {

@@ -68,7 +68,8 @@ def program_for(config: Config, cohort: plan.Cohort) -> train.Program:
                          dtype=config.train.dtype, power_iters=config.record.power_iters,
                          sharpness_every=config.record.sharpness,
                          sharpness_iters=config.record.sharpness_iters,
-                         jacobian_every=config.record.jacobian_norm)
+                         jacobian_every=config.record.jacobian_norm,
+                         parametrization=config.model.parametrization)
 
 
 def training_data(config: Config):

@@ -27,7 +27,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from normsweep import metrics
-from normsweep.model import MLP, kernels
+from normsweep.model import MLP, kernels, lr_multipliers, with_kernels
 
 LAYER_METRICS = ("frob_norm", "spec_norm", "frob_dist", "spec_dist", "update_norm", "grad_norm",
                  "grad_dot_weight")
@@ -52,6 +52,7 @@ class Program:
     sharpness_every: int = 0
     sharpness_iters: int = 20
     jacobian_every: int = 0
+    parametrization: str = "standard"
 
     @property
     def depth(self) -> int:
@@ -62,7 +63,11 @@ class Program:
         return jnp.dtype(self.dtype)
 
     def model(self) -> MLP:
-        return MLP(dims=self.dims, init_scheme=self.init, dtype=self.jdtype)
+        init = "mup" if self.parametrization == "mup" else self.init
+        return MLP(dims=self.dims, init_scheme=init, dtype=self.jdtype)
+
+    def lr_multipliers(self) -> tuple[float, ...]:
+        return lr_multipliers(self.parametrization, self.init, self.dims)
 
 
 class State(NamedTuple):
@@ -152,6 +157,9 @@ def step(program: Program, state: State, lr: jax.Array, x, y, t):
                             jnp.asarray(t, jnp.int32), state.diverged_at)
     alive = diverged_at < 0
     updates, opt_state = optax.sgd(lr).update(grads, state.opt_state, state.params)
+    if program.parametrization != "standard":
+        updates = with_kernels(updates, [u * jnp.asarray(c, u.dtype) for u, c in
+                                         zip(kernels(updates), program.lr_multipliers())])
     moved = optax.apply_updates(state.params, updates)
     params = jax.tree.map(lambda new, old: jnp.where(alive, new, old), moved, state.params)
     update_sq = jnp.stack([metrics.sum_squares(u) for u in kernels(updates)])
