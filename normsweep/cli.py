@@ -266,7 +266,8 @@ def show(dir: Path) -> None:
     console.print(f"[bold]{config.name}[/bold]  ({dir})")
     console.print(f"  data: n={config.data.n} on S^{config.data.d - 1}, k={config.data.k}, "
                   f"seed={config.data.seed}")
-    console.print(f"  model: init={config.model.init}, output={config.model.output}; "
+    console.print(f"  model: init={config.model.init}, output={config.model.output}, "
+                  f"parametrization={config.model.parametrization}; "
                   f"train: loss={config.train.loss}, steps={config.train.steps}, "
                   f"{config.train.dtype}; record: steps={config.record.steps}")
     scaled = f" × width^{g.lr_width_exponent:g}" if g.lr_width_exponent else ""
