@@ -145,8 +145,23 @@ class Config:
         }
 
     def fingerprint(self) -> str:
-        """A short hash of `settings()`: equal fingerprints combine."""
-        return hashlib.sha256(repr(sorted(self.settings().items())).encode()).hexdigest()[:16]
+        """A short hash of `settings()`: equal fingerprints combine.
+
+        Settings at their default value are left out of the hash, so a setting
+        added to normsweep later (with a default that keeps the old
+        behaviour) does not change the fingerprints of existing folders."""
+        defaults = default_settings()
+        kept = {k: v for k, v in self.settings().items()
+                if k not in defaults or defaults[k] != v}
+        return hashlib.sha256(repr(sorted(kept.items())).encode()).hexdigest()[:16]
+
+
+def default_settings() -> dict[str, Any]:
+    """`Config.settings()` of a grid that sets nothing but its axes (whose
+    values are never left out: they have no default)."""
+    grid = GridConfig(width=(1,), depth=(2,), lr=(), seed=())
+    base = Config("default", DataConfig(), ModelConfig(), TrainConfig(), RecordConfig(), grid)
+    return {k: v for k, v in base.settings().items() if k not in ("grid.lr", "grid.seed")}
 
 
 def load(path: str | Path) -> Config:

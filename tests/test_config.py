@@ -35,6 +35,22 @@ def test_lr_width_exponent():
     np.testing.assert_allclose(c.grid.lr_effective(256), np.geomspace(0.25, 4, 5) / 256)
 
 
+def test_fingerprint_leaves_out_settings_at_their_default(monkeypatch):
+    """A setting added later with a default that keeps the old behaviour must
+    not change the fingerprint of folders launched before it existed."""
+    c = config.parse('name = "a"\n' + GRID)
+    before = c.fingerprint()
+    real_settings, real_defaults = config.Config.settings, config.default_settings
+    monkeypatch.setattr(config.Config, "settings",
+                        lambda self: {**real_settings(self), "train.new_knob": 0})
+    monkeypatch.setattr(config, "default_settings",
+                        lambda: {**real_defaults(), "train.new_knob": 0})
+    assert c.fingerprint() == before
+    monkeypatch.setattr(config.Config, "settings",
+                        lambda self: {**real_settings(self), "train.new_knob": 1})
+    assert c.fingerprint() != before
+
+
 def test_fingerprint_ignores_width_and_depth_but_not_lr():
     a = config.parse('name = "a"\n' + GRID)
     b = config.parse('name = "a"\n' + GRID.replace("[16]", "[16, 32]").replace("[2]", "[2, 5]"))
