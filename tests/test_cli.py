@@ -101,7 +101,7 @@ def test_killed_launch_resumes_to_the_same_sweep(tiny_sweep, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = sorted(p.name for p in out.glob("cohorts/*.nc"))
-    assert 1 <= len(done) < 4, "kill the launch between its first and last cohort"
+    assert len(done) in (1, 2, 3), "kill the launch between its first and last cohort"
     for path in out.glob("cohorts/*.nc"):
         xr.open_dataset(path).close()   # every visible file is complete
     assert not (out / "sweep.nc").exists()
