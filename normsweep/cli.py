@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from normsweep.errors import GridError, RunError
+from normsweep.launch import Reporter
 
 err_console = Console(stderr=True)
 
@@ -50,13 +51,10 @@ class RichReporter:
         self.progress.console.print(f"[yellow]warning:[/yellow] {message}")
 
 
-class QuietReporter:
-    def start(self, cohorts, skipped): ...
-    def cohort(self, name, steps): ...
-    def advance(self, steps): ...
-    def done(self, name): ...
+class QuietReporter(Reporter):
+    """No progress; warnings still go to stderr."""
 
-    def warn(self, message):
+    def warn(self, message: str) -> None:
         click.echo(f"warning: {message}", err=True)
 
 

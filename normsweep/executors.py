@@ -51,14 +51,14 @@ def cohort_task(config_text: str, source: str, root: str, index: int, budget: in
     import time
 
     from normsweep import config as config_mod
-    from normsweep import launch, plan
+    from normsweep import launch, plan, store
 
     started = time.perf_counter()
     cfg = config_mod.parse(config_text, source=source)
     launch.enable_dtype(cfg)
     launch.enable_compilation_cache()
     cohort = plan.cohorts(cfg)[index]
-    skipped = launch.cohort_done(cfg, cohort, launch.store.cohort_path(Path(root), cohort),
+    skipped = launch.cohort_done(cfg, cohort, store.cohort_path(Path(root), cohort),
                                  lambda message: None)
     diverged = 0
     if not skipped:

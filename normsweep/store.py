@@ -264,8 +264,7 @@ def combine(datasets: list[xr.Dataset]) -> xr.Dataset:
     out = out.assign_coords({name: datasets[0][name] for name in DATA_VARS})
     out["diverged_at"] = out["diverged_at"].astype(np.int64)
     out.attrs = dict(datasets[0].attrs)
-    for key in ("created",):
-        out.attrs[key] = max(ds.attrs.get(key, "") for ds in datasets)
+    out.attrs["created"] = max(ds.attrs.get("created", "") for ds in datasets)
     return _label(out)
 
 

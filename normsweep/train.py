@@ -168,21 +168,21 @@ def step(program: Program, state: State, lr: jax.Array, x, y, t):
     return new, (loss, z, grads)
 
 
-def measure(program: Program, state: State, loss, z, grads, y, diverged_at, t):
-    """The records of step t from W(t) (in `state`) and its loss, logits and
-    gradient. Returns (records, spec_v, dist_v); records are NaN from the
-    member's divergence on."""
+def measure(program: Program, state: State, loss, z, grads, y):
+    """The records of a step from W(t) (in `state`) and its loss, logits and
+    gradient. Returns (records, spec_v, dist_v)."""
     rec = {name: [] for name in LAYER_METRICS}
     spec_v, dist_v = [], []
     for w, w0, g, v, dv in zip(kernels(state.params), state.params0, kernels(grads),
                                state.spec_v, state.dist_v):
+        d = w - w0
         s, v = metrics.spectral(w, v, program.power_iters)
-        ds, dv = metrics.spectral(w - w0, dv, program.power_iters)
+        ds, dv = metrics.spectral(d, dv, program.power_iters)
         spec_v.append(v)
         dist_v.append(dv)
         rec["frob_norm"].append(metrics.frobenius(w))
         rec["spec_norm"].append(s)
-        rec["frob_dist"].append(metrics.frobenius(w - w0))
+        rec["frob_dist"].append(metrics.frobenius(d))
         rec["spec_dist"].append(ds)
         rec["grad_norm"].append(metrics.frobenius(g))
         rec["grad_dot_weight"].append(jnp.dot(w.reshape(-1), g.reshape(-1), precision=metrics.HIGHEST))
@@ -190,8 +190,6 @@ def measure(program: Program, state: State, loss, z, grads, y, diverged_at, t):
     rec["update_norm"] = jnp.sqrt(state.update_sq)
     rec["loss"] = loss
     rec["accuracy"] = jnp.mean(jnp.argmax(z, -1) == jnp.argmax(y, -1)).astype(loss.dtype)
-    dead = (diverged_at >= 0) & (diverged_at <= t)
-    rec = {name: jnp.where(dead, jnp.nan, val) for name, val in rec.items()}
     return rec, tuple(spec_v), tuple(dist_v)
 
 
@@ -215,25 +213,24 @@ def record_and_step(program: Program, state: State, lr, x, y, t, last: bool = Fa
     With sharpness on, it is measured when t is a multiple of its stride or
     `last` (the final record)."""
     new, (loss, z, grads) = step(program, state, lr, x, y, t)
-    rec, spec_v, dist_v = measure(program, state, loss, z, grads, y, new.diverged_at, t)
+    rec, spec_v, dist_v = measure(program, state, loss, z, grads, y)
     new = new._replace(spec_v=spec_v, dist_v=dist_v)
     if program.sharpness_every:
         due = jnp.logical_or(last, t % program.sharpness_every == 0)
         lam, hess_v = jax.lax.cond(
             due, lambda v: sharpness(program, state.params, v, x, y, program.sharpness_iters),
             lambda v: (jnp.full((), jnp.nan, program.jdtype), v), state.hess_v)
-        dead = (new.diverged_at >= 0) & (new.diverged_at <= t)
-        rec["sharpness"] = jnp.where(dead, jnp.nan, lam)
+        rec["sharpness"] = lam
         new = new._replace(hess_v=hess_v)
     if program.jacobian_every:
         due = jnp.logical_or(last, t % program.jacobian_every == 0)
         nan = jnp.full((), jnp.nan, program.jdtype)
         frob, spec = jax.lax.cond(due, lambda p: jacobian_norms(program, p, x),
                                   lambda p: (nan, nan), state.params)
-        dead = (new.diverged_at >= 0) & (new.diverged_at <= t)
-        rec["jacobian_frob_norm"] = jnp.where(dead, jnp.nan, frob)
-        rec["jacobian_spec_norm"] = jnp.where(dead, jnp.nan, spec)
-    return new, rec
+        rec["jacobian_frob_norm"], rec["jacobian_spec_norm"] = frob, spec
+    # every record is NaN from the member's divergence on
+    dead = (new.diverged_at >= 0) & (new.diverged_at <= t)
+    return new, {name: jnp.where(dead, jnp.nan, val) for name, val in rec.items()}
 
 
 def empty_records(program: Program) -> dict:

@@ -101,10 +101,10 @@ def identity_check(ds: xr.Dataset) -> dict:
     consecutive = np.flatnonzero(np.diff(steps) == 1)
     if not len(consecutive) or "grad_dot_weight" not in ds:
         return {}
-    a, b = ds.isel(step=consecutive), ds.isel(step=consecutive + 1)
+    a = ds.isel(step=consecutive)
+    b = ds.isel(step=consecutive + 1).assign_coords(step=a["step"])   # step t+1, labelled t
     eta = ds["lr_effective"]
-    f0, f1 = a["frob_norm"].values, b["frob_norm"].values
-    measured = xr.DataArray(f1**2 - f0**2, dims=a["frob_norm"].dims, coords=a["frob_norm"].coords)
+    measured = b["frob_norm"] ** 2 - a["frob_norm"] ** 2
     first = -2 * eta * a["grad_dot_weight"]
     second = eta**2 * a["grad_norm"] ** 2
     predicted = first + second
