@@ -104,49 +104,70 @@ def peak_rss(steps: int) -> int:
     return int(out.stdout.strip().splitlines()[-1]) * 1024
 
 
+# sizes per preset: (n, matmul side, widths, steps per width, seeds per η)
+PRESETS = {
+    "smoke": dict(n=64, matmul=256, widths=[32], steps={32: 20}, seeds=[2], repeat=3),
+    "cpu": dict(n=1024, matmul=1024, widths=[64, 256, 512, 1024],
+                steps={64: 400, 256: 400, 512: 120, 1024: 40}, seeds=[2], repeat=10),
+    # a GPU is launch-bound on 8 small networks: also run 64 (4 η × 16 seeds),
+    # and enough steps that a cohort runs for about a second
+    "gpu": dict(n=1024, matmul=8192, widths=[64, 256, 1024, 2048],
+                steps={64: 4000, 256: 2000, 1024: 400, 2048: 200}, seeds=[2, 16], repeat=20),
+}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds not minutes")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                    help="sizes: cpu (default), gpu (larger cohorts, more steps), smoke")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args()
-    smoke = args.smoke
-    n, d, k = (64, 16, 10) if smoke else (1024, 16, 10)
+    preset = args.preset or ("smoke" if args.smoke else "cpu")
+    smoke = preset == "smoke"
+    cfg = PRESETS[preset]
+    n, d, k = cfg["n"], 16, 10
     x, y = sphere_data(jax.random.key(0), n, d, k, jnp.float32)
-    lrs, seeds = np.geomspace(1e-3, 1e-2, 4), np.array([0, 1])
-    members = len(lrs) * len(seeds)
-    res = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend()}
-    res["matmul_flops"] = matmul_rate(256 if smoke else 1024, 3 if smoke else 10)
-    print(f"matmul {256 if smoke else 1024}² float32: {res['matmul_flops'] / 1e9:.1f} GFLOP/s")
-    print(f"cohorts: n = {n}, depth 3, {members} networks (4 η × 2 seeds), record = log "
-          "(64 points); baselines train one network at a time")
+    lrs = np.geomspace(1e-3, 1e-2, 4)
+    res = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+           "preset": preset, "jax": jax.__version__}
+    res["matmul_flops"] = matmul_rate(cfg["matmul"], cfg["repeat"])
+    print(f"device: {res['device']} ({res['backend']}), jax {jax.__version__}")
+    print(f"matmul {cfg['matmul']}² float32 (default precision): "
+          f"{res['matmul_flops'] / 1e9:.1f} GFLOP/s")
+    print(f"cohorts: n = {n}, depth 3, 4 η × {'/'.join(map(str, cfg['seeds']))} seeds, "
+          "record = log (64 points); baselines train one network at a time")
 
     rows = []
-    widths = [32] if smoke else [64, 256, 512, 1024]
-    for m in widths:
+    for m in cfg["widths"]:
         dims = (d, m, m, k)
-        steps = 20 if smoke else (400 if m <= 256 else 120 if m == 512 else 40)
+        steps = cfg["steps"][m]
         # 64 log-spaced records: what a long sweep records per step; the cost of
         # recording more densely is measured on its own below
         sched = plan.record_steps(steps, "log", 64)
-        t, compile_s = normsweep_run(dims, n, lrs, seeds, sched, x, y)
-        flop = 6 * n * params(dims) * members * steps
-        ns_rate = members * steps / t
-        base = baseline_run(dims, x, y, 1e-3, max(5, steps // 4), svd=False)
-        base_svd = baseline_run(dims, x, y, 1e-3, max(3, steps // 20), svd=True)
-        row = {"width": m, "members": members, "steps": steps,
-               "net_steps_per_s": ns_rate, "flops": flop / t,
-               "fraction_of_matmul": flop / t / res["matmul_flops"], "compile_s": compile_s,
-               "speedup_vs_loop": ns_rate * base, "speedup_vs_loop_svd": ns_rate * base_svd}
-        rows.append(row)
-        print(f"width {m:5d}: {ns_rate:9.1f} network-steps/s, {flop / t / 1e9:6.1f} GFLOP/s "
-              f"({row['fraction_of_matmul']:.0%} of matmul), compile {compile_s:.1f} s, "
-              f"×{row['speedup_vs_loop']:.1f} vs one-at-a-time loop, "
-              f"×{row['speedup_vs_loop_svd']:.1f} vs loop with SVD per step")
+        base = baseline_run(dims, x, y, 1e-3, max(5, min(steps // 4, 400)), svd=False)
+        base_svd = baseline_run(dims, x, y, 1e-3, max(3, min(steps // 20, 50)), svd=True)
+        for n_seeds in cfg["seeds"]:
+            seeds = np.arange(n_seeds)
+            members = len(lrs) * n_seeds
+            t, compile_s = normsweep_run(dims, n, lrs, seeds, sched, x, y)
+            flop = 6 * n * params(dims) * members * steps
+            ns_rate = members * steps / t
+            row = {"width": m, "members": members, "steps": steps,
+                   "net_steps_per_s": ns_rate, "flops": flop / t,
+                   "fraction_of_matmul": flop / t / res["matmul_flops"], "compile_s": compile_s,
+                   "speedup_vs_loop": ns_rate * base, "speedup_vs_loop_svd": ns_rate * base_svd}
+            rows.append(row)
+            print(f"width {m:5d} × {members:3d} networks: {ns_rate:9.1f} network-steps/s, "
+                  f"{flop / t / 1e9:8.1f} GFLOP/s ({row['fraction_of_matmul']:.0%} of matmul), "
+                  f"compile {compile_s:.1f} s, ×{row['speedup_vs_loop']:.1f} vs one-at-a-time loop, "
+                  f"×{row['speedup_vs_loop_svd']:.1f} vs loop with SVD per step")
     res["cohorts"] = rows
 
     # recording cost: "all" and "log" against recording only the first and last step
     m = 32 if smoke else 256
     steps = 20 if smoke else 300
+    seeds = np.arange(2)
     dims = (d, m, m, k)
     timing = {}
     for label, sched in (("off", np.array([0, steps])), ("log", plan.record_steps(steps, "log", 64)),

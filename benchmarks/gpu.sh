@@ -1,9 +1,35 @@
 #!/usr/bin/env bash
-# The benchmark on a GPU machine, in a few minutes: same table, plus the
-# achieved fraction of the GPU's own matmul rate.
+# The benchmark on a GPU machine, in a few minutes: the same table with larger
+# cohorts (--preset gpu), the achieved fraction of the GPU's own matmul rate,
+# the quickstart grid launched end to end, and the equivalence tests on the GPU.
 #   bash benchmarks/gpu.sh            (from the repository root)
-set -euo pipefail
+# On a machine with a package registry it installs jax[cuda12] and normsweep.
+# On one without (the lent machines here), it uses the jax already installed
+# and wheels of anything else carried in .whl/ (netCDF4, cftime).
+set -uo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q "jax[cuda12]" -e .
-python3 -c "import jax; print(jax.devices()); assert jax.default_backend() == 'gpu'"
-XLA_PYTHON_CLIENT_PREALLOCATE=false python3 benchmarks/bench.py --json "${OUT:-.}/bench-gpu.json"
+OUT="${OUT:-$PWD/gpu-out}"; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false NORMSWEEP_JAX_CACHE=off
+nvidia-smi -L || true
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH="$PWD:/tmp/site"
+elif ! python3 -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')" 2>/dev/null; then
+    python3 -m pip install -q "jax[cuda12]" -e . || exit 1
+else
+    export PYTHONPATH="$PWD"
+fi
+python3 -c "import jax; print(jax.__version__, jax.devices()); assert jax.default_backend() == 'gpu'" || exit 1
+
+python3 benchmarks/bench.py --preset gpu --json "$OUT/bench-gpu.json" 2>&1 | tee "$OUT/bench-gpu.log"
+
+# the quickstart grid, end to end (launch, then analyze)
+start=$(date +%s%N)
+python3 -m normsweep.cli launch sweeps/quickstart.toml --out /tmp/gpu-quickstart --quiet \
+    2>&1 | tail -3
+echo "quickstart launch on GPU: $(( ($(date +%s%N) - start) / 1000000 )) ms"
+
+# equivalences on the GPU (vmapped == alone, reference loop, power iteration == SVD)
+timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_train.py tests/test_metrics.py \
+    2>&1 | tail -15
