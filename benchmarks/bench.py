@@ -34,9 +34,9 @@ def best_of(fn, repeat):
     return min(times)
 
 
-def matmul_rate(size: int, repeat: int) -> float:
+def matmul_rate(size: int, repeat: int, precision: str = "highest") -> float:
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    f = jax.jit(lambda a: a @ a)
+    f = jax.jit(lambda a: jnp.matmul(a, a, precision=precision))
     f(a).block_until_ready()
     return 2 * size**3 / best_of(lambda: f(a).block_until_ready(), repeat)
 
@@ -45,8 +45,8 @@ def params(dims):
     return sum(a * b for a, b in zip(dims[:-1], dims[1:]))
 
 
-def normsweep_run(dims, n, lrs, seeds, steps_array, x, y):
-    prog = train.Program(dims=dims)
+def normsweep_run(dims, n, lrs, seeds, steps_array, x, y, precision="highest"):
+    prog = train.Program(dims=dims, precision=precision)
     lr = np.repeat(lrs, len(seeds))
     ik, pk = plan.member_keys(np.tile(seeds, len(lrs)))
     t0 = time.perf_counter()
@@ -80,6 +80,7 @@ def baseline_run(dims, x, y, lr, steps, svd: bool):
         return optax.apply_updates(ws, updates), state, value, norms
 
     keys = jax.random.split(jax.random.key(0), len(dims) - 1)
+    step = jax.default_matmul_precision("highest")(step)   # what normsweep computes
     ws = [jax.random.normal(k, (a, b)) * np.sqrt(2 / a) for k, a, b in zip(keys, dims[:-1], dims[1:])]
     state = opt.init(ws)
     out = step(ws, state)
@@ -112,7 +113,8 @@ PRESETS = {
     # a GPU is launch-bound on 8 small networks: also run 64 (4 η × 16 seeds),
     # and enough steps that a cohort runs for about a second
     "gpu": dict(n=1024, matmul=8192, widths=[64, 256, 1024, 2048],
-                steps={64: 4000, 256: 2000, 1024: 400, 2048: 200}, seeds=[2, 16], repeat=20),
+                steps={64: 4000, 256: 2000, 1024: 400, 2048: 200}, seeds=[2, 16], repeat=20,
+                fast_precision=(2048, 16)),
 }
 
 
@@ -132,9 +134,11 @@ def main():
     res = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
            "preset": preset, "jax": jax.__version__}
     res["matmul_flops"] = matmul_rate(cfg["matmul"], cfg["repeat"])
+    res["matmul_flops_default_precision"] = matmul_rate(cfg["matmul"], cfg["repeat"], "default")
     print(f"device: {res['device']} ({res['backend']}), jax {jax.__version__}")
-    print(f"matmul {cfg['matmul']}² float32 (default precision): "
-          f"{res['matmul_flops'] / 1e9:.1f} GFLOP/s")
+    print(f"matmul {cfg['matmul']}² float32: {res['matmul_flops'] / 1e9:.1f} GFLOP/s at full "
+          f"float32 precision (normsweep's default), "
+          f"{res['matmul_flops_default_precision'] / 1e9:.1f} at XLA's default precision")
     print(f"cohorts: n = {n}, depth 3, 4 η × {'/'.join(map(str, cfg['seeds']))} seeds, "
           "record = log (64 points); baselines train one network at a time")
 
@@ -163,6 +167,21 @@ def main():
                   f"compile {compile_s:.1f} s, ×{row['speedup_vs_loop']:.1f} vs one-at-a-time loop, "
                   f"×{row['speedup_vs_loop_svd']:.1f} vs loop with SVD per step")
     res["cohorts"] = rows
+
+    # on an accelerator, XLA's default precision (TF32 on a GPU): the speed
+    # that [train] matmul_precision = "default" buys, against its own matmul rate
+    if cfg.get("fast_precision"):
+        m, n_seeds = cfg["fast_precision"]
+        dims, steps = (d, m, m, k), cfg["steps"][m]
+        t, _ = normsweep_run(dims, n, lrs, np.arange(n_seeds), plan.record_steps(steps, "log", 64),
+                             x, y, precision="default")
+        flop = 6 * n * params(dims) * len(lrs) * n_seeds * steps
+        res["default_precision"] = {"width": m, "members": len(lrs) * n_seeds, "flops": flop / t,
+                                    "fraction_of_matmul": flop / t /
+                                    res["matmul_flops_default_precision"]}
+        print(f"width {m:5d} × {len(lrs) * n_seeds:3d} networks, matmul_precision = default: "
+              f"{flop / t / 1e9:8.1f} GFLOP/s "
+              f"({res['default_precision']['fraction_of_matmul']:.0%} of default-precision matmul)")
 
     # recording cost: "all" and "log" against recording only the first and last step
     m = 32 if smoke else 256

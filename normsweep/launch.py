@@ -69,7 +69,8 @@ def program_for(config: Config, cohort: plan.Cohort) -> train.Program:
                          sharpness_every=config.record.sharpness,
                          sharpness_iters=config.record.sharpness_iters,
                          jacobian_every=config.record.jacobian_norm,
-                         parametrization=config.model.parametrization)
+                         parametrization=config.model.parametrization,
+                         precision=config.train.matmul_precision)
 
 
 def training_data(config: Config):

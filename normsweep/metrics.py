@@ -42,7 +42,8 @@ def spectral_exact(w: jax.Array, squarings: int = SQUARINGS) -> jax.Array:
     is then a top eigenvector v, and ‖W‖₂² = vᵀGv (a Rayleigh quotient, whose
     error is quadratic in the error of v; for a near-tie λ₁ ≈ λ₂ any mix of
     the two gives λ₁ to within the tie). Pure XLA: LAPACK's eigvalsh, called
-    from inside the training loop, can deadlock the CPU runtime.
+    from inside the training loop, can deadlock the CPU runtime. The loop is
+    unrolled: on a GPU each iteration of a rolled loop costs a host round trip.
     """
     p, q = w.shape
     gram = jnp.matmul(w, w.T, precision=HIGHEST) if p <= q else jnp.matmul(w.T, w, precision=HIGHEST)
@@ -52,7 +53,8 @@ def spectral_exact(w: jax.Array, squarings: int = SQUARINGS) -> jax.Array:
         n = jnp.max(jnp.abs(a))
         return a / jnp.where(n > 0, n, 1)
 
-    a = jax.lax.fori_loop(0, squarings, square, gram / jnp.maximum(jnp.max(jnp.abs(gram)), 1e-30))
+    a = jax.lax.fori_loop(0, squarings, square, gram / jnp.maximum(jnp.max(jnp.abs(gram)), 1e-30),
+                          unroll=True)
     v = a[:, jnp.argmax(jnp.einsum("ij,ij->j", a, a, precision=HIGHEST))]
     v = v / jnp.where(frobenius(v) > 0, frobenius(v), 1)
     top = jnp.dot(v, jnp.matmul(gram, v, precision=HIGHEST), precision=HIGHEST)
@@ -71,7 +73,7 @@ def power_iteration(w: jax.Array, v: jax.Array, iters: int) -> tuple[jax.Array, 
         n = frobenius(u)
         return jnp.where(n > 0, u / jnp.where(n > 0, n, 1), v)
 
-    v = jax.lax.fori_loop(0, iters, body, v)
+    v = jax.lax.fori_loop(0, iters, body, v, unroll=True)
     return frobenius(jnp.matmul(w, v, precision=HIGHEST)), v
 
 

@@ -53,6 +53,7 @@ class Program:
     sharpness_iters: int = 20
     jacobian_every: int = 0
     parametrization: str = "standard"
+    precision: str = "highest"
 
     @property
     def depth(self) -> int:
@@ -273,7 +274,8 @@ def final_record(program: Program, state: State, lr, x, y, t):
 @functools.partial(jax.jit, static_argnums=0)
 def init_cohort(program: Program, init_keys, power_keys, x):
     TRACES["init"] += 1
-    return jax.vmap(functools.partial(init_member, program), in_axes=(0, 0, None))(
+    with jax.default_matmul_precision(program.precision):
+        return jax.vmap(functools.partial(init_member, program), in_axes=(0, 0, None))(
         init_keys, power_keys, x)
 
 
@@ -293,7 +295,8 @@ def per_member(x: jax.Array, lrs: jax.Array) -> jax.Array:
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
 def segment_cohort(program: Program, state, lrs, x, y, t, gap, valid):
     TRACES["segment"] += 1
-    return jax.vmap(functools.partial(run_segment, program),
+    with jax.default_matmul_precision(program.precision):
+        return jax.vmap(functools.partial(run_segment, program),
                     in_axes=(0, 0, 0, None, None, None, None))(
         state, lrs, per_member(x, lrs), y, t, gap, valid)
 
@@ -301,7 +304,8 @@ def segment_cohort(program: Program, state, lrs, x, y, t, gap, valid):
 @functools.partial(jax.jit, static_argnums=0)
 def final_cohort(program: Program, state, lrs, x, y, t):
     TRACES["final"] += 1
-    return jax.vmap(functools.partial(final_record, program),
+    with jax.default_matmul_precision(program.precision):
+        return jax.vmap(functools.partial(final_record, program),
                     in_axes=(0, 0, 0, None, None))(state, lrs, per_member(x, lrs), y, t)
 
 
