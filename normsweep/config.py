@@ -65,11 +65,13 @@ class TrainConfig:
     """Full-batch gradient descent for `steps` steps on `loss` in `dtype`.
     `matmul_precision`: "highest" computes float32 matmuls in full float32 on
     every backend; "high"/"default" let a GPU or TPU use TF32/bf16 passes
-    (faster, about 1e-3 relative error per product; the same on CPU)."""
+    (faster, about 1e-3 relative error per product; the same on CPU).
+    `weight_decay` λ ≥ 0: each step also subtracts η·λ·W_l (see train.step)."""
     loss: str = "mse"
     steps: int = 2000
     dtype: str = "float32"
     matmul_precision: str = "highest"
+    weight_decay: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +84,10 @@ class RecordConfig:
     at the recorded steps that are multiples of s and at the last step, with
     `sharpness_iters` warm-started power iterations on Hessian-vector products.
     `jacobian_norm`: 0 (off) or a stride, likewise: the mean Frobenius and
-    spectral norms of the input–output Jacobian ∂F(x_i)/∂x_i over the data."""
+    spectral norms of the input–output Jacobian ∂F(x_i)/∂x_i over the data.
+    `ntk_eigs`: 0 (off) or a stride, likewise: the largest and smallest
+    eigenvalues of the empirical NTK Gram matrix on the first `ntk_points`
+    training points."""
     steps: str | int = "log"
     weights: bool = False
     power_iters: int = 10
@@ -90,6 +95,8 @@ class RecordConfig:
     sharpness: int = 0
     sharpness_iters: int = 20
     jacobian_norm: int = 0
+    ntk_eigs: int = 0
+    ntk_points: int = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +110,8 @@ class GridConfig:
     lr: tuple[float, ...]
     seed: tuple[int, ...] = (0,)
     lr_width_exponent: float = 0.0
+    parametrization: tuple[str, ...] | None = None   # an axis only when given
+    weight_decay: tuple[float, ...] | None = None    # an axis only when given
 
     def lr_effective(self, width: int) -> np.ndarray:
         """The learning rates η actually used at `width`, one per `lr` value."""
@@ -110,7 +119,8 @@ class GridConfig:
 
     @property
     def size(self) -> int:
-        return len(self.width) * len(self.depth) * len(self.lr) * len(self.seed)
+        extra = len(self.parametrization or (0,)) * len(self.weight_decay or (0,))
+        return len(self.width) * len(self.depth) * len(self.lr) * len(self.seed) * extra
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +158,27 @@ class Config:
             "record.jacobian_norm": self.record.jacobian_norm,
             "grid.lr": list(grid.lr), "grid.lr.width_exponent": grid.lr_width_exponent,
             "grid.seed": list(grid.seed),
+            "train.weight_decay": self.train.weight_decay,
+            "record.ntk_eigs": self.record.ntk_eigs,
+            "record.ntk_points": self.record.ntk_points,
+            "grid.parametrization": list(grid.parametrization or []),
+            "grid.weight_decay": list(grid.weight_decay or []),
         }
+
+    def parametrizations(self) -> tuple[str, ...]:
+        """The parametrizations trained: the grid axis, or [model]'s one value."""
+        return self.grid.parametrization or (self.model.parametrization,)
+
+    def weight_decays(self) -> tuple[float, ...]:
+        """The weight decays trained: the grid axis, or [train]'s one value."""
+        return self.grid.weight_decay or (self.train.weight_decay,)
+
+    def member_axes(self) -> tuple[str, ...]:
+        """The dims a cohort's members span, outer to inner: parametrization
+        and weight_decay only when they are grid axes."""
+        return tuple(name for name, on in (("parametrization", self.grid.parametrization),
+                                           ("lr", True), ("weight_decay", self.grid.weight_decay),
+                                           ("seed", True)) if on)
 
     def fingerprint(self) -> str:
         """A short hash of `settings()`: equal fingerprints combine.
@@ -204,15 +234,26 @@ def parse(text: str, source: str = "<string>", default_name: str | None = None) 
                         'parametrization = "mup" sets its own init; leave init at "he"')
     train = p.section(raw, "train", TrainConfig, {
         "loss": p.choice(LOSSES), "steps": p.integer(1, 10**9), "dtype": p.choice(DTYPES),
-        "matmul_precision": p.choice(PRECISIONS)})
+        "matmul_precision": p.choice(PRECISIONS), "weight_decay": p.nonnegative})
     record = p.section(raw, "record", RecordConfig, {
         "steps": p.schedule, "weights": p.boolean, "power_iters": p.integer(1, 1000),
         "log_points": p.integer(2, 100_000), "sharpness": p.integer(0, 10**9),
-        "sharpness_iters": p.integer(1, 1000), "jacobian_norm": p.integer(0, 10**9)})
+        "sharpness_iters": p.integer(1, 1000), "jacobian_norm": p.integer(0, 10**9),
+        "ntk_eigs": p.integer(0, 10**9), "ntk_points": p.integer(1, 256)})
+    if record.ntk_eigs and record.ntk_points > data.n:
+        raise GridError(source, "record.ntk_points", record.ntk_points,
+                        f"must be at most data.n = {data.n}")
     if train.loss == "cross_entropy" and model.output != "softmax":
         raise GridError(source, "train.loss", train.loss,
                         "cross_entropy needs model.output = \"softmax\"")
     grid = p.grid(raw.get("grid"))
+    for key, section in (("parametrization", "model"), ("weight_decay", "train")):
+        if getattr(grid, key) is not None and key in raw.get(section, {}):
+            raise GridError(source, f"{section}.{key}", raw[section][key],
+                            f"give {key} either in [{section}] or as the [grid] axis, not both")
+    if "mup" in (grid.parametrization or ()) and model.init != "he":
+        raise GridError(source, "model.init", model.init,
+                        'a parametrization axis with "mup" needs init = "he" (mup sets its own)')
     return Config(name, data, model, train, record, grid, text=text, source=source)
 
 
@@ -281,7 +322,8 @@ class _Parser:
             raise self.fail("grid", None, "required: a [grid] table with width, depth and lr")
         if not isinstance(table, dict):
             raise self.fail("grid", table, "must be a table ([grid])")
-        self.known(table, "grid.", {"width", "depth", "lr", "seed"})
+        self.known(table, "grid.", {"width", "depth", "lr", "seed", "parametrization",
+                                    "weight_decay"})
         for key in ("width", "depth", "lr"):
             if key not in table:
                 raise self.fail(f"grid.{key}", None, "required")
@@ -296,7 +338,31 @@ class _Parser:
             if not np.all(np.isfinite(eff)) or np.any(eff <= 0):
                 raise self.fail("grid.lr", list(lr),
                                 f"lr·width^{exponent} must be finite and > 0 (fails at width {m})")
-        return GridConfig(width, depth, lr, seed, exponent)
+        param = None
+        if "parametrization" in table:
+            param = self.names("grid.parametrization", table["parametrization"], PARAMETRIZATIONS)
+        wd = None
+        if "weight_decay" in table:
+            wd = self.axis("grid.weight_decay", table["weight_decay"], integer=False, lo=0.0)
+        return GridConfig(width, depth, lr, seed, exponent, param, wd)
+
+    def names(self, key: str, value: object, options: tuple[str, ...]) -> tuple[str, ...]:
+        """An axis of names: a non-empty list of distinct options, in the order given."""
+        allowed = "a non-empty list of distinct names from " + ", ".join(f'"{o}"' for o in options)
+        if not isinstance(value, list) or not value:
+            raise self.fail(key, value, allowed)
+        for v in value:
+            if v not in options:
+                raise self.fail(key, v, allowed)
+        if len(set(value)) != len(value):
+            raise self.fail(key, value, allowed)
+        return tuple(value)
+
+    def nonnegative(self, key: str, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or value < 0:
+            raise self.fail(key, value, "must be a finite number ≥ 0")
+        return float(value)
 
     def lr_axis(self, value: object) -> tuple[tuple[float, ...], float]:
         exponent = 0.0

@@ -70,7 +70,9 @@ def program_for(config: Config, cohort: plan.Cohort) -> train.Program:
                          sharpness_iters=config.record.sharpness_iters,
                          jacobian_every=config.record.jacobian_norm,
                          parametrization=config.model.parametrization,
-                         precision=config.train.matmul_precision)
+                         precision=config.train.matmul_precision,
+                         decay=any(wd > 0 for wd in config.weight_decays()),
+                         ntk_every=config.record.ntk_eigs, ntk_points=config.record.ntk_points)
 
 
 def training_data(config: Config):
@@ -190,11 +192,13 @@ def train_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
     program = program_for(config, cohort)
     chunks = plan.chunking(config, cohort, len(steps), budget_bytes)
     lrs, seeds = cohort.member_lr(), cohort.member_seed()
+    wds, params = cohort.member_weight_decay(), cohort.member_parametrization()
     init_keys, power_keys = plan.member_keys(seeds)
     parts = []
     for idx in chunks.slices(cohort.size):
         parts.append(train.train_members(program, x, y, lrs[idx], init_keys[idx], power_keys[idx],
-                                         steps, config.record.weights, on_steps, devices))
+                                         steps, config.record.weights, on_steps, devices,
+                                         weight_decay=wds[idx], parametrization=params[idx]))
     keep = cohort.size
 
     def cat(arrays):

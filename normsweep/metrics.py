@@ -35,12 +35,12 @@ def uses_power_iteration(shape: tuple[int, int]) -> bool:
     return min(shape) > EXACT_MAX
 
 
-def spectral_exact(w: jax.Array, squarings: int = SQUARINGS) -> jax.Array:
-    """‖W‖₂ from the Gram matrix G of the smaller side of W, by repeated squaring.
+def top_eigenvalue_psd(gram: jax.Array, squarings: int = SQUARINGS) -> jax.Array:
+    """The largest eigenvalue of a symmetric positive semi-definite matrix.
 
     G^(2^s), renormalised after each squaring, is (to rounding) the projector
     on the top eigenvectors of G whenever λ₂/λ₁ < 1 − 2^-s; its largest column
-    is then a top eigenvector v, and ‖W‖₂² = vᵀGv (a Rayleigh quotient, whose
+    is then a top eigenvector v, and λ₁ = vᵀGv (a Rayleigh quotient, whose
     error is quadratic in the error of v; for a near-tie λ₁ ≈ λ₂ any mix of
     the two gives λ₁ to within the tie). Pure XLA: LAPACK's eigvalsh, called
     from inside the training loop, can deadlock the CPU runtime. The loop is
@@ -48,9 +48,6 @@ def spectral_exact(w: jax.Array, squarings: int = SQUARINGS) -> jax.Array:
     trip, and a fully unrolled one multiplies the compile time (measured on an
     H100: 14–45 s per cohort fully unrolled, against 8 s rolled).
     """
-    p, q = w.shape
-    gram = jnp.matmul(w, w.T, precision=HIGHEST) if p <= q else jnp.matmul(w.T, w, precision=HIGHEST)
-
     def square(_, a):
         a = jnp.matmul(a, a, precision=HIGHEST)
         n = jnp.max(jnp.abs(a))
@@ -60,8 +57,22 @@ def spectral_exact(w: jax.Array, squarings: int = SQUARINGS) -> jax.Array:
                           unroll=min(UNROLL, squarings))
     v = a[:, jnp.argmax(jnp.einsum("ij,ij->j", a, a, precision=HIGHEST))]
     v = v / jnp.where(frobenius(v) > 0, frobenius(v), 1)
-    top = jnp.dot(v, jnp.matmul(gram, v, precision=HIGHEST), precision=HIGHEST)
-    return jnp.sqrt(jnp.maximum(top, 0.0))
+    return jnp.dot(v, jnp.matmul(gram, v, precision=HIGHEST), precision=HIGHEST)
+
+
+def extreme_eigenvalues_psd(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(λ_max, λ_min) of a symmetric PSD matrix: λ_min = λ_max − λ_max(λ_max·I − G).
+    λ_min carries an absolute error of a few ulp of λ_max."""
+    top = top_eigenvalue_psd(gram)
+    shifted = top * jnp.eye(gram.shape[0], dtype=gram.dtype) - gram
+    return top, jnp.maximum(top - top_eigenvalue_psd(shifted), 0.0)
+
+
+def spectral_exact(w: jax.Array, squarings: int = SQUARINGS) -> jax.Array:
+    """‖W‖₂ = √λ_max of the Gram matrix of the smaller side of W."""
+    p, q = w.shape
+    gram = jnp.matmul(w, w.T, precision=HIGHEST) if p <= q else jnp.matmul(w.T, w, precision=HIGHEST)
+    return jnp.sqrt(jnp.maximum(top_eigenvalue_psd(gram, squarings), 0.0))
 
 
 def power_iteration(w: jax.Array, v: jax.Array, iters: int) -> tuple[jax.Array, jax.Array]:

@@ -35,7 +35,17 @@ def init_std(init: str, fan_in: int, width: int, fan_out: int | None = None) -> 
         return math.sqrt(2.0 / width)
     if init == "mup":
         return math.sqrt(2.0 / fan_in) * min(1.0, math.sqrt(fan_out / fan_in))
+    if init == "unit":
+        return 1.0
     raise ValueError(f"init = {init!r}: must be 'he', 'width' or 'mup'")
+
+
+def init_stds(parametrization: str, init: str, dims) -> tuple[float, ...]:
+    """Per-layer init std of the effective weights W_l: μP sets its own, the
+    other parametrizations use `init`."""
+    scheme = "mup" if parametrization == "mup" else init
+    return tuple(init_std(scheme, fan_in, dims[1], fan_out)
+                 for fan_in, fan_out in zip(dims[:-1], dims[1:]))
 
 
 def lr_multipliers(parametrization: str, init: str, dims) -> tuple[float, ...]:

@@ -2,7 +2,8 @@
 
 A *cohort* is every grid point that shares (width, depth): one compiled
 program, vmapped over its *members*, the (lr, seed) pairs in row-major order
-(lr outer, seed inner). A cohort whose members do not fit the memory budget
+(lr outer, seed inner); with a parametrization or weight-decay axis in the
+grid, the (parametrization, lr, weight_decay, seed) tuples, in that order. A cohort whose members do not fit the memory budget
 is split into equal *chunks* (the last padded by repeating a member), so all
 chunks of a cohort run the same compiled program.
 
@@ -33,6 +34,9 @@ class Cohort:
     lr: tuple[float, ...]            # η₀, as in the grid
     lr_effective: tuple[float, ...]  # η used at this width
     seed: tuple[int, ...]
+    parametrization: tuple[str, ...] = ("standard",)
+    weight_decay: tuple[float, ...] = (0.0,)
+    axes: tuple[str, ...] = ("lr", "seed")   # the member dims, outer to inner
 
     @property
     def name(self) -> str:
@@ -40,14 +44,34 @@ class Cohort:
 
     @property
     def size(self) -> int:
-        return len(self.lr) * len(self.seed)
+        return len(self.parametrization) * len(self.lr) * len(self.weight_decay) * len(self.seed)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The member dims' sizes, in the order of `axes`."""
+        return tuple(len(self.axis_values(name)) for name in self.axes)
+
+    def axis_values(self, name: str) -> tuple:
+        return getattr(self, name)
+
+    def _members(self, values, position: int) -> np.ndarray:
+        full = (len(self.parametrization), len(self.lr), len(self.weight_decay), len(self.seed))
+        shape = [1, 1, 1, 1]
+        shape[position] = full[position]
+        return np.broadcast_to(np.asarray(values).reshape(shape), full).reshape(-1)
+
+    def member_parametrization(self) -> np.ndarray:
+        return self._members(np.asarray(self.parametrization, object), 0)
 
     def member_lr(self) -> np.ndarray:
-        """Effective η of each member, lr-major."""
-        return np.repeat(np.asarray(self.lr_effective, np.float64), len(self.seed))
+        """Effective η of each member."""
+        return self._members(np.asarray(self.lr_effective, np.float64), 1)
+
+    def member_weight_decay(self) -> np.ndarray:
+        return self._members(np.asarray(self.weight_decay, np.float64), 2)
 
     def member_seed(self) -> np.ndarray:
-        return np.tile(np.asarray(self.seed, np.int64), len(self.lr))
+        return self._members(np.asarray(self.seed, np.int64), 3)
 
     def dims(self, d: int, k: int) -> tuple[int, ...]:
         """Layer sizes (d, m, ..., m, k): layer l maps dims[l] → dims[l+1]."""
@@ -57,7 +81,8 @@ class Cohort:
 def cohorts(config: Config) -> list[Cohort]:
     """The cohorts of a grid, by width then depth."""
     g = config.grid
-    return [Cohort(m, L, g.lr, tuple(float(x) for x in g.lr_effective(m)), g.seed)
+    return [Cohort(m, L, g.lr, tuple(float(x) for x in g.lr_effective(m)), g.seed,
+                   config.parametrizations(), config.weight_decays(), config.member_axes())
             for m in g.width for L in g.depth]
 
 

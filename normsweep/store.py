@@ -51,8 +51,12 @@ VARIABLES = {
                            "(NaN where not measured)", "1"),
     "jacobian_spec_norm": ("mean over the data of the spectral norm of dF(x_i)/dx_i "
                            "(NaN where not measured)", "1"),
-    "sharpness": ("largest-magnitude eigenvalue of the loss Hessian at W(t) (NaN where not "
-                  "measured)", "1"),
+    "sharpness": ("largest-magnitude eigenvalue of the loss Hessian at W(t), preconditioned by "
+                  "the per-layer lr multipliers (NaN where not measured)", "1"),
+    "ntk_max_eig": ("largest eigenvalue of the empirical NTK Gram matrix of the logits on the "
+                    "first ntk_points training points (NaN where not measured)", "1"),
+    "ntk_min_eig": ("smallest eigenvalue of the empirical NTK Gram matrix of the logits on the "
+                    "first ntk_points training points (NaN where not measured)", "1"),
     "accuracy": ("fraction of training points whose largest output is the target class", "1"),
     "diverged_at": ("first step with a non-finite loss, -1 if none", "step"),
     "inputs": ("training inputs, uniform on the unit sphere", "1"),
@@ -64,6 +68,8 @@ COORDS = {
     "lr": ("learning rate lr as written in the grid (eta_0 when scaled with width)", "1"),
     "lr_effective": ("learning rate eta = lr * width**width_exponent used in training", "1"),
     "seed": ("seed of the initial weights", "1"),
+    "parametrization": ("parametrization: standard, ntk or mup (see docs/schema.md)", "1"),
+    "weight_decay": ("weight decay lambda: each step subtracts lr_effective * lambda * W_l", "1"),
     "step": ("gradient-descent step; 0 is the initialisation", "step"),
     "layer": ("index l of the weight matrix W_l (0 is the input layer)", "1"),
     "sample": ("training point", "1"),
@@ -107,15 +113,29 @@ def _label(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
+def layer_dims(axes: tuple[str, ...]) -> tuple[str, ...]:
+    """Dims of a per-layer variable for member dims `axes` (see Config.member_axes)."""
+    return ("width", "depth") + tuple(axes) + ("step", "layer")
+
+
+def axis_coords(cohort: Cohort) -> dict:
+    """Coordinates of a cohort's member dims."""
+    kinds = {"parametrization": str, "lr": np.float64, "weight_decay": np.float64,
+             "seed": np.int64}
+    return {name: np.asarray(cohort.axis_values(name), kinds[name]) for name in cohort.axes}
+
+
 def cohort_dataset(config: Config, cohort: Cohort, steps: np.ndarray, traj: train.Trajectory,
                    inputs: np.ndarray, targets: np.ndarray) -> xr.Dataset:
-    """The labelled Dataset of one cohort's trajectories (members lr-major)."""
-    n_lr, n_seed = len(cohort.lr), len(cohort.seed)
+    """The labelled Dataset of one cohort's trajectories (members in the
+    order of `cohort.axes`)."""
     n_layers = max(config.grid.depth)
+    LAYER_DIMS = layer_dims(cohort.axes)
+    NET_DIMS = LAYER_DIMS[:-1]
 
     def shaped(a: np.ndarray) -> np.ndarray:
-        # (member, record[, layer]) -> (1, 1, lr, seed, record[, layer])
-        return a.reshape((1, 1, n_lr, n_seed) + a.shape[1:])
+        # (member, record[, layer]) -> (1, 1, *member dims, record[, layer])
+        return a.reshape((1, 1) + cohort.shape + a.shape[1:])
 
     def padded(a: np.ndarray) -> np.ndarray:
         # layers beyond this cohort's depth are NaN, so every cohort has one layer axis
@@ -130,8 +150,7 @@ def cohort_dataset(config: Config, cohort: Cohort, steps: np.ndarray, traj: trai
         "inputs": (("sample", "feature"), np.asarray(inputs)),
         "targets": (("sample", "class"), np.asarray(targets)),
         "width": [cohort.width], "depth": [cohort.depth],
-        "lr": np.asarray(cohort.lr, np.float64), "seed": np.asarray(cohort.seed, np.int64),
-        "step": np.asarray(steps, np.int64), "layer": np.arange(n_layers),
+        **axis_coords(cohort), "step": np.asarray(steps, np.int64), "layer": np.arange(n_layers),
         "lr_effective": (("width", "lr"), np.asarray(cohort.lr_effective, np.float64)[None]),
         "sample": np.arange(inputs.shape[0]), "feature": np.arange(inputs.shape[1]),
         "class": np.arange(targets.shape[1]),
@@ -143,17 +162,15 @@ def cohort_dataset(config: Config, cohort: Cohort, steps: np.ndarray, traj: trai
 
 def weights_dataset(cohort: Cohort, traj: train.Trajectory) -> xr.Dataset:
     """Initial and final weights: initial_l, final_l with dims
-    (lr, seed, fan_in_l, fan_out_l)."""
-    n_lr, n_seed = len(cohort.lr), len(cohort.seed)
+    (*member dims, fan_in_l, fan_out_l); member dims (lr, seed) by default."""
     data = {}
     for which, ws in (("initial", traj.initial), ("final", traj.final)):
         for l, w in enumerate(ws):
-            dims = ("lr", "seed", f"fan_in_{l}", f"fan_out_{l}")
+            dims = tuple(cohort.axes) + (f"fan_in_{l}", f"fan_out_{l}")
             data[f"{which}_{l}"] = xr.Variable(
-                dims, w.reshape((n_lr, n_seed) + w.shape[1:]),
+                dims, w.reshape(cohort.shape + w.shape[1:]),
                 {"long_name": f"{which} weights W_{l}, shape (fan_in, fan_out)", "units": "1"})
-    coords = {"lr": np.asarray(cohort.lr, np.float64), "seed": np.asarray(cohort.seed, np.int64)}
-    return xr.Dataset(data, coords=coords)
+    return xr.Dataset(data, coords=axis_coords(cohort))
 
 
 def _encoding(ds: xr.Dataset) -> dict:
@@ -283,12 +300,14 @@ def open_sweep(root: str | os.PathLike) -> xr.Dataset:
 
 
 def load_weights(root: str | os.PathLike, *, width: int, depth: int, lr: float, seed: int,
-                 which: str = "final") -> list[np.ndarray]:
+                 which: str = "final", parametrization: str | None = None,
+                 weight_decay: float | None = None) -> list[np.ndarray]:
     """The weights W_l (each (fan_in, fan_out)) of one trained network.
 
     Needs `[record] weights = true` in the grid. `lr` is the grid's value
     (η₀), matched to a relative tolerance of 1e-9; `which` is "initial" or
-    "final".
+    "final". `parametrization` and `weight_decay` are needed when the grid
+    has them as axes.
     """
     if which not in ("initial", "final"):
         raise ValueError(f"which = {which!r}: must be 'initial' or 'final'")
@@ -297,14 +316,31 @@ def load_weights(root: str | os.PathLike, *, width: int, depth: int, lr: float, 
         raise FileNotFoundError(f"{path}: no cohort with width={width}, depth={depth}")
     try:
         with xr.open_dataset(path, group="weights", engine="netcdf4") as ds:
-            lrs = ds["lr"].values
-            hit = np.flatnonzero(np.isclose(lrs, lr, rtol=1e-9, atol=0))
-            if len(hit) != 1:
-                raise KeyError(f"lr = {lr}: not in {path} (has {lrs.tolist()})")
+            point = ds.isel(lr=_match(ds, "lr", lr, path))
             if seed not in ds["seed"].values:
                 raise KeyError(f"seed = {seed}: not in {path} (has {ds['seed'].values.tolist()})")
-            point = ds.isel(lr=int(hit[0])).sel(seed=seed)
+            point = point.sel(seed=seed)
+            for name, value in (("parametrization", parametrization),
+                                ("weight_decay", weight_decay)):
+                if name in ds.dims:
+                    if value is None:
+                        raise KeyError(f"{path} has a {name} axis "
+                                       f"({ds[name].values.tolist()}): give {name}=")
+                    point = point.isel({name: _match(ds, name, value, path)})
+                elif value is not None:
+                    raise KeyError(f"{name} = {value!r}: {path} has no {name} axis")
             return [point[f"{which}_{l}"].values for l in range(depth)]
     except OSError as err:
         raise FileNotFoundError(f"{path} holds no weights; launch with [record] weights = true "
                                 f"({err})") from None
+
+
+def _match(ds: xr.Dataset, name: str, value, path: Path) -> int:
+    values = ds[name].values
+    if values.dtype.kind in "fc":
+        hit = np.flatnonzero(np.isclose(values, value, rtol=1e-9, atol=0))
+    else:
+        hit = np.flatnonzero(values == value)
+    if len(hit) != 1:
+        raise KeyError(f"{name} = {value!r}: not in {path} (has {values.tolist()})")
+    return int(hit[0])

@@ -27,7 +27,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from normsweep import metrics
-from normsweep.model import MLP, kernels, lr_multipliers, with_kernels
+from normsweep.model import MLP, init_stds, kernels, lr_multipliers, with_kernels
 
 LAYER_METRICS = ("frob_norm", "spec_norm", "frob_dist", "spec_dist", "update_norm", "grad_norm",
                  "grad_dot_weight")
@@ -52,8 +52,11 @@ class Program:
     sharpness_every: int = 0
     sharpness_iters: int = 20
     jacobian_every: int = 0
-    parametrization: str = "standard"
+    parametrization: str = "standard"   # the default of train_members' `parametrization`
     precision: str = "highest"
+    decay: bool = False                 # any member with weight decay > 0
+    ntk_every: int = 0
+    ntk_points: int = 32
 
     @property
     def depth(self) -> int:
@@ -64,11 +67,33 @@ class Program:
         return jnp.dtype(self.dtype)
 
     def model(self) -> MLP:
-        init = "mup" if self.parametrization == "mup" else self.init
-        return MLP(dims=self.dims, init_scheme=init, dtype=self.jdtype)
+        """The network, drawing unit normals: init_member scales each layer
+        by its member's init std (so one program serves every parametrization)."""
+        return MLP(dims=self.dims, init_scheme="unit", dtype=self.jdtype)
 
-    def lr_multipliers(self) -> tuple[float, ...]:
-        return lr_multipliers(self.parametrization, self.init, self.dims)
+
+class Hyper(NamedTuple):
+    """Per-member hyperparameters, traced (one compiled program for all):
+    learning rate η, weight decay λ, and per-layer lr multipliers c_l and
+    init stds s_l (depth,) from the member's parametrization."""
+    lr: jax.Array
+    weight_decay: jax.Array
+    lr_mult: jax.Array
+    init_std: jax.Array
+
+
+def hyper(program: Program, lrs, weight_decay=None, parametrization=None) -> Hyper:
+    """Host-side `Hyper` of members with rates `lrs`, weight decays (default
+    0) and parametrization names (default `program.parametrization`)."""
+    members = len(lrs)
+    names = list(parametrization) if parametrization is not None \
+        else [program.parametrization] * members
+    wd = np.zeros(members) if weight_decay is None else np.asarray(weight_decay, np.float64)
+    dt = program.jdtype
+    mult = np.array([lr_multipliers(n, program.init, program.dims) for n in names], np.float64)
+    std = np.array([init_stds(n, program.init, program.dims) for n in names], np.float64)
+    return Hyper(jnp.asarray(lrs, dt), jnp.asarray(wd, dt), jnp.asarray(mult, dt),
+                 jnp.asarray(std, dt))
 
 
 class State(NamedTuple):
@@ -98,12 +123,14 @@ def loss_and_logits(program: Program, params, x: jax.Array, y: jax.Array):
     return 0.5 * jnp.sum(jnp.square(f - y)), z
 
 
-def init_member(program: Program, init_key: jax.Array, power_key: jax.Array,
+def init_member(program: Program, hp: Hyper, init_key: jax.Array, power_key: jax.Array,
                 x: jax.Array) -> State:
-    """W(0) from `init_key`; power-iteration vectors from `power_key`, the one
-    for W converged by a cold start of `cold_iters` iterations."""
-    params = program.model().init(init_key, x[:1])
-    ws = kernels(params)
+    """W(0) from `init_key` (unit normals times the member's init stds);
+    power-iteration vectors from `power_key`, the one for W converged by a
+    cold start of `cold_iters` iterations."""
+    unit = kernels(program.model().init(init_key, x[:1]))
+    ws = tuple(w * hp.init_std[l] for l, w in enumerate(unit))
+    params = with_kernels(None, ws)
     dt = program.jdtype
     spec_v, dist_v = [], []
     for l, w in enumerate(ws):
@@ -130,14 +157,23 @@ def _tree_scale(a, c):
     return jax.tree.map(lambda u: u * c, a)
 
 
-def sharpness(program: Program, params, v, x, y, iters: int):
-    """The largest-magnitude eigenvalue of the Hessian of the loss at `params`
-    (signed), by `iters` power iterations on Hessian-vector products from the
+def sharpness(program: Program, params, v, x, y, iters: int, lr_mult=None):
+    """The largest-magnitude eigenvalue (signed) of the loss Hessian at
+    `params`, preconditioned by the member's lr multipliers: C^½ H C^½ with
+    C = diag(c_l), so that GD at rate η is stable near a minimum while it is
+    below 2/η in every parametrization (for standard, C = I: the plain
+    Hessian). By `iters` power iterations on Hessian-vector products from the
     unit vector `v` (a parameter tree). Returns (λ, v)."""
     grad = jax.grad(lambda p: loss_and_logits(program, p, x, y)[0])
+    if lr_mult is None:
+        lr_mult = jnp.ones((program.depth,), program.jdtype)
+    root = jnp.sqrt(lr_mult)
+
+    def precondition(u):
+        return with_kernels(u, [k * root[l] for l, k in enumerate(kernels(u))])
 
     def hvp(u):
-        return jax.jvp(grad, (params,), (u,))[1]
+        return precondition(jax.jvp(grad, (params,), (precondition(u),))[1])
 
     def body(_, u):
         hu = hvp(u)
@@ -149,18 +185,23 @@ def sharpness(program: Program, params, v, x, y, iters: int):
     return _tree_dot(v, hvp(v)), v
 
 
-def step(program: Program, state: State, lr: jax.Array, x, y, t):
-    """One gradient-descent step from W(t). Returns the new state and
-    (loss, logits, grads) at W(t)."""
+def step(program: Program, state: State, hp: Hyper, x, y, t):
+    """One gradient-descent step from W(t):
+        W_l ← W_l − η·c_l·∂L/∂W_l − η·λ·W_l
+    (c_l the member's lr multipliers, λ its weight decay; the decay term only
+    in programs with `decay`). Returns the new state and (loss, logits,
+    grads) at W(t)."""
+    lr = hp.lr
     (loss, z), grads = jax.value_and_grad(loss_and_logits, argnums=1, has_aux=True)(
         program, state.params, x, y)
     diverged_at = jnp.where((state.diverged_at < 0) & ~jnp.isfinite(loss),
                             jnp.asarray(t, jnp.int32), state.diverged_at)
     alive = diverged_at < 0
     updates, opt_state = optax.sgd(lr).update(grads, state.opt_state, state.params)
-    if program.parametrization != "standard":
-        updates = with_kernels(updates, [u * jnp.asarray(c, u.dtype) for u, c in
-                                         zip(kernels(updates), program.lr_multipliers())])
+    ups = [u * hp.lr_mult[l] for l, u in enumerate(kernels(updates))]   # × 1 is exact
+    if program.decay:
+        ups = [u - (lr * hp.weight_decay) * w for u, w in zip(ups, kernels(state.params))]
+    updates = with_kernels(updates, ups)
     moved = optax.apply_updates(state.params, updates)
     params = jax.tree.map(lambda new, old: jnp.where(alive, new, old), moved, state.params)
     update_sq = jnp.stack([metrics.sum_squares(u) for u in kernels(updates)])
@@ -209,17 +250,59 @@ def jacobian_norms(program: Program, params, x: jax.Array) -> tuple[jax.Array, j
     return jnp.mean(frob), jnp.mean(spec)
 
 
-def record_and_step(program: Program, state: State, lr, x, y, t, last: bool = False):
+def ntk_gram(program: Program, params, lr_mult: jax.Array, xs: jax.Array) -> jax.Array:
+    """The empirical NTK Gram matrix of the logits on the points `xs` (s, d):
+
+        Θ_ij = Σ_l c_l Σ_c ⟨∂z_c(x_i)/∂W_l, ∂z_c(x_j)/∂W_l⟩
+
+    traced over the k logits (neural-tangents' default trace_axes), with the
+    member's lr multipliers c_l: the kernel of the function-space dynamics
+    dz/dt = −η·Θ·∂L/∂z that this parametrization's GD follows. For a
+    bias-free MLP ∂z_c(x_i)/∂W_l = h_l(x_i) ⊗ δ_lc(x_i), so
+    Θ = Σ_l c_l (H_l H_lᵀ) ⊙ (Σ_c D_lc D_lcᵀ): k backward passes over s points,
+    never the (s·k)×P Jacobian.
+    """
+    ws = kernels(params)
+    depth = len(ws)
+
+    def logits(pert):
+        h, inputs = xs, []
+        for l, w in enumerate(ws):
+            inputs.append(h)
+            a = jnp.matmul(h, w, precision=metrics.HIGHEST) + pert[l]
+            h = jax.nn.relu(a) if l < depth - 1 else a
+        return h, inputs
+
+    zero = [jnp.zeros((xs.shape[0], w.shape[1]), xs.dtype) for w in ws]
+    z, pullback, inputs = jax.vjp(logits, zero, has_aux=True)
+    eye = jnp.eye(z.shape[1], dtype=z.dtype)
+    # deltas[l]: (k, s, fan_out_l), ∂z_c(x_i)/∂a_l(x_i) for every class c
+    deltas = jax.vmap(lambda c: pullback(jnp.broadcast_to(c, z.shape))[0])(eye)
+    gram = jnp.zeros((xs.shape[0], xs.shape[0]), xs.dtype)
+    for l in range(depth):
+        hh = jnp.matmul(inputs[l], inputs[l].T, precision=metrics.HIGHEST)
+        dd = jnp.einsum("csf,ctf->st", deltas[l], deltas[l], precision=metrics.HIGHEST)
+        gram = gram + lr_mult[l] * hh * dd
+    return gram
+
+
+def ntk_eigs(program: Program, params, lr_mult, xs) -> tuple[jax.Array, jax.Array]:
+    """(λ_max, λ_min) of `ntk_gram`."""
+    return metrics.extreme_eigenvalues_psd(ntk_gram(program, params, lr_mult, xs))
+
+
+def record_and_step(program: Program, state: State, hp: Hyper, x, y, t, last: bool = False):
     """Measure step t, then take the step: (state at t+1, records of t).
     With sharpness on, it is measured when t is a multiple of its stride or
     `last` (the final record)."""
-    new, (loss, z, grads) = step(program, state, lr, x, y, t)
+    new, (loss, z, grads) = step(program, state, hp, x, y, t)
     rec, spec_v, dist_v = measure(program, state, loss, z, grads, y)
     new = new._replace(spec_v=spec_v, dist_v=dist_v)
     if program.sharpness_every:
         due = jnp.logical_or(last, t % program.sharpness_every == 0)
         lam, hess_v = jax.lax.cond(
-            due, lambda v: sharpness(program, state.params, v, x, y, program.sharpness_iters),
+            due, lambda v: sharpness(program, state.params, v, x, y, program.sharpness_iters,
+                                     hp.lr_mult),
             lambda v: (jnp.full((), jnp.nan, program.jdtype), v), state.hess_v)
         rec["sharpness"] = lam
         new = new._replace(hess_v=hess_v)
@@ -229,6 +312,13 @@ def record_and_step(program: Program, state: State, lr, x, y, t, last: bool = Fa
         frob, spec = jax.lax.cond(due, lambda p: jacobian_norms(program, p, x),
                                   lambda p: (nan, nan), state.params)
         rec["jacobian_frob_norm"], rec["jacobian_spec_norm"] = frob, spec
+    if program.ntk_every:
+        due = jnp.logical_or(last, t % program.ntk_every == 0)
+        nan = jnp.full((), jnp.nan, program.jdtype)
+        top, bottom = jax.lax.cond(
+            due, lambda p: ntk_eigs(program, p, hp.lr_mult, x[:program.ntk_points]),
+            lambda p: (nan, nan), state.params)
+        rec["ntk_max_eig"], rec["ntk_min_eig"] = top, bottom
     # every record is NaN from the member's divergence on
     dead = (new.diverged_at >= 0) & (new.diverged_at <= t)
     return new, {name: jnp.where(dead, jnp.nan, val) for name, val in rec.items()}
@@ -242,10 +332,12 @@ def empty_records(program: Program) -> dict:
         rec["sharpness"] = nan[0]
     if program.jacobian_every:
         rec["jacobian_frob_norm"] = rec["jacobian_spec_norm"] = nan[0]
+    if program.ntk_every:
+        rec["ntk_max_eig"] = rec["ntk_min_eig"] = nan[0]
     return rec
 
 
-def run_segment(program: Program, state: State, lr, x, y, t, gap, valid):
+def run_segment(program: Program, state: State, hp: Hyper, x, y, t, gap, valid):
     """For each record r of the segment: measure step t[r], then advance
     1 + gap[r] steps (to the next record). Entries with valid[r] False are
     padding and do nothing. t, gap, valid are the same for every member."""
@@ -253,8 +345,8 @@ def run_segment(program: Program, state: State, lr, x, y, t, gap, valid):
         t_r, gap_r, valid_r = inp
 
         def go(state):
-            state, rec = record_and_step(program, state, lr, x, y, t_r)
-            plain = lambda i, s: step(program, s, lr, x, y, t_r + 1 + i)[0]
+            state, rec = record_and_step(program, state, hp, x, y, t_r)
+            plain = lambda i, s: step(program, s, hp, x, y, t_r + 1 + i)[0]
             return jax.lax.fori_loop(0, gap_r, plain, state), rec
 
         return jax.lax.cond(valid_r, go, lambda s: (s, empty_records(program)), state)
@@ -262,9 +354,9 @@ def run_segment(program: Program, state: State, lr, x, y, t, gap, valid):
     return jax.lax.scan(body, state, (t, gap, valid))
 
 
-def final_record(program: Program, state: State, lr, x, y, t):
+def final_record(program: Program, state: State, hp: Hyper, x, y, t):
     """Measure the last step without moving past it."""
-    new, rec = record_and_step(program, state, lr, x, y, t, last=True)
+    new, rec = record_and_step(program, state, hp, x, y, t, last=True)
     return new._replace(params=state.params, opt_state=state.opt_state,
                         update_sq=state.update_sq), rec
 
@@ -272,14 +364,14 @@ def final_record(program: Program, state: State, lr, x, y, t):
 # -- compiled, vmapped over members ---------------------------------------
 
 @functools.partial(jax.jit, static_argnums=0)
-def init_cohort(program: Program, init_keys, power_keys, x):
+def init_cohort(program: Program, hp: Hyper, init_keys, power_keys, x):
     TRACES["init"] += 1
+    member = functools.partial(init_member, program)
     with jax.default_matmul_precision(program.precision):
-        return jax.vmap(functools.partial(init_member, program), in_axes=(0, 0, None))(
-        init_keys, power_keys, x)
+        return jax.vmap(member, in_axes=(0, 0, 0, None))(hp, init_keys, power_keys, x)
 
 
-def per_member(x: jax.Array, lrs: jax.Array) -> jax.Array:
+def per_member(x: jax.Array, hp: Hyper) -> jax.Array:
     """The inputs repeated once per member.
 
     With inputs shared across members, vmap turns the first layer's x @ W_0
@@ -289,24 +381,25 @@ def per_member(x: jax.Array, lrs: jax.Array) -> jax.Array:
     member's trajectory does not depend on how many siblings it has (chunking
     and cohort size leave results bit-identical; tested).
     """
-    return jnp.broadcast_to(x, lrs.shape + x.shape)
+    return jnp.broadcast_to(x, hp.lr.shape + x.shape)
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
-def segment_cohort(program: Program, state, lrs, x, y, t, gap, valid):
+def segment_cohort(program: Program, state, hp: Hyper, x, y, t, gap, valid):
     TRACES["segment"] += 1
+    member = functools.partial(run_segment, program)
     with jax.default_matmul_precision(program.precision):
-        return jax.vmap(functools.partial(run_segment, program),
-                    in_axes=(0, 0, 0, None, None, None, None))(
-        state, lrs, per_member(x, lrs), y, t, gap, valid)
+        return jax.vmap(member, in_axes=(0, 0, 0, None, None, None, None))(
+            state, hp, per_member(x, hp), y, t, gap, valid)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def final_cohort(program: Program, state, lrs, x, y, t):
+def final_cohort(program: Program, state, hp: Hyper, x, y, t):
     TRACES["final"] += 1
+    member = functools.partial(final_record, program)
     with jax.default_matmul_precision(program.precision):
-        return jax.vmap(functools.partial(final_record, program),
-                    in_axes=(0, 0, 0, None, None))(state, lrs, per_member(x, lrs), y, t)
+        return jax.vmap(member, in_axes=(0, 0, 0, None, None))(
+            state, hp, per_member(x, hp), y, t)
 
 
 @dataclasses.dataclass
@@ -342,48 +435,54 @@ def member_mesh(devices: int | None) -> Mesh | None:
     return Mesh(np.array(available[:count]), ("members",))
 
 
-def shard_members(mesh: Mesh | None, lrs, init_keys, power_keys, x, y):
+def shard_members(mesh: Mesh | None, hp: Hyper, init_keys, power_keys, x, y):
     """Pads the member axis to a multiple of the mesh size (repeating the last
     member) and places members across devices, data replicated."""
     if mesh is None:
-        return lrs, init_keys, power_keys, x, y
+        return hp, init_keys, power_keys, x, y
     size = mesh.devices.size
-    pad = (-len(lrs)) % size
+    members = len(hp.lr)
+    pad = (-members) % size
     if pad:
-        idx = np.concatenate([np.arange(len(lrs)), np.full(pad, len(lrs) - 1)])
-        lrs, init_keys, power_keys = lrs[idx], init_keys[idx], power_keys[idx]
+        idx = np.concatenate([np.arange(members), np.full(pad, members - 1)])
+        hp, init_keys, power_keys = jax.tree.map(lambda a: a[idx], (hp, init_keys, power_keys))
     split, whole = NamedSharding(mesh, P("members")), NamedSharding(mesh, P())
-    return (jax.device_put(lrs, split), jax.device_put(init_keys, split),
-            jax.device_put(power_keys, split), jax.device_put(x, whole), jax.device_put(y, whole))
+    hp, init_keys, power_keys = jax.device_put((hp, init_keys, power_keys), split)
+    return hp, init_keys, power_keys, jax.device_put(x, whole), jax.device_put(y, whole)
 
 
 def train_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys,
                   steps: np.ndarray, keep_weights: bool = False,
                   on_steps: Callable[[int], None] | None = None,
-                  devices: int | None = 1) -> Trajectory:
+                  devices: int | None = 1, *, weight_decay: np.ndarray | None = None,
+                  parametrization=None) -> Trajectory:
     """Trains the members (one per entry of `lrs`) and records at `steps`.
 
     `steps` must start at 0; its last entry is the number of steps trained.
-    `on_steps(n)` is called on the host after each segment with the number of
-    steps it advanced. `devices`: how many local devices to shard the members
-    across (None: all); results equal a one-device run (tested).
+    `weight_decay` (default 0) and `parametrization` (names; default
+    `program.parametrization`) are per member, like `lrs`. `on_steps(n)` is
+    called on the host after each segment with the number of steps it
+    advanced. `devices`: how many local devices to shard the members across
+    (None: all); results equal a one-device run (tested).
     """
     if steps[0] != 0 or len(steps) < 2:
         raise ValueError("steps must start at 0 and hold at least two records")
     members = len(lrs)
-    lrs = jnp.asarray(lrs, program.jdtype)
-    lrs, init_keys, power_keys, x, y = shard_members(member_mesh(devices), lrs, init_keys,
-                                                     power_keys, x, y)
-    state = init_cohort(program, init_keys, power_keys, x)
+    if weight_decay is not None and np.any(np.asarray(weight_decay) != 0) and not program.decay:
+        raise ValueError("weight_decay > 0 needs a Program with decay=True")
+    hp = hyper(program, lrs, weight_decay, parametrization)
+    hp, init_keys, power_keys, x, y = shard_members(member_mesh(devices), hp, init_keys,
+                                                    power_keys, x, y)
+    state = init_cohort(program, hp, init_keys, power_keys, x)
     # A copy, not a view: the state's buffers are donated to the next call.
     initial = [np.array(w, copy=True)[:members] for w in state.params0] if keep_weights else None
     chunks = []
     for t, gap, valid in segments(steps):
-        state, rec = segment_cohort(program, state, lrs, x, y, t, gap, valid)
+        state, rec = segment_cohort(program, state, hp, x, y, t, gap, valid)
         chunks.append({k: np.asarray(v)[:members, valid] for k, v in rec.items()})
         if on_steps is not None:
             on_steps(int(np.sum(gap[valid] + 1)))
-    state, last = final_cohort(program, state, lrs, x, y, int(steps[-1]))
+    state, last = final_cohort(program, state, hp, x, y, int(steps[-1]))
     chunks.append({k: np.asarray(v)[:members, None] for k, v in last.items()})
     records = {k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0]}
     final = [np.asarray(w)[:members] for w in kernels(state.params)] if keep_weights else None
