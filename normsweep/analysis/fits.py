@@ -1,4 +1,5 @@
-"""Scaling-law fits: metric ≈ C · η^a · m^b, per (metric, layer, depth).
+"""Scaling-law fits: metric ≈ C · η^a · m^b, per (metric, layer, depth), and per
+parametrization and weight decay when the sweep has those axes.
 
     from normsweep.analysis import fits
     table = fits.fit_sweep(ds)                 # a pandas DataFrame, one row per fit
@@ -30,7 +31,9 @@ METRICS = {
     "rel_frob_change": "(‖W(T)‖_F − ‖W(0)‖_F) / ‖W(0)‖_F (fitted on its magnitude)",
     "rel_spec_change": "(‖W(T)‖₂ − ‖W(0)‖₂) / ‖W(0)‖₂ (fitted on its magnitude)",
     "early_update_norm": f"mean ‖W(t) − W(t−1)‖_F over steps 1..{EARLY_STEPS}",
+    "first_update_spec": "‖W(1) − W(0)‖₂, the spectral size of the first step",
 }
+EXTRA_DIMS = ("parametrization", "weight_decay")
 COLUMNS = ["metric", "layer", "depth", "layer_role", "lr_exponent", "lr_exponent_lo",
            "lr_exponent_hi", "width_exponent", "width_exponent_lo", "width_exponent_hi",
            "prefactor", "r2", "n", "sign", "fitted", "excluded_diverged", "excluded_failed"]
@@ -40,11 +43,45 @@ def layer_role(layer: int, depth: int) -> str:
     return "input" if layer == 0 else "readout" if layer == depth - 1 else "hidden"
 
 
+def extra_dims(ds: xr.Dataset) -> list[str]:
+    """The member dims beyond (lr, seed) that this sweep has."""
+    return [d for d in EXTRA_DIMS if d in ds.dims]
+
+
+def slices(ds: xr.Dataset) -> list[dict]:
+    """One label dict per combination of the extra dims ([{}] without them)."""
+    out = [{}]
+    for dim in extra_dims(ds):
+        out = [{**labels, dim: v.item()} for labels in out for v in ds[dim].values]
+    return out
+
+
+def reference_labels(ds: xr.Dataset) -> dict:
+    """The slice the main report describes: standard parametrization and no
+    weight decay where the sweep has them, else the first value."""
+    labels = {}
+    if "parametrization" in ds.dims:
+        names = [str(v) for v in ds["parametrization"].values]
+        labels["parametrization"] = "standard" if "standard" in names else names[0]
+    if "weight_decay" in ds.dims:
+        labels["weight_decay"] = float(ds["weight_decay"].values.min())
+    return labels
+
+
+def slice_name(labels: dict) -> str:
+    return ", ".join(f"{v}" if k == "parametrization" else f"λ = {v:g}"
+                     for k, v in labels.items()) or "all"
+
+
 def derived_metrics(ds: xr.Dataset) -> xr.Dataset:
     """The fitted quantities, dims (width, depth, lr, seed, layer), at the last step."""
     first, last = ds.isel(step=0), ds.isel(step=-1)
     early = ds["update_norm"].sel(step=slice(1, EARLY_STEPS))
+    extra = {}
+    if 1 in ds["step"].values:
+        extra["first_update_spec"] = ds["spec_dist"].sel(step=1, drop=True)
     return xr.Dataset({
+        **extra,
         "rel_frob_dist": last["frob_dist"] / first["frob_norm"],
         "rel_spec_dist": last["spec_dist"] / first["spec_norm"],
         "rel_frob_change": (last["frob_norm"] - first["frob_norm"]) / first["frob_norm"],
@@ -142,11 +179,23 @@ def fit_power_law(y: np.ndarray, lr: np.ndarray, width: np.ndarray, *, boot: int
 
 def fit_sweep(ds: xr.Dataset, *, boot: int = 400, seed: int = 0,
               fit_accuracy: float = outcomes.FIT_ACCURACY) -> pd.DataFrame:
-    """One row per (metric, layer, depth): the columns of `COLUMNS`.
+    """One row per (metric, layer, depth), and per parametrization and weight
+    decay where the sweep has them as axes (leading columns of those names):
+    the columns of `COLUMNS`.
 
     Networks that diverged or failed (see `outcomes.classify`) are left out
     and counted in `excluded_diverged` and `excluded_failed`.
     """
+    tables = []
+    for labels in slices(ds):
+        table = _fit_slice(ds.sel(labels) if labels else ds, boot, seed, fit_accuracy)
+        for i, (name, value) in enumerate(labels.items()):
+            table.insert(i, name, value)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
+
+
+def _fit_slice(ds: xr.Dataset, boot: int, seed: int, fit_accuracy: float) -> pd.DataFrame:
     outcome = outcomes.classify(ds, fit_accuracy)
     keep = outcome.isin([outcomes.FIT, outcomes.TRAINING])
     derived = derived_metrics(ds).where(keep)
@@ -158,6 +207,8 @@ def fit_sweep(ds: xr.Dataset, *, boot: int = 400, seed: int = 0,
         excl_fail = int((outcome.sel(depth=depth) == outcomes.FAILED).sum())
         for layer in range(int(depth)):
             for metric in METRICS:
+                if metric not in derived:
+                    continue
                 da = derived[metric].sel(depth=depth, layer=layer).transpose("lr", "width", "seed")
                 values = da.values
                 sign = float(np.sign(np.nanmedian(values))) if np.isfinite(values).any() else 0.0
@@ -170,7 +221,8 @@ def fit_sweep(ds: xr.Dataset, *, boot: int = 400, seed: int = 0,
 
 def to_dataset(table: pd.DataFrame) -> xr.Dataset:
     """The fit table as a labelled Dataset over (metric, depth, layer)."""
-    ds = table.set_index(["metric", "depth", "layer"]).to_xarray()
+    index = [c for c in EXTRA_DIMS if c in table.columns] + ["metric", "depth", "layer"]
+    ds = table.set_index(index).to_xarray()
     for name in ("layer_role", "fitted", "metric"):
         if name in ds:
             ds[name] = ds[name].astype(str)

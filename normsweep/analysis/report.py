@@ -22,7 +22,7 @@ import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
 
 from normsweep import config as config_mod  # noqa: E402
-from normsweep import store  # noqa: E402
+from normsweep import model, store  # noqa: E402
 from normsweep.analysis import fits, outcomes, theory  # noqa: E402
 from normsweep.errors import RunError  # noqa: E402
 
@@ -94,9 +94,25 @@ def init_table(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame:
 
 # -- per iteration ----------------------------------------------------------
 
-def identity_check(ds: xr.Dataset) -> dict:
+def layer_multipliers(ds: xr.Dataset, cfg, parametrization: str) -> xr.DataArray:
+    """c_l of `parametrization` for every (width, depth, layer) of the sweep
+    (NaN beyond a network's depth)."""
+    out = xr.DataArray(np.full((ds.sizes["width"], ds.sizes["depth"], ds.sizes["layer"]), np.nan),
+                       coords={d: ds[d] for d in ("width", "depth", "layer")},
+                       dims=("width", "depth", "layer"))
+    for i, m in enumerate(ds["width"].values):
+        for j, L in enumerate(ds["depth"].values):
+            dims = (cfg.data.d,) + (int(m),) * (int(L) - 1) + (cfg.data.k,)
+            out.values[i, j, :int(L)] = model.lr_multipliers(parametrization, cfg.model.init, dims)
+    return out
+
+
+def identity_check(ds: xr.Dataset, mult: xr.DataArray | float = 1.0,
+                   weight_decay: float = 0.0) -> dict:
     """The exact per-step identity and its layer-independence, measured on
-    consecutive recorded steps of non-diverged networks."""
+    consecutive recorded steps of non-diverged networks. With lr multipliers
+    c_l and weight decay λ the step is W' = (1 − ηλ)W − ηc∇L, so
+    ‖W'‖² − ‖W‖² = ((1 − ηλ)² − 1)‖W‖² − 2ηc(1 − ηλ)⟨W, ∇L⟩ + η²c²‖∇L‖²."""
     steps = ds["step"].values
     consecutive = np.flatnonzero(np.diff(steps) == 1)
     if not len(consecutive) or "grad_dot_weight" not in ds:
@@ -104,10 +120,11 @@ def identity_check(ds: xr.Dataset) -> dict:
     a = ds.isel(step=consecutive)
     b = ds.isel(step=consecutive + 1).assign_coords(step=a["step"])   # step t+1, labelled t
     eta = ds["lr_effective"]
+    shrink = 1 - eta * weight_decay
     measured = b["frob_norm"] ** 2 - a["frob_norm"] ** 2
-    first = -2 * eta * a["grad_dot_weight"]
-    second = eta**2 * a["grad_norm"] ** 2
-    predicted = first + second
+    first = -2 * eta * mult * a["grad_dot_weight"]
+    second = (eta * mult) ** 2 * a["grad_norm"] ** 2
+    predicted = (shrink**2 - 1) * a["frob_norm"] ** 2 + shrink * first + second
     scale = a["frob_norm"] ** 2
     rel = np.abs(measured - predicted) / scale
     gdw = a["grad_dot_weight"]
@@ -241,17 +258,22 @@ def fig_stability(ds: xr.Dataset, outcome: xr.DataArray, out: Path) -> Path:
     return _save(fig, out / "stability.png")
 
 
+def last_measured(da: xr.DataArray) -> xr.DataArray:
+    """The last finite value along `step` (NaN where there is none)."""
+    da = da.transpose(..., "step")
+    values = da.values
+    measured = np.isfinite(values)
+    idx = np.where(measured.any(-1), values.shape[-1] - 1 - np.argmax(measured[..., ::-1], -1), 0)
+    last = np.take_along_axis(values, idx[..., None], -1)[..., 0]
+    return xr.DataArray(last, dims=da.dims[:-1], coords={d: da[d] for d in da.dims[:-1]})
+
+
 def sharpness_table(ds: xr.Dataset) -> pd.DataFrame:
     """Per η: the median over networks of the largest and the last measured
     sharpness in units of the stability threshold 2/η."""
     ratio = ds["sharpness"] * ds["lr_effective"] / 2
-    ratio = ratio.where(ds["diverged_at"] < 0).transpose(..., "step")
-    values = ratio.values
-    measured = np.isfinite(values)
-    idx = np.where(measured.any(-1), values.shape[-1] - 1 - np.argmax(measured[..., ::-1], -1), 0)
-    last_values = np.take_along_axis(values, idx[..., None], -1)[..., 0]
-    last = xr.DataArray(last_values, dims=ratio.dims[:-1],
-                        coords={d: ratio[d] for d in ratio.dims[:-1]})
+    ratio = ratio.where(ds["diverged_at"] < 0)
+    last = last_measured(ratio)
     rows = []
     for lr in ds["lr"].values:
         peak = ratio.sel(lr=lr).max("step").values.ravel()
@@ -328,28 +350,43 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
             seed: int = 0) -> Analysis:
     """Fits, figures and report.md for the results folder `root`."""
     root = Path(root)
-    ds = store.open_sweep(root).load()
+    full = store.open_sweep(root).load()
     try:
-        cfg = config_mod.parse(ds.attrs["config_toml"], source=f"{root} (config_toml)")
+        cfg = config_mod.parse(full.attrs["config_toml"], source=f"{root} (config_toml)")
     except KeyError:
         raise RunError(f"{root}: the dataset has no config_toml attribute") from None
     out = root / "analysis"
     out.mkdir(parents=True, exist_ok=True)
+    # sections 1–6 describe one slice (standard, no weight decay where the
+    # sweep has those axes); section 7 compares the slices
+    ref_labels = fits.reference_labels(full)
+    ds = full.sel(ref_labels) if ref_labels else full
+    param = ref_labels.get("parametrization", cfg.model.parametrization)
+    wd = ref_labels.get("weight_decay", cfg.train.weight_decay)
     outcome = outcomes.classify(ds, fit_accuracy)
     keep = outcome.isin([outcomes.FIT, outcomes.TRAINING])
-    table = fits.fit_sweep(ds, boot=boot, seed=seed, fit_accuracy=fit_accuracy)
+    full_table = fits.fit_sweep(full, boot=boot, seed=seed, fit_accuracy=fit_accuracy)
+    table = full_table
+    for name, value in ref_labels.items():
+        table = table[table[name] == value]
     csv_tmp = out / ".fits.csv.tmp"
-    table.to_csv(csv_tmp, index=False, float_format="%.6g")
+    full_table.to_csv(csv_tmp, index=False, float_format="%.6g")
     csv_tmp.replace(out / "fits.csv")
-    store.write_netcdf(out / "fits.nc", fits.to_dataset(table))
+    store.write_netcdf(out / "fits.nc", fits.to_dataset(full_table))
     figures = [fig_init(ds, cfg, out), *fig_trajectories(ds, out),
                fig_scaling(ds, table, out, keep), fig_stability(ds, outcome, out)]
-    check = identity_check(ds.where(ds["diverged_at"] < 0))
+    check = identity_check(ds.where(ds["diverged_at"] < 0), layer_multipliers(ds, cfg, param), wd)
     if check:
         figures.append(fig_identity(check, out))
     if "sharpness" in ds:
         figures.append(fig_sharpness(ds, out))
     text = render(ds, cfg, table, outcome, check, fit_accuracy, root)
+    if ref_labels:
+        text += "\n".join(_comparison_section(full, full_table, ref_labels))
+        figures.append(fig_comparison(full, out))
+    if "ntk_max_eig" in full:
+        text += "\n".join(_ntk_section(full, cfg, boot, seed))
+        figures.append(fig_ntk(full, out))
     store.write_text(out / "report.md", text)
     return Analysis(table, out / "report.md", figures)
 
@@ -507,3 +544,127 @@ def _lazy_section(table: pd.DataFrame, cfg) -> list[str]:
                 "as the law holds jointly), not a measurement; sweep with width_exponent = −1 "
                 "to test the predictions directly:")
     return [head, "", _md(pd.DataFrame(rows)), ""] if rows else []
+
+
+# -- parametrizations, weight decay and the NTK --------------------------------
+
+COMPARED = ("first_update_spec", "early_update_norm", "rel_frob_dist", "rel_spec_dist")
+
+
+def _comparison_section(ds: xr.Dataset, table: pd.DataFrame, ref_labels: dict) -> list[str]:
+    """Fitted exponents side by side, one column per parametrization/weight-decay slice."""
+    labels = fits.slices(ds)
+    rows = []
+    for (metric, depth, layer), group in table.groupby(["metric", "depth", "layer"], sort=False):
+        if metric not in COMPARED:
+            continue
+        row = {"metric": metric, "depth": depth,
+               "layer": f"{layer} ({fits.layer_role(int(layer), int(depth))})"}
+        for lab in labels:
+            sel = group
+            for name, value in lab.items():
+                sel = sel[sel[name] == value]
+            r = sel.iloc[0]
+            b, lo, hi = r.width_exponent, r.width_exponent_lo, r.width_exponent_hi
+            row[f"m-exponent, {fits.slice_name(lab)}"] = (f"{b:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+                                                          if np.isfinite(b) else "–")
+        rows.append(row)
+    order = {m: i for i, m in enumerate(COMPARED)}
+    rows.sort(key=lambda r: (order[r["metric"]], r["depth"]))
+    mup = ""
+    first = table[(table.metric == "first_update_spec")]
+    if "parametrization" in table.columns and len(first):
+        hidden = first[first.layer_role == "hidden"]
+        parts = []
+        for name, g in hidden.groupby("parametrization", sort=False):
+            b = g.width_exponent.dropna()
+            if len(b):
+                parts.append(f"{name} {b.min():+.2f}…{b.max():+.2f}")
+        if parts:
+            mup = ("The width exponent of a hidden layer's first step ‖W(1) − W(0)‖₂, over "
+                   "its depths, weight decays and fits: " + "; ".join(parts) + ". Theory: 0 "
+                   "under μP (updates of width-independent spectral size, Yang, Simon & "
+                   "Bernstein 2023), +½ standard (fixed η), −½ ntk.")
+    return ["", "## 7. Parametrizations and weight decay side by side", "",
+            f"Sections 1–6 describe the slice {fits.slice_name(ref_labels)}. Width exponents b "
+            "of metric ≈ C·η^a·m^b per slice (95% bootstrap intervals); the η exponents and "
+            "prefactors are in fits.csv.", "", _md(pd.DataFrame(rows)), "", mup, "",
+            "![comparison](parametrizations.png)", ""]
+
+
+def fig_comparison(ds: xr.Dataset, out: Path) -> Path:
+    """First-step ‖ΔW‖₂ of the first hidden layer (or the input layer) against
+    width, one line per slice, at each slice's smallest η, mean over seeds."""
+    depth = int(ds["depth"].values[-1])
+    layer = 1 if depth > 2 else 0
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    steps = ds["step"].values
+    if 1 in steps:
+        for i, lab in enumerate(fits.slices(ds)):
+            da = ds["spec_dist"].sel(lab).sel(step=1, depth=depth, layer=layer).isel(lr=0)
+            ax.plot(ds["width"], da.mean("seed"), "o-", color=f"C{i}", label=fits.slice_name(lab))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("width m")
+    ax.set_ylabel("‖W(1) − W(0)‖₂")
+    ax.set_title(f"first step, layer {layer}, depth {depth}, smallest η", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, out / "parametrizations.png")
+
+
+def ntk_change(ds: xr.Dataset, name: str = "ntk_max_eig") -> xr.DataArray:
+    """|λ(T)/λ(0) − 1| of an NTK eigenvalue, over the last step it was measured."""
+    da = ds[name].where(ds["diverged_at"] < 0)
+    return np.abs(last_measured(da) / da.isel(step=0, drop=True) - 1)
+
+
+def _ntk_section(ds: xr.Dataset, cfg, boot: int, seed: int) -> list[str]:
+    rows = []
+    lr_eff = ds["lr_effective"].transpose("lr", "width").values
+    outcome = outcomes.classify(ds)
+    keep = outcome.isin([outcomes.FIT, outcomes.TRAINING])
+    for lab in fits.slices(ds):
+        for depth in ds["depth"].values:
+            for name, label in (("ntk_max_eig", "λ_max"), ("ntk_min_eig", "λ_min")):
+                y = ntk_change(ds, name).where(keep).sel(lab).sel(depth=depth)
+                fit = fits.fit_power_law(y.transpose("lr", "width", "seed").values, lr_eff,
+                                         ds["width"].values, boot=boot, rng=seed)
+                lam0 = ds[name].isel(step=0).sel(lab).sel(depth=depth)
+                rows.append({"slice": fits.slice_name(lab), "depth": int(depth),
+                             "eigenvalue": label,
+                             "at init (median, smallest → largest m)":
+                                 f"{_fmt(float(lam0.isel(width=0).median()))} → "
+                                 f"{_fmt(float(lam0.isel(width=-1).median()))}",
+                             "relative change: η exponent": _ci(fit.a, fit.a_lo, fit.a_hi),
+                             "m exponent": _ci(fit.b, fit.b_lo, fit.b_hi), "n": fit.n})
+    return ["", "## 8. The neural tangent kernel", "",
+            f"Empirical NTK of the logits on the first {cfg.record.ntk_points} training points, "
+            "traced over the k outputs and weighted by each layer's lr multiplier (the kernel "
+            "of the function-space dynamics GD follows). Its relative change |λ(T)/λ(0) − 1| "
+            "over training, fitted as C·η^a·m^b over the networks that fit or still train: in "
+            "the lazy regime (NTK parametrization, or η ∝ 1/m) the kernel freezes as the width "
+            "grows, so b < 0; under μP features and the kernel keep moving (b ≈ 0).", "",
+            _md(pd.DataFrame(rows)), "", "![ntk](ntk.png)", ""]
+
+
+def _ci(v, lo, hi) -> str:
+    return "–" if not np.isfinite(v) else f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def fig_ntk(ds: xr.Dataset, out: Path) -> Path:
+    """λ_max(t)/λ_max(0) per width, one panel per slice, at the middle η."""
+    labels = fits.slices(ds)
+    depth = int(ds["depth"].values[-1])
+    lr = ds["lr"].values[len(ds["lr"]) // 2]
+    fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 3.6), squeeze=False)
+    for ax, lab in zip(axes[0], labels):
+        for i, m in enumerate(ds["width"].values):
+            da = ds["ntk_max_eig"].sel(lab).sel(width=m, depth=depth, lr=lr)
+            da = (da / da.isel(step=0)).mean("seed").dropna("step")
+            da = da.where(da["step"] > 0, drop=True)
+            ax.plot(da["step"], da, "o-", ms=2, color=f"C{i}", label=f"m = {m}")
+        ax.set_xscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(f"{fits.slice_name(lab)}: λ_max(t)/λ_max(0), η₀ = {lr:.3g}", fontsize=8)
+        ax.legend(fontsize=7)
+    return _save(fig, out / "ntk.png")
