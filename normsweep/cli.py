@@ -264,10 +264,14 @@ def show(dir: Path) -> None:
     console.print(f"[bold]{config.name}[/bold]  ({dir})")
     console.print(f"  data: n={config.data.n} on S^{config.data.d - 1}, k={config.data.k}, "
                   f"seed={config.data.seed}")
-    console.print(f"  model: init={config.model.init}, output={config.model.output}, "
-                  f"parametrization={config.model.parametrization}; "
+    param = (f"parametrization axis {list(g.parametrization)}" if g.parametrization
+             else f"parametrization={config.model.parametrization}")
+    decay = (f", weight_decay axis {list(g.weight_decay)}" if g.weight_decay
+             else f", weight_decay={config.train.weight_decay:g}" if config.train.weight_decay
+             else "")
+    console.print(f"  model: init={config.model.init}, output={config.model.output}, {param}; "
                   f"train: loss={config.train.loss}, steps={config.train.steps}, "
-                  f"{config.train.dtype}; record: steps={config.record.steps}")
+                  f"{config.train.dtype}{decay}; record: steps={config.record.steps}")
     scaled = f" × width^{g.lr_width_exponent:g}" if g.lr_width_exponent else ""
     console.print(f"  width {list(g.width)}  depth {list(g.depth)}  seed {list(g.seed)}")
     console.print(f"  lr {[float(f'{v:.4g}') for v in g.lr]}{scaled}")

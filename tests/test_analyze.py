@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from normsweep.analysis import fits, outcomes, report, theory
 from normsweep.cli import main
+from tests import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ["metric", "layer", "lr_exponent", "lr_exponent_lo", "lr_exponent_hi",
@@ -86,7 +87,22 @@ def test_outcomes_classification(tiny_sweep):
     c = outcomes.counts(out)
     assert sum(c.values()) == ds.diverged_at.size
     last, first = ds.loss.isel(step=-1), ds.loss.isel(step=0)
-    assert bool(((out == outcomes.FAILED) == ((last >= first) & (ds.diverged_at < 0))).all())
+    stuck = (ds.grad_norm.isel(step=-1).fillna(0) == 0).all("layer")
+    fit = ds.accuracy.isel(step=-1) >= outcomes.FIT_ACCURACY
+    failed = ((last >= first) | (stuck & ~fit)) & (ds.diverged_at < 0)
+    assert bool(((out == outcomes.FAILED) == failed).all())
+
+
+def test_a_stuck_network_is_failed_even_when_its_loss_fell():
+    """All ReLUs dead: the gradient is exactly 0 and, with a linear output,
+    the loss n/2 can be below the initial one; that is no 'still training'."""
+    ds = synthetic.planted(0.5, -0.5, seeds=2)
+    grad = ds["grad_norm"].values.copy()
+    grad[0, 0, 0, 0, -1, :] = 0.0                      # stuck at the last step
+    grad[1, 0, 0, 0, -1, 0] = 0.0                      # one layer at 0 is not stuck
+    ds["grad_norm"] = (ds["grad_norm"].dims, grad)
+    out = outcomes.classify(ds).isel(depth=0, lr=0, seed=0)
+    assert out.values[0] == outcomes.FAILED and out.values[1] == outcomes.TRAINING
 
 
 @pytest.mark.parametrize("script,args", [

@@ -107,6 +107,21 @@ BAD = [
     ("int-geomspace-repeats", GRID.replace("[16]", "{ geomspace = [2, 3, 5] }"), "grid.width.geomspace", "repeated"),
     ("seed-huge", GRID + "seed = [4294967296]\n", "grid.seed", "≤ 2147483647"),
     ("grid-not-table", 'grid = 3\n', "grid", "table"),
+    ("precision-unknown", '[train]\nmatmul_precision = "tf32"\n' + GRID, "train.matmul_precision", '"highest"'),
+    ("weight-decay-negative", '[train]\nweight_decay = -0.1\n' + GRID, "train.weight_decay", "≥ 0"),
+    ("weight-decay-nan", '[train]\nweight_decay = nan\n' + GRID, "train.weight_decay", "≥ 0"),
+    ("weight-decay-axis-negative", GRID + "weight_decay = [0.0, -1e-3]\n", "grid.weight_decay", "≥ 0"),
+    ("weight-decay-axis-duplicate", GRID + "weight_decay = [0.0, 0.0]\n", "grid.weight_decay", "distinct"),
+    ("weight-decay-twice", '[train]\nweight_decay = 0.1\n' + GRID + "weight_decay = [0.0, 0.1]\n", "train.weight_decay", "not both"),
+    ("parametrization-axis-unknown", GRID + 'parametrization = ["standard", "yang"]\n', "grid.parametrization", '"mup"'),
+    ("parametrization-axis-empty", GRID + "parametrization = []\n", "grid.parametrization", "non-empty"),
+    ("parametrization-axis-duplicate", GRID + 'parametrization = ["ntk", "ntk"]\n', "grid.parametrization", "distinct"),
+    ("parametrization-axis-string", GRID + 'parametrization = "ntk"\n', "grid.parametrization", "list"),
+    ("parametrization-twice", '[model]\nparametrization = "ntk"\n' + GRID + 'parametrization = ["ntk"]\n', "model.parametrization", "not both"),
+    ("mup-axis-width-init", '[model]\ninit = "width"\n' + GRID + 'parametrization = ["mup"]\n', "model.init", '"he"'),
+    ("ntk-points-zero", '[record]\nntk_points = 0\n' + GRID, "record.ntk_points", "between 1"),
+    ("ntk-points-above-n", '[data]\nn = 8\n[record]\nntk_eigs = 5\nntk_points = 16\n' + GRID, "record.ntk_points", "data.n"),
+    ("ntk-eigs-negative", '[record]\nntk_eigs = -1\n' + GRID, "record.ntk_eigs", "between 0"),
 ]
 
 

@@ -3,7 +3,9 @@
   diverged  its loss became non-finite (`diverged_at` ≥ 0);
   failed    final loss ≥ initial loss (with a softmax output the loss is
             bounded by n, so a too-large η saturates the network rather
-            than overflowing);
+            than overflowing), or stuck: every layer's gradient exactly 0 at
+            the last step without fitting (all ReLUs dead, which a linear
+            output turns into a loss below the initial one);
   fit       final training accuracy ≥ `fit_accuracy` (default 0.99);
   training  otherwise: the loss fell but the points are not all fitted yet.
 """
@@ -25,6 +27,9 @@ def classify(ds: xr.Dataset, fit_accuracy: float = FIT_ACCURACY) -> xr.DataArray
     out[...] = TRAINING
     out = out.where(~(acc >= fit_accuracy), FIT)
     out = out.where(~(last >= first), FAILED)
+    if "grad_norm" in ds:
+        stuck = (ds["grad_norm"].isel(step=-1).fillna(0) == 0).all("layer")
+        out = out.where(~(stuck & ~(acc >= fit_accuracy)), FAILED)
     out = out.where(~(ds["diverged_at"] >= 0), DIVERGED)
     return out.rename("outcome")
 

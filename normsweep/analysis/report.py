@@ -268,36 +268,49 @@ def last_measured(da: xr.DataArray) -> xr.DataArray:
     return xr.DataArray(last, dims=da.dims[:-1], coords={d: da[d] for d in da.dims[:-1]})
 
 
-def sharpness_table(ds: xr.Dataset) -> pd.DataFrame:
-    """Per η: the median over networks of the largest and the last measured
-    sharpness in units of the stability threshold 2/η."""
-    ratio = ds["sharpness"] * ds["lr_effective"] / 2
-    ratio = ratio.where(ds["diverged_at"] < 0)
-    last = last_measured(ratio)
+def sharpness_table(ds: xr.Dataset, outcome: xr.DataArray) -> pd.DataFrame:
+    """Per η, over the networks that fit or still train: the median over
+    networks of the peak sharpness after step 0 and of its median over the
+    second half of training, both in units of the stability threshold 2/η
+    (edge of stability: the peak passes 1, the second half hovers near 1)."""
+    ratio = (ds["sharpness"] * ds["lr_effective"] / 2).where(
+        outcome.isin([outcomes.FIT, outcomes.TRAINING]))
+    steps = ds["step"]
+    peak = ratio.where(steps > 0).max("step")
+    late = ratio.where(steps >= steps[-1] / 2).median("step")
     rows = []
     for lr in ds["lr"].values:
-        peak = ratio.sel(lr=lr).max("step").values.ravel()
-        end = last.sel(lr=lr).values.ravel()
-        rows.append({"lr": f"{lr:.3g}", "networks": int(np.isfinite(peak).sum()),
-                     "max λ·η/2 (median)": _fmt(float(np.nanmedian(peak))) if np.isfinite(peak).any() else "–",
-                     "final λ·η/2 (median)": _fmt(float(np.nanmedian(end))) if np.isfinite(end).any() else "–"})
+        p, q = peak.sel(lr=lr).values.ravel(), late.sel(lr=lr).values.ravel()
+        ok = np.isfinite(q)
+        rows.append({"lr": f"{lr:.3g}", "networks": int(ok.sum()),
+                     "peak λ·η/2 (median)": _fmt(float(np.nanmedian(p))) if ok.any() else "–",
+                     "second-half λ·η/2 (median)": _fmt(float(np.nanmedian(q))) if ok.any()
+                     else "–",
+                     "IQR": (f"{_fmt(float(np.nanpercentile(q, 25)))}–"
+                             f"{_fmt(float(np.nanpercentile(q, 75)))}") if ok.any() else "–"})
     return pd.DataFrame(rows)
 
 
-def fig_sharpness(ds: xr.Dataset, out: Path) -> Path:
+def fig_sharpness(ds: xr.Dataset, outcome: xr.DataArray, out: Path) -> Path:
+    """Sharpness over time at the largest width and depth, one line per η
+    (mean over the seeds that fit or still train), each beside its 2/η."""
     width, depth = int(ds["width"].values[-1]), int(ds["depth"].values[-1])
+    kept = ds["sharpness"].where(outcome.isin([outcomes.FIT, outcomes.TRAINING]))
     fig, ax = plt.subplots(figsize=(6, 4))
+    positive = True
     for i, lr in enumerate(ds["lr"].values):
-        da = ds["sharpness"].sel(width=width, depth=depth, lr=lr).mean("seed").dropna("step")
+        da = kept.sel(width=width, depth=depth, lr=lr).mean("seed").dropna("step")
         if not da.size:
             continue
+        positive = positive and bool((da > 0).all())
         eta = float(ds["lr_effective"].sel(width=width, lr=lr))
         ax.plot(da["step"], da, "o-", ms=3, color=f"C{i}", label=f"η = {eta:.3g}")
         ax.axhline(2 / eta, color=f"C{i}", ls="--", lw=0.8)
     ax.set_xlabel("step")
     ax.set_ylabel("top Hessian eigenvalue λ")
-    ax.set_yscale("symlog")
-    ax.set_title(f"sharpness (dashed: 2/η), width {width}, depth {depth}", fontsize=9)
+    ax.set_yscale("log" if positive else "symlog")
+    ax.set_title(f"sharpness (dashed: 2/η), width {width}, depth {depth}; networks that fit "
+                 "or still train", fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, out / "sharpness.png")
 
@@ -379,7 +392,7 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
     if check:
         figures.append(fig_identity(check, out))
     if "sharpness" in ds:
-        figures.append(fig_sharpness(ds, out))
+        figures.append(fig_sharpness(ds, outcome, out))
     text = render(ds, cfg, table, outcome, check, fit_accuracy, root)
     if ref_labels:
         text += "\n".join(_comparison_section(full, full_table, ref_labels))
@@ -469,9 +482,12 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root) -> str:
 
     lines += ["## 5. Stability", "",
               f"Outcomes: {counts[outcomes.FIT]} fit, {counts[outcomes.TRAINING]} still training "
-              f"(loss fell), {counts[outcomes.FAILED]} failed (final loss ≥ initial: with a "
-              f"softmax output the loss is bounded by n, so a too-large η saturates the network "
-              f"instead of overflowing), {counts[outcomes.DIVERGED]} diverged (non-finite loss).",
+              f"(loss fell), {counts[outcomes.FAILED]} failed ("
+              + ("final loss ≥ initial: with a softmax output the loss is bounded by n, so a "
+                 "too-large η saturates the network instead of overflowing"
+                 if cfg.model.output == "softmax" else
+                 "final loss ≥ initial, or stuck with every gradient exactly 0: all ReLUs dead")
+              + f"), {counts[outcomes.DIVERGED]} diverged (non-finite loss).",
               "", "Largest η at which no seed failed or diverged:", ""]
     stable = outcomes.largest_stable_lr(ds, outcome)
     st = stable.to_pandas()
@@ -485,8 +501,9 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root) -> str:
         lines += ["## Edge of stability", "",
                   "Full-batch GD is stable near a minimum only while the top Hessian eigenvalue "
                   "λ < 2/η; under GD the sharpness tends to rise to about 2/η and hover there "
-                  "(Cohen et al. 2021). λ·η/2 per learning rate (1 = the threshold):", "",
-                  _md(sharpness_table(ds)), "", "![sharpness](sharpness.png)", ""]
+                  "(Cohen et al. 2021). λ·η/2 per learning rate (1 = the threshold), over "
+                  "the networks that fit or still train:", "",
+                  _md(sharpness_table(ds, outcome)), "", "![sharpness](sharpness.png)", ""]
     lines += ["## 6. Scaling laws", "",
               "metric ≈ C·η^a·m^b, least squares in log space over the networks that fit or are "
               "still training (diverged and failed ones are left out and counted), 95% intervals "
@@ -652,19 +669,30 @@ def _ci(v, lo, hi) -> str:
 
 
 def fig_ntk(ds: xr.Dataset, out: Path) -> Path:
-    """λ_max(t)/λ_max(0) per width, one panel per slice, at the middle η."""
+    """λ_max(t)/λ_max(0) per width, one column per slice; top row at the
+    smallest η, bottom row at the largest η at which every network of the
+    slice fit or still trains (near the edge: there the kernel can drop at
+    once, the catapult of Lewkowycz et al. 2020)."""
     labels = fits.slices(ds)
     depth = int(ds["depth"].values[-1])
-    lr = ds["lr"].values[len(ds["lr"]) // 2]
-    fig, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 3.6), squeeze=False)
-    for ax, lab in zip(axes[0], labels):
-        for i, m in enumerate(ds["width"].values):
-            da = ds["ntk_max_eig"].sel(lab).sel(width=m, depth=depth, lr=lr)
-            da = (da / da.isel(step=0)).mean("seed").dropna("step")
-            da = da.where(da["step"] > 0, drop=True)
-            ax.plot(da["step"], da, "o-", ms=2, color=f"C{i}", label=f"m = {m}")
-        ax.set_xscale("log")
-        ax.set_xlabel("step")
-        ax.set_title(f"{fits.slice_name(lab)}: λ_max(t)/λ_max(0), η₀ = {lr:.3g}", fontsize=8)
-        ax.legend(fontsize=7)
+    ok = outcomes.classify(ds).isin([outcomes.FIT, outcomes.TRAINING]).sel(depth=depth)
+    fig, axes = plt.subplots(2, len(labels), figsize=(4.2 * len(labels), 6.4), squeeze=False)
+    for col, lab in enumerate(labels):
+        part = ok.sel(lab)
+        stable = part.all([d for d in part.dims if d != "lr"])
+        lrs = ds["lr"].values[stable.values]
+        for row, lr in enumerate((ds["lr"].values[0], lrs[-1] if len(lrs) else None)):
+            ax = axes[row, col]
+            if lr is None:
+                ax.set_axis_off()
+                continue
+            for i, m in enumerate(ds["width"].values):
+                da = ds["ntk_max_eig"].sel(lab).sel(width=m, depth=depth, lr=lr)
+                da = (da / da.isel(step=0)).mean("seed").dropna("step")
+                ax.plot(da["step"], da, "o-", ms=2, color=f"C{i}", label=f"m = {m}")
+            ax.set_xlabel("step")
+            ax.set_ylabel("NTK λ_max(t) / λ_max(0)", fontsize=8)
+            which = "smallest" if row == 0 else "largest stable"
+            ax.set_title(f"{fits.slice_name(lab)}, {which} η₀ = {lr:.3g}", fontsize=8)
+            ax.legend(fontsize=7)
     return _save(fig, out / "ntk.png")
