@@ -183,12 +183,14 @@ def analyze(dir: Path, boot: int, fit_accuracy: float) -> None:
     except RunError as err:
         raise click.ClickException(str(err)) from None
     t = result.table
-    table = Table("metric", "depth", "layer", "η exponent", "width exponent", "r²", "n",
+    slices = [c for c in ("parametrization", "weight_decay") if c in t.columns]
+    table = Table(*slices, "metric", "depth", "layer", "η exponent", "width exponent", "r²", "n",
                   title="metric ≈ C·η^a·m^b (95% bootstrap intervals)")
     for _, r in t.iterrows():
         def ci(v, lo, hi):
             return "–" if v != v else f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]"
-        table.add_row(r.metric, str(r.depth), f"{r.layer} ({r.layer_role})",
+        table.add_row(*[f"{r[c]:g}" if c == "weight_decay" else str(r[c]) for c in slices],
+                      r.metric, str(r.depth), f"{r.layer} ({r.layer_role})",
                       ci(r.lr_exponent, r.lr_exponent_lo, r.lr_exponent_hi),
                       ci(r.width_exponent, r.width_exponent_lo, r.width_exponent_hi),
                       f"{r.r2:.2f}", str(r.n))

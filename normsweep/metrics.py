@@ -15,16 +15,49 @@ import jax.numpy as jnp
 
 EXACT_MAX = 64
 SQUARINGS = 24
-UNROLL = 8          # loop bodies per trip of the small spectral loops (see spectral_exact)
+UNROLL = 8          # loop bodies per trip of the small spectral loops (see top_eigenvalue_psd)
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
+# -- sums in a fixed order ------------------------------------------------------
+# XLA:CPU lowers a dot or a reduction of a vmapped batch with a blocking that
+# depends on the batch size, so the last bits of Σ x can depend on how many
+# members a cohort has (and so on the chunking). A pairwise tree of
+# elementwise adds has one order whatever the batch: the Frobenius norms and
+# inner products of the records are such sums, bit-identical across member
+# counts (tested). The spectral norms use XLA's matmuls, which are much
+# faster for them, and can differ by 1–2 ulp between member counts.
+
+def tree_sum(x: jax.Array) -> jax.Array:
+    """Σ over the last axis, as a pairwise tree of elementwise adds (zero-padded
+    to a power of two)."""
+    n = x.shape[-1]
+    size = 1 << max(0, (n - 1).bit_length())
+    if size != n:
+        x = jnp.concatenate([x, jnp.zeros(x.shape[:-1] + (size - n,), x.dtype)], -1)
+    while x.shape[-1] > 1:
+        half = x.shape[-1] // 2
+        x = x[..., :half] + x[..., half:]
+    return x[..., 0]
+
+
+def inner(a: jax.Array, b: jax.Array) -> jax.Array:
+    """⟨a, b⟩ over all entries, in a fixed order. The products are
+    materialised first: LLVM may fuse a product into the add that follows (an
+    FMA), and whether it does depends on how the loop was tiled."""
+    return tree_sum(jax.lax.optimization_barrier(a.reshape(-1) * b.reshape(-1)))
+
+
+def matvec(w: jax.Array, v: jax.Array) -> jax.Array:
+    return jnp.matmul(w, v, precision=HIGHEST)
+
+
+def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.matmul(a, b, precision=HIGHEST)
+
+
 def sum_squares(w: jax.Array) -> jax.Array:
-    """Σ w², as a dot product: under vmap it stays a batched dot of fixed
-    shape, whose rounding does not depend on the number of members (a plain
-    reduction is vectorised across members differently for different counts)."""
-    flat = w.reshape(-1)
-    return jnp.dot(flat, flat, precision=HIGHEST)
+    return inner(w, w)
 
 
 def frobenius(w: jax.Array) -> jax.Array:
@@ -49,15 +82,19 @@ def top_eigenvalue_psd(gram: jax.Array, squarings: int = SQUARINGS) -> jax.Array
     H100: 14–45 s per cohort fully unrolled, against 8 s rolled).
     """
     def square(_, a):
-        a = jnp.matmul(a, a, precision=HIGHEST)
-        n = jnp.max(jnp.abs(a))
-        return a / jnp.where(n > 0, n, 1)
+        return _rescale(matmul(a, a))
 
-    a = jax.lax.fori_loop(0, squarings, square, gram / jnp.maximum(jnp.max(jnp.abs(gram)), 1e-30),
-                          unroll=min(UNROLL, squarings))
-    v = a[:, jnp.argmax(jnp.einsum("ij,ij->j", a, a, precision=HIGHEST))]
-    v = v / jnp.where(frobenius(v) > 0, frobenius(v), 1)
-    return jnp.dot(v, jnp.matmul(gram, v, precision=HIGHEST), precision=HIGHEST)
+    a = jax.lax.fori_loop(0, squarings, square, _rescale(gram), unroll=min(UNROLL, squarings))
+    v = a[:, jnp.argmax(tree_sum(jnp.square(a.T)))]
+    norm = sum_squares(v)
+    return inner(v, matvec(gram, v)) / jnp.where(norm > 0, norm, 1)
+
+
+def _rescale(a: jax.Array) -> jax.Array:
+    """a times the power of two that brings max|a| into [0.5, 1): exact, so no
+    rewrite of a division can change its bits."""
+    _, exponent = jnp.frexp(jnp.max(jnp.abs(a)))
+    return a * jnp.ldexp(jnp.ones((), a.dtype), -exponent)
 
 
 def extreme_eigenvalues_psd(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -71,7 +108,7 @@ def extreme_eigenvalues_psd(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
 def spectral_exact(w: jax.Array, squarings: int = SQUARINGS) -> jax.Array:
     """‖W‖₂ = √λ_max of the Gram matrix of the smaller side of W."""
     p, q = w.shape
-    gram = jnp.matmul(w, w.T, precision=HIGHEST) if p <= q else jnp.matmul(w.T, w, precision=HIGHEST)
+    gram = matmul(w, w.T) if p <= q else matmul(w.T, w)
     return jnp.sqrt(jnp.maximum(top_eigenvalue_psd(gram, squarings), 0.0))
 
 
@@ -83,12 +120,12 @@ def power_iteration(w: jax.Array, v: jax.Array, iters: int) -> tuple[jax.Array, 
     returns (0, v) unchanged.
     """
     def body(_, v):
-        u = jnp.matmul(w.T, jnp.matmul(w, v, precision=HIGHEST), precision=HIGHEST)
+        u = matvec(w.T, matvec(w, v))
         n = frobenius(u)
         return jnp.where(n > 0, u / jnp.where(n > 0, n, 1), v)
 
     v = jax.lax.fori_loop(0, iters, body, v, unroll=min(UNROLL, iters))
-    return frobenius(jnp.matmul(w, v, precision=HIGHEST)), v
+    return frobenius(matvec(w, v)), v
 
 
 def spectral(w: jax.Array, v: jax.Array, iters: int) -> tuple[jax.Array, jax.Array]:

@@ -148,8 +148,7 @@ def init_member(program: Program, hp: Hyper, init_key: jax.Array, power_key: jax
 
 
 def _tree_dot(a, b) -> jax.Array:
-    leaves = [jnp.dot(u.reshape(-1), v.reshape(-1), precision=metrics.HIGHEST)
-              for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+    leaves = [metrics.inner(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
     return sum(leaves[1:], leaves[0])
 
 
@@ -227,7 +226,7 @@ def measure(program: Program, state: State, loss, z, grads, y):
         rec["frob_dist"].append(metrics.frobenius(d))
         rec["spec_dist"].append(ds)
         rec["grad_norm"].append(metrics.frobenius(g))
-        rec["grad_dot_weight"].append(jnp.dot(w.reshape(-1), g.reshape(-1), precision=metrics.HIGHEST))
+        rec["grad_dot_weight"].append(metrics.inner(w, g))
     rec = {name: jnp.stack(vals) for name, vals in rec.items() if vals}
     rec["update_norm"] = jnp.sqrt(state.update_sq)
     rec["loss"] = loss
@@ -280,7 +279,7 @@ def ntk_gram(program: Program, params, lr_mult: jax.Array, xs: jax.Array) -> jax
     deltas = jax.vmap(lambda c: pullback(jnp.broadcast_to(c, z.shape))[0])(eye)
     gram = jnp.zeros((xs.shape[0], xs.shape[0]), xs.dtype)
     for l in range(depth):
-        hh = jnp.matmul(inputs[l], inputs[l].T, precision=metrics.HIGHEST)
+        hh = metrics.matmul(inputs[l], inputs[l].T)
         dd = jnp.einsum("csf,ctf->st", deltas[l], deltas[l], precision=metrics.HIGHEST)
         gram = gram + lr_mult[l] * hh * dd
     return gram

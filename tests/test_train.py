@@ -9,7 +9,7 @@ import pytest
 from normsweep import plan, train
 from normsweep.config import parse
 from normsweep.data import sphere_data
-from tests import reference
+from tests import equal, reference
 
 D, K, N = 8, 4, 48
 X, Y = sphere_data(jax.random.key(7), N, D, K, jnp.float32)
@@ -38,12 +38,8 @@ def cohort():
 def test_vmapped_equals_one_at_a_time(cohort):
     for i, (lr, seed) in enumerate([(0.05, 0), (0.05, 1), (4.0, 0), (4.0, 1)]):
         alone = run(PROG, [lr], [seed], STEPS)
-        for name, value in alone.records.items():
-            if name in ("spec_norm", "spec_dist"):   # small batched Gram matmuls: 1–2 ulp
-                np.testing.assert_allclose(cohort.records[name][i], value[0], rtol=1e-6,
-                                           atol=1e-7, err_msg=name)
-            else:                                     # bit for bit (see train.per_member)
-                np.testing.assert_array_equal(cohort.records[name][i], value[0], err_msg=name)
+        for name, value in alone.records.items():    # see tests/equal.py
+            equal.assert_record_equal(cohort.records[name][i], value[0], name)
 
 
 def test_matches_independent_reference(cohort):
