@@ -12,7 +12,7 @@ from normsweep import launch, metrics, model, plan, train
 from normsweep.analysis import fits, report
 from normsweep.config import parse
 from normsweep.data import sphere_data
-from tests import equal
+from tests import equal, reference
 
 X, Y = sphere_data(jax.random.key(4), 24, 5, 3, jnp.float32)
 DIMS = (5, 12, 12, 3)
@@ -71,14 +71,7 @@ def test_zero_weight_decay_in_a_decay_program_changes_nothing():
 
 
 def dense_ntk(ws, xs, mult):
-    def logits(ws):
-        h = xs
-        for l, w in enumerate(ws):
-            h = h @ w
-            if l < len(ws) - 1:
-                h = jax.nn.relu(h)
-        return h
-    jac = jax.jacrev(logits)(ws)                 # per layer (s, k, fan_in, fan_out)
+    jac = jax.jacrev(lambda ws: reference.forward(ws, xs))(ws)   # per layer (s, k, fan_in, fan_out)
     return sum(c * jnp.einsum("ickl,jckl->ij", j, j, precision="highest")
                for c, j in zip(mult, jac))
 

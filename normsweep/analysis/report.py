@@ -231,13 +231,17 @@ def fig_scaling(ds: xr.Dataset, table: pd.DataFrame, out: Path, keep: xr.DataArr
                 a = row.lr_exponent if np.isfinite(row.lr_exponent) else 0.0
                 ax.plot(widths, row.prefactor * eta**a * widths**row.width_exponent, "-",
                         color=f"C{i}", lw=1)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("width m")
-        ax.set_ylabel("‖W(T) − W(0)‖_F / ‖W(0)‖_F")
-        ax.set_title(f"{role} layer {layer}, depth {depth}", fontsize=9)
-        ax.legend(fontsize=7)
+        _against_width(ax, "‖W(T) − W(0)‖_F / ‖W(0)‖_F", f"{role} layer {layer}, depth {depth}")
     return _save(fig, out / "scaling_rel_frob_dist.png")
+
+
+def _against_width(ax, ylabel: str, title: str) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("width m")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
 
 
 def fig_stability(ds: xr.Dataset, outcome: xr.DataArray, out: Path) -> Path:
@@ -629,12 +633,7 @@ def fig_comparison(ds: xr.Dataset, out: Path) -> Path:
         for i, lab in enumerate(fits.slices(ds)):
             da = ds["spec_dist"].sel(lab).sel(step=1, depth=depth, layer=layer).isel(lr=0)
             ax.plot(ds["width"], da.mean("seed"), "o-", color=f"C{i}", label=fits.slice_name(lab))
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("width m")
-    ax.set_ylabel("‖W(1) − W(0)‖₂")
-    ax.set_title(f"first step, layer {layer}, depth {depth}, smallest η", fontsize=9)
-    ax.legend(fontsize=7)
+    _against_width(ax, "‖W(1) − W(0)‖₂", f"first step, layer {layer}, depth {depth}, smallest η")
     return _save(fig, out / "parametrizations.png")
 
 
