@@ -203,3 +203,14 @@ def test_analyze_fits_each_slice_and_compares_them(axes_sweep):
     # the table's reference slice: standard, no decay
     assert fits.reference_labels(normsweep.open_sweep(axes_sweep)) == {
         "parametrization": "standard", "weight_decay": 0.0}
+
+
+def test_the_report_names_whichever_axes_the_sweep_has():
+    grid = parse(AXES).grid
+    assert "parametrization ['mup', 'standard', 'ntk'] and weight decay [0.0, 0.01]" in \
+        report.axes_note(grid)
+    only = parse(AXES.replace("weight_decay = [0.0, 0.01]\n", "")).grid
+    assert "parametrization" in report.axes_note(only) and "decay" not in report.axes_note(only)
+    none = parse(AXES.replace('parametrization = ["mup", "standard", "ntk"]\n', "")
+                 .replace("weight_decay = [0.0, 0.01]\n", "")).grid
+    assert report.axes_note(none) == ""

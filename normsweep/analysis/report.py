@@ -110,8 +110,8 @@ def layer_multipliers(ds: xr.Dataset, cfg, parametrization: str) -> xr.DataArray
 def identity_check(ds: xr.Dataset, mult: xr.DataArray | float = 1.0,
                    weight_decay: float = 0.0) -> dict:
     """The exact per-step identity and its layer-independence, measured on
-    consecutive recorded steps of non-diverged networks. With lr multipliers
-    c_l and weight decay λ the step is W' = (1 − ηλ)W − ηc∇L, so
+    consecutive recorded steps of the networks given (NaN ones drop out).
+    With lr multipliers c_l and weight decay λ the step is W' = (1 − ηλ)W − ηc∇L, so
     ‖W'‖² − ‖W‖² = ((1 − ηλ)² − 1)‖W‖² − 2ηc(1 − ηλ)⟨W, ∇L⟩ + η²c²‖∇L‖²."""
     steps = ds["step"].values
     consecutive = np.flatnonzero(np.diff(steps) == 1)
@@ -395,7 +395,9 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
     store.write_netcdf(out / "fits.nc", fits.to_dataset(full_table))
     figures = [fig_init(ds, cfg, out), *fig_trajectories(ds, out),
                fig_scaling(ds, table, out, keep), fig_stability(ds, outcome, out)]
-    check = identity_check(ds.where(ds["diverged_at"] < 0), layer_multipliers(ds, cfg, param), wd)
+    # networks that fit or still train: a failed one can blow its norms up to
+    # where ‖W‖² itself overflows, which says nothing about the identity
+    check = identity_check(ds.where(keep), layer_multipliers(ds, cfg, param), wd)
     if check:
         figures.append(fig_identity(check, out))
     if "sharpness" in ds:
@@ -411,17 +413,25 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
     return Analysis(full_table, out / "report.md", figures)
 
 
+def axes_note(grid) -> str:
+    """The header's sentence on the parametrization / weight-decay axes ('' without)."""
+    axes = []
+    if grid.parametrization:
+        axes.append(f"parametrization {list(grid.parametrization)}")
+    if grid.weight_decay:
+        axes.append(f"weight decay {list(grid.weight_decay)}")
+    if not axes:
+        return ""
+    return (f" The sweep also has the axes {' and '.join(axes)}: sections 1–6 describe one "
+            "slice of it (named in section 7), sections 7–8 compare all.")
+
+
 def render(ds, cfg, table, outcome, check, fit_accuracy, root) -> str:
     g = cfg.grid
     counts = outcomes.counts(outcome)
     total = sum(counts.values())
     T = int(ds["step"].values[-1])
-    slices = ""
-    if g.parametrization or g.weight_decay:
-        axes = [f"parametrization {list(g.parametrization)}"] * bool(g.parametrization) + \
-               [f"weight decay {list(g.weight_decay)}"] * bool(g.weight_decay)
-        slices = (f" The sweep also has the axes {' and '.join(axes)}: sections 1–6 describe "
-                  "one slice of it (named in section 7), sections 7–8 compare all.")
+    slices = axes_note(g)
     lines = [f"# normsweep report: {cfg.name}", "",
              f"Sweep `{root}`: {total} networks — widths {list(g.width)}, depths {list(g.depth)}, "
              f"{len(g.lr)} learning rates from {min(g.lr):.3g} to {max(g.lr):.3g}"
@@ -458,7 +468,7 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root) -> str:
     if check:
         lines += [f"Plain GD obeys ‖W(t+1)‖_F² − ‖W(t)‖_F² = −2η⟨W, ∇L⟩ + η²‖∇L‖² exactly. Over "
                   f"{check['pairs']} consecutive recorded step pairs (steps ≤ {check['max_step']}) "
-                  f"of non-diverged networks, the measured change differs from it by a median "
+                  f"of the networks that fit or still train, the measured change differs from it by a median "
                   f"{_fmt(check['identity_rel_median'], 2)} and at most "
                   f"{_fmt(check['identity_rel_max'], 2)} of ‖W(t)‖_F² (float rounding).", "",
                   "For a bias-free ReLU network the logits are 1-homogeneous in each W_l, so "
@@ -609,7 +619,8 @@ def _comparison_section(ds: xr.Dataset, table: pd.DataFrame, ref_labels: dict) -
         for name, g in hidden.groupby("parametrization", sort=False):
             b = g.width_exponent.dropna()
             if len(b):
-                parts.append(f"{name} {b.min():+.2f}…{b.max():+.2f}")
+                parts.append(f"{name} {b.min():+.2f}" if b.min() == b.max() else
+                             f"{name} {b.min():+.2f}…{b.max():+.2f}")
         if parts:
             mup = ("The width exponent of a hidden layer's first step ‖W(1) − W(0)‖₂, over "
                    "its depths, weight decays and fits: " + "; ".join(parts) + ". Theory: 0 "
