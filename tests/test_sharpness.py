@@ -69,3 +69,28 @@ def test_report_has_an_edge_of_stability_section(tmp_path):
     text = result.report.read_text()
     assert "Edge of stability" in text and "λ·η/2" in text
     assert (tmp_path / "eos" / "analysis" / "sharpness.png").stat().st_size > 1000
+
+
+def test_sharpness_is_preconditioned_by_the_lr_multipliers():
+    """Under ntk, GD at rate η moves W_l by η·c_l·∇L: the threshold 2/η applies
+    to C^½HC^½ (C = diag(c_l)), which is what is recorded; the plain Hessian
+    would be off by the factor c_l = 2/fan_in."""
+    from normsweep import model
+    dims = (4, 6, 6, 3)
+    prog = train.Program(dims=dims, sharpness_every=5, sharpness_iters=80, parametrization="ntk")
+    ik, pk = plan.member_keys(np.array([1]))
+    traj = train.train_members(prog, X, Y, np.array([5.0]), ik, pk, np.arange(6), keep_weights=True)
+    params = {"params": {f"layer_{l:03d}": {"kernel": jnp.asarray(w[0])}
+                         for l, w in enumerate(traj.initial)}}
+    flat, unravel = ravel_pytree(params)
+    hess = np.asarray(jax.hessian(lambda f: train.loss_and_logits(prog, unravel(f), X, Y)[0])(flat),
+                      np.float64)
+    c = model.lr_multipliers("ntk", "he", dims)
+    root = np.concatenate([np.full(a * b, np.sqrt(cl)) for (a, b), cl in
+                           zip(zip(dims[:-1], dims[1:]), c)])
+    eig = np.linalg.eigvalsh(root[:, None] * hess * root[None, :])
+    want = eig[np.argmax(np.abs(eig))]
+    got = traj.records["sharpness"][0][0]
+    assert got == pytest.approx(want, rel=1e-3)
+    plain = np.linalg.eigvalsh(hess)
+    assert abs(plain[np.argmax(np.abs(plain))]) > 2 * abs(want)   # the two really differ
