@@ -214,3 +214,17 @@ def test_the_report_names_whichever_axes_the_sweep_has():
     none = parse(AXES.replace('parametrization = ["mup", "standard", "ntk"]\n', "")
                  .replace("weight_decay = [0.0, 0.01]\n", "")).grid
     assert report.axes_note(none) == ""
+
+
+def test_the_parametrization_script_runs_on_an_axes_sweep(axes_sweep, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "analysis" / "parametrizations.py"
+    out = tmp_path / "p.png"
+    run = subprocess.run([sys.executable, str(script), str(axes_sweep), "--layer", "1",
+                          "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert out.stat().st_size > 1000
+    # one line per (parametrization, weight decay) slice, each with its fitted slope
+    assert sum("∝ m^" in line for line in run.stdout.splitlines()) == 6
