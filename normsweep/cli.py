@@ -164,12 +164,16 @@ def analyze(dir: Path, boot: int, fit_accuracy: float) -> None:
     """Fit scaling laws of the norm changes against η and width; write a report.
 
     Writes DIR/analysis/report.md, fits.csv, fits.nc and PNG figures, and
-    prints the fit table. Needs the analysis extra (matplotlib).
+    prints the fit table. Needs the analysis extra (matplotlib). A sweep with
+    parametrization or weight_decay axes is fitted per slice, and the slices
+    are compared; recorded sharpness and NTK eigenvalues get their own
+    sections.
 
     \b
     Example:
       normsweep analyze results/quickstart
       normsweep analyze results/seed --boot 1000
+      normsweep analyze results/lazy-vs-mup
     """
     if not dir.is_dir():
         raise click.BadParameter(f"{dir}: no such folder", param_hint="DIR")
