@@ -48,20 +48,18 @@ def inner(a: jax.Array, b: jax.Array) -> jax.Array:
     return tree_sum(jax.lax.optimization_barrier(a.reshape(-1) * b.reshape(-1)))
 
 
-def matvec(w: jax.Array, v: jax.Array) -> jax.Array:
-    return jnp.matmul(w, v, precision=HIGHEST)
-
-
-def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-    return jnp.matmul(a, b, precision=HIGHEST)
-
-
 def sum_squares(w: jax.Array) -> jax.Array:
     return inner(w, w)
 
 
 def frobenius(w: jax.Array) -> jax.Array:
     return jnp.sqrt(sum_squares(w))
+
+
+def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """a @ b in full float32 (matrices or a matrix and a vector): XLA's own
+    order, so not bit-identical across member counts (see above)."""
+    return jnp.matmul(a, b, precision=HIGHEST)
 
 
 def uses_power_iteration(shape: tuple[int, int]) -> bool:
@@ -87,7 +85,7 @@ def top_eigenvalue_psd(gram: jax.Array, squarings: int = SQUARINGS) -> jax.Array
     a = jax.lax.fori_loop(0, squarings, square, _rescale(gram), unroll=min(UNROLL, squarings))
     v = a[:, jnp.argmax(tree_sum(jnp.square(a.T)))]
     norm = sum_squares(v)
-    return inner(v, matvec(gram, v)) / jnp.where(norm > 0, norm, 1)
+    return inner(v, matmul(gram, v)) / jnp.where(norm > 0, norm, 1)
 
 
 def _rescale(a: jax.Array) -> jax.Array:
@@ -120,12 +118,12 @@ def power_iteration(w: jax.Array, v: jax.Array, iters: int) -> tuple[jax.Array, 
     returns (0, v) unchanged.
     """
     def body(_, v):
-        u = matvec(w.T, matvec(w, v))
+        u = matmul(w.T, matmul(w, v))
         n = frobenius(u)
         return jnp.where(n > 0, u / jnp.where(n > 0, n, 1), v)
 
     v = jax.lax.fori_loop(0, iters, body, v, unroll=min(UNROLL, iters))
-    return frobenius(matvec(w, v)), v
+    return frobenius(matmul(w, v)), v
 
 
 def spectral(w: jax.Array, v: jax.Array, iters: int) -> tuple[jax.Array, jax.Array]:

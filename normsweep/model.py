@@ -37,7 +37,7 @@ def init_std(init: str, fan_in: int, width: int, fan_out: int | None = None) -> 
         return math.sqrt(2.0 / fan_in) * min(1.0, math.sqrt(fan_out / fan_in))
     if init == "unit":
         return 1.0
-    raise ValueError(f"init = {init!r}: must be 'he', 'width' or 'mup'")
+    raise ValueError(f"init = {init!r}: must be 'he', 'width', 'mup' or 'unit'")
 
 
 def init_stds(parametrization: str, init: str, dims) -> tuple[float, ...]:

@@ -306,21 +306,24 @@ def record_and_step(program: Program, state: State, hp: Hyper, x, y, t, last: bo
         rec["sharpness"] = lam
         new = new._replace(hess_v=hess_v)
     if program.jacobian_every:
-        due = jnp.logical_or(last, t % program.jacobian_every == 0)
-        nan = jnp.full((), jnp.nan, program.jdtype)
-        frob, spec = jax.lax.cond(due, lambda p: jacobian_norms(program, p, x),
-                                  lambda p: (nan, nan), state.params)
-        rec["jacobian_frob_norm"], rec["jacobian_spec_norm"] = frob, spec
+        rec["jacobian_frob_norm"], rec["jacobian_spec_norm"] = _at_stride(
+            program, program.jacobian_every, t, last, state.params,
+            lambda p: jacobian_norms(program, p, x))
     if program.ntk_every:
-        due = jnp.logical_or(last, t % program.ntk_every == 0)
-        nan = jnp.full((), jnp.nan, program.jdtype)
-        top, bottom = jax.lax.cond(
-            due, lambda p: ntk_eigs(program, p, hp.lr_mult, x[:program.ntk_points]),
-            lambda p: (nan, nan), state.params)
-        rec["ntk_max_eig"], rec["ntk_min_eig"] = top, bottom
+        rec["ntk_max_eig"], rec["ntk_min_eig"] = _at_stride(
+            program, program.ntk_every, t, last, state.params,
+            lambda p: ntk_eigs(program, p, hp.lr_mult, x[:program.ntk_points]))
     # every record is NaN from the member's divergence on
     dead = (new.diverged_at >= 0) & (new.diverged_at <= t)
     return new, {name: jnp.where(dead, jnp.nan, val) for name, val in rec.items()}
+
+
+def _at_stride(program: Program, every: int, t, last: bool, params, measure_pair):
+    """measure_pair(params) at multiples of `every` and the last step; a pair
+    of NaNs otherwise (lax.cond: the work is skipped, not masked)."""
+    nan = jnp.full((), jnp.nan, program.jdtype)
+    due = jnp.logical_or(last, t % every == 0)
+    return jax.lax.cond(due, measure_pair, lambda p: (nan, nan), params)
 
 
 def empty_records(program: Program) -> dict:

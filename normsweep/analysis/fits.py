@@ -197,7 +197,7 @@ def fit_sweep(ds: xr.Dataset, *, boot: int = 400, seed: int = 0,
 
 def _fit_slice(ds: xr.Dataset, boot: int, seed: int, fit_accuracy: float) -> pd.DataFrame:
     outcome = outcomes.classify(ds, fit_accuracy)
-    keep = outcome.isin([outcomes.FIT, outcomes.TRAINING])
+    keep = outcomes.usable(outcome)
     derived = derived_metrics(ds).where(keep)
     lr_eff = ds["lr_effective"].transpose("lr", "width").values
     rows = []

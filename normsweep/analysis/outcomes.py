@@ -34,6 +34,11 @@ def classify(ds: xr.Dataset, fit_accuracy: float = FIT_ACCURACY) -> xr.DataArray
     return out.rename("outcome")
 
 
+def usable(outcome: xr.DataArray) -> xr.DataArray:
+    """The networks the fits use: those that fit or still train."""
+    return outcome.isin([FIT, TRAINING])
+
+
 def counts(outcome: xr.DataArray) -> dict[str, int]:
     return {name: int((outcome == name).sum()) for name in ORDER}
 

@@ -280,8 +280,7 @@ def sharpness_table(ds: xr.Dataset, outcome: xr.DataArray) -> pd.DataFrame:
     networks of the peak sharpness after step 0 and of its median over the
     second half of training, both in units of the stability threshold 2/η
     (edge of stability: the peak passes 1, the second half hovers near 1)."""
-    ratio = (ds["sharpness"] * ds["lr_effective"] / 2).where(
-        outcome.isin([outcomes.FIT, outcomes.TRAINING]))
+    ratio = (ds["sharpness"] * ds["lr_effective"] / 2).where(outcomes.usable(outcome))
     steps = ds["step"]
     peak = ratio.where(steps > 0).max("step")
     late = ratio.where(steps >= steps[-1] / 2).median("step")
@@ -302,7 +301,7 @@ def fig_sharpness(ds: xr.Dataset, outcome: xr.DataArray, out: Path) -> Path:
     """Sharpness over time at the largest width and depth, one line per η
     (mean over the seeds that fit or still train), each beside its 2/η."""
     width, depth = int(ds["width"].values[-1]), int(ds["depth"].values[-1])
-    kept = ds["sharpness"].where(outcome.isin([outcomes.FIT, outcomes.TRAINING]))
+    kept = ds["sharpness"].where(outcomes.usable(outcome))
     fig, ax = plt.subplots(figsize=(6, 4))
     positive = True
     for i, lr in enumerate(ds["lr"].values):
@@ -383,8 +382,9 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
     ds = full.sel(ref_labels) if ref_labels else full
     param = ref_labels.get("parametrization", cfg.model.parametrization)
     wd = ref_labels.get("weight_decay", cfg.train.weight_decay)
-    outcome = outcomes.classify(ds, fit_accuracy)
-    keep = outcome.isin([outcomes.FIT, outcomes.TRAINING])
+    full_outcome = outcomes.classify(full, fit_accuracy)
+    outcome = full_outcome.sel(ref_labels) if ref_labels else full_outcome
+    keep = outcomes.usable(outcome)
     full_table = fits.fit_sweep(full, boot=boot, seed=seed, fit_accuracy=fit_accuracy)
     table = full_table
     for name, value in ref_labels.items():
@@ -407,8 +407,8 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
         text += "\n".join(_comparison_section(full, full_table, ref_labels))
         figures.append(fig_comparison(full, out))
     if "ntk_max_eig" in full:
-        text += "\n".join(_ntk_section(full, cfg, boot, seed))
-        figures.append(fig_ntk(full, out))
+        text += "\n".join(_ntk_section(full, full_outcome, cfg, boot, seed))
+        figures.append(fig_ntk(full, full_outcome, out))
     store.write_text(out / "report.md", text)
     return Analysis(full_table, out / "report.md", figures)
 
@@ -654,11 +654,11 @@ def ntk_change(ds: xr.Dataset, name: str = "ntk_max_eig") -> xr.DataArray:
     return np.abs(last_measured(da) / da.isel(step=0, drop=True) - 1)
 
 
-def _ntk_section(ds: xr.Dataset, cfg, boot: int, seed: int) -> list[str]:
+def _ntk_section(ds: xr.Dataset, outcome: xr.DataArray, cfg, boot: int,
+                 seed: int) -> list[str]:
     rows = []
     lr_eff = ds["lr_effective"].transpose("lr", "width").values
-    outcome = outcomes.classify(ds)
-    keep = outcome.isin([outcomes.FIT, outcomes.TRAINING])
+    keep = outcomes.usable(outcome)
     for lab in fits.slices(ds):
         for depth in ds["depth"].values:
             for name, label in (("ntk_max_eig", "λ_max"), ("ntk_min_eig", "λ_min")):
@@ -687,14 +687,14 @@ def _ci(v, lo, hi) -> str:
     return "–" if not np.isfinite(v) else f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
-def fig_ntk(ds: xr.Dataset, out: Path) -> Path:
+def fig_ntk(ds: xr.Dataset, outcome: xr.DataArray, out: Path) -> Path:
     """λ_max(t)/λ_max(0) per width, one column per slice; top row at the
     smallest η, bottom row at the largest η at which every network of the
     slice fit or still trains (near the edge: there the kernel can drop at
     once, the catapult of Lewkowycz et al. 2020)."""
     labels = fits.slices(ds)
     depth = int(ds["depth"].values[-1])
-    ok = outcomes.classify(ds).isin([outcomes.FIT, outcomes.TRAINING]).sel(depth=depth)
+    ok = outcomes.usable(outcome).sel(depth=depth)
     fig, axes = plt.subplots(2, len(labels), figsize=(4.2 * len(labels), 6.4), squeeze=False)
     for col, lab in enumerate(labels):
         part = ok.sel(lab)
