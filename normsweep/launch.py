@@ -159,14 +159,16 @@ def cohort_done(config: Config, cohort: plan.Cohort, path: Path,
 
 def check_resources(config: Config, root: Path, cohorts: list[plan.Cohort], n_records: int,
                     budget: int) -> None:
-    """Refuses a grid whose single network exceeds the memory budget, or whose
-    results would not fit on the disk (an estimate, before anything runs)."""
+    """Refuses a grid whose smallest compiled program (`train.MIN_MEMBERS`
+    networks) exceeds the memory budget, or whose results would not fit on the
+    disk (an estimate, before anything runs)."""
     for cohort in cohorts:
-        need = plan.member_bytes(config, cohort, n_records)
+        need = train.MIN_MEMBERS * plan.member_bytes(config, cohort, n_records)
         if need > budget:
             raise GridError(config.source, "grid.width", cohort.width,
-                            f"one network of width {cohort.width} and depth {cohort.depth} needs "
-                            f"about {need / 2**30:.2f} GiB, more than the memory budget "
+                            f"{train.MIN_MEMBERS} networks of width {cohort.width} and depth "
+                            f"{cohort.depth} (the fewest one program trains) need about "
+                            f"{need / 2**30:.2f} GiB, more than the memory budget "
                             f"{budget / 2**30:.2f} GiB (--memory-budget)")
     word = plan.DTYPE_BYTES[config.train.dtype]
     layers = max(config.grid.depth)

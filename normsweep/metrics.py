@@ -20,13 +20,14 @@ HIGHEST = jax.lax.Precision.HIGHEST
 
 
 # -- sums in a fixed order ------------------------------------------------------
-# XLA:CPU lowers a dot or a reduction of a vmapped batch with a blocking that
-# depends on the batch size, so the last bits of Σ x can depend on how many
-# members a cohort has (and so on the chunking). A pairwise tree of
-# elementwise adds has one order whatever the batch: the Frobenius norms and
-# inner products of the records are such sums, bit-identical across member
-# counts (tested). The spectral norms use XLA's matmuls, which are much
-# faster for them, and can differ by 1–2 ulp between member counts.
+# A reduction's order, and whether LLVM fuses a product into the add that
+# consumes it (an FMA, which skips the product's rounding), depend on how XLA
+# fused and vectorised the loop, and so on the batch size: the last bits of a
+# vmapped Σ x could depend on how many members a cohort has, and so on the
+# chunking. A pairwise tree of elementwise adds over `rounded` products has
+# one result whatever the batch. Every sum in a record is such a tree, so with
+# per-member matmuls of fixed shape (train.per_member) every record is
+# bit-identical across member counts (tested).
 
 def tree_sum(x: jax.Array) -> jax.Array:
     """Σ over the last axis, as a pairwise tree of elementwise adds (zero-padded
@@ -41,11 +42,25 @@ def tree_sum(x: jax.Array) -> jax.Array:
     return x[..., 0]
 
 
+def rounded(x: jax.Array) -> jax.Array:
+    """x, with each element rounded where the compiler can see it.
+
+    LLVM fuses a product into the add that consumes it (an FMA, which skips
+    the product's rounding), and whether it does depends on how XLA fused and
+    vectorised the loop, which depends on the batch size. XLA drops an
+    `optimization_barrier` before fusion, so the barrier cannot stop this.
+    Instead x's bits pass through an integer OR with `x != x`: 0 for every
+    number (so the value is unchanged) and 1 for a NaN (which stays a NaN),
+    and no compiler can prove it 0, so no add can absorb the multiply.
+    """
+    ints = jnp.int32 if x.dtype.itemsize == 4 else jnp.int64
+    bits = jax.lax.bitcast_convert_type(x, ints) | (x != x).astype(ints)
+    return jax.lax.bitcast_convert_type(bits, x.dtype)
+
+
 def inner(a: jax.Array, b: jax.Array) -> jax.Array:
-    """⟨a, b⟩ over all entries, in a fixed order. The products are
-    materialised first: LLVM may fuse a product into the add that follows (an
-    FMA), and whether it does depends on how the loop was tiled."""
-    return tree_sum(jax.lax.optimization_barrier(a.reshape(-1) * b.reshape(-1)))
+    """⟨a, b⟩ over all entries, in a fixed order, each product rounded."""
+    return tree_sum(rounded(a.reshape(-1) * b.reshape(-1)))
 
 
 def sum_squares(w: jax.Array) -> jax.Array:
@@ -57,8 +72,9 @@ def frobenius(w: jax.Array) -> jax.Array:
 
 
 def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-    """a @ b in full float32 (matrices or a matrix and a vector): XLA's own
-    order, so not bit-identical across member counts (see above)."""
+    """a @ b in full float32 (matrices or a matrix and a vector), in XLA's own
+    order: the same for a member's matrices whatever the batch around them
+    (measured in context, tested through the records)."""
     return jnp.matmul(a, b, precision=HIGHEST)
 
 
@@ -83,7 +99,7 @@ def top_eigenvalue_psd(gram: jax.Array, squarings: int = SQUARINGS) -> jax.Array
         return _rescale(matmul(a, a))
 
     a = jax.lax.fori_loop(0, squarings, square, _rescale(gram), unroll=min(UNROLL, squarings))
-    v = a[:, jnp.argmax(tree_sum(jnp.square(a.T)))]
+    v = a[:, jnp.argmax(tree_sum(rounded(jnp.square(a.T))))]
     norm = sum_squares(v)
     return inner(v, matmul(gram, v)) / jnp.where(norm > 0, norm, 1)
 

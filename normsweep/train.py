@@ -33,6 +33,7 @@ LAYER_METRICS = ("frob_norm", "spec_norm", "frob_dist", "spec_dist", "update_nor
                  "grad_dot_weight")
 NETWORK_METRICS = ("loss", "accuracy")
 COLD_ITERS = 100
+MIN_MEMBERS = 2
 SEGMENTS = 16
 
 # Trace counts per jitted function; tests assert a cohort compiles once.
@@ -242,11 +243,19 @@ def output(program: Program, params, x: jax.Array) -> jax.Array:
 
 def jacobian_norms(program: Program, params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Means over the points of ‖∂F(x_i)/∂x_i‖_F and ‖∂F(x_i)/∂x_i‖₂ (each
-    Jacobian k×d, by forward-mode JVPs)."""
-    jac = jax.vmap(jax.jacfwd(lambda xi: output(program, params, xi[None])[0]))(x)
+    Jacobian k×d). The logits' Jacobian J_z comes from forward-mode JVPs; a
+    softmax output's is s ⊙ (J_z − 1·(sᵀJ_z)) with s = softmax(z), its sum
+    taken in a fixed order (through `jax.jacfwd` of the softmax the sum's
+    rounding depends on the number of members)."""
+    logits = lambda xi: program.model().apply(params, xi[None])[0]
+    jac = jax.vmap(jax.jacfwd(logits))(x)
+    if program.output == "softmax":
+        s = jax.nn.softmax(program.model().apply(params, x))[:, :, None]      # (n, k, 1)
+        sj = metrics.tree_sum(metrics.rounded(s * jac).swapaxes(1, 2))       # sᵀJ_z: (n, d)
+        jac = s * (jac - sj[:, None, :])
     frob = jax.vmap(metrics.frobenius)(jac)
     spec = jax.vmap(metrics.spectral_exact)(jac)
-    return jnp.mean(frob), jnp.mean(spec)
+    return metrics.tree_sum(frob) / len(x), metrics.tree_sum(spec) / len(x)
 
 
 def ntk_gram(program: Program, params, lr_mult: jax.Array, xs: jax.Array) -> jax.Array:
@@ -438,16 +447,23 @@ def member_mesh(devices: int | None) -> Mesh | None:
 
 
 def shard_members(mesh: Mesh | None, hp: Hyper, init_keys, power_keys, x, y):
-    """Pads the member axis to a multiple of the mesh size (repeating the last
-    member) and places members across devices, data replicated."""
-    if mesh is None:
-        return hp, init_keys, power_keys, x, y
-    size = mesh.devices.size
+    """Pads the member axis (repeating the last member) to a multiple of the
+    mesh size and to at least MIN_MEMBERS, and places members across devices,
+    data replicated.
+
+    XLA compiles a member axis of size 1 differently (it drops the unit
+    dimension, and with it the batched form of every product), so a lone
+    member would round differently from the same member among siblings; two
+    members compile like any larger count (tested bit for bit).
+    """
+    size = 1 if mesh is None else mesh.devices.size
     members = len(hp.lr)
-    pad = (-members) % size
+    pad = max(MIN_MEMBERS, -(-members // size) * size) - members
     if pad:
         idx = np.concatenate([np.arange(members), np.full(pad, members - 1)])
         hp, init_keys, power_keys = jax.tree.map(lambda a: a[idx], (hp, init_keys, power_keys))
+    if mesh is None:
+        return hp, init_keys, power_keys, x, y
     split, whole = NamedSharding(mesh, P("members")), NamedSharding(mesh, P())
     hp, init_keys, power_keys = jax.device_put((hp, init_keys, power_keys), split)
     return hp, init_keys, power_keys, jax.device_put(x, whole), jax.device_put(y, whole)

@@ -153,9 +153,7 @@ def test_results_are_identical_whatever_the_chunking(tiny_sweep, tmp_path):
     out = tmp_path / "chunked"
     launch.launch(cfg, out, budget_bytes=int(2.5 * per))
     with xr.open_dataset(out / "sweep.nc") as a, xr.open_dataset(tiny_sweep / "sweep.nc") as b:
-        # the trajectory and every Frobenius quantity bit for bit; spectral norms
-        # within 1–2 ulp (tests/equal.py)
-        equal.assert_sweeps_equal(a, b)
+        equal.assert_sweeps_equal(a, b)     # every record, bit for bit
 
 
 @pytest.mark.parametrize("errno_,text", [(13, "Permission denied"), (28, "No space left")])

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from normsweep import plan, train
+from normsweep import metrics, plan, train
 from normsweep.config import parse
 from normsweep.data import sphere_data
 from tests import equal, reference
@@ -40,6 +40,24 @@ def test_vmapped_equals_one_at_a_time(cohort):
         alone = run(PROG, [lr], [seed], STEPS)
         for name, value in alone.records.items():    # see tests/equal.py
             equal.assert_record_equal(cohort.records[name][i], value[0], name)
+
+
+def test_every_record_is_identical_whatever_the_member_count():
+    """All optional records on (softmax output, a width past EXACT_MAX so the
+    hidden layer uses power iteration): a member alone, in a pair and in a
+    trio gives the same bits."""
+    prog = train.Program(dims=(D, metrics.EXACT_MAX + 8, metrics.EXACT_MAX + 8, K),
+                         sharpness_every=3, jacobian_every=3, ntk_every=3, ntk_points=16)
+    steps = np.arange(7)
+    lrs, seeds = [0.05, 0.3, 1.0], [0, 1, 2]
+    trio = train.train_members(prog, X, Y, np.asarray(lrs), *plan.member_keys(np.asarray(seeds)),
+                               steps)
+    assert set(trio.records) >= {"sharpness", "jacobian_spec_norm", "ntk_min_eig"}
+    for idx in ([0], [1, 2]):
+        part = train.train_members(prog, X, Y, np.asarray(lrs)[idx],
+                                   *plan.member_keys(np.asarray(seeds)[idx]), steps)
+        for name, value in part.records.items():
+            equal.assert_record_equal(value, trio.records[name][idx], name)
 
 
 def test_matches_independent_reference(cohort):
