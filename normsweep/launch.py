@@ -157,6 +157,14 @@ def cohort_done(config: Config, cohort: plan.Cohort, path: Path,
     return True
 
 
+def size_text(n: int) -> str:
+    """A byte count in the largest binary unit that keeps it ≥ 1 (3.2 MiB)."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
 def check_resources(config: Config, root: Path, cohorts: list[plan.Cohort], n_records: int,
                     budget: int) -> None:
     """Refuses a grid whose smallest compiled program (`train.MIN_MEMBERS`
@@ -168,8 +176,8 @@ def check_resources(config: Config, root: Path, cohorts: list[plan.Cohort], n_re
             raise GridError(config.source, "grid.width", cohort.width,
                             f"{train.MIN_MEMBERS} networks of width {cohort.width} and depth "
                             f"{cohort.depth} (the fewest one program trains) need about "
-                            f"{need / 2**30:.2f} GiB, more than the memory budget "
-                            f"{budget / 2**30:.2f} GiB (--memory-budget)")
+                            f"{size_text(need)}, more than the memory budget "
+                            f"{size_text(budget)} (--memory-budget)")
     word = plan.DTYPE_BYTES[config.train.dtype]
     layers = max(config.grid.depth)
     disk = 0
@@ -183,8 +191,8 @@ def check_resources(config: Config, root: Path, cohorts: list[plan.Cohort], n_re
     free = shutil.disk_usage(parent).free
     if disk > free:
         raise GridError(config.source, "grid", f"{config.grid.size} networks",
-                        f"the results need about {disk / 2**30:.2f} GiB and {parent} has "
-                        f"{free / 2**30:.2f} GiB free")
+                        f"the results need about {size_text(disk)} and {parent} has "
+                        f"{size_text(free)} free")
 
 
 def train_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
