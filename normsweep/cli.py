@@ -5,6 +5,7 @@ time; 130 interrupted (finished cohorts are kept; relaunch to resume).
 """
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -56,6 +57,68 @@ class QuietReporter(Reporter):
 
     def warn(self, message: str) -> None:
         click.echo(f"warning: {message}", err=True)
+
+
+class Interrupt:
+    """Ctrl-C (SIGINT) as a flag as well as a KeyboardInterrupt.
+
+    Python drops an exception raised inside a garbage-collector callback, and
+    JAX registers one, so a KeyboardInterrupt that lands there would be lost
+    (after a traceback on stderr) and the launch would run on. The flag is
+    checked again at every progress callback (between compiled segments and
+    between cohorts), and the dropped exception is not reported.
+    """
+
+    def __init__(self):
+        self.seen = False
+
+    def __enter__(self) -> "Interrupt":
+        self.previous = signal.signal(signal.SIGINT, self.handle)
+        self.previous_hook = sys.unraisablehook
+        sys.unraisablehook = self.unraisable
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self.previous)
+        sys.unraisablehook = self.previous_hook
+
+    def unraisable(self, info) -> None:
+        if not (self.seen and isinstance(info.exc_value, KeyboardInterrupt)):
+            self.previous_hook(info)
+
+    def handle(self, signum, frame) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.seen:
+            raise KeyboardInterrupt
+
+
+class InterruptibleReporter(Reporter):
+    """`inner`'s callbacks, each after checking `interrupt`."""
+
+    def __init__(self, inner: Reporter, interrupt: Interrupt):
+        self.inner, self.interrupt = inner, interrupt
+
+    def start(self, cohorts: int, skipped: int) -> None:
+        self.interrupt.check()
+        self.inner.start(cohorts, skipped)
+
+    def cohort(self, name: str, steps: int) -> None:
+        self.interrupt.check()
+        self.inner.cohort(name, steps)
+
+    def advance(self, steps: int) -> None:
+        self.interrupt.check()
+        self.inner.advance(steps)
+
+    def done(self, name: str) -> None:
+        self.interrupt.check()
+        self.inner.done(name)
+
+    def warn(self, message: str) -> None:
+        self.inner.warn(message)
 
 
 def parse_bytes(text: str) -> int:
@@ -136,8 +199,9 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
                         TimeElapsedColumn(), console=err_console, disable=quiet)
     reporter = QuietReporter() if quiet else RichReporter(progress)
     try:
-        with progress:
-            summary = launch_mod.launch(config, root, budget_bytes=budget, reporter=reporter,
+        with progress, Interrupt() as interrupt:
+            summary = launch_mod.launch(config, root, budget_bytes=budget,
+                                        reporter=InterruptibleReporter(reporter, interrupt),
                                         scheduler=scheduler, devices=devices)
     except GridError as err:
         raise fail_usage(err) from None
