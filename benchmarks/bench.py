@@ -45,8 +45,8 @@ def params(dims):
     return sum(a * b for a, b in zip(dims[:-1], dims[1:]))
 
 
-def normsweep_run(dims, n, lrs, seeds, steps_array, x, y, precision="highest"):
-    prog = train.Program(dims=dims, precision=precision)
+def normsweep_run(dims, n, lrs, seeds, steps_array, x, y, precision="highest", layout="auto"):
+    prog = train.Program(dims=dims, precision=precision, layout=layout)
     lr = np.repeat(lrs, len(seeds))
     ik, pk = plan.member_keys(np.tile(seeds, len(lrs)))
     t0 = time.perf_counter()
@@ -157,15 +157,21 @@ def main():
             t, compile_s = normsweep_run(dims, n, lrs, seeds, sched, x, y)
             flop = 6 * n * params(dims) * members * steps
             ns_rate = members * steps / t
-            row = {"width": m, "members": members, "steps": steps,
+            layout = train.Program(dims=dims).member_layout()
+            row = {"width": m, "members": members, "steps": steps, "layout": layout,
                    "net_steps_per_s": ns_rate, "flops": flop / t,
                    "fraction_of_matmul": flop / t / res["matmul_flops"], "compile_s": compile_s,
                    "speedup_vs_loop": ns_rate * base, "speedup_vs_loop_svd": ns_rate * base_svd}
+            if layout == "map":     # what the loop over members gains on the batched layout
+                t_vmap, _ = normsweep_run(dims, n, lrs, seeds, sched, x, y, layout="vmap")
+                row["speedup_vs_vmap_layout"] = t_vmap / t
             rows.append(row)
             print(f"width {m:5d} × {members:3d} networks: {ns_rate:9.1f} network-steps/s, "
                   f"{flop / t / 1e9:8.1f} GFLOP/s ({row['fraction_of_matmul']:.0%} of matmul), "
                   f"compile {compile_s:.1f} s, ×{row['speedup_vs_loop']:.1f} vs one-at-a-time loop, "
-                  f"×{row['speedup_vs_loop_svd']:.1f} vs loop with SVD per step")
+                  f"×{row['speedup_vs_loop_svd']:.1f} vs loop with SVD per step"
+                  + (f"; layout map, ×{row['speedup_vs_vmap_layout']:.2f} vs vmap"
+                     if layout == "map" else ""))
     res["cohorts"] = rows
 
     # on an accelerator, XLA's default precision (TF32 on a GPU): the speed

@@ -1,8 +1,9 @@
 """Training a cohort: pure JAX, state in, trajectory out.
 
 One member (one (η, seed) pair) is written as plain functions of its state;
-`jax.vmap` runs all members of a cohort at once and `jax.lax.scan` walks the
-record schedule inside one compiled program. Width and depth are static (in
+one compiled program runs all members of a cohort (`jax.vmap`, or for wide
+networks on a CPU a loop over members: `over_members`) and `jax.lax.scan`
+walks the record schedule. Width and depth are static (in
 `Program`), learning rates and keys are traced: a cohort compiles once,
 whatever its learning rates.
 
@@ -34,6 +35,7 @@ LAYER_METRICS = ("frob_norm", "spec_norm", "frob_dist", "spec_dist", "update_nor
 NETWORK_METRICS = ("loss", "accuracy")
 COLD_ITERS = 100
 MIN_MEMBERS = 2
+MAP_MIN_WIDTH = 256
 SEGMENTS = 16
 
 # Trace counts per jitted function; tests assert a cohort compiles once.
@@ -58,6 +60,20 @@ class Program:
     decay: bool = False                 # any member with weight decay > 0
     ntk_every: int = 0
     ntk_points: int = 32
+    layout: str = "auto"                # how members run: see member_layout
+
+    def member_layout(self) -> str:
+        """How the compiled program runs its members' plain steps (between
+        records; see `over_members`): "vmap" (batched) or "map" (a loop over
+        members, each one's matmuls unbatched). "auto" is "map" on a CPU when
+        the widest layer is at least MAP_MIN_WIDTH, where XLA:CPU's unbatched
+        matmuls outrun its batched ones (BENCHMARKS.md), and "vmap" otherwise:
+        small matrices and accelerators need the batch. Records are always
+        measured batched."""
+        if self.layout != "auto":
+            return self.layout
+        wide = max(self.dims[1:-1], default=0) >= MAP_MIN_WIDTH
+        return "map" if wide and jax.default_backend() == "cpu" else "vmap"
 
     @property
     def depth(self) -> int:
@@ -300,10 +316,19 @@ def ntk_eigs(program: Program, params, lr_mult, xs) -> tuple[jax.Array, jax.Arra
 
 
 def record_and_step(program: Program, state: State, hp: Hyper, x, y, t, last: bool = False):
-    """Measure step t, then take the step: (state at t+1, records of t).
-    With sharpness on, it is measured when t is a multiple of its stride or
-    `last` (the final record)."""
-    new, (loss, z, grads) = step(program, state, hp, x, y, t)
+    """Measure step t, then take the step: (state at t+1, records of t)."""
+    new, out = step(program, state, hp, x, y, t)
+    return measured(program, state, new, out, hp, x, y, t, last)
+
+
+def measured(program: Program, state: State, new: State, out, hp: Hyper, x, y, t,
+             last: bool = False):
+    """The records of step t, from the state before it, the state after it
+    and the step's (loss, logits, grads) `out`: (state at t+1 with its
+    power-iteration vectors advanced, records). With sharpness on, it is
+    measured when t is a multiple of its stride or `last` (the final
+    record)."""
+    loss, z, grads = out
     rec, spec_v, dist_v = measure(program, state, loss, z, grads, y)
     new = new._replace(spec_v=spec_v, dist_v=dist_v)
     if program.sharpness_every:
@@ -348,23 +373,6 @@ def empty_records(program: Program) -> dict:
     return rec
 
 
-def run_segment(program: Program, state: State, hp: Hyper, x, y, t, gap, valid):
-    """For each record r of the segment: measure step t[r], then advance
-    1 + gap[r] steps (to the next record). Entries with valid[r] False are
-    padding and do nothing. t, gap, valid are the same for every member."""
-    def body(state, inp):
-        t_r, gap_r, valid_r = inp
-
-        def go(state):
-            state, rec = record_and_step(program, state, hp, x, y, t_r)
-            plain = lambda i, s: step(program, s, hp, x, y, t_r + 1 + i)[0]
-            return jax.lax.fori_loop(0, gap_r, plain, state), rec
-
-        return jax.lax.cond(valid_r, go, lambda s: (s, empty_records(program)), state)
-
-    return jax.lax.scan(body, state, (t, gap, valid))
-
-
 def final_record(program: Program, state: State, hp: Hyper, x, y, t):
     """Measure the last step without moving past it."""
     new, rec = record_and_step(program, state, hp, x, y, t, last=True)
@@ -372,18 +380,10 @@ def final_record(program: Program, state: State, hp: Hyper, x, y, t):
                         update_sq=state.update_sq), rec
 
 
-# -- compiled, vmapped over members ---------------------------------------
+# -- compiled, over all members -------------------------------------------
 
-@functools.partial(jax.jit, static_argnums=0)
-def init_cohort(program: Program, hp: Hyper, init_keys, power_keys, x):
-    TRACES["init"] += 1
-    member = functools.partial(init_member, program)
-    with jax.default_matmul_precision(program.precision):
-        return jax.vmap(member, in_axes=(0, 0, 0, None))(hp, init_keys, power_keys, x)
-
-
-def per_member(x: jax.Array, hp: Hyper) -> jax.Array:
-    """The inputs repeated once per member.
+def per_member(x: jax.Array, members: int) -> jax.Array:
+    """The inputs repeated once per member (for the vmap layout).
 
     With inputs shared across members, vmap turns the first layer's x @ W_0
     (and its gradient) into one matmul over all members' columns, whose
@@ -392,25 +392,98 @@ def per_member(x: jax.Array, hp: Hyper) -> jax.Array:
     member's trajectory does not depend on how many siblings it has (chunking
     and cohort size leave results bit-identical; tested).
     """
-    return jnp.broadcast_to(x, hp.lr.shape + x.shape)
+    return jnp.broadcast_to(x, (members,) + x.shape)
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
-def segment_cohort(program: Program, state, hp: Hyper, x, y, t, gap, valid):
-    TRACES["segment"] += 1
-    member = functools.partial(run_segment, program)
+def over_members(mesh: Mesh | None, fn, batched: tuple, x, shared: tuple, layout: str = "vmap"):
+    """fn(*batched_i, x, *shared) for every member i (the leading axis of each
+    leaf of `batched`), stacked along a new leading axis.
+
+    Layout "vmap": one batched computation for all members (x copied per
+    member, see `per_member`); across devices, XLA partitions the batch.
+    Layout "map": a loop over members inside the program (`jax.lax.map`), each
+    member's matmuls unbatched; across devices, `jax.shard_map` gives each
+    device its own members to loop over. Either way a member's computation
+    has the same shape whatever the number of members, so the same bits.
+    """
+    if layout == "vmap":
+        members = jax.tree.leaves(batched)[0].shape[0]
+        return jax.vmap(lambda *b: fn(*b[:-1], b[-1], *shared))(*batched, per_member(x, members))
+
+    def loop(batched, x, shared):
+        return jax.lax.map(lambda b: fn(*b, x, *shared), batched)
+
+    if mesh is None:
+        return loop(batched, x, shared)
+    # check_vma off: the loop's carry mixes per-device values and constants,
+    # which the check would have to be told are per-device (they are)
+    return jax.shard_map(loop, mesh=mesh, in_specs=(P("members"), P(), P()),
+                         out_specs=P("members"), check_vma=False)(batched, x, shared)
+
+
+def run_segment(program: Program, mesh: Mesh | None, state: State, hp: Hyper, x, y, t, gap,
+                valid):
+    """For each record r of the segment, for every member: measure step t[r],
+    then advance 1 + gap[r] steps (to the next record). Entries with valid[r]
+    False are padding and do nothing. t, gap, valid are the same for every
+    member. Every step runs in the program's `member_layout`; the records are
+    measured batched (many small operations, which a loop over members would
+    issue once per member). Returns (state, records with a
+    leading record axis, then the member axis)."""
+    members = hp.lr.shape[0]
+
+    def take_step(s, h, xi, t_r):
+        return step(program, s, h, xi, y, t_r)
+
+    def record(s, new, out, h, xi, t_r):
+        return measured(program, s, new, out, h, xi, y, t_r)
+
+    def advance(s, h, xi, t0, n):
+        return jax.lax.fori_loop(0, n, lambda i, s: step(program, s, h, xi, y, t0 + i)[0], s)
+
+    def skip(state):
+        empty = jax.tree.map(lambda a: jnp.broadcast_to(a, (members,) + a.shape),
+                             empty_records(program))
+        return state, empty
+
+    def body(state, inp):
+        t_r, gap_r, valid_r = inp
+
+        def go(state):
+            layout = program.member_layout()
+            new, out = over_members(mesh, take_step, (state, hp), x, (t_r,), layout)
+            new, rec = over_members(mesh, record, (state, new, out, hp), x, (t_r,))
+            state = over_members(mesh, advance, (new, hp), x, (t_r + 1, gap_r), layout)
+            return state, rec
+
+        return jax.lax.cond(valid_r, go, skip, state)
+
+    return jax.lax.scan(body, state, (t, gap, valid))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def init_cohort(program: Program, mesh: Mesh | None, hp: Hyper, init_keys, power_keys, x):
+    TRACES["init"] += 1
+    member = functools.partial(init_member, program)
     with jax.default_matmul_precision(program.precision):
-        return jax.vmap(member, in_axes=(0, 0, 0, None, None, None, None))(
-            state, hp, per_member(x, hp), y, t, gap, valid)
+        return over_members(mesh, member, (hp, init_keys, power_keys), x, ())
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def final_cohort(program: Program, state, hp: Hyper, x, y, t):
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=2)
+def segment_cohort(program: Program, mesh: Mesh | None, state, hp: Hyper, x, y, t, gap, valid):
+    """`run_segment`, records (member, record, …)."""
+    TRACES["segment"] += 1
+    with jax.default_matmul_precision(program.precision):
+        state, rec = run_segment(program, mesh, state, hp, x, y, t, gap, valid)
+    return state, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), rec)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def final_cohort(program: Program, mesh: Mesh | None, state, hp: Hyper, x, y, t):
     TRACES["final"] += 1
     member = functools.partial(final_record, program)
     with jax.default_matmul_precision(program.precision):
-        return jax.vmap(member, in_axes=(0, 0, 0, None, None))(
-            state, hp, per_member(x, hp), y, t)
+        return over_members(mesh, member, (state, hp), x, (y, t))
 
 
 @dataclasses.dataclass
@@ -489,18 +562,18 @@ def train_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys
     if weight_decay is not None and np.any(np.asarray(weight_decay) != 0) and not program.decay:
         raise ValueError("weight_decay > 0 needs a Program with decay=True")
     hp = hyper(program, lrs, weight_decay, parametrization)
-    hp, init_keys, power_keys, x, y = shard_members(member_mesh(devices), hp, init_keys,
-                                                    power_keys, x, y)
-    state = init_cohort(program, hp, init_keys, power_keys, x)
+    mesh = member_mesh(devices)
+    hp, init_keys, power_keys, x, y = shard_members(mesh, hp, init_keys, power_keys, x, y)
+    state = init_cohort(program, mesh, hp, init_keys, power_keys, x)
     # A copy, not a view: the state's buffers are donated to the next call.
     initial = [np.array(w, copy=True)[:members] for w in state.params0] if keep_weights else None
     chunks = []
     for t, gap, valid in segments(steps):
-        state, rec = segment_cohort(program, state, hp, x, y, t, gap, valid)
+        state, rec = segment_cohort(program, mesh, state, hp, x, y, t, gap, valid)
         chunks.append({k: np.asarray(v)[:members, valid] for k, v in rec.items()})
         if on_steps is not None:
             on_steps(int(np.sum(gap[valid] + 1)))
-    state, last = final_cohort(program, state, hp, x, y, int(steps[-1]))
+    state, last = final_cohort(program, mesh, state, hp, x, y, int(steps[-1]))
     chunks.append({k: np.asarray(v)[:members, None] for k, v in last.items()})
     records = {k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0]}
     final = [np.asarray(w)[:members] for w in kernels(state.params)] if keep_weights else None

@@ -42,22 +42,32 @@ def test_vmapped_equals_one_at_a_time(cohort):
             equal.assert_record_equal(cohort.records[name][i], value[0], name)
 
 
-def test_every_record_is_identical_whatever_the_member_count():
+def test_every_record_is_identical_whatever_the_member_count_in_either_layout():
     """All optional records on (softmax output, a width past EXACT_MAX so the
     hidden layer uses power iteration): a member alone, in a pair and in a
-    trio gives the same bits."""
-    prog = train.Program(dims=(D, metrics.EXACT_MAX + 8, metrics.EXACT_MAX + 8, K),
-                         sharpness_every=3, jacobian_every=3, ntk_every=3, ntk_points=16)
-    steps = np.arange(7)
-    lrs, seeds = [0.05, 0.3, 1.0], [0, 1, 2]
-    trio = train.train_members(prog, X, Y, np.asarray(lrs), *plan.member_keys(np.asarray(seeds)),
-                               steps)
-    assert set(trio.records) >= {"sharpness", "jacobian_spec_norm", "ntk_min_eig"}
-    for idx in ([0], [1, 2]):
-        part = train.train_members(prog, X, Y, np.asarray(lrs)[idx],
-                                   *plan.member_keys(np.asarray(seeds)[idx]), steps)
-        for name, value in part.records.items():
-            equal.assert_record_equal(value, trio.records[name][idx], name)
+    trio gives the same bits, batched (vmap) or looped over (map); the two
+    layouts agree to rounding."""
+    steps = np.array([0, 1, 3, 4, 8])         # plain steps between records: the layouts differ there
+    lrs, seeds = np.array([0.05, 0.3, 1.0]), np.array([0, 1, 2])
+    trios = {}
+    for layout in ("vmap", "map"):
+        prog = train.Program(dims=(D, 24, metrics.EXACT_MAX + 8, K), layout=layout,
+                             sharpness_every=3, jacobian_every=3, ntk_every=3, ntk_points=16)
+        trio = trios[layout] = train.train_members(prog, X, Y, lrs, *plan.member_keys(seeds), steps)
+        assert set(trio.records) >= {"sharpness", "jacobian_spec_norm", "ntk_min_eig"}
+        for idx in ([0], [1, 2]):
+            part = train.train_members(prog, X, Y, lrs[idx], *plan.member_keys(seeds[idx]), steps)
+            for name, value in part.records.items():
+                equal.assert_record_equal(value, trio.records[name][idx], f"{layout} {name}")
+    for name, value in trios["map"].records.items():
+        np.testing.assert_allclose(value, trios["vmap"].records[name], rtol=1e-5, err_msg=name)
+
+
+def test_wide_networks_loop_over_members_on_cpu():
+    assert jax.default_backend() == "cpu"
+    assert train.Program(dims=(D, train.MAP_MIN_WIDTH, K)).member_layout() == "map"
+    assert train.Program(dims=(D, train.MAP_MIN_WIDTH - 1, K)).member_layout() == "vmap"
+    assert train.Program(dims=(D, 1024, K), layout="vmap").member_layout() == "vmap"
 
 
 def test_matches_independent_reference(cohort):
