@@ -315,12 +315,6 @@ def ntk_eigs(program: Program, params, lr_mult, xs) -> tuple[jax.Array, jax.Arra
     return metrics.extreme_eigenvalues_psd(ntk_gram(program, params, lr_mult, xs))
 
 
-def record_and_step(program: Program, state: State, hp: Hyper, x, y, t, last: bool = False):
-    """Measure step t, then take the step: (state at t+1, records of t)."""
-    new, out = step(program, state, hp, x, y, t)
-    return measured(program, state, new, out, hp, x, y, t, last)
-
-
 def measured(program: Program, state: State, new: State, out, hp: Hyper, x, y, t,
              last: bool = False):
     """The records of step t, from the state before it, the state after it
@@ -373,13 +367,6 @@ def empty_records(program: Program) -> dict:
     return rec
 
 
-def final_record(program: Program, state: State, hp: Hyper, x, y, t):
-    """Measure the last step without moving past it."""
-    new, rec = record_and_step(program, state, hp, x, y, t, last=True)
-    return new._replace(params=state.params, opt_state=state.opt_state,
-                        update_sq=state.update_sq), rec
-
-
 # -- compiled, over all members -------------------------------------------
 
 def per_member(x: jax.Array, members: int) -> jax.Array:
@@ -421,22 +408,30 @@ def over_members(mesh: Mesh | None, fn, batched: tuple, x, shared: tuple, layout
                          out_specs=P("members"), check_vma=False)(batched, x, shared)
 
 
+def recorded_step(program: Program, mesh: Mesh | None, state: State, hp: Hyper, x, y, t,
+                  last: bool = False):
+    """Every member's step t in the program's `member_layout`, measured
+    batched (a record is many small operations, which a loop over members
+    would issue once per member): (states at t+1, records of t)."""
+    def take_step(s, h, xi, t):
+        return step(program, s, h, xi, y, t)
+
+    def record(s, new, out, h, xi, t):
+        return measured(program, s, new, out, h, xi, y, t, last)
+
+    new, out = over_members(mesh, take_step, (state, hp), x, (t,), program.member_layout())
+    return over_members(mesh, record, (state, new, out, hp), x, (t,))
+
+
 def run_segment(program: Program, mesh: Mesh | None, state: State, hp: Hyper, x, y, t, gap,
                 valid):
     """For each record r of the segment, for every member: measure step t[r],
     then advance 1 + gap[r] steps (to the next record). Entries with valid[r]
     False are padding and do nothing. t, gap, valid are the same for every
-    member. Every step runs in the program's `member_layout`; the records are
-    measured batched (many small operations, which a loop over members would
-    issue once per member). Returns (state, records with a
+    member. Every step runs in the program's `member_layout`, the records
+    are measured batched (`recorded_step`). Returns (state, records with a
     leading record axis, then the member axis)."""
     members = hp.lr.shape[0]
-
-    def take_step(s, h, xi, t_r):
-        return step(program, s, h, xi, y, t_r)
-
-    def record(s, new, out, h, xi, t_r):
-        return measured(program, s, new, out, h, xi, y, t_r)
 
     def advance(s, h, xi, t0, n):
         return jax.lax.fori_loop(0, n, lambda i, s: step(program, s, h, xi, y, t0 + i)[0], s)
@@ -450,10 +445,9 @@ def run_segment(program: Program, mesh: Mesh | None, state: State, hp: Hyper, x,
         t_r, gap_r, valid_r = inp
 
         def go(state):
-            layout = program.member_layout()
-            new, out = over_members(mesh, take_step, (state, hp), x, (t_r,), layout)
-            new, rec = over_members(mesh, record, (state, new, out, hp), x, (t_r,))
-            state = over_members(mesh, advance, (new, hp), x, (t_r + 1, gap_r), layout)
+            state, rec = recorded_step(program, mesh, state, hp, x, y, t_r)
+            state = over_members(mesh, advance, (state, hp), x, (t_r + 1, gap_r),
+                                 program.member_layout())
             return state, rec
 
         return jax.lax.cond(valid_r, go, skip, state)
@@ -480,10 +474,12 @@ def segment_cohort(program: Program, mesh: Mesh | None, state, hp: Hyper, x, y, 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def final_cohort(program: Program, mesh: Mesh | None, state, hp: Hyper, x, y, t):
+    """Measures the last step without moving past it."""
     TRACES["final"] += 1
-    member = functools.partial(final_record, program)
     with jax.default_matmul_precision(program.precision):
-        return over_members(mesh, member, (state, hp), x, (y, t))
+        new, rec = recorded_step(program, mesh, state, hp, x, y, t, last=True)
+    return new._replace(params=state.params, opt_state=state.opt_state,
+                        update_sq=state.update_sq), rec
 
 
 @dataclasses.dataclass
