@@ -63,13 +63,15 @@ class Program:
     layout: str = "auto"                # how members run: see member_layout
 
     def member_layout(self) -> str:
-        """How the compiled program runs its members' plain steps (between
-        records; see `over_members`): "vmap" (batched) or "map" (a loop over
-        members, each one's matmuls unbatched). "auto" is "map" on a CPU when
-        the widest layer is at least MAP_MIN_WIDTH, where XLA:CPU's unbatched
-        matmuls outrun its batched ones (BENCHMARKS.md), and "vmap" otherwise:
-        small matrices and accelerators need the batch. Records are always
+        """How the compiled program runs its members' training steps (see
+        `over_members`): "vmap" (batched) or "map" (a loop over members, each
+        one's matmuls unbatched). "auto" is "map" on a CPU when the widest
+        layer is at least MAP_MIN_WIDTH, where XLA:CPU's unbatched matmuls
+        outrun its batched ones (BENCHMARKS.md), and "vmap" otherwise: small
+        matrices and accelerators need the batch. Records are always
         measured batched."""
+        if self.layout not in ("auto", "vmap", "map"):
+            raise ValueError(f"layout {self.layout!r}: use 'auto', 'vmap' or 'map'")
         if self.layout != "auto":
             return self.layout
         wide = max(self.dims[1:-1], default=0) >= MAP_MIN_WIDTH

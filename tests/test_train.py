@@ -68,6 +68,8 @@ def test_wide_networks_loop_over_members_on_cpu():
     assert train.Program(dims=(D, train.MAP_MIN_WIDTH, K)).member_layout() == "map"
     assert train.Program(dims=(D, train.MAP_MIN_WIDTH - 1, K)).member_layout() == "vmap"
     assert train.Program(dims=(D, 1024, K), layout="vmap").member_layout() == "vmap"
+    with pytest.raises(ValueError, match="layout"):
+        train.Program(dims=(D, 8, K), layout="batched").member_layout()
 
 
 def test_matches_independent_reference(cohort):
