@@ -268,7 +268,7 @@ def jacobian_norms(program: Program, params, x: jax.Array) -> tuple[jax.Array, j
     logits = lambda xi: program.model().apply(params, xi[None])[0]
     jac = jax.vmap(jax.jacfwd(logits))(x)
     if program.output == "softmax":
-        s = jax.nn.softmax(program.model().apply(params, x))[:, :, None]      # (n, k, 1)
+        s = output(program, params, x)[:, :, None]                            # (n, k, 1)
         sj = metrics.tree_sum(metrics.rounded(s * jac).swapaxes(1, 2))       # sᵀJ_z: (n, d)
         jac = s * (jac - sj[:, None, :])
     frob = jax.vmap(metrics.frobenius)(jac)
@@ -397,7 +397,7 @@ def over_members(mesh: Mesh | None, fn, batched: tuple, x, shared: tuple, layout
     """
     if layout == "vmap":
         members = jax.tree.leaves(batched)[0].shape[0]
-        return jax.vmap(lambda *b: fn(*b[:-1], b[-1], *shared))(*batched, per_member(x, members))
+        return jax.vmap(lambda *b: fn(*b, *shared))(*batched, per_member(x, members))
 
     def loop(batched, x, shared):
         return jax.lax.map(lambda b: fn(*b, x, *shared), batched)
