@@ -462,7 +462,13 @@ def init_cohort(program: Program, mesh: Mesh | None, hp: Hyper, init_keys, power
     TRACES["init"] += 1
     member = functools.partial(init_member, program)
     with jax.default_matmul_precision(program.precision):
-        return over_members(mesh, member, (hp, init_keys, power_keys), x, ())
+        state = over_members(mesh, member, (hp, init_keys, power_keys), x, ())
+    if mesh is None:
+        return state
+    # placed as segment_cohort places its output: XLA would replicate the
+    # leaves that are constants (update_sq, diverged_at), and the first
+    # segment would compile for a placement no later one has
+    return jax.lax.with_sharding_constraint(state, NamedSharding(mesh, P("members")))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=2)
