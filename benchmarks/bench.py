@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -105,16 +107,43 @@ def peak_rss(steps: int) -> int:
     return int(out.stdout.strip().splitlines()[-1]) * 1024
 
 
+LAUNCH = """\
+import sys, time
+from normsweep import config, launch
+cfg = config.parse(sys.argv[1], source="bench.toml")
+t0 = time.perf_counter()
+launch.launch(cfg, sys.argv[2], prefetch=None if sys.argv[3] == "default" else int(sys.argv[3]))
+print(time.perf_counter() - t0)
+"""
+
+
+def launch_seconds(grid: str, root: str, prefetch: str) -> float:
+    """Wall seconds of `normsweep launch` of `grid` in a fresh process with
+    the persistent compilation cache off (import excluded)."""
+    env = {**os.environ, "NORMSWEEP_JAX_CACHE": "off"}
+    out = subprocess.run([sys.executable, "-c", LAUNCH, grid, root, prefetch], env=env,
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def compile_ahead_grid(widths, depths, n, steps) -> str:
+    return (f'name = "ahead"\n[data]\nn = {n}\nd = 16\nk = 10\n[train]\nsteps = {steps}\n'
+            f'[record]\nlog_points = 32\n[grid]\nwidth = {widths}\ndepth = {depths}\n'
+            'lr = [0.001, 0.002, 0.005, 0.01]\nseed = [0, 1]\n')
+
+
 # sizes per preset: (n, matmul side, widths, steps per width, seeds per η)
 PRESETS = {
-    "smoke": dict(n=64, matmul=256, widths=[32], steps={32: 20}, seeds=[2], repeat=3),
+    "smoke": dict(n=64, matmul=256, widths=[32], steps={32: 20}, seeds=[2], repeat=3,
+                  ahead=([8, 12], [2], 32, 5)),
     "cpu": dict(n=1024, matmul=1024, widths=[64, 256, 512, 1024],
-                steps={64: 400, 256: 400, 512: 120, 1024: 40}, seeds=[2], repeat=10),
+                steps={64: 400, 256: 400, 512: 120, 1024: 40}, seeds=[2], repeat=10,
+                ahead=([64, 128, 256], [2, 3], 1024, 100)),
     # a GPU is launch-bound on 8 small networks: also run 64 (4 η × 16 seeds),
     # and enough steps that a cohort runs for about a second
     "gpu": dict(n=1024, matmul=8192, widths=[64, 256, 1024, 2048],
                 steps={64: 4000, 256: 2000, 1024: 400, 2048: 200}, seeds=[2, 16], repeat=20,
-                fast_precision=(2048, 16)),
+                fast_precision=(2048, 16), ahead=([256, 1024], [2, 3], 1024, 500)),
 }
 
 
@@ -216,6 +245,20 @@ def main():
     res["compilations_for_3_lr_cohorts"] = sum(train.TRACES.values()) - before
     print(f"programs compiled for 3 cohorts differing only in η: "
           f"{res['compilations_for_3_lr_cohorts']} (init, segment and final step, once)")
+
+    # compiling the next cohorts while one trains (launch's prefetch), against
+    # compiling each as it starts: whole launches in fresh processes
+    widths, depths, n_ahead, steps = cfg["ahead"]
+    grid = compile_ahead_grid(widths, depths, n_ahead, steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        alone = launch_seconds(grid, f"{tmp}/alone", "0")
+        ahead = launch_seconds(grid, f"{tmp}/ahead", "default")
+    res["compile_ahead"] = {"cohorts": len(widths) * len(depths), "seconds_without": alone,
+                            "seconds_with": ahead, "speedup": alone / ahead}
+    print(f"launch of {len(widths) * len(depths)} cohorts (widths {widths}, depths {depths}, "
+          f"n = {n_ahead}, {steps} steps), no compilation cache: {alone:.1f} s compiling each "
+          f"cohort as it starts, {ahead:.1f} s compiling the next ones while one trains "
+          f"(×{alone / ahead:.2f})")
 
     short, long = (200, 2000) if smoke else (1000, 100_000)
     res["peak_rss_short"], res["peak_rss_long"] = peak_rss(short), peak_rss(long)

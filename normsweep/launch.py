@@ -9,11 +9,13 @@ relaunch. `DIR/sweep.nc` is combined at the end.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
 import time
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -195,20 +197,42 @@ def check_resources(config: Config, root: Path, cohorts: list[plan.Cohort], n_re
                         f"{size_text(free)} free")
 
 
+class _Members:
+    """A cohort's members as `train.train_members` takes them, in chunks of
+    equal size (one compilation)."""
+
+    def __init__(self, config: Config, cohort: plan.Cohort, n_records: int, budget_bytes: int):
+        self.program = program_for(config, cohort)
+        self.chunks = plan.chunking(config, cohort, n_records, budget_bytes).slices(cohort.size)
+        self.lrs, seeds = cohort.member_lr(), cohort.member_seed()
+        self.wds, self.params = cohort.member_weight_decay(), cohort.member_parametrization()
+        self.init_keys, self.power_keys = plan.member_keys(seeds)
+
+    def arguments(self, idx: np.ndarray) -> tuple[tuple, dict]:
+        """(lrs, init_keys, power_keys) and the keyword arguments of chunk `idx`."""
+        return ((self.lrs[idx], self.init_keys[idx], self.power_keys[idx]),
+                {"weight_decay": self.wds[idx], "parametrization": self.params[idx]})
+
+
+def compile_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
+                   budget_bytes: int, devices: int | None = 1) -> None:
+    """Compiles the programs `train_cohort` will run for `cohort`, running
+    nothing (`train.compile_members`): its chunks all share one shape."""
+    members = _Members(config, cohort, len(steps), budget_bytes)
+    args, kwargs = members.arguments(members.chunks[0])
+    train.compile_members(members.program, x, y, *args, steps, devices, **kwargs)
+
+
 def train_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
                  budget_bytes: int, on_steps: Callable[[int], None] | None = None,
                  devices: int | None = 1) -> train.Trajectory:
     """All members of a cohort, in chunks of equal size (one compilation)."""
-    program = program_for(config, cohort)
-    chunks = plan.chunking(config, cohort, len(steps), budget_bytes)
-    lrs, seeds = cohort.member_lr(), cohort.member_seed()
-    wds, params = cohort.member_weight_decay(), cohort.member_parametrization()
-    init_keys, power_keys = plan.member_keys(seeds)
+    members = _Members(config, cohort, len(steps), budget_bytes)
     parts = []
-    for idx in chunks.slices(cohort.size):
-        parts.append(train.train_members(program, x, y, lrs[idx], init_keys[idx], power_keys[idx],
-                                         steps, config.record.weights, on_steps, devices,
-                                         weight_decay=wds[idx], parametrization=params[idx]))
+    for idx in members.chunks:
+        args, kwargs = members.arguments(idx)
+        parts.append(train.train_members(members.program, x, y, *args, steps,
+                                         config.record.weights, on_steps, devices, **kwargs))
     keep = cohort.size
 
     def cat(arrays):
@@ -236,12 +260,14 @@ def run_cohort(config: Config, root: Path, cohort: plan.Cohort, x, y, steps: np.
 
 def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
            reporter: Reporter | None = None, scheduler: str | None = None,
-           devices: int | None = None) -> Summary:
+           devices: int | None = None, prefetch: int | None = None) -> Summary:
     """Trains every cohort of `config` not yet in `root`, then writes sweep.nc.
 
     `scheduler`: None trains here; "local[:N]" or a Dask scheduler address
     sends one task per cohort (see `executors`). `devices`: shard each
-    cohort's members across this many local devices (None: all)."""
+    cohort's members across this many local devices (None: all).
+    `prefetch`: how many cohorts compile ahead while one trains (`train_here`;
+    None: `default_prefetch()`, 0: none)."""
     started = time.perf_counter()
     reporter = reporter or Reporter()
     root = Path(root)
@@ -258,11 +284,56 @@ def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
     enable_compilation_cache()
     with store.folder_lock(root):
         return _launch_locked(config, root, cohorts, steps, budget, reporter, started, scheduler,
-                              devices)
+                              devices, prefetch)
+
+
+def train_here(config: Config, root: Path, todo: list[plan.Cohort], steps: np.ndarray,
+               budget: int, reporter: Reporter, devices: int | None, prefetch: int) -> None:
+    """Trains the cohorts `todo` in this process, one after another, each
+    written as it finishes.
+
+    With `prefetch` = p > 0, p background threads compile the programs of
+    the next p cohorts (`compile_cohort`) while one trains: XLA compiles a
+    program on one host core, so an accelerator, or the other cores, keep
+    training meanwhile, and a cohort starts with nothing left to compile.
+    The results are those of a launch without it (the same programs run;
+    tested). A failed compilation ahead is not reported: the cohort's own
+    run meets the error again and reports it. On an error or Ctrl-C the
+    compilations in flight are finished, not abandoned, before this returns.
+    """
+    x, y = training_data(config)
+    ahead = ThreadPoolExecutor(prefetch, thread_name_prefix="normsweep-compile") \
+        if prefetch > 0 else None
+    compiling: dict[int, Future] = {}
+    try:
+        for i, cohort in enumerate(todo):
+            for j in range(i + 1, min(i + 1 + prefetch, len(todo))):
+                if j not in compiling:
+                    compiling[j] = ahead.submit(compile_cohort, config, todo[j], x, y, steps,
+                                                budget, devices)
+            if i in compiling:
+                # before this cohort's calls, which would otherwise compile it a second time
+                with contextlib.suppress(Exception):
+                    compiling.pop(i).result()
+            n_chunks = plan.chunking(config, cohort, len(steps), budget).count
+            reporter.cohort(cohort.name, config.train.steps * n_chunks)
+            run_cohort(config, root, cohort, x, y, steps, budget, reporter.advance, devices)
+            reporter.done(cohort.name)
+    finally:
+        if ahead is not None:
+            ahead.shutdown(wait=True, cancel_futures=True)
+
+
+def default_prefetch() -> int:
+    """How many cohorts compile ahead: one on a CPU, whose cores train too;
+    on an accelerator up to 4, one per two host cores."""
+    if jax.default_backend() == "cpu":
+        return 1
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
 def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
-                   scheduler, devices) -> Summary:
+                   scheduler, devices, prefetch) -> Summary:
     store.remove_stale_temporaries(root)
     store.write_text(root / "grid.toml", config.text)
     known = {store.cohort_path(root, c).name for c in cohorts}
@@ -278,12 +349,8 @@ def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
         executors.run_dask(scheduler, config, root,
                            [(cohorts.index(c), c) for c in todo], budget, reporter.done)
     elif todo:
-        x, y = training_data(config)
-        for cohort in todo:
-            n_chunks = plan.chunking(config, cohort, len(steps), budget).count
-            reporter.cohort(cohort.name, config.train.steps * n_chunks)
-            run_cohort(config, root, cohort, x, y, steps, budget, reporter.advance, devices)
-            reporter.done(cohort.name)
+        train_here(config, root, todo, steps, budget, reporter, devices,
+                   default_prefetch() if prefetch is None else prefetch)
 
     store.remove_stale_temporaries(root)   # left by Dask workers killed mid-write
     sweep = store.combine([store.read_cohort(store.cohort_path(root, c)) for c in cohorts])

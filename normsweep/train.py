@@ -546,6 +546,49 @@ def shard_members(mesh: Mesh | None, hp: Hyper, init_keys, power_keys, x, y):
     return hp, init_keys, power_keys, jax.device_put(x, whole), jax.device_put(y, whole)
 
 
+def _placed(program: Program, x, y, lrs, init_keys, power_keys, steps, devices, weight_decay,
+            parametrization):
+    """train_members' arguments checked, padded and placed on its mesh:
+    (mesh, hp, init_keys, power_keys, x, y)."""
+    if steps[0] != 0 or len(steps) < 2:
+        raise ValueError("steps must start at 0 and hold at least two records")
+    if weight_decay is not None and np.any(np.asarray(weight_decay) != 0) and not program.decay:
+        raise ValueError("weight_decay > 0 needs a Program with decay=True")
+    hp = hyper(program, lrs, weight_decay, parametrization)
+    mesh = member_mesh(devices)
+    return (mesh, *shard_members(mesh, hp, init_keys, power_keys, x, y))
+
+
+def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys,
+                    steps: np.ndarray, devices: int | None = 1, *,
+                    weight_decay: np.ndarray | None = None, parametrization=None) -> None:
+    """Compiles, and runs nothing of, the programs that `train_members` with
+    the same arguments runs, so that its calls find them compiled (in JAX's
+    in-memory cache; the persistent cache too, where enabled). The state is
+    never built: each program is lowered against the shapes and placements
+    the previous one outputs. `launch` calls this on a background thread to
+    compile the next cohort while one trains (on an accelerator the device
+    would otherwise idle for the whole compilation). Thread-safe."""
+    mesh, hp, init_keys, power_keys, x, y = _placed(program, x, y, lrs, init_keys, power_keys,
+                                                    steps, devices, weight_decay, parametrization)
+
+    def like_outputs(compiled):
+        # on one device train_members' arrays are uncommitted: no placement
+        info = compiled.out_info
+        if mesh is not None:
+            return info
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type),
+                            info)
+
+    state = like_outputs(init_cohort.lower(program, mesh, hp, init_keys, power_keys, x).compile())
+    t, gap, valid = segments(steps)[0]          # every segment has the same shapes
+    # init_cohort places its output as segment_cohort does, so one program
+    # serves every segment (tested on two devices)
+    state = like_outputs(segment_cohort.lower(program, mesh, state, hp, x, y, t, gap,
+                                              valid).compile())[0]
+    final_cohort.lower(program, mesh, state, hp, x, y, int(steps[-1])).compile()
+
+
 def train_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys,
                   steps: np.ndarray, keep_weights: bool = False,
                   on_steps: Callable[[int], None] | None = None,
@@ -560,14 +603,9 @@ def train_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys
     advanced. `devices`: how many local devices to shard the members across
     (None: all); results equal a one-device run (tested).
     """
-    if steps[0] != 0 or len(steps) < 2:
-        raise ValueError("steps must start at 0 and hold at least two records")
     members = len(lrs)
-    if weight_decay is not None and np.any(np.asarray(weight_decay) != 0) and not program.decay:
-        raise ValueError("weight_decay > 0 needs a Program with decay=True")
-    hp = hyper(program, lrs, weight_decay, parametrization)
-    mesh = member_mesh(devices)
-    hp, init_keys, power_keys, x, y = shard_members(mesh, hp, init_keys, power_keys, x, y)
+    mesh, hp, init_keys, power_keys, x, y = _placed(program, x, y, lrs, init_keys, power_keys,
+                                                    steps, devices, weight_decay, parametrization)
     state = init_cohort(program, mesh, hp, init_keys, power_keys, x)
     # A copy, not a view: the state's buffers are donated to the next call.
     initial = [np.array(w, copy=True)[:members] for w in state.params0] if keep_weights else None

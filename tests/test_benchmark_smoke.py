@@ -18,4 +18,5 @@ def test_benchmark_smoke(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["matmul_flops"] > 0 and figures["cohorts"][0]["net_steps_per_s"] > 0
     assert figures["compilations_for_3_lr_cohorts"] == 3     # once per cohort shape
+    assert figures["compile_ahead"]["seconds_with"] > 0 and figures["compile_ahead"]["cohorts"] == 2
     assert "recording" in result.stdout and "peak memory" in result.stdout
