@@ -117,10 +117,12 @@ print(time.perf_counter() - t0)
 """
 
 
-def launch_seconds(grid: str, root: str, prefetch: str) -> float:
-    """Wall seconds of `normsweep launch` of `grid` in a fresh process with
-    the persistent compilation cache off (import excluded)."""
-    env = {**os.environ, "NORMSWEEP_JAX_CACHE": "off"}
+def launch_seconds(grid: str, root: str, prefetch: str, cache: bool = False) -> float:
+    """Wall seconds of `normsweep launch` of `grid` in a fresh process,
+    import excluded, with the persistent compilation cache off (or on, for
+    the smoke run, which times nothing)."""
+    env = {**os.environ, "NORMSWEEP_JAX_CACHE": os.environ.get("NORMSWEEP_JAX_CACHE", "") if cache
+           else "off"}
     out = subprocess.run([sys.executable, "-c", LAUNCH, grid, root, prefetch], env=env,
                          capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -143,7 +145,7 @@ PRESETS = {
     # and enough steps that a cohort runs for about a second
     "gpu": dict(n=1024, matmul=8192, widths=[64, 256, 1024, 2048],
                 steps={64: 4000, 256: 2000, 1024: 400, 2048: 200}, seeds=[2, 16], repeat=20,
-                fast_precision=(2048, 16), ahead=([256, 1024], [2, 3], 1024, 500)),
+                fast_precision=(2048, 16), ahead=([256, 1024], [2, 3], 1024, 200)),
 }
 
 
@@ -246,24 +248,25 @@ def main():
     print(f"programs compiled for 3 cohorts differing only in η: "
           f"{res['compilations_for_3_lr_cohorts']} (init, segment and final step, once)")
 
+    short, long = (200, 2000) if smoke else (1000, 100_000)
+    res["peak_rss_short"], res["peak_rss_long"] = peak_rss(short), peak_rss(long)
+    print(f"peak memory, log recording: {res['peak_rss_short'] / 2**20:.0f} MiB at {short} steps, "
+          f"{res['peak_rss_long'] / 2**20:.0f} MiB at {long} steps")
     # compiling the next cohorts while one trains (launch's prefetch), against
     # compiling each as it starts: whole launches in fresh processes
     widths, depths, n_ahead, steps = cfg["ahead"]
     grid = compile_ahead_grid(widths, depths, n_ahead, steps)
     with tempfile.TemporaryDirectory() as tmp:
-        alone = launch_seconds(grid, f"{tmp}/alone", "0")
-        ahead = launch_seconds(grid, f"{tmp}/ahead", "default")
+        alone = launch_seconds(grid, f"{tmp}/alone", "0", cache=smoke)
+        ahead = launch_seconds(grid, f"{tmp}/ahead", "default", cache=smoke)
     res["compile_ahead"] = {"cohorts": len(widths) * len(depths), "seconds_without": alone,
                             "seconds_with": ahead, "speedup": alone / ahead}
     print(f"launch of {len(widths) * len(depths)} cohorts (widths {widths}, depths {depths}, "
-          f"n = {n_ahead}, {steps} steps), no compilation cache: {alone:.1f} s compiling each "
+          f"n = {n_ahead}, {steps} steps), {'cache on (smoke)' if smoke else 'no compilation cache'}: "
+          f"{alone:.1f} s compiling each "
           f"cohort as it starts, {ahead:.1f} s compiling the next ones while one trains "
           f"(×{alone / ahead:.2f})")
 
-    short, long = (200, 2000) if smoke else (1000, 100_000)
-    res["peak_rss_short"], res["peak_rss_long"] = peak_rss(short), peak_rss(long)
-    print(f"peak memory, log recording: {res['peak_rss_short'] / 2**20:.0f} MiB at {short} steps, "
-          f"{res['peak_rss_long'] / 2**20:.0f} MiB at {long} steps")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
