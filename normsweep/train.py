@@ -448,8 +448,13 @@ def run_segment(program: Program, mesh: Mesh | None, state: State, hp: Hyper, x,
 
         def go(state):
             state, rec = recorded_step(program, mesh, state, hp, x, y, t_r)
-            state = over_members(mesh, advance, (state, hp), x, (t_r + 1, gap_r),
-                                 program.member_layout())
+            # skipped, not looped 0 times, when the next step is recorded too: a
+            # loop over members copies every member's state in and out
+            state = jax.lax.cond(
+                gap_r > 0,
+                lambda s: over_members(mesh, advance, (s, hp), x, (t_r + 1, gap_r),
+                                       program.member_layout()),
+                lambda s: s, state)
             return state, rec
 
         return jax.lax.cond(valid_r, go, skip, state)
