@@ -121,8 +121,9 @@ def launch_seconds(grid: str, root: str, prefetch: str, cache: bool = False) -> 
     """Wall seconds of `normsweep launch` of `grid` in a fresh process,
     import excluded, with the persistent compilation cache off (or on, for
     the smoke run, which times nothing)."""
-    env = {**os.environ, "NORMSWEEP_JAX_CACHE": os.environ.get("NORMSWEEP_JAX_CACHE", "") if cache
-           else "off"}
+    env = dict(os.environ)
+    if not cache:
+        env["NORMSWEEP_JAX_CACHE"] = "off"
     out = subprocess.run([sys.executable, "-c", LAUNCH, grid, root, prefetch], env=env,
                          capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])

@@ -434,6 +434,7 @@ def run_segment(program: Program, mesh: Mesh | None, state: State, hp: Hyper, x,
     are measured batched (`recorded_step`). Returns (state, records with a
     leading record axis, then the member axis)."""
     members = hp.lr.shape[0]
+    layout = program.member_layout()
 
     def advance(s, h, xi, t0, n):
         return jax.lax.fori_loop(0, n, lambda i, s: step(program, s, h, xi, y, t0 + i)[0], s)
@@ -446,16 +447,16 @@ def run_segment(program: Program, mesh: Mesh | None, state: State, hp: Hyper, x,
     def body(state, inp):
         t_r, gap_r, valid_r = inp
 
+        def advance_all(state):
+            return over_members(mesh, advance, (state, hp), x, (t_r + 1, gap_r), layout)
+
         def go(state):
             state, rec = recorded_step(program, mesh, state, hp, x, y, t_r)
-            # skipped, not looped 0 times, when the next step is recorded too: a
-            # loop over members copies every member's state in and out
-            state = jax.lax.cond(
-                gap_r > 0,
-                lambda s: over_members(mesh, advance, (s, hp), x, (t_r + 1, gap_r),
-                                       program.member_layout()),
-                lambda s: s, state)
-            return state, rec
+            if layout == "map":
+                # a loop over members copies every member's state in and out,
+                # even to advance 0 steps (the next step is recorded too)
+                return jax.lax.cond(gap_r > 0, advance_all, lambda s: s, state), rec
+            return advance_all(state), rec
 
         return jax.lax.cond(valid_r, go, skip, state)
 
