@@ -11,7 +11,8 @@ import numpy as np
 def forward(ws, x):
     h = x
     for l, w in enumerate(ws):
-        h = h @ w
+        # full float32, as normsweep computes by default (a GPU's default is TF32)
+        h = jnp.matmul(h, w, precision=jax.lax.Precision.HIGHEST)
         if l < len(ws) - 1:
             h = jax.nn.relu(h)
     return h
