@@ -135,6 +135,8 @@ def compile_ahead_grid(widths, depths, n, steps) -> str:
             'lr = [0.001, 0.002, 0.005, 0.01]\nseed = [0, 1]\n')
 
 
+PARTS = ("table", "precision", "record", "compilations", "memory", "ahead")
+
 # sizes per preset: (n, matmul side, widths, steps per width, seeds per η)
 PRESETS = {
     "smoke": dict(n=64, matmul=256, widths=[32], steps={32: 20}, seeds=[2], repeat=3,
@@ -155,11 +157,28 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds not minutes")
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
                     help="sizes: cpu (default), gpu (larger cohorts, more steps), smoke")
-    ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--json", help="also write the figures to this file (rewritten after each part)")
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help=f"the parts to run, comma-separated, in the order given (default: "
+                         f"{','.join(PARTS)})")
+    ap.add_argument("--widths", help="the table's widths, comma-separated (default: the preset's)")
     args = ap.parse_args()
     preset = args.preset or ("smoke" if args.smoke else "cpu")
     smoke = preset == "smoke"
-    cfg = PRESETS[preset]
+    cfg = dict(PRESETS[preset])
+    parts = args.parts.split(",")
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        ap.error(f"--parts: unknown {', '.join(unknown)}; allowed: {', '.join(PARTS)}")
+    if args.widths:
+        try:
+            cfg["widths"] = [int(w) for w in args.widths.split(",")]
+        except ValueError:
+            ap.error(f"--widths: {args.widths!r} is not a comma-separated list of integers")
+        missing = [w for w in cfg["widths"] if w not in cfg["steps"]]
+        if missing:
+            ap.error(f"--widths: {missing} not in the {preset} preset; allowed: "
+                     f"{', '.join(map(str, cfg['steps']))}")
     n, d, k = cfg["n"], 16, 10
     x, y = sphere_data(jax.random.key(0), n, d, k, jnp.float32)
     lrs = np.geomspace(1e-3, 1e-2, 4)
@@ -174,103 +193,119 @@ def main():
     print(f"cohorts: n = {n}, depth 3, 4 η × {'/'.join(map(str, cfg['seeds']))} seeds, "
           "record = log (64 points); baselines train one network at a time")
 
-    rows = []
-    for m in cfg["widths"]:
+    def save():
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=1)
+
+    def part_table():
+        rows = res["cohorts"] = []     # saved row by row
+        for m in cfg["widths"]:
+            dims = (d, m, m, k)
+            steps = cfg["steps"][m]
+            # 64 log-spaced records: what a long sweep records per step; the cost of
+            # recording more densely is measured on its own below
+            sched = plan.record_steps(steps, "log", 64)
+            base = baseline_run(dims, x, y, 1e-3, max(5, min(steps // 4, 400)), svd=False)
+            base_svd = baseline_run(dims, x, y, 1e-3, max(3, min(steps // 20, 50)), svd=True)
+            for n_seeds in cfg["seeds"]:
+                seeds = np.arange(n_seeds)
+                members = len(lrs) * n_seeds
+                t, compile_s = normsweep_run(dims, n, lrs, seeds, sched, x, y)
+                flop = 6 * n * params(dims) * members * steps
+                ns_rate = members * steps / t
+                layout = train.Program(dims=dims).member_layout()
+                row = {"width": m, "members": members, "steps": steps, "layout": layout,
+                       "net_steps_per_s": ns_rate, "flops": flop / t,
+                       "fraction_of_matmul": flop / t / res["matmul_flops"], "compile_s": compile_s,
+                       "speedup_vs_loop": ns_rate * base, "speedup_vs_loop_svd": ns_rate * base_svd}
+                if layout == "map":     # what the loop over members gains on the batched layout
+                    t_vmap, _ = normsweep_run(dims, n, lrs, seeds, sched, x, y, layout="vmap")
+                    row["speedup_vs_vmap_layout"] = t_vmap / t
+                rows.append(row)
+                save()
+                print(f"width {m:5d} × {members:3d} networks: {ns_rate:9.1f} network-steps/s, "
+                      f"{flop / t / 1e9:8.1f} GFLOP/s ({row['fraction_of_matmul']:.0%} of matmul), "
+                      f"compile {compile_s:.1f} s, ×{row['speedup_vs_loop']:.1f} vs one-at-a-time loop, "
+                      f"×{row['speedup_vs_loop_svd']:.1f} vs loop with SVD per step"
+                      + (f"; layout map, ×{row['speedup_vs_vmap_layout']:.2f} vs vmap"
+                         if layout == "map" else ""))
+
+    def part_precision():
+        # on an accelerator, XLA's default precision (TF32 on a GPU): the speed
+        # that [train] matmul_precision = "default" buys, against its own matmul rate
+        if cfg.get("fast_precision"):
+            m, n_seeds = cfg["fast_precision"]
+            dims, steps = (d, m, m, k), cfg["steps"][m]
+            t, _ = normsweep_run(dims, n, lrs, np.arange(n_seeds), plan.record_steps(steps, "log", 64),
+                                 x, y, precision="default")
+            flop = 6 * n * params(dims) * len(lrs) * n_seeds * steps
+            res["default_precision"] = {"width": m, "members": len(lrs) * n_seeds, "flops": flop / t,
+                                        "fraction_of_matmul": flop / t /
+                                        res["matmul_flops_default_precision"]}
+            print(f"width {m:5d} × {len(lrs) * n_seeds:3d} networks, matmul_precision = default: "
+                  f"{flop / t / 1e9:8.1f} GFLOP/s "
+                  f"({res['default_precision']['fraction_of_matmul']:.0%} of default-precision matmul)")
+
+    def part_record():
+        # recording cost: "all" and "log" against recording only the first and last step
+        m = 32 if smoke else 256
+        steps = 20 if smoke else 300
+        seeds = np.arange(2)
         dims = (d, m, m, k)
-        steps = cfg["steps"][m]
-        # 64 log-spaced records: what a long sweep records per step; the cost of
-        # recording more densely is measured on its own below
-        sched = plan.record_steps(steps, "log", 64)
-        base = baseline_run(dims, x, y, 1e-3, max(5, min(steps // 4, 400)), svd=False)
-        base_svd = baseline_run(dims, x, y, 1e-3, max(3, min(steps // 20, 50)), svd=True)
-        for n_seeds in cfg["seeds"]:
-            seeds = np.arange(n_seeds)
-            members = len(lrs) * n_seeds
-            t, compile_s = normsweep_run(dims, n, lrs, seeds, sched, x, y)
-            flop = 6 * n * params(dims) * members * steps
-            ns_rate = members * steps / t
-            layout = train.Program(dims=dims).member_layout()
-            row = {"width": m, "members": members, "steps": steps, "layout": layout,
-                   "net_steps_per_s": ns_rate, "flops": flop / t,
-                   "fraction_of_matmul": flop / t / res["matmul_flops"], "compile_s": compile_s,
-                   "speedup_vs_loop": ns_rate * base, "speedup_vs_loop_svd": ns_rate * base_svd}
-            if layout == "map":     # what the loop over members gains on the batched layout
-                t_vmap, _ = normsweep_run(dims, n, lrs, seeds, sched, x, y, layout="vmap")
-                row["speedup_vs_vmap_layout"] = t_vmap / t
-            rows.append(row)
-            print(f"width {m:5d} × {members:3d} networks: {ns_rate:9.1f} network-steps/s, "
-                  f"{flop / t / 1e9:8.1f} GFLOP/s ({row['fraction_of_matmul']:.0%} of matmul), "
-                  f"compile {compile_s:.1f} s, ×{row['speedup_vs_loop']:.1f} vs one-at-a-time loop, "
-                  f"×{row['speedup_vs_loop_svd']:.1f} vs loop with SVD per step"
-                  + (f"; layout map, ×{row['speedup_vs_vmap_layout']:.2f} vs vmap"
-                     if layout == "map" else ""))
-    res["cohorts"] = rows
+        # the three schedules interleaved, best of 3 each: on a shared machine a
+        # single timing of each drifts by more than the overhead being measured
+        timing = {}
+        schedules = (("off", np.array([0, steps])), ("log", plan.record_steps(steps, "log", 64)),
+                     ("all", plan.record_steps(steps, "all")))
+        for _ in range(1 if smoke else 3):
+            for label, sched in schedules:
+                t, _ = normsweep_run(dims, n, lrs, seeds, sched, x, y)
+                timing[label] = min(t, timing.get(label, t))
+        res["record_overhead_log"] = timing["log"] / timing["off"] - 1
+        res["record_overhead_all"] = timing["all"] / timing["off"] - 1
+        print(f"recording at width {m}: log {res['record_overhead_log']:+.1%}, "
+              f"all {res['record_overhead_all']:+.1%} against first+last only")
 
-    # on an accelerator, XLA's default precision (TF32 on a GPU): the speed
-    # that [train] matmul_precision = "default" buys, against its own matmul rate
-    if cfg.get("fast_precision"):
-        m, n_seeds = cfg["fast_precision"]
-        dims, steps = (d, m, m, k), cfg["steps"][m]
-        t, _ = normsweep_run(dims, n, lrs, np.arange(n_seeds), plan.record_steps(steps, "log", 64),
-                             x, y, precision="default")
-        flop = 6 * n * params(dims) * len(lrs) * n_seeds * steps
-        res["default_precision"] = {"width": m, "members": len(lrs) * n_seeds, "flops": flop / t,
-                                    "fraction_of_matmul": flop / t /
-                                    res["matmul_flops_default_precision"]}
-        print(f"width {m:5d} × {len(lrs) * n_seeds:3d} networks, matmul_precision = default: "
-              f"{flop / t / 1e9:8.1f} GFLOP/s "
-              f"({res['default_precision']['fraction_of_matmul']:.0%} of default-precision matmul)")
+    def part_compilations():
+        # compilations for cohorts that differ only in η (a shape not compiled before)
+        m = 40 if smoke else 264
+        fresh, seeds = (d, m, m, k), np.arange(2)
+        before = sum(train.TRACES.values())
+        for scale in (1.0, 3.0, 7.0):
+            normsweep_run(fresh, n, lrs * scale, seeds, np.array([0, 1, 2]), x, y)
+        res["compilations_for_3_lr_cohorts"] = sum(train.TRACES.values()) - before
+        print(f"programs compiled for 3 cohorts differing only in η: "
+              f"{res['compilations_for_3_lr_cohorts']} (init, segment and final step, once)")
 
-    # recording cost: "all" and "log" against recording only the first and last step
-    m = 32 if smoke else 256
-    steps = 20 if smoke else 300
-    seeds = np.arange(2)
-    dims = (d, m, m, k)
-    # the three schedules interleaved, best of 3 each: on a shared machine a
-    # single timing of each drifts by more than the overhead being measured
-    timing = {}
-    schedules = (("off", np.array([0, steps])), ("log", plan.record_steps(steps, "log", 64)),
-                 ("all", plan.record_steps(steps, "all")))
-    for _ in range(1 if smoke else 3):
-        for label, sched in schedules:
-            t, _ = normsweep_run(dims, n, lrs, seeds, sched, x, y)
-            timing[label] = min(t, timing.get(label, t))
-    res["record_overhead_log"] = timing["log"] / timing["off"] - 1
-    res["record_overhead_all"] = timing["all"] / timing["off"] - 1
-    print(f"recording at width {m}: log {res['record_overhead_log']:+.1%}, "
-          f"all {res['record_overhead_all']:+.1%} against first+last only")
+    def part_memory():
+        short, long = (200, 2000) if smoke else (1000, 100_000)
+        res["peak_rss_short"], res["peak_rss_long"] = peak_rss(short), peak_rss(long)
+        print(f"peak memory, log recording: {res['peak_rss_short'] / 2**20:.0f} MiB at {short} steps, "
+              f"{res['peak_rss_long'] / 2**20:.0f} MiB at {long} steps")
 
-    # compilations for cohorts that differ only in η (a shape not compiled before)
-    fresh = (d, m + 8, m + 8, k)
-    before = sum(train.TRACES.values())
-    for scale in (1.0, 3.0, 7.0):
-        normsweep_run(fresh, n, lrs * scale, seeds, np.array([0, 1, 2]), x, y)
-    res["compilations_for_3_lr_cohorts"] = sum(train.TRACES.values()) - before
-    print(f"programs compiled for 3 cohorts differing only in η: "
-          f"{res['compilations_for_3_lr_cohorts']} (init, segment and final step, once)")
+    def part_ahead():
+        # compiling the next cohorts while one trains (launch's prefetch), against
+        # compiling each as it starts: whole launches in fresh processes
+        widths, depths, n_ahead, steps = cfg["ahead"]
+        grid = compile_ahead_grid(widths, depths, n_ahead, steps)
+        with tempfile.TemporaryDirectory() as tmp:
+            alone = launch_seconds(grid, f"{tmp}/alone", "0", cache=smoke)
+            ahead = launch_seconds(grid, f"{tmp}/ahead", "default", cache=smoke)
+        res["compile_ahead"] = {"cohorts": len(widths) * len(depths), "seconds_without": alone,
+                                "seconds_with": ahead, "speedup": alone / ahead}
+        print(f"launch of {len(widths) * len(depths)} cohorts (widths {widths}, depths {depths}, "
+              f"n = {n_ahead}, {steps} steps), {'cache on (smoke)' if smoke else 'no compilation cache'}: "
+              f"{alone:.1f} s compiling each "
+              f"cohort as it starts, {ahead:.1f} s compiling the next ones while one trains "
+              f"(×{alone / ahead:.2f})")
 
-    short, long = (200, 2000) if smoke else (1000, 100_000)
-    res["peak_rss_short"], res["peak_rss_long"] = peak_rss(short), peak_rss(long)
-    print(f"peak memory, log recording: {res['peak_rss_short'] / 2**20:.0f} MiB at {short} steps, "
-          f"{res['peak_rss_long'] / 2**20:.0f} MiB at {long} steps")
-    # compiling the next cohorts while one trains (launch's prefetch), against
-    # compiling each as it starts: whole launches in fresh processes
-    widths, depths, n_ahead, steps = cfg["ahead"]
-    grid = compile_ahead_grid(widths, depths, n_ahead, steps)
-    with tempfile.TemporaryDirectory() as tmp:
-        alone = launch_seconds(grid, f"{tmp}/alone", "0", cache=smoke)
-        ahead = launch_seconds(grid, f"{tmp}/ahead", "default", cache=smoke)
-    res["compile_ahead"] = {"cohorts": len(widths) * len(depths), "seconds_without": alone,
-                            "seconds_with": ahead, "speedup": alone / ahead}
-    print(f"launch of {len(widths) * len(depths)} cohorts (widths {widths}, depths {depths}, "
-          f"n = {n_ahead}, {steps} steps), {'cache on (smoke)' if smoke else 'no compilation cache'}: "
-          f"{alone:.1f} s compiling each "
-          f"cohort as it starts, {ahead:.1f} s compiling the next ones while one trains "
-          f"(×{alone / ahead:.2f})")
-
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+    run = {"table": part_table, "precision": part_precision, "record": part_record,
+           "compilations": part_compilations, "memory": part_memory, "ahead": part_ahead}
+    save()
+    for part in parts:     # in the order asked for; each part's figures saved as it ends
+        run[part]()
+        save()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 # The benchmark on a GPU machine, in a few minutes: the same table with larger
 # cohorts (--preset gpu), the achieved fraction of the GPU's own matmul rate,
 # the quickstart grid launched end to end, and the equivalence tests on the GPU.
-#   bash benchmarks/gpu.sh            (from the repository root)
+#   bash benchmarks/gpu.sh [bench.py options]     (from the repository root)
+# e.g. inside a short lease: BENCH_TIMEOUT=380 QUICKSTART=0 TEST_TIMEOUT=100 \
+#   bash benchmarks/gpu.sh --parts table,record,compilations,ahead --widths 64,256,1024
+# Each part's figures reach $OUT/bench-gpu.json as soon as it finishes.
 # On a machine with a package registry it installs jax[cuda12] and normsweep.
 # On one without (the lent machines here), it uses the jax already installed
 # and wheels of anything else carried in .whl/ (netCDF4, cftime).
@@ -22,14 +25,20 @@ else
 fi
 python3 -c "import jax; print(jax.__version__, jax.devices()); assert jax.default_backend() == 'gpu'" || exit 1
 
-python3 benchmarks/bench.py --preset gpu --json "$OUT/bench-gpu.json" 2>&1 | tee "$OUT/bench-gpu.log"
+timeout "${BENCH_TIMEOUT:-1200}" python3 benchmarks/bench.py --preset gpu \
+    --json "$OUT/bench-gpu.json" "$@" 2>&1 | tee "$OUT/bench-gpu.log"
 
-# the quickstart grid, end to end (launch, then analyze)
-start=$(date +%s%N)
-python3 -m normsweep.cli launch sweeps/quickstart.toml --out /tmp/gpu-quickstart --quiet \
-    2>&1 | tail -3
-echo "quickstart launch on GPU: $(( ($(date +%s%N) - start) / 1000000 )) ms"
+# the quickstart grid, end to end
+if [ "${QUICKSTART:-1}" != 0 ]; then
+    start=$(date +%s%N)
+    python3 -m normsweep.cli launch sweeps/quickstart.toml --out /tmp/gpu-quickstart --quiet \
+        2>&1 | tail -3
+    echo "quickstart launch on GPU: $(( ($(date +%s%N) - start) / 1000000 )) ms"
+fi
 
-# equivalences on the GPU (vmapped == alone, reference loop, power iteration == SVD)
-timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_train.py tests/test_metrics.py \
-    2>&1 | tail -15
+# equivalences on the GPU (vmapped == alone, reference loop, power iteration == SVD);
+# the CPU-only layout test and the float64 one are left to the CPU suite
+timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -p no:cacheprovider -p no:logging \
+    tests/test_train.py tests/test_metrics.py \
+    -k "not every_record_is_identical and not float64 and not options_follow" \
+    2>&1 | tee "$OUT/tests-gpu.log" | tail -15

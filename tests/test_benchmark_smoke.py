@@ -20,3 +20,18 @@ def test_benchmark_smoke(tmp_path):
     assert figures["compilations_for_3_lr_cohorts"] == 3     # once per cohort shape
     assert figures["compile_ahead"]["seconds_with"] > 0 and figures["compile_ahead"]["cohorts"] == 2
     assert "recording" in result.stdout and "peak memory" in result.stdout
+
+
+def test_benchmark_runs_the_parts_asked_for(tmp_path):
+    bench = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--smoke"]
+    out = tmp_path / "bench.json"
+    result = subprocess.run(bench + ["--parts", "compilations", "--json", str(out)],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["compilations_for_3_lr_cohorts"] == 3
+    assert "cohorts" not in figures and "compile_ahead" not in figures
+    bad = subprocess.run(bench + ["--parts", "table,memroy"], capture_output=True, text=True,
+                         timeout=600, cwd=ROOT)
+    assert bad.returncode == 2
+    assert "memroy" in bad.stderr and "allowed: table, precision, record" in bad.stderr
