@@ -117,6 +117,40 @@ print(time.perf_counter() - t0)
 """
 
 
+COMPILE = """\
+import sys, time
+import numpy as np, jax, jax.numpy as jnp
+from normsweep import plan, train
+from normsweep.data import sphere_data
+m, seeds, steps, n = map(int, sys.argv[1:5])
+x, y = sphere_data(jax.random.key(0), n, 16, 10, jnp.float32)
+prog = train.Program(dims=(16, m, m, 10))
+lr = np.repeat(np.geomspace(1e-3, 1e-2, 4), seeds)
+ik, pk = plan.member_keys(np.tile(np.arange(seeds), 4))
+sched = plan.record_steps(steps, "log", 64)
+t0 = time.perf_counter()
+train.compile_members(prog, x, y, lr, ik, pk, sched)
+t1 = time.perf_counter()
+train.train_members(prog, x, y, lr, ik, pk, sched)
+t2 = time.perf_counter()
+train.train_members(prog, x, y, lr, ik, pk, sched)
+print(t1 - t0, t2 - t1, time.perf_counter() - t2)
+"""
+
+
+def compile_split(m: int, seeds: int, steps: int, n: int, xla_flags: str) -> tuple[float, ...]:
+    """(compile, first run, second run) seconds of one cohort in a fresh
+    process with the cache off and `xla_flags` added to XLA_FLAGS: the
+    compilation alone (`train.compile_members`, which runs nothing), then the
+    same cohort trained twice. A first run much slower than the second means
+    the first call still does work that is not compilation."""
+    env = dict(os.environ, NORMSWEEP_JAX_CACHE="off")
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
+    out = subprocess.run([sys.executable, "-c", COMPILE, str(m), str(seeds), str(steps), str(n)],
+                         env=env, capture_output=True, text=True, check=True)
+    return tuple(float(v) for v in out.stdout.strip().splitlines()[-1].split())
+
+
 def launch_seconds(grid: str, root: str, prefetch: str, cache: bool = False) -> float:
     """Wall seconds of `normsweep launch` of `grid` in a fresh process,
     import excluded, with the persistent compilation cache off (or on, for
@@ -135,20 +169,24 @@ def compile_ahead_grid(widths, depths, n, steps) -> str:
             'lr = [0.001, 0.002, 0.005, 0.01]\nseed = [0, 1]\n')
 
 
-PARTS = ("table", "precision", "record", "compilations", "memory", "ahead")
+PARTS = ("table", "precision", "record", "compilations", "memory", "ahead", "compile")
 
 # sizes per preset: (n, matmul side, widths, steps per width, seeds per η)
 PRESETS = {
     "smoke": dict(n=64, matmul=256, widths=[32], steps={32: 20}, seeds=[2], repeat=3,
-                  ahead=([8, 12], [2], 32, 5)),
+                  ahead=([8, 12], [2], 32, 5), compile=(32, 2, 20, [""])),
     "cpu": dict(n=1024, matmul=1024, widths=[64, 256, 512, 1024],
                 steps={64: 400, 256: 400, 512: 120, 1024: 40}, seeds=[2], repeat=10,
-                ahead=([64, 128, 256], [2, 3], 1024, 100)),
+                ahead=([64, 128, 256], [2, 3], 1024, 100), compile=(256, 2, 400, [""])),
     # a GPU is launch-bound on 8 small networks: also run 64 (4 η × 16 seeds),
     # and enough steps that a cohort runs for about a second
     "gpu": dict(n=1024, matmul=8192, widths=[64, 256, 1024, 2048],
                 steps={64: 4000, 256: 2000, 1024: 400, 2048: 200}, seeds=[2, 16], repeat=20,
-                fast_precision=(2048, 16), ahead=([256, 1024], [2, 3], 1024, 200)),
+                fast_precision=(2048, 16), ahead=([256, 1024], [2, 3], 1024, 200),
+                # where a GPU cohort's 20-53 s go: XLA's defaults, then without
+                # its Triton GEMM fusions, then without autotuning
+                compile=(1024, 16, 400, ["", "--xla_gpu_enable_triton_gemm=false",
+                                         "--xla_gpu_autotune_level=0"])),
 }
 
 
@@ -300,8 +338,23 @@ def main():
               f"cohort as it starts, {ahead:.1f} s compiling the next ones while one trains "
               f"(×{alone / ahead:.2f})")
 
+    def part_compile():
+        # a cohort's compilation alone, then its first and second runs, in
+        # fresh processes, under each set of XLA flags
+        m, n_seeds, steps, variants = cfg["compile"]
+        rows = res["compile_split"] = []
+        for flags in variants:
+            c, first, second = compile_split(m, n_seeds, steps, n, flags)
+            rows.append({"xla_flags": flags, "width": m, "members": 4 * n_seeds, "steps": steps,
+                         "compile_s": c, "first_run_s": first, "second_run_s": second})
+            save()
+            print(f"width {m} × {4 * n_seeds} networks, XLA_FLAGS {flags or '(as set)'!r}: "
+                  f"compiled in {c:.1f} s, then trained in {first:.2f} s (first run) and "
+                  f"{second:.2f} s (second)")
+
     run = {"table": part_table, "precision": part_precision, "record": part_record,
-           "compilations": part_compilations, "memory": part_memory, "ahead": part_ahead}
+           "compilations": part_compilations, "memory": part_memory, "ahead": part_ahead,
+           "compile": part_compile}
     save()
     for part in parts:     # in the order asked for; each part's figures saved as it ends
         run[part]()

@@ -20,6 +20,8 @@ def test_benchmark_smoke(tmp_path):
     assert figures["compilations_for_3_lr_cohorts"] == 3     # once per cohort shape
     assert figures["compile_ahead"]["seconds_with"] > 0 and figures["compile_ahead"]["cohorts"] == 2
     assert "recording" in result.stdout and "peak memory" in result.stdout
+    split = figures["compile_split"][0]
+    assert split["compile_s"] > 0 and split["second_run_s"] > 0
 
 
 def test_benchmark_runs_the_parts_asked_for(tmp_path):
