@@ -5,6 +5,7 @@ time; 130 interrupted (finished cohorts are kept; relaunch to resume).
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -211,6 +212,12 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
         done = len(list((root / "cohorts").glob("*.nc"))) if (root / "cohorts").exists() else 0
         click.echo(f"interrupted: {done} cohort file(s) are complete in {root}/cohorts; "
                    f"run the same command again to resume", err=True)
+        if launch_mod.compiling_ahead():
+            # Python's exit would wait for each compilation ahead to finish (up
+            # to a minute on a GPU); everything worth keeping is already on disk
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         sys.exit(130)
     click.echo(f"{summary.cohorts} cohorts ({len(summary.trained)} trained, "
                f"{len(summary.skipped)} already done), {summary.networks} networks, "

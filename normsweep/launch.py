@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import threading
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -298,8 +299,10 @@ def train_here(config: Config, root: Path, todo: list[plan.Cohort], steps: np.nd
     training meanwhile, and a cohort starts with nothing left to compile.
     The results are those of a launch without it (the same programs run;
     tested). A failed compilation ahead is not reported: the cohort's own
-    run meets the error again and reports it. On an error or Ctrl-C the
-    compilations in flight are finished, not abandoned, before this returns.
+    run meets the error again and reports it. On an error or Ctrl-C this
+    returns at once: compilations in flight finish on their threads (XLA
+    cannot be stopped mid-compilation; on a GPU one can take a minute), and
+    none not yet started begins.
     """
     x, y = training_data(config)
     ahead = ThreadPoolExecutor(prefetch, thread_name_prefix="normsweep-compile") \
@@ -320,8 +323,14 @@ def train_here(config: Config, root: Path, todo: list[plan.Cohort], steps: np.nd
             run_cohort(config, root, cohort, x, y, steps, budget, reporter.advance, devices)
             reporter.done(cohort.name)
     finally:
-        if ahead is not None:
-            ahead.shutdown(wait=True, cancel_futures=True)
+        if ahead is not None:       # on success nothing is in flight: each cohort waited for its own
+            ahead.shutdown(wait=False, cancel_futures=True)
+
+
+def compiling_ahead() -> int:
+    """How many compilations ahead (`train_here`) are still running."""
+    return sum(t.name.startswith("normsweep-compile") and t.is_alive()
+               for t in threading.enumerate())
 
 
 def default_prefetch() -> int:

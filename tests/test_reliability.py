@@ -219,3 +219,34 @@ def test_results_folder_removed_mid_run_exits_1(tmp_path, monkeypatch):
     result = invoke("launch", grid, "--out", out, "--quiet")
     assert result.exit_code == 1 and "cannot write" in result.output
     assert "Traceback" not in result.output
+
+
+SLOW_COMPILE_AHEAD = """\
+import runpy, sys, time
+from normsweep import launch
+def compile_for_ten_minutes(*args, **kwargs):      # a GPU compilation, only longer
+    time.sleep(600)
+launch.compile_cohort = compile_for_ten_minutes
+sys.argv = ["normsweep", "launch", sys.argv[1], "--out", sys.argv[2], "--quiet"]
+runpy.run_module("normsweep.cli", run_name="__main__")
+"""
+
+
+def test_sigint_does_not_wait_for_a_compilation_ahead(tmp_path):
+    """Ctrl-C while the next cohort compiles in the background exits at once
+    (XLA cannot be stopped mid-compilation, and Python's exit would join the
+    thread), with the finished cohort kept and nothing half-written."""
+    grid = write_grid(tmp_path, TINY)
+    out = tmp_path / "int"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_COMPILE_AHEAD, str(grid), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(out.glob("cohorts/*.nc")):
+        time.sleep(0.05)
+    # the launch now waits for cohort 2's compilation ahead, which sleeps for 600 s
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted: 1 cohort file(s) are complete" in err and "Traceback" not in err
+    assert not list(out.rglob(".*.tmp-*"))
+    assert invoke("launch", grid, "--out", out, "--quiet").exit_code == 0    # and it resumes
