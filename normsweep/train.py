@@ -19,6 +19,7 @@ import collections
 import dataclasses
 import functools
 import math
+import threading
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -40,6 +41,12 @@ SEGMENTS = 16
 
 # Trace counts per jitted function; tests assert a cohort compiles once.
 TRACES: collections.Counter = collections.Counter()
+_TRACES_LOCK = threading.Lock()     # launch traces the next cohort on a background thread
+
+
+def _traced(program_name: str) -> None:
+    with _TRACES_LOCK:
+        TRACES[program_name] += 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -465,7 +472,7 @@ def run_segment(program: Program, mesh: Mesh | None, state: State, hp: Hyper, x,
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def init_cohort(program: Program, mesh: Mesh | None, hp: Hyper, init_keys, power_keys, x):
-    TRACES["init"] += 1
+    _traced("init")
     member = functools.partial(init_member, program)
     with jax.default_matmul_precision(program.precision):
         state = over_members(mesh, member, (hp, init_keys, power_keys), x, ())
@@ -480,7 +487,7 @@ def init_cohort(program: Program, mesh: Mesh | None, hp: Hyper, init_keys, power
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=2)
 def segment_cohort(program: Program, mesh: Mesh | None, state, hp: Hyper, x, y, t, gap, valid):
     """`run_segment`, records (member, record, …)."""
-    TRACES["segment"] += 1
+    _traced("segment")
     with jax.default_matmul_precision(program.precision):
         state, rec = run_segment(program, mesh, state, hp, x, y, t, gap, valid)
     return state, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), rec)
@@ -489,7 +496,7 @@ def segment_cohort(program: Program, mesh: Mesh | None, state, hp: Hyper, x, y, 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def final_cohort(program: Program, mesh: Mesh | None, state, hp: Hyper, x, y, t):
     """Measures the last step without moving past it."""
-    TRACES["final"] += 1
+    _traced("final")
     with jax.default_matmul_precision(program.precision):
         new, rec = recorded_step(program, mesh, state, hp, x, y, t, last=True)
     return new._replace(params=state.params, opt_state=state.opt_state,
