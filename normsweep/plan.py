@@ -10,7 +10,7 @@ chunks of a cohort run the same compiled program.
 Every PRNG key is derived here, from integers in the grid file only:
   data key      = fold_in(key(data.seed), DATA)
   init key      = fold_in(key(seed), INIT)    (the same at every lr and chunking)
-  power key     = fold_in(key(seed), POWER)   (start vectors of power iteration)
+  power key     = fold_in(key(seed), POWER)   (start vectors of the spectral norms)
 """
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def data_key(config: Config) -> jax.Array:
 
 
 def member_keys(seeds: np.ndarray) -> tuple[jax.Array, jax.Array]:
-    """(init keys, power-iteration keys), one per member seed."""
+    """(init keys, spectral-norm start-vector keys), one per member seed."""
     base = jax.vmap(jax.random.key)(np.asarray(seeds, np.uint32))
     fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
     return fold(base, INIT), fold(base, POWER)

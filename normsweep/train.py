@@ -152,8 +152,8 @@ def loss_and_logits(program: Program, params, x: jax.Array, y: jax.Array):
 def init_member(program: Program, hp: Hyper, init_key: jax.Array, power_key: jax.Array,
                 x: jax.Array) -> State:
     """W(0) from `init_key` (unit normals times the member's init stds);
-    power-iteration vectors from `power_key`, the one for W converged by a
-    cold start of `cold_iters` iterations."""
+    the spectral norms' start vectors from `power_key`, the one for W
+    converged by a cold start of `cold_iters` Lanczos steps."""
     unit = kernels(program.model().init(init_key, x[:1]))
     ws = tuple(w * hp.init_std[l] for l, w in enumerate(unit))
     params = with_kernels(None, ws)

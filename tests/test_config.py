@@ -119,6 +119,8 @@ BAD = [
     ("parametrization-axis-string", GRID + 'parametrization = "ntk"\n', "grid.parametrization", "list"),
     ("parametrization-twice", '[model]\nparametrization = "ntk"\n' + GRID + 'parametrization = ["ntk"]\n', "model.parametrization", "not both"),
     ("mup-axis-width-init", '[model]\ninit = "width"\n' + GRID + 'parametrization = ["mup"]\n', "model.init", '"he"'),
+    ("power-iters-too-many", '[record]\npower_iters = 201\n' + GRID, "record.power_iters",
+     "between 1 and 200"),
     ("ntk-points-zero", '[record]\nntk_points = 0\n' + GRID, "record.ntk_points", "between 1"),
     ("ntk-points-above-n", '[data]\nn = 8\n[record]\nntk_eigs = 5\nntk_points = 16\n' + GRID, "record.ntk_points", "data.n"),
     ("ntk-eigs-negative", '[record]\nntk_eigs = -1\n' + GRID, "record.ntk_eigs", "between 0"),
