@@ -156,9 +156,10 @@ def lanczos(w: jax.Array, v: jax.Array, steps: int) -> tuple[jax.Array, jax.Arra
     √(gap): measured on a width-1024 layer whose top direction changed
     between two records, 10 warm-started power iterations missed ‖W‖₂ by
     1.5% and 10 Lanczos steps by 2e-5 (tests/test_metrics.py builds such a
-    case). The basis
-    is reorthogonalised in full (twice, classical Gram–Schmidt), and T's top
-    eigenpair comes from `top_eigenpair_psd`. For W = 0 it returns (0, v).
+    case). The basis is reorthogonalised in full (twice, classical
+    Gram–Schmidt), T's top eigenpair comes from `top_eigenpair_psd`, and the
+    value returned is ‖Wu‖ itself, a lower bound whatever the rounding in T.
+    For W = 0 it returns (0, v).
     """
     n = v.shape[0]
 
