@@ -170,14 +170,15 @@ def size_text(n: int) -> str:
 
 def check_resources(config: Config, root: Path, cohorts: list[plan.Cohort], n_records: int,
                     budget: int) -> None:
-    """Refuses a grid whose smallest compiled program (`train.MIN_MEMBERS`
+    """Refuses a grid whose smallest compiled program (`Program.min_members`
     networks) exceeds the memory budget, or whose results would not fit on the
     disk (an estimate, before anything runs)."""
     for cohort in cohorts:
-        need = train.MIN_MEMBERS * plan.member_bytes(config, cohort, n_records)
+        fewest = program_for(config, cohort).min_members()
+        need = fewest * plan.member_bytes(config, cohort, n_records)
         if need > budget:
             raise GridError(config.source, "grid.width", cohort.width,
-                            f"{train.MIN_MEMBERS} networks of width {cohort.width} and depth "
+                            f"{fewest} networks of width {cohort.width} and depth "
                             f"{cohort.depth} (the fewest one program trains) need about "
                             f"{size_text(need)}, more than the memory budget "
                             f"{size_text(budget)} (--memory-budget)")

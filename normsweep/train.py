@@ -35,7 +35,8 @@ LAYER_METRICS = ("frob_norm", "spec_norm", "frob_dist", "spec_dist", "update_nor
                  "grad_dot_weight")
 NETWORK_METRICS = ("loss", "accuracy")
 COLD_ITERS = 100
-MIN_MEMBERS = 2
+MIN_MEMBERS = 2         # members a program trains at least (Program.min_members)
+MIN_BATCHED_MEMBERS = 4
 MAP_MIN_WIDTH = 256
 SEGMENTS = 16
 
@@ -83,6 +84,16 @@ class Program:
             return self.layout
         wide = max(self.dims[1:-1], default=0) >= MAP_MIN_WIDTH
         return "map" if wide and jax.default_backend() == "cpu" else "vmap"
+
+    def min_members(self) -> int:
+        """The fewest members one program trains (fewer are padded): XLA
+        compiles a member axis of size 1 differently (it drops the unit
+        dimension, and with it the batched form of every product), and on a
+        CPU its batched products of the reference setting (n = 1024, widths
+        64–128) rounded differently with 2 or 3 members than with 4 to 40,
+        which agreed bit for bit (tested). The loop over members ("map")
+        runs each member's step alone, so 2 suffice there for the records."""
+        return MIN_BATCHED_MEMBERS if self.member_layout() == "vmap" else MIN_MEMBERS
 
     @property
     def depth(self) -> int:
@@ -536,19 +547,15 @@ def member_mesh(devices: int | None) -> Mesh | None:
     return Mesh(np.array(available[:count]), ("members",))
 
 
-def shard_members(mesh: Mesh | None, hp: Hyper, init_keys, power_keys, x, y):
+def shard_members(mesh: Mesh | None, hp: Hyper, init_keys, power_keys, x, y,
+                  min_members: int = MIN_MEMBERS):
     """Pads the member axis (repeating the last member) to a multiple of the
-    mesh size and to at least MIN_MEMBERS, and places members across devices,
-    data replicated.
-
-    XLA compiles a member axis of size 1 differently (it drops the unit
-    dimension, and with it the batched form of every product), so a lone
-    member would round differently from the same member among siblings; two
-    members compile like any larger count (tested bit for bit).
-    """
+    mesh size and to at least `min_members` (`Program.min_members`: fewer
+    round differently from the same members among more siblings), and
+    places members across devices, data replicated."""
     size = 1 if mesh is None else mesh.devices.size
     members = len(hp.lr)
-    pad = max(MIN_MEMBERS, -(-members // size) * size) - members
+    pad = max(min_members, -(-members // size) * size) - members
     if pad:
         idx = np.concatenate([np.arange(members), np.full(pad, members - 1)])
         hp, init_keys, power_keys = jax.tree.map(lambda a: a[idx], (hp, init_keys, power_keys))
@@ -569,7 +576,7 @@ def _placed(program: Program, x, y, lrs, init_keys, power_keys, steps, devices, 
         raise ValueError("weight_decay > 0 needs a Program with decay=True")
     hp = hyper(program, lrs, weight_decay, parametrization)
     mesh = member_mesh(devices)
-    return (mesh, *shard_members(mesh, hp, init_keys, power_keys, x, y))
+    return (mesh, *shard_members(mesh, hp, init_keys, power_keys, x, y, program.min_members()))
 
 
 def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys,

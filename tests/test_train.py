@@ -194,3 +194,20 @@ def test_per_step_identity_of_plain_gd(cohort):
     rhs = -2 * lr * r["grad_dot_weight"][:2, :-1] + lr**2 * r["grad_norm"][:2, :-1] ** 2
     scale = r["frob_norm"][:2, :-1] ** 2
     assert np.abs(lhs - rhs).max() < 1e-5 * scale.max()
+
+
+def test_batched_members_keep_their_bits_at_the_reference_size():
+    """n = 1024, width 64 (the batched layout): XLA:CPU's batched products
+    rounded differently with 2 or 3 members than with 4 or more, so programs
+    train at least 4; a member's records are then the same bits alone, in a
+    trio, and among 5 or 9 siblings."""
+    x, y = sphere_data(jax.random.key(0), 1024, 16, 10, jnp.float32)
+    prog = train.Program(dims=(16, 64, 64, 10))
+    assert prog.member_layout() == "vmap" and prog.min_members() == 4
+    lrs, seeds = np.geomspace(0.001, 0.1, 9), np.arange(9)
+    steps = np.arange(5)
+    nine = train.train_members(prog, x, y, lrs, *plan.member_keys(seeds), steps)
+    for count in (1, 3, 5):
+        part = train.train_members(prog, x, y, lrs[:count], *plan.member_keys(seeds[:count]), steps)
+        for name, value in part.records.items():
+            equal.assert_record_equal(value, nine.records[name][:count], f"{count} members: {name}")
