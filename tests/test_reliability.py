@@ -90,10 +90,9 @@ def test_lock_held_by_another_process(tiny_copy, tmp_path):
     assert invoke("launch", write_grid(tmp_path, TINY), "--out", tiny_copy, "--quiet").exit_code == 0
 
 
-def test_sigint_stops_cleanly_and_says_how_to_resume(tmp_path):
-    grid = write_grid(tmp_path, TINY)
-    out = tmp_path / "int"
-    cmd = [sys.executable, "-m", "normsweep.cli", "launch", str(grid), "--out", str(out), "--quiet"]
+def interrupt_after_first_cohort(cmd: list[str], out) -> str:
+    """Runs `cmd`, sends SIGINT once a cohort file is in `out`, and returns
+    its stderr, once it has exited 130 (within 2 minutes)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while time.time() < deadline and not list(out.glob("cohorts/*.nc")):
@@ -101,6 +100,15 @@ def test_sigint_stops_cleanly_and_says_how_to_resume(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
+    return err
+
+
+def test_sigint_stops_cleanly_and_says_how_to_resume(tmp_path):
+    grid = write_grid(tmp_path, TINY)
+    out = tmp_path / "int"
+    err = interrupt_after_first_cohort(
+        [sys.executable, "-m", "normsweep.cli", "launch", str(grid), "--out", str(out), "--quiet"],
+        out)
     assert "interrupted" in err and "run the same command again to resume" in err
     assert "Traceback" not in err
     assert not list(out.rglob(".*.tmp-*"))
@@ -239,15 +247,10 @@ def test_sigint_does_not_wait_for_a_compilation_ahead(tmp_path):
     thread), with the finished cohort kept and nothing half-written."""
     grid = write_grid(tmp_path, TINY)
     out = tmp_path / "int"
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_COMPILE_AHEAD, str(grid), str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not list(out.glob("cohorts/*.nc")):
-        time.sleep(0.05)
-    # the launch now waits for cohort 2's compilation ahead, which sleeps for 600 s
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    # once cohort 1 is written the launch waits for cohort 2's compilation
+    # ahead, which sleeps for 600 s
+    err = interrupt_after_first_cohort(
+        [sys.executable, "-c", SLOW_COMPILE_AHEAD, str(grid), str(out)], out)
     assert "interrupted: 1 cohort file(s) are complete" in err and "Traceback" not in err
     assert not list(out.rglob(".*.tmp-*"))
     assert invoke("launch", grid, "--out", out, "--quiet").exit_code == 0    # and it resumes
