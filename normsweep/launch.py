@@ -329,7 +329,8 @@ def train_here(config: Config, root: Path, todo: list[plan.Cohort], steps: np.nd
 
 
 def compiling_ahead() -> int:
-    """How many compilations ahead (`train_here`) are still running."""
+    """How many of `train_here`'s compile threads are still alive (each may be
+    in a compilation that cannot be stopped)."""
     return sum(t.name.startswith("normsweep-compile") and t.is_alive()
                for t in threading.enumerate())
 
