@@ -289,6 +289,9 @@ def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
                               devices, prefetch)
 
 
+COMPILE_THREAD = "normsweep-compile"     # the name prefix of train_here's threads
+
+
 def train_here(config: Config, root: Path, todo: list[plan.Cohort], steps: np.ndarray,
                budget: int, reporter: Reporter, devices: int | None, prefetch: int) -> None:
     """Trains the cohorts `todo` in this process, one after another, each
@@ -306,7 +309,7 @@ def train_here(config: Config, root: Path, todo: list[plan.Cohort], steps: np.nd
     none not yet started begins.
     """
     x, y = training_data(config)
-    ahead = ThreadPoolExecutor(prefetch, thread_name_prefix="normsweep-compile") \
+    ahead = ThreadPoolExecutor(prefetch, thread_name_prefix=COMPILE_THREAD) \
         if prefetch > 0 else None
     compiling: dict[int, Future] = {}
     try:
@@ -331,7 +334,7 @@ def train_here(config: Config, root: Path, todo: list[plan.Cohort], steps: np.nd
 def compiling_ahead() -> int:
     """How many of `train_here`'s compile threads are still alive (each may be
     in a compilation that cannot be stopped)."""
-    return sum(t.name.startswith("normsweep-compile") and t.is_alive()
+    return sum(t.name.startswith(COMPILE_THREAD) and t.is_alive()
                for t in threading.enumerate())
 
 

@@ -36,7 +36,7 @@ LAYER_METRICS = ("frob_norm", "spec_norm", "frob_dist", "spec_dist", "update_nor
 NETWORK_METRICS = ("loss", "accuracy")
 COLD_ITERS = 100
 MIN_MEMBERS = 2         # members a program trains at least (Program.min_members)
-MIN_BATCHED_MEMBERS = 4
+MIN_BATCHED_MEMBERS = 4 # the same, for programs that batch their members' steps
 MAP_MIN_WIDTH = 256
 SEGMENTS = 16
 
@@ -548,7 +548,7 @@ def member_mesh(devices: int | None) -> Mesh | None:
 
 
 def shard_members(mesh: Mesh | None, hp: Hyper, init_keys, power_keys, x, y,
-                  min_members: int = MIN_MEMBERS):
+                  min_members: int):
     """Pads the member axis (repeating the last member) to a multiple of the
     mesh size and to at least `min_members` (`Program.min_members`: fewer
     round differently from the same members among more siblings), and
