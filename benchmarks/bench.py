@@ -118,37 +118,57 @@ print(time.perf_counter() - t0)
 
 
 COMPILE = """\
-import sys, time
+import json, sys, time, collections
 import numpy as np, jax, jax.numpy as jnp
-from normsweep import plan, train
+from normsweep import metrics, plan, train
 from normsweep.data import sphere_data
-m, seeds, steps, n = map(int, sys.argv[1:5])
+m, seeds, steps, n, unroll = map(int, sys.argv[1:6])
+if unroll:
+    metrics.UNROLL = unroll
 x, y = sphere_data(jax.random.key(0), n, 16, 10, jnp.float32)
 prog = train.Program(dims=(16, m, m, 10))
 lr = np.repeat(np.geomspace(1e-3, 1e-2, 4), seeds)
 ik, pk = plan.member_keys(np.tile(np.arange(seeds), 4))
 sched = plan.record_steps(steps, "log", 64)
+seconds = collections.defaultdict(float)
+def listener(event, duration, fun_name="", **_):
+    stage = event.rsplit("/", 1)[-1].removesuffix("_duration")
+    name = fun_name.removeprefix("jit(").removesuffix(")").removesuffix("_cohort")
+    seconds[name, stage] += duration
+jax.monitoring.register_event_duration_secs_listener(listener)
 t0 = time.perf_counter()
-train.compile_members(prog, x, y, lr, ik, pk, sched)
+compiled = train.compile_members(prog, x, y, lr, ik, pk, sched)
 t1 = time.perf_counter()
 train.train_members(prog, x, y, lr, ik, pk, sched)
 t2 = time.perf_counter()
 train.train_members(prog, x, y, lr, ik, pk, sched)
-print(t1 - t0, t2 - t1, time.perf_counter() - t2)
+t3 = time.perf_counter()
+LAUNCHES = ("fusion(", "custom-call(", "dot(", "convolution(", "while(", "conditional(")
+programs = {name: {"trace_s": seconds[name, "jaxpr_trace"],
+                   "lower_s": seconds[name, "jaxpr_to_mlir_module"],
+                   "compile_s": seconds[name, "backend_compile"],
+                   "kernels": sum(c.as_text().count(op) for op in LAUNCHES)}
+            for name, c in compiled.items()}
+print(json.dumps({"compile_s": t1 - t0, "first_run_s": t2 - t1, "second_run_s": t3 - t2,
+                  "programs": programs}))
 """
 
 
-def compile_split(m: int, seeds: int, steps: int, n: int, xla_flags: str) -> tuple[float, ...]:
-    """(compile, first run, second run) seconds of one cohort in a fresh
-    process with the cache off and `xla_flags` added to XLA_FLAGS: the
-    compilation alone (`train.compile_members`, which runs nothing), then the
-    same cohort trained twice. A first run much slower than the second means
-    the first call still does work that is not compilation."""
+def compile_split(m: int, seeds: int, steps: int, n: int, xla_flags: str = "",
+                  unroll: int = 0) -> dict:
+    """One cohort in a fresh process with the cache off and `xla_flags` added
+    to XLA_FLAGS (and `metrics.UNROLL` set to `unroll`, if not 0): seconds of
+    its compilation alone (`train.compile_members`, which runs nothing), then
+    of the same cohort trained twice, and per program (init, segment, final)
+    the seconds JAX spent tracing, lowering and compiling it and the number
+    of kernels (fusions, library calls, loops) in its optimised HLO. A first
+    run much slower than the second means the first call still does work
+    that is not compilation."""
     env = dict(os.environ, NORMSWEEP_JAX_CACHE="off")
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
-    out = subprocess.run([sys.executable, "-c", COMPILE, str(m), str(seeds), str(steps), str(n)],
-                         env=env, capture_output=True, text=True, check=True)
-    return tuple(float(v) for v in out.stdout.strip().splitlines()[-1].split())
+    out = subprocess.run([sys.executable, "-c", COMPILE, str(m), str(seeds), str(steps), str(n),
+                          str(unroll)], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def launch_seconds(grid: str, root: str, prefetch: str, cache: bool = False) -> float:
@@ -174,19 +194,21 @@ PARTS = ("table", "precision", "record", "compilations", "memory", "ahead", "com
 # sizes per preset: (n, matmul side, widths, steps per width, seeds per η)
 PRESETS = {
     "smoke": dict(n=64, matmul=256, widths=[32], steps={32: 20}, seeds=[2], repeat=3,
-                  ahead=([8, 12], [2], 32, 5), compile=(32, 2, 20, [""])),
+                  ahead=([8, 12], [2], 32, 5), compile=(32, 2, 20, [{}])),
     "cpu": dict(n=1024, matmul=1024, widths=[64, 256, 512, 1024],
                 steps={64: 400, 256: 400, 512: 120, 1024: 40}, seeds=[2], repeat=10,
-                ahead=([64, 128, 256], [2, 3], 1024, 100), compile=(256, 2, 400, [""])),
+                ahead=([64, 128, 256], [2, 3], 1024, 100),
+                compile=(256, 2, 400, [{}, {"unroll": 1}])),
     # a GPU is launch-bound on 8 small networks: also run 64 (4 η × 16 seeds),
     # and enough steps that a cohort runs for about a second
     "gpu": dict(n=1024, matmul=8192, widths=[64, 256, 1024, 2048],
                 steps={64: 4000, 256: 2000, 1024: 400, 2048: 200}, seeds=[2, 16], repeat=20,
                 fast_precision=(2048, 16), ahead=([256, 1024], [2, 3], 1024, 200),
                 # where a GPU cohort's 20-53 s go: XLA's defaults, then without
-                # its Triton GEMM fusions, then without autotuning
-                compile=(1024, 16, 400, ["", "--xla_gpu_enable_triton_gemm=false",
-                                         "--xla_gpu_autotune_level=0"])),
+                # its Triton GEMM fusions, then with the small loops rolled
+                # (without autotuning it took as long: BENCHMARKS.md)
+                compile=(1024, 16, 400, [{}, {"xla_flags": "--xla_gpu_enable_triton_gemm=false"},
+                                         {"unroll": 1}])),
 }
 
 
@@ -343,14 +365,19 @@ def main():
         # fresh processes, under each set of XLA flags
         m, n_seeds, steps, variants = cfg["compile"]
         rows = res["compile_split"] = []
-        for flags in variants:
-            c, first, second = compile_split(m, n_seeds, steps, n, flags)
-            rows.append({"xla_flags": flags, "width": m, "members": 4 * n_seeds, "steps": steps,
-                         "compile_s": c, "first_run_s": first, "second_run_s": second})
+        for variant in variants:
+            row = {"xla_flags": variant.get("xla_flags", ""), "unroll": variant.get("unroll", 0),
+                   "width": m, "members": 4 * n_seeds, "steps": steps,
+                   **compile_split(m, n_seeds, steps, n, **variant)}
+            rows.append(row)
             save()
-            print(f"width {m} × {4 * n_seeds} networks, XLA_FLAGS {flags or '(as set)'!r}: "
-                  f"compiled in {c:.1f} s, then trained in {first:.2f} s (first run) and "
-                  f"{second:.2f} s (second)")
+            label = ", ".join(f"{k} {v!r}" for k, v in variant.items()) or "as set"
+            print(f"width {m} × {4 * n_seeds} networks ({label}): compiled in "
+                  f"{row['compile_s']:.1f} s, then trained in {row['first_run_s']:.2f} s "
+                  f"(first run) and {row['second_run_s']:.2f} s (second)")
+            for name, p in row["programs"].items():
+                print(f"    {name:8s} traced {p['trace_s']:5.2f} s, lowered {p['lower_s']:5.2f} s, "
+                      f"compiled {p['compile_s']:6.2f} s, {p['kernels']} kernels")
 
     run = {"table": part_table, "precision": part_precision, "record": part_record,
            "compilations": part_compilations, "memory": part_memory, "ahead": part_ahead,

@@ -12,7 +12,7 @@ Init (untruncated normals; Flax's `he_normal` is truncated and not used):
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -75,6 +75,7 @@ class MLP(nn.Module):
     dims: Sequence[int]
     init_scheme: str = "he"
     dtype: jnp.dtype = jnp.float32
+    kernel_init: Callable | None = None     # replaces the normals of `init_scheme`
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -83,7 +84,7 @@ class MLP(nn.Module):
         for l in range(depth):
             std = init_std(self.init_scheme, self.dims[l], width, self.dims[l + 1])
             x = nn.Dense(self.dims[l + 1], use_bias=False, name=layer_name(l),
-                         kernel_init=jax.nn.initializers.normal(std),
+                         kernel_init=self.kernel_init or jax.nn.initializers.normal(std),
                          dtype=self.dtype, param_dtype=self.dtype)(x)
             if l < depth - 1:
                 x = nn.relu(x)
@@ -99,3 +100,53 @@ def kernels(params) -> tuple[jax.Array, ...]:
 def with_kernels(params, ws: Sequence[jax.Array]):
     """The parameter tree of `params` with its kernels replaced by `ws`."""
     return {"params": {layer_name(l): {"kernel": w} for l, w in enumerate(ws)}}
+
+
+def unit_kernels(model: MLP, key: jax.Array, x: jax.Array) -> tuple[jax.Array, ...]:
+    """The kernels `model.init(key, x)` draws with `init_scheme="unit"`, from
+    the same random bits, in fewer random-number computations (`normals`):
+    Flax derives each layer's key and draws it alone, and each draw is a
+    threefry hash that XLA compiles on its own (1.3 s for the three of a
+    depth-3 network on a CPU, against 0.4 s for one batched draw)."""
+    keys = []
+
+    def capture(k, shape, dtype):
+        keys.append(k)
+        return jnp.zeros(shape, dtype)
+
+    shapes = [w.shape for w in kernels(model.clone(kernel_init=capture).init(key, x))]
+    return tuple(normals(keys, shapes, model.dtype))
+
+
+def normals(keys: Sequence[jax.Array], shapes: Sequence[tuple[int, ...]], dtype) -> list[jax.Array]:
+    """[jax.random.normal(k, s, dtype) for k, s in zip(keys, shapes)], from the
+    same random bits, by one batched draw per group of similar sizes.
+
+    With JAX's partitionable threefry (its default) the i-th random word of
+    a draw depends on the key and i only, so a draw is the first entries of
+    a longer draw with the same key: draws are padded to their group's
+    largest and batched over keys. Groups keep the padding at most the
+    numbers drawn (a depth-3 network: its two hidden layers, then the input
+    and readout layers). The normals are the same to rounding: how XLA
+    rounds the inverse-erf transform of the bits depends on the program
+    around it (the last bit of 1 in 3 numbers of a width-32 layer moved), as
+    it did before from one program to another. Other generators are drawn
+    one by one."""
+    sizes = [math.prod(s) for s in shapes]
+    threefry = str(jax.random.key_impl(keys[0])) == "threefry2x32" if keys else False
+    if not (threefry and jax.config.jax_threefry_partitionable):
+        return [jax.random.normal(k, s, dtype) for k, s in zip(keys, shapes)]
+    out: list = [None] * len(keys)
+    todo = sorted(range(len(keys)), key=lambda i: -sizes[i])
+    while todo:
+        group = todo
+        # the largest draws alone while padding the rest to them would cost more
+        # than the rest draws
+        while sizes[group[0]] * len(group) > 2 * sum(sizes[i] for i in group):
+            group = [i for i in group if sizes[i] == sizes[group[0]]]
+        flat = jax.vmap(lambda k: jax.random.normal(k, (sizes[group[0]],), dtype))(
+            jnp.stack([keys[i] for i in group]))
+        for row, i in enumerate(group):
+            out[i] = flat[row, :sizes[i]].reshape(shapes[i])
+        todo = [i for i in todo if i not in group]
+    return out

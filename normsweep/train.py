@@ -29,7 +29,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from normsweep import metrics
-from normsweep.model import MLP, init_stds, kernels, lr_multipliers, with_kernels
+from normsweep.model import (MLP, init_stds, kernels, lr_multipliers, normals, unit_kernels,
+                             with_kernels)
 
 LAYER_METRICS = ("frob_norm", "spec_norm", "frob_dist", "spec_dist", "update_norm", "grad_norm",
                  "grad_dot_weight")
@@ -165,15 +166,17 @@ def init_member(program: Program, hp: Hyper, init_key: jax.Array, power_key: jax
     """W(0) from `init_key` (unit normals times the member's init stds);
     the spectral norms' start vectors from `power_key`, the one for W
     converged by a cold start of `cold_iters` Lanczos steps."""
-    unit = kernels(program.model().init(init_key, x[:1]))
+    unit = unit_kernels(program.model(), init_key, x[:1])
     ws = tuple(w * hp.init_std[l] for l, w in enumerate(unit))
     params = with_kernels(None, ws)
     dt = program.jdtype
-    spec_v, dist_v = [], []
-    for l, w in enumerate(ws):
-        v = metrics.unit_vector(jax.random.fold_in(power_key, l), w.shape[1], dt)
-        spec_v.append(metrics.spectral(w, v, program.cold_iters)[1])
-        dist_v.append(metrics.unit_vector(jax.random.fold_in(power_key, 1000 + l), w.shape[1], dt))
+    # the start vectors: unit normals of keys (power_key, l) and (power_key, 1000 + l)
+    starts = normals([jax.random.fold_in(power_key, i) for i in range(program.depth)]
+                     + [jax.random.fold_in(power_key, 1000 + i) for i in range(program.depth)],
+                     [(w.shape[1],) for w in ws] * 2, dt)
+    starts = [v / jnp.linalg.norm(v) for v in starts]
+    spec_v = [metrics.spectral(w, v, program.cold_iters)[1] for w, v in zip(ws, starts)]
+    dist_v = starts[program.depth:]
     nan = jnp.full((program.depth,), jnp.nan, dt)
     hess_v = ()
     if program.sharpness_every:
@@ -581,14 +584,16 @@ def _placed(program: Program, x, y, lrs, init_keys, power_keys, steps, devices, 
 
 def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys,
                     steps: np.ndarray, devices: int | None = 1, *,
-                    weight_decay: np.ndarray | None = None, parametrization=None) -> None:
+                    weight_decay: np.ndarray | None = None, parametrization=None) -> dict:
     """Compiles, and runs nothing of, the programs that `train_members` with
     the same arguments runs, so that its calls find them compiled (in JAX's
     in-memory cache; the persistent cache too, where enabled). The state is
     never built: each program is lowered against the shapes and placements
     the previous one outputs. `launch` calls this on a background thread to
     compile the next cohort while one trains (on an accelerator the device
-    would otherwise idle for the whole compilation). Thread-safe."""
+    would otherwise idle for the whole compilation). Thread-safe. Returns
+    the compiled programs by name ("init", "segment", "final"), for
+    inspection (the benchmark counts their kernels)."""
     mesh, hp, init_keys, power_keys, x, y = _placed(program, x, y, lrs, init_keys, power_keys,
                                                     steps, devices, weight_decay, parametrization)
 
@@ -600,13 +605,15 @@ def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_ke
         return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type),
                             info)
 
-    state = like_outputs(init_cohort.lower(program, mesh, hp, init_keys, power_keys, x).compile())
+    compiled = {"init": init_cohort.lower(program, mesh, hp, init_keys, power_keys, x).compile()}
     t, gap, valid = segments(steps)[0]          # every segment has the same shapes
     # init_cohort places its output as segment_cohort does, so one program
     # serves every segment (tested on two devices)
-    state = like_outputs(segment_cohort.lower(program, mesh, state, hp, x, y, t, gap,
-                                              valid).compile())[0]
-    final_cohort.lower(program, mesh, state, hp, x, y, int(steps[-1])).compile()
+    compiled["segment"] = segment_cohort.lower(program, mesh, like_outputs(compiled["init"]), hp,
+                                               x, y, t, gap, valid).compile()
+    state = like_outputs(compiled["segment"])[0]
+    compiled["final"] = final_cohort.lower(program, mesh, state, hp, x, y, int(steps[-1])).compile()
+    return compiled
 
 
 def train_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from normsweep import plan
 from normsweep.config import parse
 from normsweep.data import sphere_data
-from normsweep.model import MLP, kernels
+from normsweep.model import MLP, kernels, normals, unit_kernels
 
 
 def test_he_init_is_untruncated_with_variance_2_over_fan_in():
@@ -29,6 +30,60 @@ def test_width_init_uses_2_over_width_everywhere():
     ws = kernels(MLP((16, 256, 10), init_scheme="width").init(jax.random.key(1), jnp.ones((1, 16))))
     for w in ws:
         assert np.asarray(w).std() == pytest.approx(np.sqrt(2 / 256), rel=0.1)
+
+
+def _ulps(a, b) -> int:
+    """The largest distance between a and b in units of the last place."""
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    return int(np.max(np.abs(a.view(np.int32).astype(np.int64) - b.view(np.int32).astype(np.int64))))
+
+
+@pytest.mark.parametrize("shapes", [
+    [(16, 64), (64, 64), (64, 64), (64, 10)],    # split: the hidden layers, then the thin ones
+    [(16, 40), (40, 3)],                          # one group
+    [(7,), (5, 5), (1,), (30,)],
+])
+def test_batched_normals_are_the_draws_one_by_one(shapes):
+    keys = [jax.random.fold_in(jax.random.key(3), i) for i in range(len(shapes))]
+    got = jax.jit(lambda: normals(keys, shapes, jnp.float32))()
+    for k, s, g in zip(keys, shapes, got):
+        want = jax.random.normal(k, s, jnp.float32)
+        assert g.shape == s
+        # the same bits, transformed to normals in another program: equal to rounding
+        assert _ulps(g, want) <= 2
+
+
+def test_unit_kernels_are_flax_init_with_fewer_draws():
+    model = MLP((16, 64, 64, 10), init_scheme="unit")
+    x = jnp.ones((1, 16))
+    keys = jax.random.split(jax.random.key(4), 3)
+    got = jax.jit(jax.vmap(lambda k: unit_kernels(model, k, x)))(keys)
+    want = jax.jit(jax.vmap(lambda k: kernels(model.init(k, x))))(keys)
+    assert [g.shape for g in got] == [w.shape for w in want]
+    assert max(_ulps(g, w) for g, w in zip(got, want)) <= 2
+    jaxpr = jax.make_jaxpr(jax.vmap(lambda k: unit_kernels(model, k, x)))(keys)
+    assert _count(jaxpr.jaxpr, "random_bits") == 2  # the hidden layers, then the thin ones
+    flax_jaxpr = jax.make_jaxpr(jax.vmap(lambda k: kernels(model.init(k, x))))(keys)
+    assert _count(flax_jaxpr.jaxpr, "random_bits") == 3
+
+
+def _count(jaxpr, primitive: str) -> int:
+    """Call sites of `primitive` in a jaxpr and the jaxprs inside it."""
+    n = 0
+    for eqn in jaxpr.eqns:
+        n += eqn.primitive.name == primitive
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            n += _count(sub, primitive)
+    return n
+
+
+def test_normals_draw_one_by_one_without_partitionable_threefry():
+    keys = [jax.random.fold_in(jax.random.key(5), i) for i in range(3)]
+    shapes = [(8, 8), (8, 8), (8, 2)]
+    with jax.threefry_partitionable(False):
+        got = normals(keys, shapes, jnp.float32)
+        want = [jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, shapes)]
+        assert all(np.array_equal(g, w) for g, w in zip(got, want))
 
 
 def test_sphere_data():
