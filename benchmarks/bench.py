@@ -336,7 +336,7 @@ def main():
             normsweep_run(fresh, n, lrs * scale, seeds, np.array([0, 1, 2]), x, y)
         res["compilations_for_3_lr_cohorts"] = sum(train.TRACES.values()) - before
         print(f"programs compiled for 3 cohorts differing only in η: "
-              f"{res['compilations_for_3_lr_cohorts']} (init, segment and final step, once)")
+              f"{res['compilations_for_3_lr_cohorts']} (init and segment, once)")
 
     def part_memory():
         short, long = (200, 2000) if smoke else (1000, 100_000)

@@ -224,26 +224,30 @@ def sharpness(program: Program, params, v, x, y, iters: int, lr_mult=None):
     return _tree_dot(v, hvp(v)), v
 
 
-def step(program: Program, state: State, hp: Hyper, x, y, t):
+def step(program: Program, state: State, hp: Hyper, x, y, t, frozen=False):
     """One gradient-descent step from W(t):
         W_l ← W_l − η·c_l·∂L/∂W_l − η·λ·W_l
     (c_l the member's lr multipliers, λ its weight decay; the decay term only
     in programs with `decay`). Returns the new state and (loss, logits,
-    grads) at W(t)."""
+    grads) at W(t). With `frozen` (traced) true, the weights and the last
+    update stay as they were: the last record measures W(T) and moves
+    nothing."""
     lr = hp.lr
     (loss, z), grads = jax.value_and_grad(loss_and_logits, argnums=1, has_aux=True)(
         program, state.params, x, y)
     diverged_at = jnp.where((state.diverged_at < 0) & ~jnp.isfinite(loss),
                             jnp.asarray(t, jnp.int32), state.diverged_at)
     alive = diverged_at < 0
+    moving = jnp.logical_and(alive, jnp.logical_not(frozen))
     updates, opt_state = optax.sgd(lr).update(grads, state.opt_state, state.params)
     ups = [u * hp.lr_mult[l] for l, u in enumerate(kernels(updates))]   # × 1 is exact
     if program.decay:
         ups = [u - (lr * hp.weight_decay) * w for u, w in zip(ups, kernels(state.params))]
     updates = with_kernels(updates, ups)
     moved = optax.apply_updates(state.params, updates)
-    params = jax.tree.map(lambda new, old: jnp.where(alive, new, old), moved, state.params)
-    update_sq = jnp.stack([metrics.sum_squares(u) for u in kernels(updates)])
+    params = jax.tree.map(lambda new, old: jnp.where(moving, new, old), moved, state.params)
+    update_sq = jnp.where(frozen, state.update_sq,
+                          jnp.stack([metrics.sum_squares(u) for u in kernels(updates)]))
     new = state._replace(params=params, opt_state=opt_state, update_sq=update_sq,
                          diverged_at=diverged_at)
     return new, (loss, z, grads)
@@ -339,12 +343,12 @@ def ntk_eigs(program: Program, params, lr_mult, xs) -> tuple[jax.Array, jax.Arra
 
 
 def measured(program: Program, state: State, new: State, out, hp: Hyper, x, y, t,
-             last: bool = False):
+             last=False):
     """The records of step t, from the state before it, the state after it
     and the step's (loss, logits, grads) `out`: (state at t+1 with its
-    power-iteration vectors advanced, records). With sharpness on, it is
-    measured when t is a multiple of its stride or `last` (the final
-    record)."""
+    spectral-norm vectors advanced, records). Sharpness, Jacobian and NTK
+    are measured when t is a multiple of their strides or `last` (traced:
+    the final record)."""
     loss, z, grads = out
     rec, spec_v, dist_v = measure(program, state, loss, z, grads, y)
     new = new._replace(spec_v=spec_v, dist_v=dist_v)
@@ -369,7 +373,7 @@ def measured(program: Program, state: State, new: State, out, hp: Hyper, x, y, t
     return new, {name: jnp.where(dead, jnp.nan, val) for name, val in rec.items()}
 
 
-def _at_stride(program: Program, every: int, t, last: bool, params, measure_pair):
+def _at_stride(program: Program, every: int, t, last, params, measure_pair):
     """measure_pair(params) at multiples of `every` and the last step; a pair
     of NaNs otherwise (lax.cond: the work is skipped, not masked)."""
     nan = jnp.full((), jnp.nan, program.jdtype)
@@ -432,24 +436,27 @@ def over_members(mesh: Mesh | None, fn, batched: tuple, x, shared: tuple, layout
 
 
 def recorded_step(program: Program, mesh: Mesh | None, state: State, hp: Hyper, x, y, t,
-                  last: bool = False):
+                  last):
     """Every member's step t in the program's `member_layout`, measured
     batched (a record is many small operations, which a loop over members
-    would issue once per member): (states at t+1, records of t)."""
-    def take_step(s, h, xi, t):
-        return step(program, s, h, xi, y, t)
+    would issue once per member): (states at t+1, records of t). With `last`
+    (traced) true, t is the final record: its step is measured and not
+    taken (`step`'s `frozen`)."""
+    def take_step(s, h, xi, t, last):
+        return step(program, s, h, xi, y, t, frozen=last)
 
-    def record(s, new, out, h, xi, t):
+    def record(s, new, out, h, xi, t, last):
         return measured(program, s, new, out, h, xi, y, t, last)
 
-    new, out = over_members(mesh, take_step, (state, hp), x, (t,), program.member_layout())
-    return over_members(mesh, record, (state, new, out, hp), x, (t,))
+    new, out = over_members(mesh, take_step, (state, hp), x, (t, last), program.member_layout())
+    return over_members(mesh, record, (state, new, out, hp), x, (t, last))
 
 
 def run_segment(program: Program, mesh: Mesh | None, state: State, hp: Hyper, x, y, t, gap,
                 valid):
     """For each record r of the segment, for every member: measure step t[r],
-    then advance 1 + gap[r] steps (to the next record). Entries with valid[r]
+    then advance 1 + gap[r] steps (to the next record); gap[r] = −1 marks the
+    last record, which is measured and moves nothing. Entries with valid[r]
     False are padding and do nothing. t, gap, valid are the same for every
     member. Every step runs in the program's `member_layout`, the records
     are measured batched (`recorded_step`). Returns (state, records with a
@@ -472,7 +479,7 @@ def run_segment(program: Program, mesh: Mesh | None, state: State, hp: Hyper, x,
             return over_members(mesh, advance, (state, hp), x, (t_r + 1, gap_r), layout)
 
         def go(state):
-            state, rec = recorded_step(program, mesh, state, hp, x, y, t_r)
+            state, rec = recorded_step(program, mesh, state, hp, x, y, t_r, gap_r < 0)
             if layout == "map":
                 # a loop over members copies every member's state in and out,
                 # even to advance 0 steps (the next step is recorded too)
@@ -507,16 +514,6 @@ def segment_cohort(program: Program, mesh: Mesh | None, state, hp: Hyper, x, y, 
     return state, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), rec)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def final_cohort(program: Program, mesh: Mesh | None, state, hp: Hyper, x, y, t):
-    """Measures the last step without moving past it."""
-    _traced("final")
-    with jax.default_matmul_precision(program.precision):
-        new, rec = recorded_step(program, mesh, state, hp, x, y, t, last=True)
-    return new._replace(params=state.params, opt_state=state.opt_state,
-                        update_sq=state.update_sq), rec
-
-
 @dataclasses.dataclass
 class Trajectory:
     """Host arrays of one run of members. Layer metrics (member, record, layer),
@@ -528,15 +525,16 @@ class Trajectory:
 
 
 def segments(steps: np.ndarray, count: int = SEGMENTS):
-    """Splits records 0..R−2 into `count` equal segments (padded) of
-    (t, gap, valid) arrays; record R−1 (the last step) is measured apart."""
-    t = steps[:-1]
-    gap = np.diff(steps) - 1
+    """Splits the records into `count` equal segments (padded) of
+    (t, gap, valid) arrays (`run_segment`); the last record, the last step,
+    has gap −1: it is measured in the last segment, and nothing moves past it."""
+    t = steps
+    gap = np.append(np.diff(steps) - 1, -1)
     size = max(1, math.ceil(len(t) / count))
     pad = size * math.ceil(len(t) / size) - len(t)
     t = np.concatenate([t, np.zeros(pad, t.dtype)]).astype(np.int32)
     gap = np.concatenate([gap, np.zeros(pad, gap.dtype)]).astype(np.int32)
-    valid = np.arange(len(t)) < len(steps) - 1
+    valid = np.arange(len(t)) < len(steps)
     return [(t[i:i + size], gap[i:i + size], valid[i:i + size]) for i in range(0, len(t), size)]
 
 
@@ -592,7 +590,7 @@ def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_ke
     the previous one outputs. `launch` calls this on a background thread to
     compile the next cohort while one trains (on an accelerator the device
     would otherwise idle for the whole compilation). Thread-safe. Returns
-    the compiled programs by name ("init", "segment", "final"), for
+    the compiled programs by name ("init", "segment"), for
     inspection (the benchmark counts their kernels)."""
     mesh, hp, init_keys, power_keys, x, y = _placed(program, x, y, lrs, init_keys, power_keys,
                                                     steps, devices, weight_decay, parametrization)
@@ -611,8 +609,6 @@ def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_ke
     # serves every segment (tested on two devices)
     compiled["segment"] = segment_cohort.lower(program, mesh, like_outputs(compiled["init"]), hp,
                                                x, y, t, gap, valid).compile()
-    state = like_outputs(compiled["segment"])[0]
-    compiled["final"] = final_cohort.lower(program, mesh, state, hp, x, y, int(steps[-1])).compile()
     return compiled
 
 
@@ -642,8 +638,6 @@ def train_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys
         chunks.append({k: np.asarray(v)[:members, valid] for k, v in rec.items()})
         if on_steps is not None:
             on_steps(int(np.sum(gap[valid] + 1)))
-    state, last = final_cohort(program, mesh, state, hp, x, y, int(steps[-1]))
-    chunks.append({k: np.asarray(v)[:members, None] for k, v in last.items()})
     records = {k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0]}
     final = [np.asarray(w)[:members] for w in kernels(state.params)] if keep_weights else None
     return Trajectory(records, np.asarray(state.diverged_at)[:members], initial, final)
