@@ -129,6 +129,8 @@ def test_a_ctrl_c_that_a_gc_callback_swallows_still_stops_the_launch(capsys):
         def advance(self, steps):
             calls.append(steps)
 
+    # what it was (SIG_IGN in a process started in the background by a shell)
+    before = signal.getsignal(signal.SIGINT)
     with Interrupt() as interrupt:
         reporter = InterruptibleReporter(Counting(), interrupt)
         reporter.advance(1)
@@ -142,7 +144,7 @@ def test_a_ctrl_c_that_a_gc_callback_swallows_still_stops_the_launch(capsys):
             reporter.advance(1)
     assert calls == [1]
     assert "Traceback" not in capsys.readouterr().err      # the dropped one is not reported
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before       # restored
 
 
 def test_write_failure_exits_1_and_keeps_finished_cohorts(tmp_path, monkeypatch):
