@@ -129,8 +129,8 @@ def normals(keys: Sequence[jax.Array], shapes: Sequence[tuple[int, ...]], dtype)
     numbers drawn (a depth-3 network: its two hidden layers, then the input
     and readout layers). The normals are the same to rounding: how XLA
     rounds the inverse-erf transform of the bits depends on the program
-    around it (the last bit of 1 in 3 numbers of a width-32 layer moved), as
-    it did before from one program to another. Other generators are drawn
+    around it (25–64% of the entries of 7 of 12 layers checked moved by one
+    or two ulp), as it did before from one program to another. Other generators are drawn
     one by one."""
     sizes = [math.prod(s) for s in shapes]
     threefry = str(jax.random.key_impl(keys[0])) == "threefry2x32" if keys else False
@@ -140,8 +140,8 @@ def normals(keys: Sequence[jax.Array], shapes: Sequence[tuple[int, ...]], dtype)
     todo = sorted(range(len(keys)), key=lambda i: -sizes[i])
     while todo:
         group = todo
-        # the largest draws alone while padding the rest to them would cost more
-        # than the rest draws
+        # padding the whole group to its largest draw would more than double
+        # the numbers drawn: the draws of the largest size go alone
         while sizes[group[0]] * len(group) > 2 * sum(sizes[i] for i in group):
             group = [i for i in group if sizes[i] == sizes[group[0]]]
         flat = jax.vmap(lambda k: jax.random.normal(k, (sizes[group[0]],), dtype))(
