@@ -3,8 +3,10 @@
 # cohorts (--preset gpu), the achieved fraction of the GPU's own matmul rate,
 # the quickstart grid launched end to end, and the equivalence tests on the GPU.
 #   bash benchmarks/gpu.sh [bench.py options]     (from the repository root)
-# e.g. inside a short lease: BENCH_TIMEOUT=380 QUICKSTART=0 TEST_TIMEOUT=100 \
-#   bash benchmarks/gpu.sh --parts table,record,compilations,ahead --widths 64,256,1024
+# e.g. inside a short lease (the next one: where a GPU cohort's compilation goes,
+# per program, then the record cost and the table with the current code):
+#   BENCH_TIMEOUT=400 QUICKSTART=0 TEST_TIMEOUT=110 \
+#   bash benchmarks/gpu.sh --parts compile,record,table --widths 256,1024
 # Each part's figures reach $OUT/bench-gpu.json as soon as it finishes.
 # On a machine with a package registry it installs jax[cuda12] and normsweep.
 # On one without (the lent machines here), it uses the jax already installed
