@@ -224,14 +224,17 @@ def sharpness(program: Program, params, v, x, y, iters: int, lr_mult=None):
     return _tree_dot(v, hvp(v)), v
 
 
-def step(program: Program, state: State, hp: Hyper, x, y, t, frozen=False):
+def step(program: Program, state: State, hp: Hyper, x, y, t, frozen=False, keep_update=True):
     """One gradient-descent step from W(t):
         W_l ← W_l − η·c_l·∂L/∂W_l − η·λ·W_l
     (c_l the member's lr multipliers, λ its weight decay; the decay term only
     in programs with `decay`). Returns the new state and (loss, logits,
     grads) at W(t). With `frozen` (traced) true, the weights and the last
     update stay as they were: the last record measures W(T) and moves
-    nothing."""
+    nothing. ‖ΔW_l‖² goes into `update_sq` only where `keep_update` (traced)
+    is true: the next record reads the last step's, so a run of steps between
+    records sums only its last update's squares (a pass over every matrix
+    per step saved)."""
     lr = hp.lr
     (loss, z), grads = jax.value_and_grad(loss_and_logits, argnums=1, has_aux=True)(
         program, state.params, x, y)
@@ -246,8 +249,15 @@ def step(program: Program, state: State, hp: Hyper, x, y, t, frozen=False):
     updates = with_kernels(updates, ups)
     moved = optax.apply_updates(state.params, updates)
     params = jax.tree.map(lambda new, old: jnp.where(moving, new, old), moved, state.params)
-    update_sq = jnp.where(frozen, state.update_sq,
-                          jnp.stack([metrics.sum_squares(u) for u in kernels(updates)]))
+
+    def squares(ups):
+        return jnp.stack([metrics.sum_squares(u) for u in ups])
+
+    if isinstance(keep_update, bool) and isinstance(frozen, bool):      # static: no cond
+        update_sq = squares(kernels(updates)) if keep_update and not frozen else state.update_sq
+    else:
+        keep = jnp.logical_and(keep_update, jnp.logical_not(frozen))
+        update_sq = jax.lax.cond(keep, squares, lambda _: state.update_sq, kernels(updates))
     new = state._replace(params=params, opt_state=opt_state, update_sq=update_sq,
                          diverged_at=diverged_at)
     return new, (loss, z, grads)
@@ -465,7 +475,9 @@ def run_segment(program: Program, mesh: Mesh | None, state: State, hp: Hyper, x,
     layout = program.member_layout()
 
     def advance(s, h, xi, t0, n):
-        return jax.lax.fori_loop(0, n, lambda i, s: step(program, s, h, xi, y, t0 + i)[0], s)
+        # only the last step's update is read (by the next record)
+        return jax.lax.fori_loop(
+            0, n, lambda i, s: step(program, s, h, xi, y, t0 + i, keep_update=i == n - 1)[0], s)
 
     def skip(state):
         empty = jax.tree.map(lambda a: jnp.broadcast_to(a, (members,) + a.shape),
