@@ -159,7 +159,7 @@ def compile_split(m: int, seeds: int, steps: int, n: int, xla_flags: str = "",
     """One cohort in a fresh process with the cache off and `xla_flags` added
     to XLA_FLAGS (and `metrics.UNROLL` set to `unroll`, if not 0): seconds of
     its compilation alone (`train.compile_members`, which runs nothing), then
-    of the same cohort trained twice, and per program (init, segment, final)
+    of the same cohort trained twice, and per program (init, segment)
     the seconds JAX spent tracing, lowering and compiling it and the number
     of kernels (fusions, library calls, loops) in its optimised HLO. A first
     run much slower than the second means the first call still does work

@@ -192,7 +192,3 @@ def spectral(w: jax.Array, v: jax.Array, iters: int) -> tuple[jax.Array, jax.Arr
         return lanczos(w, v, iters)
     return spectral_exact(w), v
 
-
-def unit_vector(key: jax.Array, size: int, dtype) -> jax.Array:
-    v = jax.random.normal(key, (size,), dtype)
-    return v / jnp.linalg.norm(v)

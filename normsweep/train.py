@@ -249,15 +249,9 @@ def step(program: Program, state: State, hp: Hyper, x, y, t, frozen=False, keep_
     updates = with_kernels(updates, ups)
     moved = optax.apply_updates(state.params, updates)
     params = jax.tree.map(lambda new, old: jnp.where(moving, new, old), moved, state.params)
-
-    def squares(ups):
-        return jnp.stack([metrics.sum_squares(u) for u in ups])
-
-    if isinstance(keep_update, bool) and isinstance(frozen, bool):      # static: no cond
-        update_sq = squares(kernels(updates)) if keep_update and not frozen else state.update_sq
-    else:
-        keep = jnp.logical_and(keep_update, jnp.logical_not(frozen))
-        update_sq = jax.lax.cond(keep, squares, lambda _: state.update_sq, kernels(updates))
+    update_sq = jax.lax.cond(jnp.logical_and(keep_update, jnp.logical_not(frozen)),
+                             lambda ups: jnp.stack([metrics.sum_squares(u) for u in ups]),
+                             lambda _: state.update_sq, kernels(updates))
     new = state._replace(params=params, opt_state=opt_state, update_sq=update_sq,
                          diverged_at=diverged_at)
     return new, (loss, z, grads)
