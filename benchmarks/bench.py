@@ -26,6 +26,8 @@ import optax
 from normsweep import plan, train
 from normsweep.data import sphere_data
 
+import xprof
+
 
 def best_of(fn, repeat):
     times = []
@@ -189,16 +191,47 @@ def compile_ahead_grid(widths, depths, n, steps) -> str:
             'lr = [0.001, 0.002, 0.005, 0.01]\nseed = [0, 1]\n')
 
 
-PARTS = ("table", "precision", "record", "compilations", "memory", "ahead", "compile")
+PARTS = ("table", "precision", "record", "compilations", "memory", "ahead", "compile", "profile")
+
+
+def segment_group(stack: tuple[str, ...]) -> str:
+    """A label for a kernel of the segment program, from its source stack
+    (innermost call first): the step, or which part of a record."""
+    names = [frame.rsplit(":", 1)[0] for frame in stack]
+
+    def has(suffix):
+        return any(n == suffix or n.endswith("." + suffix) for n in names)
+
+    if has("measured"):
+        if "measure" in names:
+            i = names.index("measure")
+            inner = names[:i]
+            if any(n.startswith(("spectral", "lanczos", "top_eigen", "_rescale")) or
+                   n.startswith("matmul") for n in inner):
+                return "record: spectral norms (Lanczos, small Gram matrices)"
+            if any(n in ("frobenius", "inner", "sum_squares", "tree_sum", "rounded")
+                   for n in inner):
+                return "record: fixed-order sums (Frobenius norms, <W, grad>)"
+        i = names.index("measured")
+        if i == 0 or "measure" in names or names[i - 1].startswith("measured"):
+            return "record: the rest (W - W(0), NaN masks, stacking)"
+        return f"record: {names[i - 1].split('.')[0]}"       # sharpness, jacobian_norms, ntk_eigs
+    if has("take_step"):
+        return "recorded steps (the step a record measures)"
+    if has("advance"):
+        return "steps between records"
+    if any(n.startswith("over_members") for n in names):
+        return "member loop (slicing, stacking)"
+    return "other (scan, conditions, copies)" if stack else "other (no source)"
 
 # sizes per preset: (n, matmul side, widths, steps per width, seeds per η)
 PRESETS = {
     "smoke": dict(n=64, matmul=256, widths=[32], steps={32: 20}, seeds=[2], repeat=3,
-                  ahead=([8, 12], [2], 32, 5), compile=(32, 2, 20, [{}])),
+                  ahead=([8, 12], [2], 32, 5), compile=(32, 2, 20, [{}]), profile=[(32, 2, 6)]),
     "cpu": dict(n=1024, matmul=1024, widths=[64, 256, 512, 1024],
                 steps={64: 400, 256: 400, 512: 120, 1024: 40}, seeds=[2], repeat=10,
                 ahead=([64, 128, 256], [2, 3], 1024, 100),
-                compile=(256, 2, 400, [{}, {"unroll": 1}])),
+                compile=(256, 2, 400, [{}, {"unroll": 1}]), profile=[(256, 2, 100), (1024, 2, 24)]),
     # a GPU is launch-bound on 8 small networks: also run 64 (4 η × 16 seeds),
     # and enough steps that a cohort runs for about a second
     "gpu": dict(n=1024, matmul=8192, widths=[64, 256, 1024, 2048],
@@ -208,7 +241,7 @@ PRESETS = {
                 # its Triton GEMM fusions, then with the small loops rolled
                 # (without autotuning it took as long: BENCHMARKS.md)
                 compile=(1024, 16, 400, [{}, {"xla_flags": "--xla_gpu_enable_triton_gemm=false"},
-                                         {"unroll": 1}])),
+                                         {"unroll": 1}]), profile=[(1024, 16, 100)]),
 }
 
 
@@ -379,9 +412,65 @@ def main():
                 print(f"    {name:8s} traced {p['trace_s']:5.2f} s, lowered {p['lower_s']:5.2f} s, "
                       f"compiled {p['compile_s']:6.2f} s, {p['kernels']} kernels")
 
+    def part_profile():
+        rows = res["profile"] = []
+        for m, n_seeds, steps in cfg["profile"]:
+            rows.append(profile_width(m, n_seeds, steps))
+            save()
+
+    def profile_width(m, n_seeds, steps):
+        # a step between records, and what recording a step adds to it, from three
+        # schedules (best of 3 interleaved), against one network's jitted step in a
+        # loop; then jax.profiler traces of the runs recording every step and only the
+        # first and last, their kernels attributed to the source that wrote them
+        dims, seeds = (d, m, m, k), np.arange(n_seeds)
+        members = len(lrs) * n_seeds
+        schedules = {"first+last": np.array([0, steps]), "first+last, twice the steps":
+                     np.array([0, 2 * steps]), "every step": plan.record_steps(steps, "all")}
+        best = {}
+        for _ in range(1 if smoke else 3):
+            for label, sched in schedules.items():
+                t, _ = normsweep_run(dims, n, lrs, seeds, sched, x, y)
+                best[label] = min(t, best.get(label, t))
+        step_s = (best["first+last, twice the steps"] - best["first+last"]) / steps
+        record_s = (best["every step"] - best["first+last"]) / (steps - 1)
+        flop = 6 * n * params(dims) * members
+        loop_s = baseline_run(dims, x, y, 1e-3, 3 if smoke else steps, svd=False) * members
+        prog = train.Program(dims=dims)
+        lr, (ik, pk) = np.repeat(lrs, n_seeds), plan.member_keys(np.tile(seeds, len(lrs)))
+        profiled = {}          # thread seconds per group, per step of each run
+        for label in ("every step", "first+last, twice the steps"):
+            sched = schedules[label]
+            frames = xprof.source_frames(
+                train.compile_members(prog, x, y, lr, ik, pk, sched)["segment"].as_text())
+            with tempfile.TemporaryDirectory() as tmp:
+                with jax.profiler.trace(tmp):
+                    train.train_members(prog, x, y, lr, ik, pk, sched)
+                kernels = xprof.kernel_seconds(tmp, frames.module)
+            per_step = int(sched[-1]) + (label == "every step")    # the last record's step too
+            profiled[label] = {g: sec / per_step for g, sec in
+                               xprof.attribute(kernels, frames, segment_group).items()}
+        step_s = max(step_s, 1e-9)     # (a smoke run's steps are within its noise)
+        row = {"width": m, "members": members, "steps": steps, "step_s": step_s,
+               "step_fraction_of_matmul": flop / step_s / res["matmul_flops"],
+               "loop_step_s": loop_s, "record_extra_s": record_s,
+               "record_extra_steps": record_s / step_s, "thread_s_per_step": profiled}
+        print(f"profile, width {m} × {members} networks: a step between records takes "
+              f"{step_s * 1e3:.1f} ms ({row['step_fraction_of_matmul']:.0%} of matmul; "
+              f"{loop_s * 1e3:.1f} ms for as many steps of one network at a time in a jitted "
+              f"loop); recording a step adds {record_s * 1e3:.1f} ms "
+              f"({record_s / step_s:.2f} of a step)")
+        print("  thread time per step of the segment program (jax.profiler), recording every "
+              "step | first and last only:")
+        every, sparse = profiled["every step"], profiled["first+last, twice the steps"]
+        for group in sorted(set(every) | set(sparse), key=lambda g: -every.get(g, 0)):
+            print(f"    {every.get(group, 0) * 1e3:8.1f} ms | {sparse.get(group, 0) * 1e3:8.1f} ms"
+                  f"  {group}")
+        return row
+
     run = {"table": part_table, "precision": part_precision, "record": part_record,
            "compilations": part_compilations, "memory": part_memory, "ahead": part_ahead,
-           "compile": part_compile}
+           "compile": part_compile, "profile": part_profile}
     save()
     for part in parts:     # in the order asked for; each part's figures saved as it ends
         run[part]()

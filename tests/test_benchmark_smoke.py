@@ -23,6 +23,11 @@ def test_benchmark_smoke(tmp_path):
     assert "recording" in result.stdout and "peak memory" in result.stdout
     split = figures["compile_split"][0]
     assert split["compile_s"] > 0 and split["second_run_s"] > 0
+    every = figures["profile"][0]["thread_s_per_step"]["every step"]
+    assert every["recorded steps (the step a record measures)"] > 0
+    assert every["record: spectral norms (Lanczos, small Gram matrices)"] > 0
+    assert figures["profile"][0]["thread_s_per_step"]["first+last, twice the steps"][
+        "steps between records"] > 0
 
 
 def test_benchmark_runs_the_parts_asked_for(tmp_path):
@@ -38,3 +43,51 @@ def test_benchmark_runs_the_parts_asked_for(tmp_path):
                          timeout=600, cwd=ROOT)
     assert bad.returncode == 2
     assert "memroy" in bad.stderr and "allowed: table, precision, record" in bad.stderr
+
+
+def _xprof():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import xprof
+    finally:
+        sys.path.pop(0)
+    return xprof
+
+
+def test_profile_attributes_each_kernel_to_the_function_that_wrote_it(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    xprof = _xprof()
+
+    def product(a):
+        return jnp.matmul(a, a.T)
+
+    def total(a):
+        return jnp.sum(jnp.sin(a))
+
+    def caller(a):
+        return product(a), total(a)
+
+    f = jax.jit(caller)
+    a = jnp.ones((256, 256))
+    frames = xprof.source_frames(f.lower(a).compile().as_text())
+    assert frames.module == "jit_caller"
+
+    def name(frame):        # "test_….<locals>.product:12" -> "product"
+        return frame.rsplit(":", 1)[0].rsplit(".", 1)[-1]
+
+    stacks = {name(stack[0]): [name(f) for f in stack] for stack in frames.stacks.values()
+              if stack}
+    # innermost call first, then its caller
+    assert stacks["product"][:2] == ["product", "caller"]
+    assert stacks["total"][:2] == ["total", "caller"]
+    jax.block_until_ready(f(a))
+    with jax.profiler.trace(str(tmp_path)):
+        for _ in range(3):
+            jax.block_until_ready(f(a))
+    kernels = xprof.kernel_seconds(str(tmp_path), frames.module)
+    assert kernels["seconds"] and all(s >= 0 for s in kernels["seconds"].values())
+    groups = xprof.attribute(kernels, frames, lambda stack: name(stack[0]) if stack else "none")
+    assert groups.get("product", 0) > 0 and groups.get("total", 0) > 0
+    assert set(groups) <= {"product", "total", "caller", "none"}

@@ -88,6 +88,25 @@ def test_frobenius():
     assert float(metrics.frobenius(w)) == pytest.approx(np.linalg.norm(w), rel=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(1,), (3,), (17,), (16, 32), (32, 10), (30, 30)])
+def test_inner_on_slices_is_the_tree_of_the_rounded_products(shape):
+    """`inner` takes its tree's first levels on slices of its inputs: the same
+    adds of the same numbers as the plain tree, so the same bits, batched over
+    any number of members or one at a time."""
+    def tree(a, b):
+        return metrics.tree_sum(metrics.rounded(a.reshape(-1) * b.reshape(-1)))
+
+    for members in (1, 3, 8):
+        a = jax.random.normal(jax.random.key(1), (members,) + shape)
+        b = jax.random.normal(jax.random.key(2), (members,) + shape)
+        expect = jax.jit(jax.vmap(tree))(a, b)
+        assert np.array_equal(jax.jit(jax.vmap(metrics.inner))(a, b), expect)
+        assert np.array_equal(jax.jit(lambda a, b: jax.lax.map(
+            lambda t: metrics.inner(*t), (a, b)))(a, b), expect)
+    exact = np.sum(np.float64(a) * np.float64(b), axis=tuple(range(1, a.ndim)))
+    assert np.allclose(expect, exact, rtol=1e-5, atol=1e-6)
+
+
 def test_nan_matrix_gives_nan_and_returns():
     w = jnp.full((8, 100), jnp.nan)
     assert np.isnan(float(metrics.spectral_exact(w)))
