@@ -257,13 +257,21 @@ def step(program: Program, state: State, hp: Hyper, x, y, t, frozen=False, keep_
     return new, (loss, z, grads)
 
 
-def measure(program: Program, state: State, loss, z, grads, y):
-    """The records of a step from W(t) (in `state`) and its loss, logits and
-    gradient. Returns (records, spec_v, dist_v)."""
+def gradient_sums(params, grads) -> tuple[jax.Array, jax.Array]:
+    """Per layer, ‖∇L‖² and ⟨W, ∇L⟩: the records that need the gradient,
+    taken where the step has it (`recorded_step`), so that the gradient
+    itself never leaves the step."""
+    pairs = list(zip(kernels(params), kernels(grads)))
+    return (jnp.stack([metrics.sum_squares(g) for _, g in pairs]),
+            jnp.stack([metrics.inner(w, g) for w, g in pairs]))
+
+
+def measure(program: Program, state: State, loss, z, grad_sums, y):
+    """The records of a step from W(t) (in `state`), its loss, logits and
+    `gradient_sums`. Returns (records, spec_v, dist_v)."""
     rec = {name: [] for name in LAYER_METRICS}
     spec_v, dist_v = [], []
-    for w, w0, g, v, dv in zip(kernels(state.params), state.params0, kernels(grads),
-                               state.spec_v, state.dist_v):
+    for w, w0, v, dv in zip(kernels(state.params), state.params0, state.spec_v, state.dist_v):
         d = w - w0
         s, v = metrics.spectral(w, v, program.power_iters)
         ds, dv = metrics.spectral(d, dv, program.power_iters)
@@ -273,9 +281,9 @@ def measure(program: Program, state: State, loss, z, grads, y):
         rec["spec_norm"].append(s)
         rec["frob_dist"].append(metrics.frobenius(d))
         rec["spec_dist"].append(ds)
-        rec["grad_norm"].append(metrics.frobenius(g))
-        rec["grad_dot_weight"].append(metrics.inner(w, g))
     rec = {name: jnp.stack(vals) for name, vals in rec.items() if vals}
+    rec["grad_norm"] = jnp.sqrt(grad_sums[0])
+    rec["grad_dot_weight"] = grad_sums[1]
     rec["update_norm"] = jnp.sqrt(state.update_sq)
     rec["loss"] = loss
     rec["accuracy"] = jnp.mean(jnp.argmax(z, -1) == jnp.argmax(y, -1)).astype(loss.dtype)
@@ -349,12 +357,12 @@ def ntk_eigs(program: Program, params, lr_mult, xs) -> tuple[jax.Array, jax.Arra
 def measured(program: Program, state: State, new: State, out, hp: Hyper, x, y, t,
              last=False):
     """The records of step t, from the state before it, the state after it
-    and the step's (loss, logits, grads) `out`: (state at t+1 with its
+    and the step's (loss, logits, `gradient_sums`) `out`: (state at t+1 with its
     spectral-norm vectors advanced, records). Sharpness, Jacobian and NTK
     are measured when t is a multiple of their strides or `last` (traced:
     the final record)."""
-    loss, z, grads = out
-    rec, spec_v, dist_v = measure(program, state, loss, z, grads, y)
+    loss, z, grad_sums = out
+    rec, spec_v, dist_v = measure(program, state, loss, z, grad_sums, y)
     new = new._replace(spec_v=spec_v, dist_v=dist_v)
     if program.sharpness_every:
         due = jnp.logical_or(last, t % program.sharpness_every == 0)
@@ -447,7 +455,8 @@ def recorded_step(program: Program, mesh: Mesh | None, state: State, hp: Hyper, 
     (traced) true, t is the final record: its step is measured and not
     taken (`step`'s `frozen`)."""
     def take_step(s, h, xi, t, last):
-        return step(program, s, h, xi, y, t, frozen=last)
+        new, (loss, z, grads) = step(program, s, h, xi, y, t, frozen=last)
+        return new, (loss, z, gradient_sums(s.params, grads))
 
     def record(s, new, out, h, xi, t, last):
         return measured(program, s, new, out, h, xi, y, t, last)
