@@ -6,8 +6,8 @@ the optimised HLO.
     frames = source_frames(compiled.as_text())
     with jax.profiler.trace(tmp):
         ...                                       # run the program
-    seconds = kernel_seconds(tmp, frames.module)  # {kernel name: seconds}
-    by_group = attribute(seconds, frames, group)  # {group(stack): seconds}
+    kernels = kernel_seconds(tmp, frames.module)  # seconds per kernel, and who ran it
+    by_group = attribute(kernels, frames, group)  # {group(stack): seconds}
 
 A kernel's time is its exclusive time on its thread (a loop's time less the
 kernels it runs), summed over threads and runs: on a CPU, the thread time of
@@ -39,10 +39,10 @@ class Frames:
 
 def source_frames(hlo_text: str) -> Frames:
     """Parses the module's name, its stack-frame tables and each
-    instruction's `stack_frame_id`. Frame k's parent is written as k' + 1
-    (0: none), as XLA prints it."""
+    instruction's `stack_frame_id`. XLA prints a frame's parent as the
+    parent's id + 1 (0: none)."""
     module = re.match(r"HloModule (\S+?),?\s", hlo_text).group(1)
-    files, functions, locations, parents = {}, {}, {}, {}
+    functions, locations, parents = {}, {}, {}
     section = None
     stacks_of = {}
     for line in hlo_text.splitlines():
@@ -54,14 +54,12 @@ def source_frames(hlo_text: str) -> Frames:
             key, rest = s.split(" ", 1)
             key = int(key)
             fields = dict(re.findall(r"(\w+)=(\d+)", rest))
-            if section == "FileNames":
-                files[key] = os.path.basename(rest.strip('"'))
-            elif section == "FunctionNames":
+            if section == "FunctionNames":
                 functions[key] = rest.strip('"')
             elif section == "FileLocations":
                 locations[key] = (f"{functions[int(fields['function_name_id'])]}:"
                                   f"{fields['line']}")
-            else:
+            elif section == "StackFrames":
                 parents[key] = (int(fields["file_location_id"]), int(fields["parent_frame_id"]))
             continue
         section = None
@@ -81,11 +79,11 @@ def source_frames(hlo_text: str) -> Frames:
     return Frames(module, {op: stack(f) for op, f in stacks_of.items()})
 
 
-def kernel_seconds(trace_dir: str, module: str) -> dict[str, float]:
-    """Exclusive seconds per kernel of `module` (its `hlo_op`), from the
-    newest trace that `jax.profiler.trace(trace_dir)` wrote, summed over
-    threads (a loop's time less that of the kernels it ran), plus, under
-    the key (kernel, "parent"), the kernel that ran each nested one."""
+def kernel_seconds(trace_dir: str, module: str) -> dict[str, dict[str, float | str]]:
+    """{"seconds": exclusive seconds per kernel of `module` (its `hlo_op`),
+    summed over threads and runs (a loop's time less that of the kernels it
+    ran); "parent": the kernel that ran each nested one}, from the newest
+    trace that `jax.profiler.trace(trace_dir)` wrote."""
     path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
                   key=os.path.getmtime)[-1]
     data = jax.profiler.ProfileData.from_file(path)
@@ -116,11 +114,12 @@ def attribute(kernels: dict, frames: Frames, group) -> dict[str, float]:
     """Seconds per group(stack): `group` maps a kernel's stack (innermost
     first; empty if neither it nor the kernels that ran it carry a source)
     to a label."""
-    def stack(op, depth=0):
-        if op in frames.stacks or depth > 50:
-            return frames.stacks.get(op, ())
-        outer = kernels["parent"].get(op)
-        return stack(outer, depth + 1) if outer else ()
+    def stack(op):
+        seen = set()
+        while op not in frames.stacks and op in kernels["parent"] and op not in seen:
+            seen.add(op)
+            op = kernels["parent"][op]
+        return frames.stacks.get(op, ())
 
     out: dict = collections.Counter()
     for op, s in kernels["seconds"].items():
