@@ -199,23 +199,20 @@ def segment_group(stack: tuple[str, ...]) -> str:
     (innermost call first): the step, or which part of a record."""
     names = [frame.rsplit(":", 1)[0] for frame in stack]
 
-    def has(suffix):
-        return any(n == suffix or n.endswith("." + suffix) for n in names)
+    def has(name):       # a function, or a function defined inside one
+        return any(n == name or n.endswith("." + name) for n in names)
 
-    if has("measured"):
-        if "measure" in names:
-            i = names.index("measure")
-            inner = names[:i]
-            if any(n.startswith(("spectral", "lanczos", "top_eigen", "_rescale")) or
-                   n.startswith("matmul") for n in inner):
-                return "record: spectral norms (Lanczos, small Gram matrices)"
-            if any(n in ("frobenius", "inner", "sum_squares", "tree_sum", "rounded")
-                   for n in inner):
-                return "record: fixed-order sums (Frobenius norms, <W, grad>)"
-        i = names.index("measured")
-        if i == 0 or "measure" in names or names[i - 1].startswith("measured"):
-            return "record: the rest (W - W(0), NaN masks, stacking)"
-        return f"record: {names[i - 1].split('.')[0]}"       # sharpness, jacobian_norms, ntk_eigs
+    if "measured" in names:
+        within = names[:names.index("measure")] if "measure" in names else []
+        if any(n.startswith(("spectral", "lanczos", "top_eigen", "_rescale", "matmul"))
+               for n in within):
+            return "record: spectral norms (Lanczos, small Gram matrices)"
+        if any(n in ("frobenius", "inner", "sum_squares", "tree_sum", "rounded") for n in within):
+            return "record: fixed-order sums (Frobenius norms of W, W - W(0))"
+        for extra in ("sharpness", "jacobian_norms", "ntk_eigs"):    # at their strides
+            if extra in names:
+                return f"record: {extra}"
+        return "record: the rest (W - W(0), NaN masks, stacking)"
     if has("take_step"):
         return "recorded steps (the step a record measures)"
     if has("advance"):
@@ -223,6 +220,7 @@ def segment_group(stack: tuple[str, ...]) -> str:
     if any(n.startswith("over_members") for n in names):
         return "member loop (slicing, stacking)"
     return "other (scan, conditions, copies)" if stack else "other (no source)"
+
 
 # sizes per preset: (n, matmul side, widths, steps per width, seeds per η)
 PRESETS = {
@@ -340,21 +338,25 @@ def main():
                   f"{flop / t / 1e9:8.1f} GFLOP/s "
                   f"({res['default_precision']['fraction_of_matmul']:.0%} of default-precision matmul)")
 
+    def interleaved(dims, seeds, schedules: dict) -> dict:
+        # the schedules interleaved, best of 3 each: on a shared machine a single
+        # timing of each drifts by more than the differences being measured
+        best = {}
+        for _ in range(1 if smoke else 3):
+            for label, sched in schedules.items():
+                t, _ = normsweep_run(dims, n, lrs, seeds, sched, x, y)
+                best[label] = min(t, best.get(label, t))
+        return best
+
     def part_record():
         # recording cost: "all" and "log" against recording only the first and last step
         m = 32 if smoke else 256
         steps = 20 if smoke else 300
         seeds = np.arange(2)
         dims = (d, m, m, k)
-        # the three schedules interleaved, best of 3 each: on a shared machine a
-        # single timing of each drifts by more than the overhead being measured
-        timing = {}
-        schedules = (("off", np.array([0, steps])), ("log", plan.record_steps(steps, "log", 64)),
-                     ("all", plan.record_steps(steps, "all")))
-        for _ in range(1 if smoke else 3):
-            for label, sched in schedules:
-                t, _ = normsweep_run(dims, n, lrs, seeds, sched, x, y)
-                timing[label] = min(t, timing.get(label, t))
+        timing = interleaved(dims, seeds, {"off": np.array([0, steps]),
+                                           "log": plan.record_steps(steps, "log", 64),
+                                           "all": plan.record_steps(steps, "all")})
         res["record_overhead_log"] = timing["log"] / timing["off"] - 1
         res["record_overhead_all"] = timing["all"] / timing["off"] - 1
         print(f"recording at width {m}: log {res['record_overhead_log']:+.1%}, "
@@ -427,11 +429,7 @@ def main():
         members = len(lrs) * n_seeds
         schedules = {"first+last": np.array([0, steps]), "first+last, twice the steps":
                      np.array([0, 2 * steps]), "every step": plan.record_steps(steps, "all")}
-        best = {}
-        for _ in range(1 if smoke else 3):
-            for label, sched in schedules.items():
-                t, _ = normsweep_run(dims, n, lrs, seeds, sched, x, y)
-                best[label] = min(t, best.get(label, t))
+        best = interleaved(dims, seeds, schedules)
         step_s = (best["first+last, twice the steps"] - best["first+last"]) / steps
         record_s = (best["every step"] - best["first+last"]) / (steps - 1)
         flop = 6 * n * params(dims) * members

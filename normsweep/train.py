@@ -269,7 +269,7 @@ def gradient_sums(params, grads) -> tuple[jax.Array, jax.Array]:
 def measure(program: Program, state: State, loss, z, grad_sums, y):
     """The records of a step from W(t) (in `state`), its loss, logits and
     `gradient_sums`. Returns (records, spec_v, dist_v)."""
-    rec = {name: [] for name in LAYER_METRICS}
+    rec = {name: [] for name in ("frob_norm", "spec_norm", "frob_dist", "spec_dist")}
     spec_v, dist_v = [], []
     for w, w0, v, dv in zip(kernels(state.params), state.params0, state.spec_v, state.dist_v):
         d = w - w0
@@ -281,7 +281,7 @@ def measure(program: Program, state: State, loss, z, grad_sums, y):
         rec["spec_norm"].append(s)
         rec["frob_dist"].append(metrics.frobenius(d))
         rec["spec_dist"].append(ds)
-    rec = {name: jnp.stack(vals) for name, vals in rec.items() if vals}
+    rec = {name: jnp.stack(vals) for name, vals in rec.items()}
     rec["grad_norm"] = jnp.sqrt(grad_sums[0])
     rec["grad_dot_weight"] = grad_sums[1]
     rec["update_norm"] = jnp.sqrt(state.update_sq)
