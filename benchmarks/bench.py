@@ -120,44 +120,60 @@ print(time.perf_counter() - t0)
 
 
 COMPILE = """\
-import json, sys, time, collections
+import contextlib, json, sys, tempfile, time, collections
 import numpy as np, jax, jax.numpy as jnp
 from normsweep import metrics, plan, train
 from normsweep.data import sphere_data
-m, seeds, steps, n, unroll = map(int, sys.argv[1:6])
+import xprof
+m, seeds, steps, n, unroll, trace = map(int, sys.argv[1:7])
 if unroll:
     metrics.UNROLL = unroll
 x, y = sphere_data(jax.random.key(0), n, 16, 10, jnp.float32)
 prog = train.Program(dims=(16, m, m, 10))
-lr = np.repeat(np.geomspace(1e-3, 1e-2, 4), seeds)
-ik, pk = plan.member_keys(np.tile(np.arange(seeds), 4))
 sched = plan.record_steps(steps, "log", 64)
+def cohort(seeds):
+    lr = np.repeat(np.geomspace(1e-3, 1e-2, 4), seeds)
+    return (lr, *plan.member_keys(np.tile(np.arange(seeds), 4)))
 seconds = collections.defaultdict(float)
 def listener(event, duration, fun_name="", **_):
     stage = event.rsplit("/", 1)[-1].removesuffix("_duration")
     name = fun_name.removeprefix("jit(").removesuffix(")").removesuffix("_cohort")
     seconds[name, stage] += duration
 jax.monitoring.register_event_duration_secs_listener(listener)
-t0 = time.perf_counter()
-compiled = train.compile_members(prog, x, y, lr, ik, pk, sched)
-t1 = time.perf_counter()
-train.train_members(prog, x, y, lr, ik, pk, sched)
-t2 = time.perf_counter()
-train.train_members(prog, x, y, lr, ik, pk, sched)
-t3 = time.perf_counter()
+events = {}
+with tempfile.TemporaryDirectory() as tmp:
+    with (jax.profiler.trace(tmp, profiler_options=xprof.quiet_options()) if trace
+          else contextlib.nullcontext()):
+        t0 = time.perf_counter()
+        compiled = train.compile_members(prog, x, y, *cohort(seeds), sched)
+        t1 = time.perf_counter()
+    if trace:
+        events = xprof.host_event_seconds(tmp, windows="normsweep compile ")
 LAUNCHES = ("fusion(", "custom-call(", "dot(", "convolution(", "while(", "conditional(")
 programs = {name: {"trace_s": seconds[name, "jaxpr_trace"],
                    "lower_s": seconds[name, "jaxpr_to_mlir_module"],
                    "compile_s": seconds[name, "backend_compile"],
                    "kernels": sum(c.as_text().count(op) for op in LAUNCHES)}
             for name, c in compiled.items()}
+train.train_members(prog, x, y, *cohort(seeds), sched)
+t2 = time.perf_counter()
+train.train_members(prog, x, y, *cohort(seeds), sched)
+t3 = time.perf_counter()
+# the same shapes but 4 more members, in the same process: what a compilation
+# costs once a first one has loaded and set up the compiler
+train.compile_members(prog, x, y, *cohort(seeds + 1), sched)
+t4 = time.perf_counter()
+top = {window.removeprefix("normsweep compile ") or "outside": dict(
+           sorted(stats.items(), key=lambda e: -e[1]["seconds"])[:20])
+       for window, stats in events.items()}
 print(json.dumps({"compile_s": t1 - t0, "first_run_s": t2 - t1, "second_run_s": t3 - t2,
-                  "programs": programs}))
+                  "next_cohort_compile_s": t4 - t3, "programs": programs,
+                  "compiler_events": top}))
 """
 
 
 def compile_split(m: int, seeds: int, steps: int, n: int, xla_flags: str = "",
-                  unroll: int = 0) -> dict:
+                  unroll: int = 0, trace: bool = False, env: dict | None = None) -> dict:
     """One cohort in a fresh process with the cache off and `xla_flags` added
     to XLA_FLAGS (and `metrics.UNROLL` set to `unroll`, if not 0): seconds of
     its compilation alone (`train.compile_members`, which runs nothing), then
@@ -165,11 +181,23 @@ def compile_split(m: int, seeds: int, steps: int, n: int, xla_flags: str = "",
     the seconds JAX spent tracing, lowering and compiling it and the number
     of kernels (fusions, library calls, loops) in its optimised HLO. A first
     run much slower than the second means the first call still does work
-    that is not compilation."""
-    env = dict(os.environ, NORMSWEEP_JAX_CACHE="off")
+    that is not compilation. Then a cohort of the same shapes with 4 more
+    networks compiles in the same process ("next_cohort_compile_s"): what a
+    compilation costs once a first one has set the compiler up. With `trace`,
+    the first compilation runs under `jax.profiler`, and "compiler_events"
+    holds per program the 20 compiler phases and passes that took the most
+    exclusive host time, summed over threads. A variant that fails (an XLA
+    flag this jaxlib does not know, say) returns {"error": ...}. `env` adds
+    environment variables (JAX_* ones set jax.config options)."""
+    extra, env = env or {}, dict(os.environ, NORMSWEEP_JAX_CACHE="off")
+    env.update(extra)
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(os.path.abspath(__file__)),
+                                                      env.get("PYTHONPATH")]))
     out = subprocess.run([sys.executable, "-c", COMPILE, str(m), str(seeds), str(steps), str(n),
-                          str(unroll)], env=env, capture_output=True, text=True, check=True)
+                          str(unroll), str(int(trace))], env=env, capture_output=True, text=True)
+    if out.returncode:
+        return {"error": (out.stderr or out.stdout).strip()[-2000:]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -225,7 +253,8 @@ def segment_group(stack: tuple[str, ...]) -> str:
 # sizes per preset: (n, matmul side, widths, steps per width, seeds per η)
 PRESETS = {
     "smoke": dict(n=64, matmul=256, widths=[32], steps={32: 20}, seeds=[2], repeat=3,
-                  ahead=([8, 12], [2], 32, 5), compile=(32, 2, 20, [{}]), profile=[(32, 2, 6)]),
+                  ahead=([8, 12], [2], 32, 5), compile=(32, 2, 20, [{"trace": True}]),
+                  profile=[(32, 2, 6)]),
     "cpu": dict(n=1024, matmul=1024, widths=[64, 256, 512, 1024],
                 steps={64: 400, 256: 400, 512: 120, 1024: 40}, seeds=[2], repeat=10,
                 ahead=([64, 128, 256], [2, 3], 1024, 100),
@@ -235,11 +264,14 @@ PRESETS = {
     "gpu": dict(n=1024, matmul=8192, widths=[64, 256, 1024, 2048],
                 steps={64: 4000, 256: 2000, 1024: 400, 2048: 200}, seeds=[2, 16], repeat=20,
                 fast_precision=(2048, 16), ahead=([256, 1024], [2, 3], 1024, 200),
-                # where a GPU cohort's 20-53 s go: XLA's defaults, then without
-                # its Triton GEMM fusions, then with the small loops rolled
-                # (without autotuning it took as long: BENCHMARKS.md)
-                compile=(1024, 16, 400, [{}, {"xla_flags": "--xla_gpu_enable_triton_gemm=false"},
-                                         {"unroll": 1}]), profile=[(1024, 16, 100)]),
+                # where a GPU cohort's 40-113 s go: XLA's defaults under the profiler
+                # (its phases and passes per program), then with JAX's threefry
+                # kernel for the random draws (which JAX says compiles faster), then
+                # with every small loop rolled (BENCHMARKS.md, run 4)
+                compile=(1024, 2, 100, [
+                    {"trace": True},
+                    {"env": {"JAX_THREEFRY_GPU_KERNEL_LOWERING": "1"}},
+                    {"unroll": 1}]), profile=[(1024, 16, 100)]),
 }
 
 
@@ -402,17 +434,27 @@ def main():
         rows = res["compile_split"] = []
         for variant in variants:
             row = {"xla_flags": variant.get("xla_flags", ""), "unroll": variant.get("unroll", 0),
+                   "trace": variant.get("trace", False), "env": variant.get("env", {}),
                    "width": m, "members": 4 * n_seeds, "steps": steps,
                    **compile_split(m, n_seeds, steps, n, **variant)}
             rows.append(row)
             save()
             label = ", ".join(f"{k} {v!r}" for k, v in variant.items()) or "as set"
+            if "error" in row:
+                print(f"width {m} × {4 * n_seeds} networks ({label}): failed\n{row['error']}")
+                continue
             print(f"width {m} × {4 * n_seeds} networks ({label}): compiled in "
                   f"{row['compile_s']:.1f} s, then trained in {row['first_run_s']:.2f} s "
-                  f"(first run) and {row['second_run_s']:.2f} s (second)")
+                  f"(first run) and {row['second_run_s']:.2f} s (second); "
+                  f"{4 * n_seeds + 4} networks then compiled in {row['next_cohort_compile_s']:.1f} s")
             for name, p in row["programs"].items():
                 print(f"    {name:8s} traced {p['trace_s']:5.2f} s, lowered {p['lower_s']:5.2f} s, "
                       f"compiled {p['compile_s']:6.2f} s, {p['kernels']} kernels")
+            for program, events in row["compiler_events"].items():
+                print(f"    {program}: the compiler's phases and passes with the most exclusive "
+                      "host time, over threads (seconds exclusive | inclusive, count):")
+                for name, e in list(events.items())[:12]:
+                    print(f"      {e['seconds']:7.2f} | {e['inclusive']:7.2f} {e['count']:6d}  {name}")
 
     def part_profile():
         rows = res["profile"] = []

@@ -3,11 +3,14 @@
 # cohorts (--preset gpu), the achieved fraction of the GPU's own matmul rate,
 # the quickstart grid launched end to end, and the equivalence tests on the GPU.
 #   bash benchmarks/gpu.sh [bench.py options]     (from the repository root)
-# e.g. inside a short lease (the next one: where a GPU cohort's compilation goes,
-# per program, then the record cost and the table with the current code):
-#   BENCH_TIMEOUT=400 QUICKSTART=0 TEST_TIMEOUT=110 \
-#   bash benchmarks/gpu.sh --parts compile,record,table --widths 256,1024
-# Each part's figures reach $OUT/bench-gpu.json as soon as it finishes.
+# e.g. inside a short lease, in stages of their own time limits (the lease of
+# run 4: where a GPU cohort's compilation goes, the equivalence tests, then the
+# record cost and the table with the current code):
+#   BENCH_TIMEOUT=240 QUICKSTART=0 TESTS=0 NAME=compile bash benchmarks/gpu.sh --parts compile
+#   BENCH=0 QUICKSTART=0 TEST_TIMEOUT=120 bash benchmarks/gpu.sh
+#   BENCH_TIMEOUT=200 QUICKSTART=0 TESTS=0 bash benchmarks/gpu.sh --parts record,table --widths 1024,256
+# Each part's figures reach $OUT/$NAME.json (NAME: bench-gpu unless set) as
+# soon as it finishes; BENCH=0, QUICKSTART=0 and TESTS=0 leave a stage out.
 # On a machine with a package registry it installs jax[cuda12] and normsweep.
 # On one without (the lent machines here), it uses the jax already installed
 # and wheels of anything else carried in .whl/ (netCDF4, cftime).
@@ -27,8 +30,11 @@ else
 fi
 python3 -c "import jax; print(jax.__version__, jax.devices()); assert jax.default_backend() == 'gpu'" || exit 1
 
-timeout "${BENCH_TIMEOUT:-1200}" python3 benchmarks/bench.py --preset gpu \
-    --json "$OUT/bench-gpu.json" "$@" 2>&1 | tee "$OUT/bench-gpu.log"
+NAME="${NAME:-bench-gpu}"
+if [ "${BENCH:-1}" != 0 ]; then
+    timeout "${BENCH_TIMEOUT:-1200}" python3 benchmarks/bench.py --preset gpu \
+        --json "$OUT/$NAME.json" "$@" 2>&1 | tee "$OUT/$NAME.log"
+fi
 
 # the quickstart grid, end to end
 if [ "${QUICKSTART:-1}" != 0 ]; then
@@ -40,7 +46,9 @@ fi
 
 # equivalences on the GPU (vmapped == alone, reference loop, power iteration == SVD);
 # the CPU-only layout test and the float64 one are left to the CPU suite
-timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -p no:cacheprovider -p no:logging \
-    tests/test_train.py tests/test_metrics.py \
-    -k "not every_record_is_identical and not float64 and not options_follow" \
-    2>&1 | tee "$OUT/tests-gpu.log" | tail -15
+if [ "${TESTS:-1}" != 0 ]; then
+    timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -p no:cacheprovider -p no:logging \
+        tests/test_train.py tests/test_metrics.py \
+        -k "not every_record_is_identical and not float64 and not options_follow" \
+        2>&1 | tee "$OUT/tests-gpu.log" | tail -15
+fi

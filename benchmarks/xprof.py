@@ -9,6 +9,13 @@ the optimised HLO.
     kernels = kernel_seconds(tmp, frames.module)  # seconds per kernel, and who ran it
     by_group = attribute(kernels, frames, group)  # {group(stack): seconds}
 
+and where a compilation's time goes, by the compiler's own trace events:
+
+    with jax.profiler.trace(tmp, profiler_options=quiet_options()):
+        ...                                       # compile
+    events = host_event_seconds(tmp)              # seconds per compiler phase or pass
+    per_program = host_event_seconds(tmp, windows="normsweep compile ")
+
 A kernel's time is its exclusive time on its thread (a loop's time less the
 kernels it runs), summed over threads and runs: on a CPU, the thread time of
 XLA's runtime (the threads of a matmul library's own pool are not traced, so
@@ -108,6 +115,61 @@ def kernel_seconds(trace_dir: str, module: str) -> dict[str, dict[str, float | s
                 seconds[op] += (end - start) * 1e-9
                 open_.append((start, end, op))
     return {"seconds": dict(seconds), "parent": parent}
+
+
+def quiet_options():
+    """Profiler options that leave out the Python tracer, whose events would
+    drown the compiler's and slow what is timed."""
+    options = jax.profiler.ProfileOptions()
+    options.python_tracer_level = 0
+    return options
+
+
+def host_event_seconds(trace_dir: str, windows: str | None = None) -> dict:
+    """{event name: {"seconds": exclusive, "inclusive": seconds, "count": n}}
+    over the host threads of the newest trace in `trace_dir` (the Python
+    tracer's frames left out), an event's exclusive time being its own less
+    that of the events nested in it on its thread. Names lose a trailing
+    program name ("simplification (jit_f)" counts as "simplification"), so
+    that a phase sums over programs.
+
+    With `windows`, the events whose names start with it (trace annotations,
+    say "normsweep compile ") cut the time into windows, and the result is
+    {window's event name: {event name: ...}} over the events that start
+    within each ("" for the events outside every window), whatever their
+    thread: a compiler's worker threads are not nested in its caller's
+    events."""
+    path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
+                  key=os.path.getmtime)[-1]
+    data = jax.profiler.ProfileData.from_file(path)
+    spans = []         # (start, own seconds, inclusive seconds, name)
+    for plane in data.planes:
+        if not plane.name.startswith("/host:"):
+            continue
+        for line in plane.lines:
+            events = sorted(((ev.start_ns, ev.start_ns + ev.duration_ns,
+                              re.sub(r"[ :]\(?jit_[\w.]+\)?$", "", ev.name))
+                             for ev in line.events if not ev.name.startswith("$")),
+                            key=lambda e: (e[0], -e[1]))
+            open_ = []
+            for start, end, name in events:
+                while open_ and open_[-1][1] <= start:
+                    open_.pop()
+                if open_:
+                    open_[-1][3] -= (min(end, open_[-1][1]) - start) * 1e-9
+                span = [start, end, name, (end - start) * 1e-9]
+                spans.append(span)
+                open_.append(span)
+    cuts = sorted((s[0], s[1], s[2]) for s in spans if windows and s[2].startswith(windows))
+    out: dict = {}
+    for start, end, name, own in spans:
+        window = next((w[2] for w in cuts if w[0] <= start < w[1]), "")
+        entry = out.setdefault(window, {}).setdefault(
+            name, {"seconds": 0.0, "inclusive": 0.0, "count": 0})
+        entry["seconds"] += own
+        entry["inclusive"] += (end - start) * 1e-9
+        entry["count"] += 1
+    return out if windows else out.get("", {})
 
 
 def attribute(kernels: dict, frames: Frames, group) -> dict[str, float]:

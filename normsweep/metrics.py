@@ -165,7 +165,8 @@ def spectral_exact(w: jax.Array, squarings: int = SQUARINGS) -> jax.Array:
     return jnp.sqrt(jnp.maximum(top_eigenvalue_psd(gram, squarings), 0.0))
 
 
-def lanczos(w: jax.Array, v: jax.Array, steps: int) -> tuple[jax.Array, jax.Array]:
+def lanczos(w: jax.Array, v: jax.Array, steps: int, rolled: bool = False
+            ) -> tuple[jax.Array, jax.Array]:
     """`steps` Lanczos steps on WᵀW from `v` (unit, length fan_out).
 
     Returns (‖Wu‖, u) with u the top Ritz vector of the Krylov space
@@ -182,6 +183,10 @@ def lanczos(w: jax.Array, v: jax.Array, steps: int) -> tuple[jax.Array, jax.Arra
     Gram–Schmidt), T's top eigenpair comes from `top_eigenpair_psd`, and the
     value returned is ‖Wu‖ itself, a lower bound whatever the rounding in T.
     For W = 0 it returns (0, v).
+
+    `rolled` keeps the loop rolled on every backend: for a cold start, run
+    once per cohort, where unrolled copies of the body would only lengthen
+    the compilation (on an accelerator, `_unroll` copies it UNROLL times).
     """
     n = v.shape[0]
 
@@ -199,7 +204,7 @@ def lanczos(w: jax.Array, v: jax.Array, steps: int) -> tuple[jax.Array, jax.Arra
     zero = jnp.zeros((steps,), v.dtype)
     basis, alpha, beta, _ = jax.lax.fori_loop(
         0, steps, body, (jnp.zeros((steps, n), v.dtype), zero, zero, v),
-        unroll=_unroll(steps))
+        unroll=1 if rolled else _unroll(steps))
     off = jnp.diag(beta[:-1], 1)
     _, y = top_eigenpair_psd(jnp.diag(alpha) + off + off.T)
     u = matmul(basis.T, y)
@@ -208,9 +213,11 @@ def lanczos(w: jax.Array, v: jax.Array, steps: int) -> tuple[jax.Array, jax.Arra
     return frobenius(matmul(w, u)), u
 
 
-def spectral(w: jax.Array, v: jax.Array, iters: int) -> tuple[jax.Array, jax.Array]:
-    """‖W‖₂ and the warm-start vector for the next call (see module doc)."""
+def spectral(w: jax.Array, v: jax.Array, iters: int, rolled: bool = False
+             ) -> tuple[jax.Array, jax.Array]:
+    """‖W‖₂ and the warm-start vector for the next call (see module doc;
+    `rolled`: see `lanczos`)."""
     if uses_lanczos(w.shape):
-        return lanczos(w, v, iters)
+        return lanczos(w, v, iters, rolled)
     return spectral_exact(w), v
 

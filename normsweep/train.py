@@ -175,7 +175,10 @@ def init_member(program: Program, hp: Hyper, init_key: jax.Array, power_key: jax
                      + [jax.random.fold_in(power_key, 1000 + i) for i in range(program.depth)],
                      [(w.shape[1],) for w in ws] * 2, dt)
     starts = [v / jnp.linalg.norm(v) for v in starts]
-    spec_v = [metrics.spectral(w, v, program.cold_iters)[1] for w, v in zip(ws, starts)]
+    # rolled: a cold start's loop, unrolled on an accelerator, was most of a
+    # GPU cohort's compilation (BENCHMARKS.md, run 4)
+    spec_v = [metrics.spectral(w, v, program.cold_iters, rolled=True)[1]
+              for w, v in zip(ws, starts)]
     dist_v = starts[program.depth:]
     nan = jnp.full((program.depth,), jnp.nan, dt)
     hess_v = ()
@@ -618,12 +621,15 @@ def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_ke
         return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type),
                             info)
 
-    compiled = {"init": init_cohort.lower(program, mesh, hp, init_keys, power_keys, x).compile()}
+    # (the annotations name each program's compilation in a jax.profiler trace)
+    with jax.profiler.TraceAnnotation("normsweep compile init"):
+        compiled = {"init": init_cohort.lower(program, mesh, hp, init_keys, power_keys, x).compile()}
     t, gap, valid = segments(steps)[0]          # every segment has the same shapes
     # init_cohort places its output as segment_cohort does, so one program
     # serves every segment (tested on two devices)
-    compiled["segment"] = segment_cohort.lower(program, mesh, like_outputs(compiled["init"]), hp,
-                                               x, y, t, gap, valid).compile()
+    with jax.profiler.TraceAnnotation("normsweep compile segment"):
+        compiled["segment"] = segment_cohort.lower(program, mesh, like_outputs(compiled["init"]),
+                                                   hp, x, y, t, gap, valid).compile()
     return compiled
 
 

@@ -23,6 +23,10 @@ def test_benchmark_smoke(tmp_path):
     assert "recording" in result.stdout and "peak memory" in result.stdout
     split = figures["compile_split"][0]
     assert split["compile_s"] > 0 and split["second_run_s"] > 0
+    assert split["next_cohort_compile_s"] > 0
+    # the smoke preset traces its compilation: the compiler's events, per program
+    assert {"init", "segment"} <= set(split["compiler_events"])
+    assert sum(e["seconds"] for e in split["compiler_events"]["segment"].values()) > 0
     every = figures["profile"][0]["thread_s_per_step"]["every step"]
     assert every["recorded steps (the step a record measures)"] > 0
     assert every["record: spectral norms (Lanczos, small Gram matrices)"] > 0
@@ -91,3 +95,32 @@ def test_profile_attributes_each_kernel_to_the_function_that_wrote_it(tmp_path):
     groups = xprof.attribute(kernels, frames, lambda stack: name(stack[0]) if stack else "none")
     assert groups.get("product", 0) > 0 and groups.get("total", 0) > 0
     assert set(groups) <= {"product", "total", "caller", "none"}
+
+
+def test_host_events_are_timed_exclusive_of_their_children_and_cut_into_windows(tmp_path):
+    import time
+
+    import jax
+
+    xprof = _xprof()
+
+    def timed(name, seconds, *inner):
+        with jax.profiler.TraceAnnotation(name):
+            time.sleep(seconds)
+            for args in inner:
+                timed(*args)
+
+    with jax.profiler.trace(str(tmp_path), profiler_options=xprof.quiet_options()):
+        timed("window a", 0.0, ("outer", 0.05, ("inner", 0.1)))
+        timed("window b", 0.0, ("inner (jit_f)", 0.02))     # a program's name is dropped
+    events = xprof.host_event_seconds(str(tmp_path))
+    assert events["inner"]["count"] == 2
+    assert 0.12 <= events["inner"]["seconds"] == events["inner"]["inclusive"] < 0.2
+    assert 0.05 <= events["outer"]["seconds"] < 0.09      # its own sleep, not its child's
+    assert events["outer"]["inclusive"] >= 0.15
+    windows = xprof.host_event_seconds(str(tmp_path), windows="window ")
+    assert set(windows) <= {"window a", "window b", ""}
+    assert windows["window a"]["inner"]["count"] == windows["window b"]["inner"]["count"] == 1
+    assert windows["window a"]["inner"]["seconds"] >= 0.1
+    assert 0.02 <= windows["window b"]["inner"]["seconds"] < 0.08
+    assert "outer" not in windows["window b"]

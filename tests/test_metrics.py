@@ -40,6 +40,22 @@ def test_cold_lanczos_matches_svd(m):
     assert float(est) <= np.linalg.norm(w, 2) * (1 + 1e-6)   # a lower bound
 
 
+def test_a_rolled_lanczos_loop_is_the_unrolled_one(monkeypatch):
+    # the cold start keeps its loop rolled on every backend, where records
+    # unroll theirs on an accelerator (UNROLL copies of the body): the same steps
+    monkeypatch.setattr(metrics, "_unroll", lambda trips: min(metrics.UNROLL, trips))
+    m = 128
+    w = gaussian(m, m, seed=3)
+    v = unit_vector(jax.random.key(1), m, jnp.float32)
+    run = jax.jit(metrics.lanczos, static_argnums=(2, 3))
+    for steps in (10, 12):      # UNROLL copies and a remainder of 2 or 4
+        unrolled, rolled = run(w, v, steps, False), run(w, v, steps, True)
+        dots = [run.lower(w, v, steps, r).compile().as_text().count(" dot(") for r in (False, True)]
+        assert dots[0] > dots[1] + 5 * (steps - 1)   # a copy of the body's 6 products per step
+        np.testing.assert_allclose(rolled[0], unrolled[0], rtol=1e-6)
+        np.testing.assert_allclose(rolled[1], unrolled[1], rtol=1e-4, atol=1e-6)
+
+
 def test_warm_start_needs_few_steps():
     m = 256
     w = gaussian(m, m, seed=1)
