@@ -125,7 +125,7 @@ import numpy as np, jax, jax.numpy as jnp
 from normsweep import metrics, plan, train
 from normsweep.data import sphere_data
 import xprof
-m, seeds, steps, n, unroll, trace = map(int, sys.argv[1:7])
+m, seeds, steps, n, unroll, trace, again = map(int, sys.argv[1:8])
 if unroll:
     metrics.UNROLL = unroll
 x, y = sphere_data(jax.random.key(0), n, 16, 10, jnp.float32)
@@ -161,19 +161,21 @@ train.train_members(prog, x, y, *cohort(seeds), sched)
 t3 = time.perf_counter()
 # the same shapes but 4 more members, in the same process: what a compilation
 # costs once a first one has loaded and set up the compiler
-train.compile_members(prog, x, y, *cohort(seeds + 1), sched)
+if again:
+    train.compile_members(prog, x, y, *cohort(seeds + 1), sched)
 t4 = time.perf_counter()
 top = {window.removeprefix("normsweep compile ") or "outside": dict(
            sorted(stats.items(), key=lambda e: -e[1]["seconds"])[:20])
        for window, stats in events.items()}
 print(json.dumps({"compile_s": t1 - t0, "first_run_s": t2 - t1, "second_run_s": t3 - t2,
-                  "next_cohort_compile_s": t4 - t3, "programs": programs,
+                  "next_cohort_compile_s": t4 - t3 if again else None, "programs": programs,
                   "compiler_events": top}))
 """
 
 
 def compile_split(m: int, seeds: int, steps: int, n: int, xla_flags: str = "",
-                  unroll: int = 0, trace: bool = False, env: dict | None = None) -> dict:
+                  unroll: int = 0, trace: bool = False, again: bool = False,
+                  env: dict | None = None) -> dict:
     """One cohort in a fresh process with the cache off and `xla_flags` added
     to XLA_FLAGS (and `metrics.UNROLL` set to `unroll`, if not 0): seconds of
     its compilation alone (`train.compile_members`, which runs nothing), then
@@ -181,9 +183,10 @@ def compile_split(m: int, seeds: int, steps: int, n: int, xla_flags: str = "",
     the seconds JAX spent tracing, lowering and compiling it and the number
     of kernels (fusions, library calls, loops) in its optimised HLO. A first
     run much slower than the second means the first call still does work
-    that is not compilation. Then a cohort of the same shapes with 4 more
-    networks compiles in the same process ("next_cohort_compile_s"): what a
-    compilation costs once a first one has set the compiler up. With `trace`,
+    that is not compilation. With `again`, a cohort of the same shapes with
+    4 more networks then compiles in the same process
+    ("next_cohort_compile_s"): what a compilation costs once a first one has
+    set the compiler up. With `trace`,
     the first compilation runs under `jax.profiler`, and "compiler_events"
     holds per program the 20 compiler phases and passes that took the most
     exclusive host time, summed over threads. A variant that fails (an XLA
@@ -195,7 +198,8 @@ def compile_split(m: int, seeds: int, steps: int, n: int, xla_flags: str = "",
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(os.path.abspath(__file__)),
                                                       env.get("PYTHONPATH")]))
     out = subprocess.run([sys.executable, "-c", COMPILE, str(m), str(seeds), str(steps), str(n),
-                          str(unroll), str(int(trace))], env=env, capture_output=True, text=True)
+                          str(unroll), str(int(trace)), str(int(again))], env=env,
+                         capture_output=True, text=True)
     if out.returncode:
         return {"error": (out.stderr or out.stdout).strip()[-2000:]}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -253,7 +257,7 @@ def segment_group(stack: tuple[str, ...]) -> str:
 # sizes per preset: (n, matmul side, widths, steps per width, seeds per η)
 PRESETS = {
     "smoke": dict(n=64, matmul=256, widths=[32], steps={32: 20}, seeds=[2], repeat=3,
-                  ahead=([8, 12], [2], 32, 5), compile=(32, 2, 20, [{"trace": True}]),
+                  ahead=([8, 12], [2], 32, 5), compile=(32, 2, 20, [{"trace": True, "again": True}]),
                   profile=[(32, 2, 6)]),
     "cpu": dict(n=1024, matmul=1024, widths=[64, 256, 512, 1024],
                 steps={64: 400, 256: 400, 512: 120, 1024: 40}, seeds=[2], repeat=10,
@@ -269,7 +273,7 @@ PRESETS = {
                 # kernel for the random draws (which JAX says compiles faster), then
                 # with every small loop rolled (BENCHMARKS.md, run 4)
                 compile=(1024, 2, 100, [
-                    {"trace": True},
+                    {"trace": True, "again": True},
                     {"env": {"JAX_THREEFRY_GPU_KERNEL_LOWERING": "1"}},
                     {"unroll": 1}]), profile=[(1024, 16, 100)]),
 }
@@ -434,7 +438,8 @@ def main():
         rows = res["compile_split"] = []
         for variant in variants:
             row = {"xla_flags": variant.get("xla_flags", ""), "unroll": variant.get("unroll", 0),
-                   "trace": variant.get("trace", False), "env": variant.get("env", {}),
+                   "trace": variant.get("trace", False), "again": variant.get("again", False),
+                   "env": variant.get("env", {}),
                    "width": m, "members": 4 * n_seeds, "steps": steps,
                    **compile_split(m, n_seeds, steps, n, **variant)}
             rows.append(row)
@@ -445,8 +450,9 @@ def main():
                 continue
             print(f"width {m} × {4 * n_seeds} networks ({label}): compiled in "
                   f"{row['compile_s']:.1f} s, then trained in {row['first_run_s']:.2f} s "
-                  f"(first run) and {row['second_run_s']:.2f} s (second); "
-                  f"{4 * n_seeds + 4} networks then compiled in {row['next_cohort_compile_s']:.1f} s")
+                  f"(first run) and {row['second_run_s']:.2f} s (second)"
+                  + (f"; {4 * n_seeds + 4} networks then compiled in "
+                     f"{row['next_cohort_compile_s']:.1f} s" if row["again"] else ""))
             for name, p in row["programs"].items():
                 print(f"    {name:8s} traced {p['trace_s']:5.2f} s, lowered {p['lower_s']:5.2f} s, "
                       f"compiled {p['compile_s']:6.2f} s, {p['kernels']} kernels")
