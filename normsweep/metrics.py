@@ -108,10 +108,14 @@ def _unroll(trips: int) -> int:
     """Steps per trip of the Lanczos loop: UNROLL on an accelerator, where
     each trip of a rolled loop costs a host round trip; none on a CPU, where
     unrolling only lengthened the compilation (6.0 against 9.2 s per cohort
-    at width 1024) and made records no faster. (The squaring loop of
+    at width 1024) and made records no faster. Fewer than 2·UNROLL steps
+    (the default 10) are unrolled whole: UNROLL steps and the remainder
+    would be as many copies of the body, plus a loop. (The squaring loop of
     `top_eigenpair_psd` stays unrolled everywhere: rolled on a CPU, its small
     batched products rounded differently with the number of members.)"""
-    return 1 if jax.default_backend() == "cpu" else min(UNROLL, trips)
+    if jax.default_backend() == "cpu":
+        return 1
+    return trips if trips < 2 * UNROLL else UNROLL
 
 
 def top_eigenvalue_psd(gram: jax.Array, squarings: int = SQUARINGS) -> jax.Array:
