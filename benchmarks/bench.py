@@ -223,7 +223,8 @@ def compile_ahead_grid(widths, depths, n, steps) -> str:
             'lr = [0.001, 0.002, 0.005, 0.01]\nseed = [0, 1]\n')
 
 
-PARTS = ("table", "precision", "record", "compilations", "memory", "ahead", "compile", "profile")
+PARTS = ("table", "precision", "record", "compilations", "memory", "ahead", "compile", "profile",
+         "long")
 
 
 def segment_group(stack: tuple[str, ...]) -> str:
@@ -258,11 +259,12 @@ def segment_group(stack: tuple[str, ...]) -> str:
 PRESETS = {
     "smoke": dict(n=64, matmul=256, widths=[32], steps={32: 20}, seeds=[2], repeat=3,
                   ahead=([8, 12], [2], 32, 5), compile=(32, 2, 20, [{"trace": True, "again": True}]),
-                  profile=[(32, 2, 6)]),
+                  profile=[(32, 2, 6)], long=[(32, 60)]),
     "cpu": dict(n=1024, matmul=1024, widths=[64, 256, 512, 1024],
                 steps={64: 400, 256: 400, 512: 120, 1024: 40}, seeds=[2], repeat=10,
                 ahead=([64, 128, 256], [2, 3], 1024, 100),
-                compile=(256, 2, 400, [{}, {"unroll": 1}]), profile=[(256, 2, 100), (1024, 2, 24)]),
+                compile=(256, 2, 400, [{}, {"unroll": 1}]), profile=[(256, 2, 100), (1024, 2, 24)],
+                long=[(256, 2000), (512, 1000), (1024, 400)]),
     # a GPU is launch-bound on 8 small networks: also run 64 (4 η × 16 seeds),
     # and enough steps that a cohort runs for about a second
     "gpu": dict(n=1024, matmul=8192, widths=[64, 256, 1024, 2048],
@@ -275,7 +277,7 @@ PRESETS = {
                 compile=(1024, 2, 100, [
                     {"trace": True, "again": True},
                     {"env": {"JAX_THREEFRY_GPU_KERNEL_LOWERING": "1"}},
-                    {"unroll": 1}]), profile=[(1024, 16, 100)]),
+                    {"unroll": 1}]), profile=[(1024, 16, 100)], long=[(1024, 4000)]),
 }
 
 
@@ -415,6 +417,29 @@ def main():
         print(f"peak memory, log recording: {res['peak_rss_short'] / 2**20:.0f} MiB at {short} steps, "
               f"{res['peak_rss_long'] / 2**20:.0f} MiB at {long} steps")
 
+    def part_long():
+        # the table's cohorts run a few hundred steps, so that its 64 log-spaced
+        # records fall on up to every step: a sweep runs longer, and its records
+        # thin out. Best of 2 runs per width (a single run here has drifted by
+        # 15%), its compilation done before it is timed
+        rows = res["long"] = []
+        for m, steps in cfg["long"]:
+            dims, seeds = (d, m, m, k), np.arange(2)
+            members = len(lrs) * len(seeds)
+            sched = plan.record_steps(steps, "log", 64)
+            prog = train.Program(dims=dims)
+            lr, (ik, pk) = np.repeat(lrs, len(seeds)), plan.member_keys(np.tile(seeds, len(lrs)))
+            train.compile_members(prog, x, y, lr, ik, pk, sched)
+            t = best_of(lambda: train.train_members(prog, x, y, lr, ik, pk, sched),
+                        1 if smoke else 2)
+            flop = 6 * n * params(dims) * members * steps
+            rows.append({"width": m, "members": members, "steps": steps, "records": len(sched),
+                         "seconds": t, "fraction_of_matmul": flop / t / res["matmul_flops"]})
+            save()
+            print(f"long run, width {m} × {members} networks, {steps} steps, {len(sched)} records "
+                  f"(log): {flop / t / 1e9:.1f} GFLOP/s, {rows[-1]['fraction_of_matmul']:.0%} of "
+                  f"matmul over the whole run ({t:.1f} s)")
+
     def part_ahead():
         # compiling the next cohorts while one trains (launch's prefetch), against
         # compiling each as it starts: whole launches in fresh processes
@@ -516,7 +541,7 @@ def main():
 
     run = {"table": part_table, "precision": part_precision, "record": part_record,
            "compilations": part_compilations, "memory": part_memory, "ahead": part_ahead,
-           "compile": part_compile, "profile": part_profile}
+           "compile": part_compile, "profile": part_profile, "long": part_long}
     save()
     for part in parts:     # in the order asked for; each part's figures saved as it ends
         run[part]()

@@ -32,6 +32,8 @@ def test_benchmark_smoke(tmp_path):
     assert every["record: spectral norms (Lanczos, small Gram matrices)"] > 0
     assert figures["profile"][0]["thread_s_per_step"]["first+last, twice the steps"][
         "steps between records"] > 0
+    long = figures["long"][0]
+    assert 1 < long["records"] <= 64 and long["fraction_of_matmul"] > 0 and "long run" in result.stdout
 
 
 def test_benchmark_runs_the_parts_asked_for(tmp_path):
