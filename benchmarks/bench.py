@@ -49,10 +49,14 @@ def params(dims):
     return sum(a * b for a, b in zip(dims[:-1], dims[1:]))
 
 
+def member_args(lrs, seeds) -> tuple:
+    """(lr, init keys, power keys) of a cohort of every η × seed."""
+    return (np.repeat(lrs, len(seeds)), *plan.member_keys(np.tile(seeds, len(lrs))))
+
+
 def normsweep_run(dims, n, lrs, seeds, steps_array, x, y, precision="highest", layout="auto"):
     prog = train.Program(dims=dims, precision=precision, layout=layout)
-    lr = np.repeat(lrs, len(seeds))
-    ik, pk = plan.member_keys(np.tile(seeds, len(lrs)))
+    lr, ik, pk = member_args(lrs, seeds)
     t0 = time.perf_counter()
     train.train_members(prog, x, y, lr, ik, pk, steps_array)
     first = time.perf_counter() - t0
@@ -428,7 +432,7 @@ def main():
             members = len(lrs) * len(seeds)
             sched = plan.record_steps(steps, "log", 64)
             prog = train.Program(dims=dims)
-            lr, (ik, pk) = np.repeat(lrs, len(seeds)), plan.member_keys(np.tile(seeds, len(lrs)))
+            lr, ik, pk = member_args(lrs, seeds)
             train.compile_members(prog, x, y, lr, ik, pk, sched)
             t = best_of(lambda: train.train_members(prog, x, y, lr, ik, pk, sched),
                         1 if smoke else 2)
@@ -508,7 +512,7 @@ def main():
         flop = 6 * n * params(dims) * members
         loop_s = baseline_run(dims, x, y, 1e-3, 3 if smoke else steps, svd=False) * members
         prog = train.Program(dims=dims)
-        lr, (ik, pk) = np.repeat(lrs, n_seeds), plan.member_keys(np.tile(seeds, len(lrs)))
+        lr, ik, pk = member_args(lrs, seeds)
         profiled = {}          # thread seconds per group, per step of each run
         for label in ("every step", "first+last, twice the steps"):
             sched = schedules[label]

@@ -86,34 +86,48 @@ def source_frames(hlo_text: str) -> Frames:
     return Frames(module, {op: stack(f) for op, f in stacks_of.items()})
 
 
+def _newest_trace(trace_dir: str):
+    """The newest trace that `jax.profiler.trace(trace_dir)` wrote."""
+    path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
+                  key=os.path.getmtime)[-1]
+    return jax.profiler.ProfileData.from_file(path)
+
+
+def _nested(events) -> list[list]:
+    """[start, end, key, own seconds, key of the enclosing event or None] for
+    each (start_ns, end_ns, key) of one thread: own seconds are the event's
+    less those of the events nested in it."""
+    spans, open_ = [], []
+    for start, end, key in sorted(events, key=lambda e: (e[0], -e[1])):
+        while open_ and open_[-1][1] <= start:
+            open_.pop()
+        outer = open_[-1] if open_ else None
+        if outer:
+            outer[3] -= (min(end, outer[1]) - start) * 1e-9
+        span = [start, end, key, (end - start) * 1e-9, outer[2] if outer else None]
+        spans.append(span)
+        open_.append(span)
+    return spans
+
+
 def kernel_seconds(trace_dir: str, module: str) -> dict[str, dict[str, float | str]]:
     """{"seconds": exclusive seconds per kernel of `module` (its `hlo_op`),
     summed over threads and runs (a loop's time less that of the kernels it
     ran); "parent": the kernel that ran each nested one}, from the newest
     trace that `jax.profiler.trace(trace_dir)` wrote."""
-    path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
-                  key=os.path.getmtime)[-1]
-    data = jax.profiler.ProfileData.from_file(path)
     seconds: dict = collections.Counter()
     parent: dict[str, str] = {}
-    for plane in data.planes:
+    for plane in _newest_trace(trace_dir).planes:
         for line in plane.lines:
             events = []
             for ev in line.events:
                 stats = dict(ev.stats)
                 if stats.get("hlo_module") == module and "hlo_op" in stats:
                     events.append((ev.start_ns, ev.start_ns + ev.duration_ns, stats["hlo_op"]))
-            events.sort(key=lambda e: (e[0], -e[1]))
-            open_ = []
-            for start, end, op in events:
-                while open_ and open_[-1][1] <= start:
-                    open_.pop()
-                if open_:
-                    outer = open_[-1]
-                    seconds[outer[2]] -= (min(end, outer[1]) - start) * 1e-9
-                    parent.setdefault(op, outer[2])
-                seconds[op] += (end - start) * 1e-9
-                open_.append((start, end, op))
+            for _, _, op, own, outer in _nested(events):
+                seconds[op] += own
+                if outer is not None:
+                    parent.setdefault(op, outer)
     return {"seconds": dict(seconds), "parent": parent}
 
 
@@ -139,30 +153,17 @@ def host_event_seconds(trace_dir: str, windows: str | None = None) -> dict:
     within each ("" for the events outside every window), whatever their
     thread: a compiler's worker threads are not nested in its caller's
     events."""
-    path = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
-                  key=os.path.getmtime)[-1]
-    data = jax.profiler.ProfileData.from_file(path)
-    spans = []         # (start, own seconds, inclusive seconds, name)
-    for plane in data.planes:
+    spans = []
+    for plane in _newest_trace(trace_dir).planes:
         if not plane.name.startswith("/host:"):
             continue
         for line in plane.lines:
-            events = sorted(((ev.start_ns, ev.start_ns + ev.duration_ns,
+            spans += _nested((ev.start_ns, ev.start_ns + ev.duration_ns,
                               re.sub(r"[ :]\(?jit_[\w.]+\)?$", "", ev.name))
-                             for ev in line.events if not ev.name.startswith("$")),
-                            key=lambda e: (e[0], -e[1]))
-            open_ = []
-            for start, end, name in events:
-                while open_ and open_[-1][1] <= start:
-                    open_.pop()
-                if open_:
-                    open_[-1][3] -= (min(end, open_[-1][1]) - start) * 1e-9
-                span = [start, end, name, (end - start) * 1e-9]
-                spans.append(span)
-                open_.append(span)
+                             for ev in line.events if not ev.name.startswith("$"))
     cuts = sorted((s[0], s[1], s[2]) for s in spans if windows and s[2].startswith(windows))
     out: dict = {}
-    for start, end, name, own in spans:
+    for start, end, name, own, _ in spans:
         window = next((w[2] for w in cuts if w[0] <= start < w[1]), "")
         entry = out.setdefault(window, {}).setdefault(
             name, {"seconds": 0.0, "inclusive": 0.0, "count": 0})
