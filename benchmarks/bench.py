@@ -1,6 +1,6 @@
 """normsweep against the machine's matmul rate and the loops a user would write.
 
-    python benchmarks/bench.py              # every part (about 8 minutes on 2 CPU cores)
+    python benchmarks/bench.py              # every part (about 12 minutes on 2 CPU cores)
     python benchmarks/bench.py --smoke      # a tiny version, to keep the script working
 
 Everything is measured in one run on one machine and reported as ratios,
