@@ -17,6 +17,7 @@ EXACT_MAX = 64
 SQUARINGS = 24
 UNROLL = 8          # loop bodies per trip of the small spectral loops (see _unroll)
 FIRST_LEVELS = 4    # levels of a sum's tree taken on slices of its inputs (see inner)
+SLOW_PARTS = (1 << 13, 1 << 15)   # ... fewer, rather than slices of this many entries
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -68,13 +69,18 @@ def inner(a: jax.Array, b: jax.Array) -> jax.Array:
     first level into the tree's next levels). A record's sums at width 1024
     took 20 ms of thread time for 8 networks, 13 ms with one level taken on
     slices and 6 ms with four; five or more read too many strided streams at
-    once and ran 3× slower (BENCHMARKS.md)."""
+    once and ran 3× slower (BENCHMARKS.md). Fewer levels are taken where
+    the slices would hold 2^13 to 2^15 entries (SLOW_PARTS): on this
+    project's 2-core CPU, streams read 32–128 KiB apart ran several times
+    slower than closer or farther ones, and a record at width 512 (slices
+    of 2^14 with four levels; now two, of 2^16) cost 13–15 ms instead of 7."""
     a, b = a.reshape(-1), b.reshape(-1)
     size = 1 << max(0, (a.shape[0] - 1).bit_length())
     if size != a.shape[0]:
         pad = (0, size - a.shape[0])
         a, b = jnp.pad(a, pad), jnp.pad(b, pad)
-    levels = min(FIRST_LEVELS, size.bit_length() - 1)
+    levels = max(l for l in range(min(FIRST_LEVELS, size.bit_length() - 1) + 1)
+                 if l == 0 or not SLOW_PARTS[0] <= size >> l <= SLOW_PARTS[1])
     part = size >> levels
     # level 1 adds part c to part c + 2^(levels-1), as tree_sum adds x[i] to x[i + size/2]
     parts = [rounded(a[c * part:(c + 1) * part] * b[c * part:(c + 1) * part])

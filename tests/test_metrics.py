@@ -118,11 +118,13 @@ def test_frobenius():
     assert float(metrics.frobenius(w)) == pytest.approx(np.linalg.norm(w), rel=1e-6)
 
 
-@pytest.mark.parametrize("shape", [(1,), (3,), (17,), (16, 32), (32, 10), (30, 30)])
+@pytest.mark.parametrize("shape", [(1,), (3,), (17,), (16, 32), (32, 10), (30, 30),
+                                   (300, 500)])
 def test_inner_on_slices_is_the_tree_of_the_rounded_products(shape):
     """`inner` takes its tree's first levels on slices of its inputs: the same
     adds of the same numbers as the plain tree, so the same bits, batched over
-    any number of members or one at a time."""
+    any number of members or one at a time (300 × 500 pads to 2^18 entries:
+    two levels, as at width 512, where four would give slices of SLOW_PARTS)."""
     def tree(a, b):
         return metrics.tree_sum(metrics.rounded(a.reshape(-1) * b.reshape(-1)))
 
