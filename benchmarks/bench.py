@@ -129,6 +129,7 @@ import numpy as np, jax, jax.numpy as jnp
 from normsweep import metrics, plan, train
 from normsweep.data import sphere_data
 import xprof
+from bench import member_args
 m, seeds, steps, n, unroll, trace, again = map(int, sys.argv[1:8])
 if unroll:
     metrics.UNROLL = unroll
@@ -136,8 +137,7 @@ x, y = sphere_data(jax.random.key(0), n, 16, 10, jnp.float32)
 prog = train.Program(dims=(16, m, m, 10))
 sched = plan.record_steps(steps, "log", 64)
 def cohort(seeds):
-    lr = np.repeat(np.geomspace(1e-3, 1e-2, 4), seeds)
-    return (lr, *plan.member_keys(np.tile(np.arange(seeds), 4)))
+    return member_args(np.geomspace(1e-3, 1e-2, 4), np.arange(seeds))
 seconds = collections.defaultdict(float)
 def listener(event, duration, fun_name="", **_):
     stage = event.rsplit("/", 1)[-1].removesuffix("_duration")
