@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -88,3 +89,51 @@ def test_a_compilation_ahead_that_fails_is_left_to_the_cohort_itself(tiny_sweep,
     assert failed == summary.trained[1:]        # every cohort but the first was tried ahead
     with xr.open_dataset(out / "sweep.nc") as a, xr.open_dataset(tiny_sweep / "sweep.nc") as b:
         equal.assert_sweeps_equal(a, b)
+
+
+# jax.monitoring's events of the persistent compilation cache: "cache_misses"
+# counts programs compiled and written to the cache (those that took at least
+# jax_persistent_cache_min_compile_time_secs), "cache_hits" programs read from it
+CACHE_EVENTS = textwrap.dedent("""\
+    import collections, json, sys
+    import jax
+    from normsweep import config, launch
+    counts = collections.Counter()
+    jax.monitoring.register_event_listener(
+        lambda event, **kw: counts.update([event.rsplit("/", 1)[-1]]))
+    cfg = config.parse('''
+    name = "cache"
+    [data]
+    n = 24
+    d = 5
+    k = 3
+    [train]
+    steps = 6
+    [grid]
+    width = [17]
+    depth = [3]
+    lr = [0.1, 0.2]
+    seed = [0]
+    ''', source="cache.toml")
+    launch.launch(cfg, sys.argv[1], prefetch=0)
+    print(json.dumps(counts))
+    """)
+
+
+def test_a_relaunch_compiles_nothing_that_the_first_launch_compiled(tmp_path):
+    def launch_in_a_fresh_process(out, cache):
+        env = dict(os.environ, NORMSWEEP_JAX_CACHE=cache, HOME=str(tmp_path / "home"))
+        run = subprocess.run([sys.executable, "-c", CACHE_EVENTS, str(tmp_path / out)],
+                             capture_output=True, text=True, timeout=300, env=env)
+        assert run.returncode == 0, run.stderr
+        return json.loads(run.stdout.strip().splitlines()[-1])
+
+    cache = str(tmp_path / "cache")
+    first = launch_in_a_fresh_process("first", cache)
+    second = launch_in_a_fresh_process("second", cache)
+    assert first.get("cache_misses", 0) >= 2, first        # init and segment, at least
+    assert second.get("cache_misses", 0) == 0, second      # nothing compiled and stored again
+    assert second.get("cache_hits", 0) >= first["cache_misses"], second
+    off = launch_in_a_fresh_process("off", "off")          # the opt-out: no cache anywhere
+    assert "cache_misses" not in off and "cache_hits" not in off, off
+    assert not (tmp_path / "home").exists()
