@@ -175,47 +175,67 @@ def spectral_exact(w: jax.Array, squarings: int = SQUARINGS) -> jax.Array:
     return jnp.sqrt(jnp.maximum(top_eigenvalue_psd(gram, squarings), 0.0))
 
 
-def lanczos(w: jax.Array, v: jax.Array, steps: int, rolled: bool = False
+def krylov_dim(shape: tuple[int, int]) -> int:
+    """The most Lanczos steps on WᵀW that can add a direction, for W of `shape`
+    (p, q): the Krylov space of a q×q matrix of rank ≤ p has at most
+    min(q, p + 1) dimensions (the +1: a start vector's part in WᵀW's null
+    space). A step past it orthogonalises pure rounding noise against a
+    complete basis and corrupts the tridiagonal matrix."""
+    p, q = shape
+    return min(q, p + 1)
+
+
+def lanczos(w: jax.Array, v: jax.Array, steps: int, rolled: bool = False, trips=None
             ) -> tuple[jax.Array, jax.Array]:
-    """`steps` Lanczos steps on WᵀW from `v` (unit, length fan_out).
+    """Up to `steps` Lanczos steps on WᵀW from `v` (unit, length fan_out).
 
     Returns (‖Wu‖, u) with u the top Ritz vector of the Krylov space
-    span{v, WᵀWv, …, (WᵀW)^(steps−1) v}: a lower bound on ‖W‖₂, like power
-    iteration's, for the same matrix–vector products, but the best one in
-    that space, which holds power iteration's own iterate. Where the top
-    singular values are close (a random matrix's bulk edge, or a new
-    direction growing out of it during training), power iteration's error
-    falls like (σ₂/σ₁)^(2k) and Lanczos' like a Chebyshev polynomial's in
-    √(gap): measured on a width-1024 layer whose top direction changed
-    between two records, 10 warm-started power iterations missed ‖W‖₂ by
-    1.5% and 10 Lanczos steps by 2e-5 (tests/test_metrics.py builds such a
-    case). The basis is reorthogonalised in full (twice, classical
-    Gram–Schmidt), T's top eigenpair comes from `top_eigenpair_psd`, and the
-    value returned is ‖Wu‖ itself, a lower bound whatever the rounding in T.
-    For W = 0 it returns (0, v).
+    span{v, WᵀWv, …, (WᵀW)^(k−1) v}, k = min(steps, `krylov_dim`): a lower
+    bound on ‖W‖₂, the best one in that space, which holds power
+    iteration's own iterate for the same products. Where the top singular
+    values are close (a random matrix's bulk edge, or a new direction growing
+    out of it during training), power iteration's error falls like
+    (σ₂/σ₁)^(2k) and Lanczos' like a Chebyshev polynomial's in √(gap). The
+    basis is reorthogonalised in full (twice, classical Gram–Schmidt); a step
+    whose new direction is lost in rounding (an invariant subspace: the
+    space is exhausted) ends the recursion, and T's top eigenpair comes from
+    `top_eigenpair_psd`. The value returned is ‖Wu‖ itself, a lower bound
+    whatever the rounding in T. For W = 0 it returns (0, v).
 
-    `rolled` keeps the loop rolled on every backend: for a cold start, run
-    once per cohort, where unrolled copies of the body would only lengthen
-    the compilation (on an accelerator, `_unroll` copies it UNROLL times).
+    `rolled` keeps the loop rolled on every backend (a cold start runs once
+    per cohort: unrolled copies would only lengthen the compilation).
+    `trips` (traced, optional) runs only the first min(trips, k) steps of
+    the same program: one compiled program checks every step count.
     """
     n = v.shape[0]
+    size = min(steps, krylov_dim(w.shape))
+    tol = n * jnp.finfo(v.dtype).eps
 
     def body(j, carry):
         basis, alpha, beta, q = carry
         basis = basis.at[j].set(q)
         z = matmul(w.T, matmul(w, q))
+        scale = frobenius(z)
         c = matmul(basis, z)                       # ⟨q_i, z⟩ for i ≤ j, 0 above
         z = z - matmul(basis.T, c)
         z = z - matmul(basis.T, matmul(basis, z))  # twice is enough
         b = frobenius(z)
+        # breakdown: what is left of z is rounding, not a new direction
+        b = jnp.where(b > tol * scale, b, 0)
         q = jnp.where(b > 0, z / jnp.where(b > 0, b, 1), 0)
         return basis, alpha.at[j].set(c[j]), beta.at[j].set(b), q
 
-    zero = jnp.zeros((steps,), v.dtype)
-    basis, alpha, beta, _ = jax.lax.fori_loop(
-        0, steps, body, (jnp.zeros((steps, n), v.dtype), zero, zero, v),
-        unroll=1 if rolled else _unroll(steps))
-    off = jnp.diag(beta[:-1], 1)
+    zero = jnp.zeros((size,), v.dtype)
+    init = (jnp.zeros((size, n), v.dtype), zero, zero, v)
+    if trips is None:
+        k = size
+        carry = jax.lax.fori_loop(0, size, body, init, unroll=1 if rolled else _unroll(size))
+    else:
+        k = jnp.minimum(trips, size)
+        carry = jax.lax.fori_loop(0, k, body, init)
+    basis, alpha, beta, _ = carry
+    # T is k×k: the last step's β couples to no basis vector
+    off = jnp.diag(jnp.where(jnp.arange(size - 1) < k - 1, beta[:-1], 0), 1)
     _, y = top_eigenpair_psd(jnp.diag(alpha) + off + off.T)
     u = matmul(basis.T, y)
     norm = frobenius(u)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from normsweep import metrics
+from normsweep import config, metrics, train
 
 
 def gaussian(p, q, seed=0):
@@ -38,6 +38,35 @@ def test_cold_lanczos_matches_svd(m):
     est, _ = jax.jit(metrics.lanczos, static_argnums=2)(w, v, 50)
     assert float(est) == pytest.approx(np.linalg.norm(w, 2), rel=1e-5)
     assert float(est) <= np.linalg.norm(w, 2) * (1 + 1e-6)   # a lower bound
+
+
+@pytest.mark.parametrize("m", [65, 96, 100, 127, 128])
+def test_lanczos_matches_svd_at_every_step_count_up_to_the_largest_allowed(m):
+    """Steps past the Krylov space's dimension (m for an m×m matrix) add only
+    rounding noise; they must not corrupt the estimate. Every count from 1 to
+    MAX_LANCZOS_STEPS, in one compiled program (`trips`), and the cold start's
+    and the largest counts through the public path."""
+    w = gaussian(m, m, seed=m)
+    svd = np.linalg.norm(w.astype(np.float64), 2)
+    v = unit_vector(jax.random.key(m), m, jnp.float32)
+    most = config.MAX_LANCZOS_STEPS
+    run = jax.jit(jax.vmap(lambda t: metrics.lanczos(w, v, most, True, trips=t)[0]))
+    est = np.asarray(run(jnp.arange(1, most + 1)), np.float64) / svd
+    assert (est <= 1 + 1e-6).all()                       # a lower bound at every count
+    assert (np.diff(est) >= -1e-6).all()                 # more steps never lose ground
+    np.testing.assert_allclose(est[49:], 1, rtol=1e-5)   # 50 steps and more: converged
+    for steps in (train.COLD_ITERS, m - 1, m, m + 1, most):
+        got = float(jax.jit(metrics.lanczos, static_argnums=(2, 3))(w, v, steps, True)[0])
+        assert got == pytest.approx(svd, rel=1e-5 if steps >= 50 else 1e-2), steps
+
+
+def test_lanczos_stops_where_a_low_rank_matrix_runs_out_of_directions():
+    # rank 3: the Krylov space from a generic start has 4 dimensions
+    rng = np.random.default_rng(5)
+    w = (rng.normal(size=(100, 3)) @ rng.normal(size=(3, 100))).astype(np.float32)
+    v = unit_vector(jax.random.key(3), 100, jnp.float32)
+    got = float(jax.jit(metrics.lanczos, static_argnums=2)(w, v, 60)[0])
+    assert got == pytest.approx(np.linalg.norm(w.astype(np.float64), 2), rel=1e-5)
 
 
 def test_a_rolled_lanczos_loop_is_the_unrolled_one(monkeypatch):
