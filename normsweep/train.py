@@ -35,6 +35,8 @@ from normsweep.model import (MLP, init_stds, kernels, lr_multipliers, normals, u
 LAYER_METRICS = ("frob_norm", "spec_norm", "frob_dist", "spec_dist", "update_norm", "grad_norm",
                  "grad_dot_weight")
 NETWORK_METRICS = ("loss", "accuracy")
+# records that are finite at every step of a member that has not diverged
+CHECKED = ("frob_norm", "spec_norm", "frob_dist", "spec_dist", "grad_norm", "loss")
 COLD_ITERS = 100
 MIN_MEMBERS = 2         # members a program trains at least (Program.min_members)
 MIN_BATCHED_MEMBERS = 4 # the same, for programs that batch their members' steps
@@ -139,8 +141,9 @@ def hyper(program: Program, lrs, weight_decay=None, parametrization=None) -> Hyp
 
 class State(NamedTuple):
     """One member's training state. `update_sq[l]` = ‖W_l(t) − W_l(t−1)‖_F²
-    (NaN before the first step); `diverged_at` = −1 or the first step whose
-    loss was not finite (the member's weights are frozen from then on)."""
+    (NaN before the first step); `diverged_at` = −1 or the first step at
+    which the loss, a weight or a recorded norm was not finite (the member's
+    weights are frozen from then on)."""
     params: Any
     params0: tuple
     opt_state: Any
@@ -244,7 +247,11 @@ def step(program: Program, state: State, hp: Hyper, x, y, t, frozen=False, keep_
     lr = hp.lr
     (loss, z), grads = jax.value_and_grad(loss_and_logits, argnums=1, has_aux=True)(
         program, state.params, x, y)
-    diverged_at = jnp.where((state.diverged_at < 0) & ~jnp.isfinite(loss),
+    # a weight can overflow while dead ReLUs downstream keep the loss finite
+    finite = functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(w))
+                                                for w in kernels(state.params)],
+                              jnp.isfinite(loss))
+    diverged_at = jnp.where((state.diverged_at < 0) & ~finite,
                             jnp.asarray(t, jnp.int32), state.diverged_at)
     alive = diverged_at < 0
     moving = jnp.logical_and(alive, jnp.logical_not(frozen))
@@ -370,6 +377,14 @@ def measured(program: Program, state: State, new: State, out, hp: Hyper, x, y, t
     loss, z, grad_sums = out
     rec, spec_v, dist_v = measure(program, state, loss, z, grad_sums, y)
     new = new._replace(spec_v=spec_v, dist_v=dist_v)
+    # a norm that overflows (finite weights whose squares do not fit the
+    # dtype) diverges the member as a non-finite loss does: frozen from t on
+    overflow = ~functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(rec[name]))
+                                                   for name in CHECKED])
+    newly = (new.diverged_at < 0) & overflow
+    new = new._replace(
+        params=jax.tree.map(lambda a, b: jnp.where(newly, a, b), state.params, new.params),
+        diverged_at=jnp.where(newly, jnp.asarray(t, jnp.int32), new.diverged_at))
     if program.sharpness_every:
         due = jnp.logical_or(last, t % program.sharpness_every == 0)
         lam, hess_v = jax.lax.cond(

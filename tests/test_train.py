@@ -139,6 +139,30 @@ def test_divergence_is_contained():
     assert good.diverged_at.tolist() == [-1, -1]
 
 
+@pytest.mark.parametrize("planted", [-np.inf, -1e20])
+def test_a_member_whose_weights_or_norms_overflow_is_diverged(planted):
+    """All-negative hidden weights kill every ReLU after them, so the logits
+    are 0 and the loss stays finite: an infinite weight, or finite weights
+    whose ‖W‖_F² overflows float32, must still mark the member diverged."""
+    prog = train.Program(dims=(D, 16, 16, K))
+    lrs, ik, pk = members([0.05, 0.05], [0])
+    mesh, hp, ik, pk, x, y = train._placed(prog, X, Y, lrs, ik, pk, STEPS, 1, None, None)
+    state = train.init_cohort(prog, mesh, hp, ik, pk, x)
+    ws = list(train.kernels(state.params))
+    ws[1] = ws[1].at[1].set(planted)          # member 1's hidden layer
+    state = state._replace(params=train.with_kernels(state.params, ws))
+    records, diverged = [], None
+    for t, gap, valid in train.segments(STEPS):
+        state, rec = train.segment_cohort(prog, mesh, state, hp, x, y, t, gap, valid)
+        records.append({k: np.asarray(v)[:, valid] for k, v in rec.items()})
+    diverged = np.asarray(state.diverged_at)[:2]
+    loss = np.concatenate([r["loss"] for r in records], 1)
+    assert diverged.tolist() == [-1, 0]
+    assert np.isfinite(loss[0]).all() and np.isnan(loss[1]).all()
+    # frozen from the divergence on: the planted weights are as they were
+    np.testing.assert_array_equal(np.asarray(train.kernels(state.params)[1][1]), np.float32(planted))
+
+
 def test_record_schedule_subsamples_the_same_trajectory(cohort):
     sparse = run(PROG, [0.05, 4.0], [0, 1], np.array([0, 1, 7, 8, 20]), weights=False)
     for name in ("loss", "frob_norm", "grad_norm", "update_norm", "frob_dist"):
