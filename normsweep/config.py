@@ -36,7 +36,9 @@ PARAMETRIZATIONS = ("standard", "ntk", "mup")
 LOSSES = ("mse", "cross_entropy")
 DTYPES = ("float32", "float64")
 PRECISIONS = ("highest", "high", "default")
-NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+NAME_RE = re.compile(r"[A-Za-z0-9._-]+")     # matched whole (fullmatch)
+MAX_NAME = 128          # a folder name, with room for the files normsweep writes in it
+MAX_GRID_BYTES = 1 << 20        # a grid file is copied into every results file
 MAX_SEED = 2**31 - 1
 # a record's Lanczos basis holds this many vectors, and its tridiagonal matrix
 # is squared 24 times; 100 steps already reach 2e-8 of an SVD from a cold start
@@ -209,7 +211,13 @@ def load(path: str | Path) -> Config:
     """Reads and validates the grid file at `path`."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_GRID_BYTES + 1)
+        if len(raw) > MAX_GRID_BYTES:
+            raise GridError(str(path), "(file)", str(path),
+                            f"is larger than {MAX_GRID_BYTES // 1024} KiB: a grid file holds "
+                            "settings and axes, not data")
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise GridError(str(path), "(file)", str(path), f"cannot be read: {err}") from None
     return parse(text, source=str(path), default_name=path.stem)
@@ -217,18 +225,27 @@ def load(path: str | Path) -> Config:
 
 def parse(text: str, source: str = "<string>", default_name: str | None = None) -> Config:
     """Parses grid-file `text`; `source` names it in error messages."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_GRID_BYTES:
+        raise GridError(source, "(file)", f"{len(text)} characters",
+                        f"is larger than {MAX_GRID_BYTES // 1024} KiB: a grid file holds "
+                        "settings and axes, not data")
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise GridError(source, "(TOML syntax)", _first_line(err), "not valid TOML") from None
+    except RecursionError:
+        raise GridError(source, "(TOML syntax)", "(nesting)",
+                        "tables or arrays nested too deeply") from None
     p = _Parser(source)
     p.known(raw, "", {"name", "data", "model", "train", "record", "grid"})
     name = raw.get("name", default_name)
     if name is None:
         raise GridError(source, "name", None, "required: a plain identifier")
-    if not isinstance(name, str) or not NAME_RE.match(name) or name in (".", ".."):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in (".", "..") \
+            or len(name) > MAX_NAME:
         raise GridError(source, "name", name,
-                        "must be a plain identifier of letters, digits, '.', '_' and '-'")
+                        "must be a plain identifier of letters, digits, '.', '_' and '-', "
+                        f"at most {MAX_NAME} characters")
     data = p.section(raw, "data", DataConfig, {
         "n": p.integer(1), "d": p.integer(2), "k": p.integer(2), "seed": p.integer(0, MAX_SEED)})
     model = p.section(raw, "model", ModelConfig, {
@@ -251,7 +268,7 @@ def parse(text: str, source: str = "<string>", default_name: str | None = None) 
     if train.loss == "cross_entropy" and model.output != "softmax":
         raise GridError(source, "train.loss", train.loss,
                         "cross_entropy needs model.output = \"softmax\"")
-    grid = p.grid(raw.get("grid"))
+    grid = p.grid(raw.get("grid"), train.dtype)
     for key, section in (("parametrization", "model"), ("weight_decay", "train")):
         if getattr(grid, key) is not None and key in raw.get(section, {}):
             raise GridError(source, f"{section}.{key}", raw[section][key],
@@ -322,7 +339,7 @@ class _Parser:
         raise self.fail(key, value, 'must be "log", "all" or a stride (an integer ≥ 1)')
 
     # -- the grid --
-    def grid(self, table: object) -> GridConfig:
+    def grid(self, table: object, dtype: str = "float32") -> GridConfig:
         if table is None:
             raise self.fail("grid", None, "required: a [grid] table with width, depth and lr")
         if not isinstance(table, dict):
@@ -338,11 +355,21 @@ class _Parser:
         seed = self.axis("grid.seed", table.get("seed", [0]), integer=True, lo=0, hi=MAX_SEED)
         if width[-1] > 1_000_000:
             raise self.fail("grid.width", width[-1], "must be at most 1000000")
+        info = np.finfo(dtype)
         for m in width:
             eff = np.asarray(lr) * float(m) ** exponent
             if not np.all(np.isfinite(eff)) or np.any(eff <= 0):
                 raise self.fail("grid.lr", list(lr),
                                 f"lr·width^{exponent} must be finite and > 0 (fails at width {m})")
+            # η rounds to 0 (or loses its precision) in the training dtype:
+            # the run would silently train with another rate, or none
+            for lr0, e in zip(lr, eff):
+                if not info.tiny <= e <= info.max:
+                    at = f" (lr·width^{exponent:g} = {e:.3g} at width {m})" if exponent else ""
+                    raise self.fail("grid.lr", lr0,
+                                    f"every learning rate{at} must lie between {info.tiny:.3g} "
+                                    f"and {info.max:.3g}, the normal numbers of train.dtype = "
+                                    f'"{dtype}"')
         param = None
         if "parametrization" in table:
             param = self.names("grid.parametrization", table["parametrization"], PARAMETRIZATIONS)
