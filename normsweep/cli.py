@@ -5,17 +5,20 @@ time; 130 interrupted (finished cohorts are kept; relaunch to resume).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from normsweep.errors import GridError, RunError
+from normsweep.errors import GridError, RunError, SweepWarning
 from normsweep.launch import Reporter
 
 err_console = Console(stderr=True)
@@ -50,14 +53,14 @@ class RichReporter:
         self.progress.advance(self.cohorts, 1)
 
     def warn(self, message: str) -> None:
-        self.progress.console.print(f"[yellow]warning:[/yellow] {message}")
+        self.progress.console.print(f"[yellow]warning:[/yellow] {escape(message)}")
 
 
 class QuietReporter(Reporter):
     """No progress; warnings still go to stderr."""
 
     def warn(self, message: str) -> None:
-        click.echo(f"warning: {message}", err=True)
+        warn(message)
 
 
 class Interrupt:
@@ -122,20 +125,42 @@ class InterruptibleReporter(Reporter):
         self.inner.warn(message)
 
 
+UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
+         "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+         "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+
+
 def parse_bytes(text: str) -> int:
-    units = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20,
-             "g": 2**30, "gib": 2**30, "t": 2**40, "tib": 2**40}
+    """A size: a number with an optional unit, binary (KiB, MiB, GiB, TiB; K,
+    M, G, T) or decimal (kB, MB, GB, TB); at least one byte, and finite."""
     t = text.strip().lower()
     num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = t[len(num):]
+    unit = t[len(num):].strip()
     try:
-        value = float(num)
-    except ValueError:
-        value = -1.0
-    if unit not in units or not value > 0:
-        raise click.BadParameter(f"{text!r}: give a size such as 512MiB or 4GiB",
-                                 param_hint="--memory-budget")
-    return int(value * units[unit])
+        value = float(num) * UNITS[unit]
+    except (ValueError, KeyError, OverflowError):
+        value = float("nan")
+    if not 1 <= value < 2**63:
+        raise click.BadParameter(f"{text!r}: give a size of at least one byte, such as 512MiB, "
+                                 "4GiB or 2GB", param_hint="--memory-budget")
+    return int(value)
+
+
+def warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+@contextlib.contextmanager
+def sweep_warnings():
+    """Prints each `SweepWarning` raised in the block as "warning: …"."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SweepWarning)
+        try:
+            yield
+        finally:
+            for w in caught:
+                if issubclass(w.category, SweepWarning):
+                    warn(str(w.message))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -183,7 +208,7 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
     from normsweep import config as config_mod
     from normsweep import launch as launch_mod
 
-    budget = parse_bytes(memory_budget) if memory_budget else None
+    budget = parse_bytes(memory_budget) if memory_budget is not None else None
     if scheduler is not None:
         from normsweep.executors import parse_scheduler
         try:
@@ -254,8 +279,9 @@ def analyze(dir: Path, boot: int, fit_accuracy: float) -> None:
         raise click.ClickException(f"analyze needs matplotlib: pip install 'normsweep[analysis]' "
                                    f"({err})") from None
     try:
-        result = report.analyze(dir, boot=boot, fit_accuracy=fit_accuracy)
-    except RunError as err:
+        with sweep_warnings():
+            result = report.analyze(dir, boot=boot, fit_accuracy=fit_accuracy)
+    except (RunError, GridError) as err:
         raise click.ClickException(str(err)) from None
     t = result.table
     slices = [c for c in ("parametrization", "weight_decay") if c in t.columns]
@@ -284,6 +310,23 @@ def folder_status(root: Path):
     return config, done, [c.name for c in cohorts]
 
 
+def sweep_summary(path: Path) -> dict:
+    """What `ls` and `show` print of a sweep.nc: {} when there is none; a
+    RunError when it cannot be read."""
+    if not path.exists():
+        return {}
+    import xarray as xr
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            at = ds["diverged_at"].values
+            return {"networks": int(at.size), "diverged": int((at >= 0).sum()),
+                    "steps": int(ds.sizes["step"]), "created": str(ds.attrs.get("created", "")),
+                    "backend": str(ds.attrs.get("backend")),
+                    "device_kind": str(ds.attrs.get("device_kind"))}
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        raise RunError(f"{path}: not a readable sweep file ({err})") from None
+
+
 @main.command(name="ls")
 @click.argument("root", required=False, default="results",
                 type=click.Path(file_okay=False, path_type=Path))
@@ -295,25 +338,30 @@ def ls_cmd(root: Path) -> None:
       normsweep ls
       normsweep ls /data/sweeps
     """
+    from normsweep import store
+
     if not root.is_dir():
         raise click.BadParameter(f"{root}: no such folder", param_hint="ROOT")
-    table = Table("sweep", "cohorts done", "networks", "sweep.nc", "created", title=str(root))
+    table = Table("sweep", "cohorts done", "networks", "sweep.nc", "created",
+                  title=escape(str(root)))
     found = 0
-    for folder in sorted(p for p in root.iterdir() if (p / "grid.toml").exists()):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and store.is_sweep_folder(p)):
         found += 1
+        name = escape(folder.name)
         try:
             config, done, names = folder_status(folder)
         except GridError as err:
-            table.add_row(folder.name, f"[red]unreadable grid.toml ({err.allowed})", "", "", "")
+            table.add_row(name, f"[red]unreadable grid.toml ({escape(str(err.allowed))})",
+                          "", "", "")
             continue
-        sweep = folder / "sweep.nc"
-        created = ""
-        if sweep.exists():
-            import xarray as xr
-            with xr.open_dataset(sweep) as ds:
-                created = ds.attrs.get("created", "")
-        table.add_row(folder.name, f"{len(done)}/{len(names)}", str(config.grid.size),
-                      "yes" if sweep.exists() else "no", created)
+        try:
+            summary = sweep_summary(folder / "sweep.nc")
+        except RunError:
+            table.add_row(name, f"{len(done)}/{len(names)}", str(config.grid.size),
+                          "[red]unreadable", "")
+            continue
+        table.add_row(name, f"{len(done)}/{len(names)}", str(config.grid.size),
+                      "yes" if summary else "no", escape(summary.get("created", "")))
     if not found:
         click.echo(f"no sweeps under {root}")
         return
@@ -329,16 +377,22 @@ def show(dir: Path) -> None:
     Example:
       normsweep show results/quickstart
     """
-    if not (dir / "grid.toml").exists():
-        raise click.BadParameter(f"{dir}: holds no grid.toml, not a normsweep results folder",
-                                 param_hint="DIR")
+    from normsweep import store
+
+    if not store.is_sweep_folder(dir) or not (dir / "grid.toml").exists():
+        raise click.BadParameter(f"{dir}: not a normsweep results folder (no grid.toml or no "
+                                 f"{store.MARKER} marker)", param_hint="DIR")
     try:
         config, done, names = folder_status(dir)
     except GridError as err:
         raise click.ClickException(f"{dir}/grid.toml is damaged: {err}") from None
+    try:
+        summary = sweep_summary(dir / "sweep.nc")
+    except RunError as err:
+        raise click.ClickException(str(err)) from None
     g = config.grid
     console = Console()
-    console.print(f"[bold]{config.name}[/bold]  ({dir})")
+    console.print(f"[bold]{escape(config.name)}[/bold]  ({escape(str(dir))})")
     console.print(f"  data: n={config.data.n} on S^{config.data.d - 1}, k={config.data.k}, "
                   f"seed={config.data.seed}")
     param = (f"parametrization axis {list(g.parametrization)}" if g.parametrization
@@ -346,23 +400,20 @@ def show(dir: Path) -> None:
     decay = (f", weight_decay axis {list(g.weight_decay)}" if g.weight_decay
              else f", weight_decay={config.train.weight_decay:g}" if config.train.weight_decay
              else "")
-    console.print(f"  model: init={config.model.init}, output={config.model.output}, {param}; "
-                  f"train: loss={config.train.loss}, steps={config.train.steps}, "
-                  f"{config.train.dtype}{decay}; record: steps={config.record.steps}")
+    console.print(escape(f"  model: init={config.model.init}, output={config.model.output}, "
+                         f"{param}; train: loss={config.train.loss}, steps={config.train.steps}, "
+                         f"{config.train.dtype}{decay}; record: steps={config.record.steps}"))
     scaled = f" × width^{g.lr_width_exponent:g}" if g.lr_width_exponent else ""
-    console.print(f"  width {list(g.width)}  depth {list(g.depth)}  seed {list(g.seed)}")
-    console.print(f"  lr {[float(f'{v:.4g}') for v in g.lr]}{scaled}")
+    console.print(escape(f"  width {list(g.width)}  depth {list(g.depth)}  seed {list(g.seed)}"))
+    console.print(escape(f"  lr {[float(f'{v:.4g}') for v in g.lr]}{scaled}"))
     console.print(f"  cohorts: {len(done)}/{len(names)} done"
                   + ("" if len(done) == len(names) else
                      f"; missing: {', '.join(n for n in names if n not in done)}"))
-    sweep = dir / "sweep.nc"
-    if sweep.exists():
-        import xarray as xr
-        with xr.open_dataset(sweep) as ds:
-            div = int((ds["diverged_at"] >= 0).sum())
-            console.print(f"  sweep.nc: {ds['diverged_at'].size} networks, {div} diverged, "
-                          f"{ds.sizes['step']} recorded steps, created {ds.attrs.get('created')}, "
-                          f"{ds.attrs.get('backend')} ({ds.attrs.get('device_kind')})")
+    if summary:
+        console.print(escape(
+            f"  sweep.nc: {summary['networks']} networks, {summary['diverged']} diverged, "
+            f"{summary['steps']} recorded steps, created {summary['created']}, "
+            f"{summary['backend']} ({summary['device_kind']})"))
     else:
         console.print("  sweep.nc: not yet written (launch again to finish)")
 

@@ -35,3 +35,8 @@ class RunError(NormsweepError):
 def _show(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+class SweepWarning(RuntimeWarning):
+    """Something about a results folder the reader should know: a partial
+    sweep, a cohort file left out, a stale sweep.nc recombined."""

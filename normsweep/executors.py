@@ -15,26 +15,73 @@ This module imports no JAX at the top: a worker sets its environment first.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+from normsweep.errors import RunError
 
 WORKER_ENV = {
     # several workers may share one accelerator: allocate on demand
     "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
 }
-LOCAL_RE = re.compile(r"^local(?::(\d+))?$")
+LOCAL_RE = re.compile(r"local(?::([1-9]\d{0,3}))?")
+# [tcp|tls|ucx|ws|wss://]HOST:PORT, HOST a name, an IPv4 address or [IPv6]
+REMOTE_RE = re.compile(r"(?:(?:tcp|tls|ucx|ws|wss)://)?(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])"
+                       r":(\d{1,5})/?")
 
 
 def parse_scheduler(address: str) -> tuple[str, int | None]:
-    """("local", N) for local[:N]; ("remote", None) for a scheduler address."""
-    match = LOCAL_RE.match(address)
+    """("local", N) for local[:N]; ("remote", None) for a scheduler address;
+    ValueError for anything else."""
+    match = LOCAL_RE.fullmatch(address)
     if match:
         return "local", int(match.group(1)) if match.group(1) else None
-    if "://" in address or ":" in address:
+    match = REMOTE_RE.fullmatch(address)
+    if match and 0 < int(match.group(1)) < 65536:
         return "remote", None
     raise ValueError(address)
+
+
+@contextlib.contextmanager
+def connect(address: str) -> Iterator:
+    """A Dask client for `address` (a LocalCluster for local[:N]), closed on
+    exit. A launch connects before it writes anything, so a scheduler that
+    cannot be reached leaves no folder behind."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as err:
+        raise RunError("--scheduler needs Dask: pip install 'normsweep[dask]'") from err
+    try:
+        kind, workers = parse_scheduler(address)
+    except ValueError:
+        raise RunError(f"--scheduler {address!r}: give tcp://HOST:PORT, HOST:PORT or "
+                       "local[:N]") from None
+    cluster = None
+    try:
+        if kind == "local":
+            import jax
+            # local workers use the client's platform rather than probing for others
+            env = {**WORKER_ENV, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS",
+                                                                 jax.default_backend())}
+            cluster = LocalCluster(n_workers=workers or os.cpu_count(), threads_per_worker=1,
+                                   processes=True, host="127.0.0.1", dashboard_address=None,
+                                   env=env)
+            client = Client(cluster)
+        else:
+            client = Client(address, timeout="30s")
+    except (OSError, TimeoutError, ValueError) as err:
+        if cluster is not None:
+            cluster.close()
+        raise RunError(f"cannot reach the Dask scheduler at {address}: {err}") from None
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def worker_environment() -> None:
@@ -69,34 +116,15 @@ def cohort_task(config_text: str, source: str, root: str, index: int, budget: in
             "seconds": time.perf_counter() - started, "pid": os.getpid()}
 
 
-def run_dask(address: str, config, root: Path, cohorts: list, budget: int,
+def run_dask(client, config, root: Path, cohorts: list, budget: int,
              done: Callable[[str], None]) -> None:
-    """Runs `cohorts` (a list of (index, cohort)) on the Dask scheduler at
-    `address` (or a LocalCluster for local[:N]); returns when all are on disk."""
-    try:
-        from distributed import Client, LocalCluster, as_completed
-    except ImportError as err:
-        raise RuntimeError("--scheduler needs Dask: pip install 'normsweep[dask]'") from err
-    kind, workers = parse_scheduler(address)
-    cluster = None
-    if kind == "local":
-        import jax
-        # local workers use the client's platform rather than probing for others
-        env = {**WORKER_ENV, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS",
-                                                             jax.default_backend())}
-        cluster = LocalCluster(n_workers=workers or os.cpu_count(), threads_per_worker=1,
-                               processes=True, host="127.0.0.1", dashboard_address=None, env=env)
-        client = Client(cluster)
-    else:
-        client = Client(address, timeout="30s")
-    try:
-        futures = [client.submit(cohort_task, config.text, config.source, str(root.resolve()),
-                                 index, budget, key=f"normsweep-{config.fingerprint()}-{c.name}",
-                                 pure=False, retries=2)
-                   for index, c in cohorts]
-        for future in as_completed(futures):
-            done(future.result()["cohort"])
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+    """Runs `cohorts` (a list of (index, cohort)) as tasks of `client`
+    (`connect`); returns when all are on disk."""
+    from distributed import as_completed
+
+    futures = [client.submit(cohort_task, config.text, config.source, str(root.resolve()),
+                             index, budget, key=f"normsweep-{config.fingerprint()}-{c.name}",
+                             pure=False, retries=2)
+               for index, c in cohorts]
+    for future in as_completed(futures):
+        done(future.result()["cohort"])

@@ -105,20 +105,30 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def check_folder(config: Config, root: Path) -> None:
-    """Refuses a results folder whose settings would not combine with `config`."""
-    grid_file = root / "grid.toml"
-    if not root.exists():
+def precheck_folder(root: Path) -> None:
+    """Refuses, before anything is written, an --out that cannot be a results
+    folder: a file, or a folder with other content and no normsweep marker."""
+    if not root.exists() and not root.is_symlink():
         return
     if not root.is_dir():
         raise GridError("--out", "DIR", str(root), "exists and is not a folder")
-    if not grid_file.exists():
-        # a launch that died before writing grid.toml leaves only these behind
-        leftovers = {".lock", "cohorts"}
-        if any(p.name not in leftovers or (p.is_dir() and any(p.iterdir()))
-               for p in root.iterdir()):
-            raise GridError("--out", "DIR", str(root),
-                            "is not empty and holds no grid.toml: not a normsweep results folder")
+    if store.is_sweep_folder(root):
+        return
+    # a launch killed before it marked the folder leaves at most these behind
+    leftovers = {".lock", store.MARKER}
+    if any(p.name not in leftovers for p in root.iterdir()):
+        raise GridError("--out", "DIR", str(root),
+                        "is not empty and is not a normsweep results folder (it lacks the "
+                        f"{store.MARKER} marker): pick an empty or new folder")
+
+
+def check_folder(config: Config, root: Path) -> None:
+    """Refuses a results folder whose settings would not combine with
+    `config`. Call while holding `store.folder_lock(root)`: a launch that
+    checks, then writes, under one lock cannot mix with another's cohorts."""
+    precheck_folder(root)
+    grid_file = root / "grid.toml"
+    if not store.is_sweep_folder(root) or not grid_file.exists():
         return
     try:
         previous = config_mod.load(grid_file)
@@ -133,19 +143,30 @@ def check_folder(config: Config, root: Path) -> None:
                             f" use the same value or another --out")
 
 
+def damaged_name(path: Path) -> Path:
+    """`<name>.damaged`, or `.damaged.1`, `.damaged.2`, … when taken: every
+    damaged copy is kept for inspection."""
+    out, n = path.with_name(path.name + ".damaged"), 0
+    while out.exists() or out.is_symlink():
+        n += 1
+        out = path.with_name(f"{path.name}.damaged.{n}")
+    return out
+
+
 def cohort_done(config: Config, cohort: plan.Cohort, path: Path,
                 warn: Callable[[str], None]) -> bool:
     """True when `path` is a finished cohort of this grid's settings.
 
-    A file that cannot be read (truncated, corrupt) is renamed to
-    `<name>.nc.damaged`, reported, and recomputed; a readable file of another
-    grid or cohort is refused (it is never silently combined)."""
+    A file that cannot be read (truncated, corrupt, a checksum that does not
+    match) is renamed to `damaged_name(path)`, reported, and recomputed; a
+    readable file of another grid or cohort is refused (it is never silently
+    combined)."""
     if not path.exists():
         return False
     try:
         ds = store.read_cohort(path)
     except RunError as err:
-        damaged = path.with_name(path.name + ".damaged")
+        damaged = damaged_name(path)
         os.replace(path, damaged)
         warn(f"{err}; moved to {damaged.name} and recomputing")
         return False
@@ -160,43 +181,84 @@ def cohort_done(config: Config, cohort: plan.Cohort, path: Path,
     return True
 
 
-def size_text(n: int) -> str:
-    """A byte count in the largest binary unit that keeps it ≥ 1 (3.2 MiB)."""
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
-
-
-def check_resources(config: Config, root: Path, cohorts: list[plan.Cohort], n_records: int,
-                    budget: int) -> None:
+def check_memory(config: Config, cohorts: list[plan.Cohort], n_records: int,
+                 budget: int) -> None:
     """Refuses a grid whose smallest compiled program (`Program.min_members`
-    networks) exceeds the memory budget, or whose results would not fit on the
-    disk (an estimate, before anything runs)."""
+    networks) exceeds the memory budget, naming the grid key whose part of
+    the estimate is largest (`plan.member_terms`)."""
     for cohort in cohorts:
         fewest = program_for(config, cohort).min_members()
-        need = fewest * plan.member_bytes(config, cohort, n_records)
+        terms = plan.member_terms(config, cohort, n_records)
+        need = fewest * sum(terms.values())
         if need > budget:
-            raise GridError(config.source, "grid.width", cohort.width,
+            key = max(terms, key=terms.get)
+            value = {"data.d": config.data.d, "data.n": config.data.n,
+                     "grid.width": cohort.width, "record.steps": config.record.steps}[key]
+            what = {"data.d": f"the input layer ({config.data.d} × {cohort.width})",
+                    "grid.width": f"the weights of width {cohort.width}",
+                    "data.n": f"the activations of {config.data.n} training points",
+                    "record.steps": f"{n_records} recorded steps"}[key]
+            raise GridError(config.source, key, value,
                             f"{fewest} networks of width {cohort.width} and depth "
                             f"{cohort.depth} (the fewest one program trains) need about "
-                            f"{size_text(need)}, more than the memory budget "
-                            f"{size_text(budget)} (--memory-budget)")
+                            f"{store.size_text(need)}, mostly for {what}: more than the memory "
+                            f"budget {store.size_text(budget)} (--memory-budget)")
+
+
+def disk_needed(config: Config, cohorts: list[plan.Cohort], todo: list[plan.Cohort],
+                n_records: int) -> int:
+    """Bytes a launch still writes: the cohort files of `todo` and sweep.nc
+    (all `cohorts`); an upper estimate (compression only shrinks them)."""
     word = plan.DTYPE_BYTES[config.train.dtype]
     layers = max(config.grid.depth)
-    disk = 0
-    for cohort in cohorts:
-        disk += 2 * cohort.size * n_records * (7 * layers + 2) * word   # cohort file + sweep.nc
+
+    def size(cohort: plan.Cohort) -> int:
+        out = cohort.size * n_records * (7 * layers + 2) * word
         if config.record.weights:
-            disk += 2 * cohort.size * plan.member_bytes(config, cohort, 0) // 4
-    parent = root
-    while not parent.exists():
-        parent = parent.parent
-    free = shutil.disk_usage(parent).free
-    if disk > free:
+            terms = plan.member_terms(config, cohort, 0)      # 8 words per weight
+            out += cohort.size * (terms["data.d"] + terms["grid.width"]) // 4
+        return out
+
+    return sum(size(c) for c in todo) + sum(size(c) for c in cohorts)
+
+
+def check_disk(config: Config, root: Path, cohorts: list[plan.Cohort], todo: list[plan.Cohort],
+               n_records: int) -> None:
+    """Refuses a launch whose remaining files (`disk_needed`) would not fit on
+    the disk, before anything runs."""
+    need = disk_needed(config, cohorts, todo, n_records)
+    free = shutil.disk_usage(root).free
+    if need > free:
         raise GridError(config.source, "grid", f"{config.grid.size} networks",
-                        f"the results need about {size_text(disk)} and {parent} has "
-                        f"{size_text(free)} free")
+                        f"the {len(todo)} cohorts left and sweep.nc need about "
+                        f"{store.size_text(need)} and {root} has {store.size_text(free)} free")
+
+
+def make_folder(root: Path) -> list[Path]:
+    """Creates `root` and its missing parents; returns those it created
+    (deepest first), for `remove_created`."""
+    created, p = [], root
+    while not p.exists() and not p.is_symlink():
+        created.append(p)
+        p = p.parent
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        remove_created(created)
+        raise store.write_failure(root / "grid.toml", err) from None
+    return created
+
+
+def remove_created(created: list[Path]) -> None:
+    """Removes folders `make_folder` created, with the lock file and empty
+    cohorts/ a refused launch leaves in them, and nothing else."""
+    for folder in created:
+        for name in (".lock", "cohorts"):
+            with contextlib.suppress(OSError):
+                p = folder / name
+                p.rmdir() if p.is_dir() and not p.is_symlink() else p.unlink()
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 class _Members:
@@ -273,20 +335,31 @@ def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
     started = time.perf_counter()
     reporter = reporter or Reporter()
     root = Path(root)
-    check_folder(config, root)
+    # everything that can be refused from the grid alone, before any write
+    precheck_folder(root)
     enable_dtype(config)
     budget = budget_bytes or default_budget()
     cohorts = plan.cohorts(config)
-    steps = plan.record_steps(config.train.steps, config.record.steps, config.record.log_points)
-    check_resources(config, root, cohorts, len(steps), budget)
-    try:
-        (root / "cohorts").mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise RunError(f"cannot create {root / 'cohorts'}: {err.strerror or err}") from None
-    enable_compilation_cache()
-    with store.folder_lock(root):
-        return _launch_locked(config, root, cohorts, steps, budget, reporter, started, scheduler,
-                              devices, prefetch)
+    n_records = plan.record_count(config.train.steps, config.record.steps,
+                                  config.record.log_points)
+    check_memory(config, cohorts, n_records, budget)
+    with contextlib.ExitStack() as stack:
+        client = None
+        if scheduler is not None:
+            from normsweep import executors
+            client = stack.enter_context(executors.connect(scheduler))
+        created = make_folder(root)
+        try:
+            with store.folder_lock(root):
+                check_folder(config, root)     # under the lock: no launch can slip in between
+                steps = plan.record_steps(config.train.steps, config.record.steps,
+                                          config.record.log_points)
+                return _launch_locked(config, root, cohorts, steps, budget, reporter, started,
+                                      client, devices, prefetch, created)
+        except BaseException:
+            if created and not store.is_sweep_folder(root):
+                remove_created(created)     # a refused launch leaves no folder behind
+            raise
 
 
 COMPILE_THREAD = "normsweep-compile"     # the name prefix of train_here's threads
@@ -347,9 +420,9 @@ def default_prefetch() -> int:
 
 
 def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
-                   scheduler, devices, prefetch) -> Summary:
-    store.remove_stale_temporaries(root)
-    store.write_text(root / "grid.toml", config.text)
+                   client, devices, prefetch, created) -> Summary:
+    if store.is_sweep_folder(root):
+        store.remove_stale_temporaries(root)
     known = {store.cohort_path(root, c).name for c in cohorts}
     for stray in sorted((root / "cohorts").glob("*.nc")):
         if stray.name not in known:
@@ -357,10 +430,15 @@ def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
     todo = [c for c in cohorts
             if not cohort_done(config, c, store.cohort_path(root, c), reporter.warn)]
     skipped = [c.name for c in cohorts if c not in todo]
+    check_disk(config, root, cohorts, todo, len(steps))
+    (root / "cohorts").mkdir(exist_ok=True)
+    store.mark_folder(root)
+    store.write_text(root / "grid.toml", config.text)
+    enable_compilation_cache()
     reporter.start(len(cohorts), len(skipped))
-    if scheduler is not None and todo:
+    if client is not None and todo:
         from normsweep import executors
-        executors.run_dask(scheduler, config, root,
+        executors.run_dask(client, config, root,
                            [(cohorts.index(c), c) for c in todo], budget, reporter.done)
     elif todo:
         train_here(config, root, todo, steps, budget, reporter, devices,

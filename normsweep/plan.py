@@ -111,6 +111,17 @@ def record_steps(total: int, schedule: str | int, log_points: int = 256) -> np.n
     return steps.astype(np.int64)
 
 
+def record_count(total: int, schedule: str | int, log_points: int = 256) -> int:
+    """len(record_steps(total, schedule, log_points)), computed without
+    building the array (a grid may ask for 10⁹ records; refuse it from this)."""
+    if schedule == "all" or (schedule == "log" and total + 1 <= log_points):
+        return total + 1
+    if schedule == "log":
+        return log_points
+    every = int(schedule)
+    return total // every + 1 + (total % every != 0)
+
+
 def data_key(config: Config) -> jax.Array:
     return jax.random.fold_in(jax.random.key(config.data.seed), DATA)
 
@@ -122,15 +133,22 @@ def member_keys(seeds: np.ndarray) -> tuple[jax.Array, jax.Array]:
     return fold(base, INIT), fold(base, POWER)
 
 
+def member_terms(config: Config, cohort: Cohort, n_records: int) -> dict[str, int]:
+    """`member_bytes` split by the grid key that drives each part: the input
+    layer (data.d), the other weights (grid.width), the activations (data.n)
+    and the records (record.steps), so a refusal can name the key to change."""
+    dims = cohort.dims(config.data.d, config.data.k)
+    word = DTYPE_BYTES[config.train.dtype]
+    inner = sum(a * b for a, b in zip(dims[1:-1], dims[2:]))
+    return {"data.d": 8 * dims[0] * dims[1] * word,
+            "grid.width": (8 * inner + 4 * sum(dims[1:])) * word,
+            "data.n": 4 * config.data.n * sum(dims[1:]) * word,
+            "record.steps": n_records * (7 * cohort.depth + 2) * word}
+
+
 def member_bytes(config: Config, cohort: Cohort, n_records: int) -> int:
     """A generous estimate of the device memory one member needs."""
-    dims = cohort.dims(config.data.d, config.data.k)
-    params = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
-    vectors = 2 * sum(dims[1:])
-    activations = config.data.n * sum(dims[1:])
-    records = n_records * (7 * cohort.depth + 2)
-    words = 8 * params + 4 * activations + 2 * vectors + records
-    return words * DTYPE_BYTES[config.train.dtype]
+    return sum(member_terms(config, cohort, n_records).values())
 
 
 @dataclasses.dataclass(frozen=True)

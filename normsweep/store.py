@@ -17,11 +17,17 @@ ever executed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import errno
 import fcntl
 import importlib.metadata
 import os
+import re
+import shutil
+import stat
+import uuid
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -31,7 +37,7 @@ import xarray as xr
 
 from normsweep import train
 from normsweep.config import Config
-from normsweep.errors import RunError
+from normsweep.errors import GridError, RunError, SweepWarning
 from normsweep.plan import Cohort
 
 LAYER_DIMS = ("width", "depth", "lr", "seed", "step", "layer")
@@ -58,7 +64,8 @@ VARIABLES = {
     "ntk_min_eig": ("smallest eigenvalue of the empirical NTK Gram matrix of the logits on the "
                     "first ntk_points training points (NaN where not measured)", "1"),
     "accuracy": ("fraction of training points whose largest output is the target class", "1"),
-    "diverged_at": ("first step with a non-finite loss, -1 if none", "step"),
+    "diverged_at": ("first step with a non-finite loss, weight or recorded norm, -1 if none",
+                    "step"),
     "inputs": ("training inputs, uniform on the unit sphere", "1"),
     "targets": ("one-hot training targets", "1"),
 }
@@ -157,6 +164,8 @@ def cohort_dataset(config: Config, cohort: Cohort, steps: np.ndarray, traj: trai
     }
     ds = xr.Dataset(data, coords=coords, attrs=run_attrs(config))
     ds.attrs["lr_width_exponent"] = config.grid.lr_width_exponent
+    # names this file: sweep.nc lists the ids it was combined from (`open_sweep`)
+    ds.attrs["cohort_id"] = uuid.uuid4().hex
     return _label(ds)
 
 
@@ -174,15 +183,30 @@ def weights_dataset(cohort: Cohort, traj: train.Trajectory) -> xr.Dataset:
 
 
 def _encoding(ds: xr.Dataset) -> dict:
-    return {name: {"zlib": True, "complevel": 4} for name in ds.data_vars
-            if ds[name].dtype.kind == "f"}
+    """Every numeric variable and coordinate carries a Fletcher-32 checksum,
+    which HDF5 verifies on every read (a flipped bit is a read error, not a
+    wrong number); floats are also compressed."""
+    out = {}
+    for name, var in ds.variables.items():
+        if var.dtype.kind in "fiub" and var.ndim:
+            out[name] = {"fletcher32": True}     # netCDF-C picks the chunks
+            if var.dtype.kind == "f":
+                out[name].update(zlib=True, complevel=4)
+    return out
+
+
+TEMP_RE = re.compile(r"\.(.+)\.normsweep-tmp-\d+")
+# the temporaries of earlier versions, which named only these files
+LEGACY_TEMP_RE = re.compile(r"\.(grid\.toml|sweep\.nc|report\.md|fits\.nc|fits\.csv"
+                            r"|width\d+_depth\d+\.nc)\.tmp(-\d+)?")
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yields a hidden temporary path beside `path`; renames it to `path` if
-    the block succeeds, removes it otherwise."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    the block succeeds, removes it otherwise. The temporary's name
+    (`TEMP_RE`) is one that only normsweep makes."""
+    tmp = path.with_name(f".{path.name}.normsweep-tmp-{os.getpid()}")
     try:
         yield tmp
         with open(tmp, "rb") as f:
@@ -194,6 +218,39 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
+def write_failure(path: Path, err: BaseException) -> RunError:
+    """A write error that names the file and the cause. HDF5 reports a full
+    disk or a vanished folder only as "NetCDF: HDF error", and a vanished
+    folder can surface as a permission error: look at the folder instead."""
+    folder = path.parent
+    if not folder.is_dir():
+        cause = f"the folder {folder} no longer exists"
+    else:
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            free = None
+        if getattr(err, "errno", None) == errno.ENOSPC or free == 0:
+            cause = "No space left on the device"
+        elif getattr(err, "errno", None) == errno.EDQUOT:
+            cause = "disk quota exceeded"
+        elif isinstance(err, OSError):
+            cause = err.strerror or str(err)
+        else:
+            cause = str(err)
+        if free is not None and free < (1 << 30):
+            cause += f" ({size_text(free)} free on its device)"
+    return RunError(f"cannot write {path}: {cause}")
+
+
+def size_text(n: int) -> str:
+    """A byte count in the largest binary unit that keeps it ≥ 1 (3.2 MiB)."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
 def write_netcdf(path: Path, ds: xr.Dataset, groups: dict[str, xr.Dataset] | None = None) -> None:
     """Writes `ds` (and extra groups) to `path` atomically."""
     try:
@@ -202,8 +259,8 @@ def write_netcdf(path: Path, ds: xr.Dataset, groups: dict[str, xr.Dataset] | Non
             for group, gds in (groups or {}).items():
                 gds.to_netcdf(tmp, mode="a", group=group, engine="netcdf4",
                               encoding=_encoding(gds))
-    except OSError as err:
-        raise RunError(f"cannot write {path}: {err.strerror or err}") from None
+    except (OSError, RuntimeError) as err:
+        raise write_failure(path, err) from None
 
 
 def write_text(path: Path, text: str) -> None:
@@ -211,27 +268,68 @@ def write_text(path: Path, text: str) -> None:
         with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
     except OSError as err:
-        raise RunError(f"cannot write {path}: {err.strerror or err}") from None
+        raise write_failure(path, err) from None
+
+
+MARKER = ".normsweep"
+MARKER_TEXT = "normsweep results folder\n"
+
+
+def is_sweep_folder(root: Path) -> bool:
+    """Whether normsweep made `root`: it holds the marker file that only
+    normsweep writes, or (a folder of an earlier version) the grid.toml,
+    cohorts/ and .lock that every launch of those versions left."""
+    root = Path(root)
+    if _regular(root / MARKER):
+        return True
+    return _regular(root / "grid.toml") and (root / "cohorts").is_dir() \
+        and _regular(root / ".lock")
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def mark_folder(root: Path) -> None:
+    """Writes the marker that makes `root` a results folder (`is_sweep_folder`)."""
+    if not _regular(Path(root) / MARKER):
+        write_text(Path(root) / MARKER, MARKER_TEXT)
 
 
 @contextlib.contextmanager
 def folder_lock(root: Path) -> Iterator[None]:
     """Holds an exclusive lock on the results folder `root` while a launch
     writes to it. The kernel drops the lock when its holder dies, so a crashed
-    launch never leaves the folder locked."""
+    launch never leaves the folder locked. `root/.lock` is opened without
+    following a symbolic link and without truncating it, and refused unless
+    it is a regular file with no other name (so that no file elsewhere can
+    be reached through it); only then, locked, does it take the holder's pid."""
     path = Path(root) / ".lock"
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        f = open(path, "a+")
+        fd = os.open(path, flags, 0o644)
     except OSError as err:
-        raise RunError(f"cannot create {path}: {err.strerror or err}") from None
-    with f:
+        if err.errno == errno.ELOOP:
+            raise RunError(f"{path} is a symbolic link, not normsweep's lock file; remove it "
+                           "and launch again") from None
+        raise write_failure(path, err) from None
+    with os.fdopen(fd, "r+") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            what = "not a regular file" if not stat.S_ISREG(info.st_mode) else \
+                f"a file with {info.st_nlink} names (a hard link)"
+            raise RunError(f"{path} is {what}, not normsweep's lock file; remove it and "
+                           "launch again")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             if err.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
             f.seek(0)
-            holder = f.read().strip() or "unknown"
+            holder = f.read(32).strip() or "unknown"
             raise RunError(f"{root} is being written by another launch (pid {holder}); wait for "
                            "it to finish, then launch again to add what is missing") from None
         f.seek(0)
@@ -242,15 +340,21 @@ def folder_lock(root: Path) -> Iterator[None]:
 
 
 def remove_stale_temporaries(root: Path) -> list[Path]:
-    """Removes the hidden temporary files a killed writer left in `root` and
-    `root/cohorts`. Call only while holding `folder_lock`: then no writer of
-    this folder is alive."""
+    """Removes the hidden temporary files a killed writer left in the results
+    folder `root` (and its cohorts/ and analysis/): only files whose names
+    normsweep makes (`TEMP_RE`, and those of earlier versions). Call only
+    while holding `folder_lock` on a folder that `is_sweep_folder`: then no
+    writer of this folder is alive."""
     removed = []
     for folder in (Path(root), Path(root) / "cohorts", Path(root) / "analysis"):
-        for tmp in folder.glob(".*.tmp-*"):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-                removed.append(tmp)
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        for tmp in folder.iterdir():
+            if (TEMP_RE.fullmatch(tmp.name) or LEGACY_TEMP_RE.fullmatch(tmp.name)) \
+                    and _regular(tmp):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                    removed.append(tmp)
     return removed
 
 
@@ -267,36 +371,140 @@ def read_cohort(path: Path) -> xr.Dataset:
         raise RunError(f"{path}: not a readable cohort file ({err})") from None
 
 
-def combine(datasets: list[xr.Dataset]) -> xr.Dataset:
+def cohort_name(ds: xr.Dataset) -> str:
+    return f"width{int(ds['width'][0])}_depth{int(ds['depth'][0])}"
+
+
+def combine(datasets: list[xr.Dataset], missing: list[str] = ()) -> xr.Dataset:
     """Cohort datasets → one Dataset over all widths and depths.
 
     Layers beyond a network's depth are NaN (cohorts written by launches of
     different largest depths are padded to the largest); the training data
-    (the same in every cohort) is kept once; attributes are the first cohort's.
+    (the same in every cohort) is kept once; attributes are the first
+    cohort's, with `cohorts` listing "name:cohort_id" of each. `missing`
+    names cohorts not yet trained: the result is then marked `partial`, and
+    the networks of width × depth cells without a cohort have NaN for every
+    variable, `diverged_at` included (never a made-up step).
     """
     layers = np.arange(max(ds.sizes["layer"] for ds in datasets))
     traj = [ds.drop_vars(DATA_VARS).reindex(layer=layers) for ds in datasets]
     out = xr.combine_by_coords(traj, combine_attrs="drop_conflicts", data_vars="all",
                                coords="different", compat="no_conflicts", join="outer")
     out = out.assign_coords({name: datasets[0][name] for name in DATA_VARS})
-    out["diverged_at"] = out["diverged_at"].astype(np.int64)
-    out.attrs = dict(datasets[0].attrs)
+    untrained = bool(out["diverged_at"].isnull().any())
+    if untrained and not missing:
+        raise RunError("the cohorts do not cover every (width, depth) of their axes, and none "
+                       "is said to be missing")
+    out["diverged_at"] = out["diverged_at"].astype(np.float64 if untrained else np.int64)
+    out.attrs = {k: v for k, v in datasets[0].attrs.items() if k != "cohort_id"}
     out.attrs["created"] = max(ds.attrs.get("created", "") for ds in datasets)
+    out.attrs["cohorts"] = " ".join(f"{cohort_name(ds)}:{ds.attrs.get('cohort_id', '')}"
+                                    for ds in datasets)
+    if missing:
+        out.attrs["partial"] = 1
+        out.attrs["cohorts_missing"] = " ".join(missing)
     return _label(out)
 
 
-def open_sweep(root: str | os.PathLike) -> xr.Dataset:
-    """The Dataset of a results folder: `sweep.nc`, or the cohorts finished
-    so far when the sweep is incomplete."""
+def _read_sweep(path: Path) -> xr.Dataset:
+    try:
+        return xr.open_dataset(path, engine="netcdf4")
+    except (OSError, ValueError, RuntimeError) as err:
+        raise RunError(f"{path}: not a readable sweep file ({err})") from None
+
+
+def open_sweep(root: str | os.PathLike, *, partial: bool = False) -> xr.Dataset:
+    """The Dataset of a results folder, checked against its grid.toml.
+
+    `sweep.nc` when it holds exactly the cohort files on disk; otherwise the
+    cohort files are combined afresh (a stale sweep.nc, left by a launch
+    that later added cohorts, is never preferred). Cohort files of other
+    settings (fingerprint) or of no cohort of the grid are left out with a
+    warning. When cohorts are missing this raises `RunError`, unless
+    `partial=True`: then the Dataset holds every network of the grid, those
+    not yet trained all NaN (`diverged_at` too, as a float), and its attrs
+    `partial = 1` and `cohorts_missing` say so. Warnings are
+    `errors.SweepWarning`s.
+    """
+    from normsweep import config as config_mod
+    from normsweep import plan
+
     root = Path(root)
-    sweep = root / "sweep.nc"
-    if sweep.exists():
-        return xr.open_dataset(sweep, engine="netcdf4")
-    files = sorted((root / "cohorts").glob("*.nc"))
-    if not files:
-        raise RunError(f"{root}: no sweep.nc and no cohort files: not a normsweep results folder "
-                       "(or nothing has finished yet)")
-    return combine([read_cohort(f) for f in files])
+    sweep, grid_file = root / "sweep.nc", root / "grid.toml"
+    if not grid_file.exists():
+        if sweep.exists():          # a sweep.nc on its own: nothing to check it against
+            return _read_sweep(sweep)
+        raise RunError(f"{root}: no grid.toml and no sweep.nc: not a normsweep results folder")
+    try:
+        config = config_mod.load(grid_file)
+    except GridError as err:
+        raise RunError(f"{grid_file} is damaged: {err}") from None
+    expected = plan.cohorts(config)
+    names = {cohort_path(root, c).name for c in expected}
+    for stray in sorted((root / "cohorts").glob("*.nc")):
+        if stray.name not in names:
+            warnings.warn(f"{stray} is not a cohort of {grid_file}: left out", SweepWarning,
+                          stacklevel=2)
+    present, missing = [], []           # (path, attrs) of the cohorts of this grid on disk
+    for c in expected:
+        path = cohort_path(root, c)
+        if not path.exists():
+            missing.append(c.name)
+            continue
+        try:
+            with xr.open_dataset(path, engine="netcdf4") as ds:
+                attrs, name = dict(ds.attrs), cohort_name(ds)
+        except (OSError, ValueError, RuntimeError, KeyError) as err:
+            warnings.warn(f"{path}: not a readable cohort file ({err}): left out (launch again "
+                          "to recompute it)", SweepWarning, stacklevel=2)
+            missing.append(c.name)
+            continue
+        if attrs.get("config_fingerprint") != config.fingerprint() or name != c.name:
+            warnings.warn(f"{path} was written with other settings than {grid_file} "
+                          f"(fingerprint {attrs.get('config_fingerprint')}, grid "
+                          f"{config.fingerprint()}): left out", SweepWarning, stacklevel=2)
+            missing.append(c.name)
+            continue
+        present.append((path, c.name, attrs))
+    if missing and not partial:
+        raise RunError(f"{root}: {len(missing)} of {len(expected)} cohorts are not on disk "
+                       f"({', '.join(missing)}); launch again to finish the sweep, or open it "
+                       "with partial=True")
+    if not present:
+        raise RunError(f"{root}: none of the {len(expected)} cohorts is on disk yet")
+    if sweep.exists() and not missing:
+        ds = _read_sweep(sweep)
+        ids = " ".join(f"{name}:{attrs.get('cohort_id', '')}" for _, name, attrs in present)
+        if "cohorts" in ds.attrs:
+            fresh = ds.attrs["cohorts"] == ids
+        else:   # written by an earlier version: newer than every cohort file
+            fresh = all(sweep.stat().st_mtime >= p.stat().st_mtime for p, _, _ in present)
+        if fresh and ds.attrs.get("config_fingerprint") == config.fingerprint():
+            return ds
+        ds.close()
+        warnings.warn(f"{sweep} does not hold the cohort files now on disk (it is older): "
+                      "combining them afresh; launch again to rewrite it", SweepWarning,
+                      stacklevel=2)
+    if missing:
+        warnings.warn(f"{root} is partial: {len(missing)} of {len(expected)} cohorts are not "
+                      f"on disk ({', '.join(missing)}); their networks are NaN", SweepWarning,
+                      stacklevel=2)
+    out = combine([read_cohort(path) for path, _, _ in present], missing)
+    if missing:
+        out = _with_missing(out, config, expected)
+    return out
+
+
+def _with_missing(ds: xr.Dataset, config: Config, expected: list[Cohort]) -> xr.Dataset:
+    """`ds` extended to every width and depth of the grid (NaN where untrained)."""
+    widths = sorted({c.width for c in expected})
+    depths = sorted({c.depth for c in expected})
+    out = ds.reindex(width=widths, depth=depths)
+    out["diverged_at"] = out["diverged_at"].astype(np.float64)
+    lr = out["lr"].values.astype(np.float64)
+    scale = np.asarray(widths, np.float64)[:, None] ** config.grid.lr_width_exponent
+    out = out.assign_coords(lr_effective=(("width", "lr"), lr[None, :] * scale))
+    return _label(out)
 
 
 def load_weights(root: str | os.PathLike, *, width: int, depth: int, lr: float, seed: int,
