@@ -5,8 +5,11 @@ parametrization and weight decay when the sweep has those axes.
     table = fits.fit_sweep(ds)                 # a pandas DataFrame, one row per fit
     one = fits.fit_power_law(y, lr, width)     # y: (lr, width, seed) array
 
-Least squares in log space over the networks kept (not diverged, not failed;
-see `outcomes.classify`), with 95% intervals from a bootstrap over seeds:
+Least squares in log space over the networks kept: for the last-step
+metrics those not diverged, not failed and trained (`outcomes.classify`);
+for the first-step metrics (`WINDOWS`) those not diverged by the last step
+the metric reads, whatever became of them later. 95% intervals come from
+a bootstrap over seeds:
 each replicate resamples, within every (η, m) cell, that cell's seeds with
 replacement and refits. η is the learning rate actually used (`lr_effective`).
 Only what the data identify is fitted: with one η value the η exponent is
@@ -25,6 +28,9 @@ import xarray as xr
 from normsweep.analysis import outcomes
 
 EARLY_STEPS = 10
+# metrics read from the first steps only, by the last step each reads: a
+# network is used for them if it had not diverged by then, whatever came later
+WINDOWS = {"first_update_spec": 1, "early_update_norm": EARLY_STEPS}
 METRICS = {
     "rel_frob_dist": "‖W(T) − W(0)‖_F / ‖W(0)‖_F",
     "rel_spec_dist": "‖W(T) − W(0)‖₂ / ‖W(0)‖₂",
@@ -183,8 +189,10 @@ def fit_sweep(ds: xr.Dataset, *, boot: int = 400, seed: int = 0,
     decay where the sweep has them as axes (leading columns of those names):
     the columns of `COLUMNS`.
 
-    Networks that diverged or failed (see `outcomes.classify`) are left out
-    and counted in `excluded_diverged` and `excluded_failed`.
+    Networks that diverged or failed (see `outcomes.classify`; for the
+    first-step metrics of `WINDOWS`, those that diverged within the window)
+    are left out and counted in `excluded_diverged` and `excluded_failed`;
+    untrained networks of a partial sweep are left out uncounted.
     """
     tables = []
     for labels in slices(ds):
@@ -197,25 +205,35 @@ def fit_sweep(ds: xr.Dataset, *, boot: int = 400, seed: int = 0,
 
 def _fit_slice(ds: xr.Dataset, boot: int, seed: int, fit_accuracy: float) -> pd.DataFrame:
     outcome = outcomes.classify(ds, fit_accuracy)
-    keep = outcomes.usable(outcome)
-    derived = derived_metrics(ds).where(keep)
+    derived = derived_metrics(ds)
     lr_eff = ds["lr_effective"].transpose("lr", "width").values
+    at = ds["diverged_at"]
+    # per metric: (the networks used, those left out as diverged, as failed)
+    chosen = {}
+    for metric in METRICS:
+        window = WINDOWS.get(metric)
+        if window is None:      # last-step metrics: networks that fit or still train
+            chosen[metric] = (outcomes.usable(outcome), outcome == outcomes.DIVERGED,
+                              outcome == outcomes.FAILED)
+        else:                   # NaN (untrained) compares False: left out, not counted
+            keep = (at < 0) | (at > window)
+            chosen[metric] = (keep, (at >= 0) & (at <= window), xr.zeros_like(keep))
     rows = []
     rng = np.random.default_rng(seed)
     for depth in ds["depth"].values:
-        excl_div = int((outcome.sel(depth=depth) == outcomes.DIVERGED).sum())
-        excl_fail = int((outcome.sel(depth=depth) == outcomes.FAILED).sum())
         for layer in range(int(depth)):
             for metric in METRICS:
                 if metric not in derived:
                     continue
-                da = derived[metric].sel(depth=depth, layer=layer).transpose("lr", "width", "seed")
-                values = da.values
+                keep, div, fail = chosen[metric]
+                da = derived[metric].where(keep).sel(depth=depth, layer=layer)
+                values = da.transpose("lr", "width", "seed").values
                 sign = float(np.sign(np.nanmedian(values))) if np.isfinite(values).any() else 0.0
                 fit = fit_power_law(np.abs(values), lr_eff, ds["width"].values, boot=boot, rng=rng)
                 rows.append([metric, layer, int(depth), layer_role(layer, int(depth)),
                              fit.a, fit.a_lo, fit.a_hi, fit.b, fit.b_lo, fit.b_hi,
-                             fit.prefactor, fit.r2, fit.n, sign, fit.fitted, excl_div, excl_fail])
+                             fit.prefactor, fit.r2, fit.n, sign, fit.fitted,
+                             int(div.sel(depth=depth).sum()), int(fail.sel(depth=depth).sum())])
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -7,7 +7,9 @@
             the last step without fitting (all ReLUs dead, which a linear
             output turns into a loss below the initial one);
   fit       final training accuracy ≥ `fit_accuracy` (default 0.99);
-  training  otherwise: the loss fell but the points are not all fitted yet.
+  training  otherwise: the loss fell but the points are not all fitted yet;
+  untrained its cohort is not on disk yet (a partial sweep, `diverged_at`
+            NaN): counted apart from `ORDER`, in no fit and no figure.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import numpy as np
 import xarray as xr
 
 FIT, TRAINING, FAILED, DIVERGED = "fit", "training", "failed", "diverged"
+UNTRAINED = "untrained"
 ORDER = (FIT, TRAINING, FAILED, DIVERGED)
 FIT_ACCURACY = 0.99
 
@@ -31,6 +34,7 @@ def classify(ds: xr.Dataset, fit_accuracy: float = FIT_ACCURACY) -> xr.DataArray
         stuck = (ds["grad_norm"].isel(step=-1).fillna(0) == 0).all("layer")
         out = out.where(~(stuck & ~(acc >= fit_accuracy)), FAILED)
     out = out.where(~(ds["diverged_at"] >= 0), DIVERGED)
+    out = out.where(~ds["diverged_at"].isnull(), UNTRAINED)
     return out.rename("outcome")
 
 
@@ -40,7 +44,8 @@ def usable(outcome: xr.DataArray) -> xr.DataArray:
 
 
 def counts(outcome: xr.DataArray) -> dict[str, int]:
-    return {name: int((outcome == name).sum()) for name in ORDER}
+    """Networks per outcome of `ORDER`, and of `UNTRAINED`."""
+    return {name: int((outcome == name).sum()) for name in ORDER + (UNTRAINED,)}
 
 
 def largest_stable_lr(ds: xr.Dataset, outcome: xr.DataArray) -> xr.DataArray:
@@ -52,8 +57,8 @@ def largest_stable_lr(ds: xr.Dataset, outcome: xr.DataArray) -> xr.DataArray:
 
 
 def as_codes(outcome: xr.DataArray) -> xr.DataArray:
-    """Outcomes as integers 0..3 in `ORDER`, for plotting."""
-    codes = xr.zeros_like(outcome, dtype=np.int64)
+    """Outcomes as numbers 0..3 in `ORDER`, for plotting; NaN for untrained."""
+    codes = xr.full_like(outcome, np.nan, dtype=np.float64)
     for i, name in enumerate(ORDER):
         codes = codes.where(outcome != name, i)
     return codes

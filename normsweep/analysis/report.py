@@ -24,13 +24,31 @@ import xarray as xr  # noqa: E402
 from normsweep import config as config_mod  # noqa: E402
 from normsweep import model, store  # noqa: E402
 from normsweep.analysis import fits, outcomes, theory  # noqa: E402
-from normsweep.errors import RunError  # noqa: E402
+from normsweep.errors import GridError, RunError  # noqa: E402
 
-# lazy-training predictions of the width exponent of the relative distance
-# from init (η ∝ 1/m in the standard parametrization; shared/theory.md)
+# width exponents of the relative distance from init at the end of training,
+# by (parametrization, lr width_exponent) of the sweep: the lazy (NTK) regime
+# reached by the standard parametrization with η ∝ 1/m or by the NTK one at
+# fixed η, and μP's spectral condition (‖ΔW_l‖₂ ∝ ‖W_l‖₂ in every layer)
 LAZY = {("rel_frob_dist", "hidden"): -1.0, ("rel_spec_dist", "hidden"): -0.5,
         ("rel_frob_dist", "input"): -1.5, ("rel_spec_dist", "input"): -1.5,
         ("rel_frob_dist", "readout"): -0.5, ("rel_spec_dist", "readout"): -0.5}
+PREDICTIONS = {
+    ("standard", -1.0): ("lazy training (standard parametrization, η ∝ 1/m)", LAZY),
+    ("ntk", 0.0): ("lazy training (NTK parametrization, fixed η)",
+                   {**LAZY, ("rel_frob_dist", "input"): -0.5, ("rel_spec_dist", "input"): -0.5}),
+    ("mup", 0.0): ("μP's spectral condition (fixed η)",
+                   {("rel_spec_dist", "hidden"): 0.0, ("rel_spec_dist", "input"): 0.0,
+                    ("rel_spec_dist", "readout"): 0.0, ("rel_frob_dist", "hidden"): -0.5,
+                    ("rel_frob_dist", "input"): 0.0, ("rel_frob_dist", "readout"): 0.0}),
+}
+# width exponent of a hidden layer's first step ‖W(1) − W(0)‖₂ (Yang, Simon &
+# Bernstein 2023), by (parametrization, lr width_exponent)
+FIRST_STEP = {("standard", 0.0): 0.5, ("standard", -1.0): -0.5, ("ntk", 0.0): -0.5,
+              ("mup", 0.0): 0.0}
+PARAMETRIZATION_NAMES = {"standard": "the standard parametrization",
+                         "ntk": "the NTK parametrization",
+                         "mup": "μP (maximal-update parametrization)"}
 
 
 @dataclasses.dataclass
@@ -71,7 +89,8 @@ def init_table(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame:
                     frob += sel["frob_norm"].values.tolist()
                     spec += sel["spec_norm"].values.tolist()
             # the same seed gives the same layer at every depth: count it once
-            pairs = np.unique(np.round(np.array([frob, spec]).T, 6), axis=0)
+            pairs = np.array([frob, spec]).reshape(2, -1).T
+            pairs = np.unique(np.round(pairs[np.isfinite(pairs).all(1)], 6), axis=0)
             if not len(pairs):
                 continue
             p = cfg.data.d if role == "input" else int(width)
@@ -369,11 +388,20 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
             seed: int = 0) -> Analysis:
     """Fits, figures and report.md for the results folder `root`."""
     root = Path(root)
-    full = store.open_sweep(root).load()
+    sweep = store.open_sweep(root, partial=True)      # warns what is missing
+    try:
+        full = sweep.load()
+    except (OSError, RuntimeError, ValueError) as err:   # a checksum that does not match
+        raise RunError(f"{root}/sweep.nc cannot be read ({err}); delete it and launch again "
+                       "to rewrite it from the cohort files") from None
+    finally:
+        sweep.close()
     try:
         cfg = config_mod.parse(full.attrs["config_toml"], source=f"{root} (config_toml)")
     except KeyError:
         raise RunError(f"{root}: the dataset has no config_toml attribute") from None
+    except GridError as err:
+        raise RunError(f"{root}: the dataset's config_toml is not a valid grid ({err})") from None
     out = root / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     # sections 1–6 describe one slice (standard, no weight decay where the
@@ -389,9 +417,11 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
     table = full_table
     for name, value in ref_labels.items():
         table = table[table[name] == value]
-    csv_tmp = out / ".fits.csv.tmp"
-    full_table.to_csv(csv_tmp, index=False, float_format="%.6g")
-    csv_tmp.replace(out / "fits.csv")
+    try:
+        with store.atomic_path(out / "fits.csv") as tmp:
+            full_table.to_csv(tmp, index=False, float_format="%.6g")
+    except OSError as err:
+        raise store.write_failure(out / "fits.csv", err) from None
     store.write_netcdf(out / "fits.nc", fits.to_dataset(full_table))
     figures = [fig_init(ds, cfg, out), *fig_trajectories(ds, out),
                fig_scaling(ds, table, out, keep), fig_stability(ds, outcome, out)]
@@ -402,7 +432,7 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
         figures.append(fig_identity(check, out))
     if "sharpness" in ds:
         figures.append(fig_sharpness(ds, outcome, out))
-    text = render(ds, cfg, table, outcome, check, fit_accuracy, root)
+    text = render(ds, cfg, table, outcome, check, fit_accuracy, root, param)
     if ref_labels:
         text += "\n".join(_comparison_section(full, full_table, ref_labels))
         figures.append(fig_comparison(full, out))
@@ -426,21 +456,32 @@ def axes_note(grid) -> str:
             "slice of it (named in section 7), sections 7–8 compare all.")
 
 
-def render(ds, cfg, table, outcome, check, fit_accuracy, root) -> str:
+def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "standard") -> str:
     g = cfg.grid
     counts = outcomes.counts(outcome)
+    untrained = counts.pop(outcomes.UNTRAINED)
     total = sum(counts.values())
     T = int(ds["step"].values[-1])
     slices = axes_note(g)
+    partial = ""
+    if ds.attrs.get("partial"):
+        missing = str(ds.attrs.get("cohorts_missing", "")).split()
+        partial = (f" **This sweep is partial:** {len(missing)} cohorts are not on disk "
+                   f"({', '.join(missing)}), so {untrained} of the grid's networks are "
+                   f"untrained and left out of every count, fit and figure below; launch again "
+                   "to finish it.")
+    where = " in this slice" if slices else ""
     lines = [f"# normsweep report: {cfg.name}", "",
-             f"Sweep `{root}`: {total} networks — widths {list(g.width)}, depths {list(g.depth)}, "
+             f"Sweep `{root}`: {total} trained networks{where} — widths {list(g.width)}, "
+             f"depths {list(g.depth)}, "
              f"{len(g.lr)} learning rates from {min(g.lr):.3g} to {max(g.lr):.3g}"
              + (f" (× width^{g.lr_width_exponent:g})" if g.lr_width_exponent else "")
              + f", seeds {list(g.seed)}; n = {cfg.data.n} points on S^{cfg.data.d - 1}, "
-             f"k = {cfg.data.k}, init `{cfg.model.init}`, output `{cfg.model.output}`, "
+             f"k = {cfg.data.k}, {PARAMETRIZATION_NAMES[param]}, init `{cfg.model.init}`, "
+             f"output `{cfg.model.output}`, "
              f"loss `{cfg.train.loss}`, {T} steps of full-batch GD, {cfg.train.dtype}; "
              f"{ds.attrs.get('backend')} ({ds.attrs.get('device_kind')}), "
-             f"jax {ds.attrs.get('jax_version')}." + slices, ""]
+             f"jax {ds.attrs.get('jax_version')}." + slices + partial, ""]
 
     lines += ["## 1. Norms at initialisation", "",
               "Measured mean ± sd over seeds (each distinct matrix counted once) against the "
@@ -466,19 +507,7 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root) -> str:
 
     lines += ["## 3. Per iteration", ""]
     if check:
-        lines += [f"Plain GD obeys ‖W(t+1)‖_F² − ‖W(t)‖_F² = −2η⟨W, ∇L⟩ + η²‖∇L‖² exactly. Over "
-                  f"{check['pairs']} consecutive recorded step pairs (steps ≤ {check['max_step']}) "
-                  f"of the networks that fit or still train, the measured change differs from it by a median "
-                  f"{_fmt(check['identity_rel_median'], 2)} and at most "
-                  f"{_fmt(check['identity_rel_max'], 2)} of ‖W(t)‖_F² (float rounding).", "",
-                  "For a bias-free ReLU network the logits are 1-homogeneous in each W_l, so "
-                  "⟨W_l, ∇_{W_l}L⟩ = Σ_i⟨∂L/∂z_i, z_i⟩ is the same for every layer: every "
-                  "layer's squared norm moves by the same amount up to the η² term. Measured "
-                  "spread across layers (max − min over the largest |⟨W_l, ∇L⟩|): median "
-                  f"{_fmt(check['layer_spread_median'], 2)}, 90th percentile "
-                  f"{_fmt(check['layer_spread_p90'], 2)}. The second-order term η²‖∇L‖² is a "
-                  f"median {_fmt(check['second_order_share_median'], 2)} of the first-order "
-                  "term.", "", "![identity](per_step_identity.png)", ""]
+        lines += _identity_prose(check, param)
     else:
         lines += ["No consecutive recorded steps (or no grad_dot_weight): record with "
                   "steps = \"log\" or \"all\" to check the per-step identity.", ""]
@@ -487,6 +516,7 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root) -> str:
         lines += [f"The expected change per iteration, mean ‖W(t) − W(t−1)‖_F over steps "
                   f"1–{fits.EARLY_STEPS}, scales as (fits per layer, 95% intervals):", "",
                   _md(_exponents(upd)), ""]
+    lines += _first_step_prose(table, param, float(g.lr_width_exponent))
 
     lines += ["## 4. Well-trained networks", "",
               f"Criterion: training accuracy ≥ {fit_accuracy:g} at the last step. "
@@ -510,7 +540,7 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root) -> str:
                  "too-large η saturates the network instead of overflowing"
                  if cfg.model.output == "softmax" else
                  "final loss ≥ initial, or stuck with every gradient exactly 0: all ReLUs dead")
-              + f"), {counts[outcomes.DIVERGED]} diverged (non-finite loss).",
+              + f"), {counts[outcomes.DIVERGED]} diverged (non-finite loss, weight or norm).",
               "", "Largest η at which no seed failed or diverged:", ""]
     stable = outcomes.largest_stable_lr(ds, outcome)
     st = stable.to_pandas()
@@ -534,10 +564,54 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root) -> str:
     main = table[table.metric.isin(["rel_frob_dist", "rel_spec_dist", "rel_frob_change",
                                     "rel_spec_change"])]
     lines += [_md(_exponents(main)), ""]
-    lines += _lazy_section(table, cfg)
+    lines += _lazy_section(table, cfg, param)
     lines += ["![scaling](scaling_rel_frob_dist.png)", "",
               "The full table, with prefactors and counts, is in `fits.csv` and `fits.nc`.", ""]
     return "\n".join(lines)
+
+
+def _first_step_prose(table: pd.DataFrame, param: str, p: float) -> list[str]:
+    """The hidden layers' first-step width exponent beside its prediction for
+    this parametrization and η scaling (`FIRST_STEP`), when both exist."""
+    first = table[(table.metric == "first_update_spec") & (table.layer_role == "hidden")]
+    first = first[np.isfinite(first.width_exponent)]
+    if not len(first) or (param, p) not in FIRST_STEP:
+        return []
+    pred = FIRST_STEP[(param, p)]
+    found = "; ".join(f"depth {r.depth} layer {r.layer}: {r.width_exponent:+.2f} "
+                      f"[{r.width_exponent_lo:+.2f}, {r.width_exponent_hi:+.2f}]"
+                      for _, r in first.iterrows())
+    return [f"The first step's spectral size ‖W(1) − W(0)‖₂ of a hidden layer against width: "
+            f"{found}. Prediction for {PARAMETRIZATION_NAMES[param]} at width_exponent = "
+            f"{p:g}: {pred:+.1f} (Yang, Simon & Bernstein 2023).", ""]
+
+
+def _identity_prose(check: dict, param: str) -> list[str]:
+    """Section 3's text on the exact per-step identity, in the terms of `param`:
+    the layer-independent quantity is Δ‖W_l‖²/c_l (c_l the per-layer rate
+    factor, 1 in every layer only under the standard parametrization)."""
+    if param == "standard":
+        rule, equal = ("‖W(t+1)‖_F² − ‖W(t)‖_F² = −2η⟨W, ∇L⟩ + η²‖∇L‖²",
+                       "every layer's squared norm moves by the same amount up to the η² term")
+    else:
+        factor = {"ntk": "c_l = s_l², the squared init scale of the layer",
+                  "mup": "c_l = fan_out/fan_in"}[param]
+        rule = ("‖W_l(t+1)‖_F² − ‖W_l(t)‖_F² = −2ηc_l⟨W_l, ∇L⟩ + η²c_l²‖∇L‖², with the "
+                f"per-layer rate factor of {PARAMETRIZATION_NAMES[param]}, {factor}")
+        equal = ("Δ‖W_l‖_F²/c_l is the same for every layer up to the η² term; the squared "
+                 "norms themselves move by amounts in the ratio of the c_l, not equally")
+    return [f"Plain GD obeys {rule}, exactly. Over "
+            f"{check['pairs']} consecutive recorded step pairs (steps ≤ {check['max_step']}) "
+            f"of the networks that fit or still train, the measured change differs from it by a "
+            f"median {_fmt(check['identity_rel_median'], 2)} and at most "
+            f"{_fmt(check['identity_rel_max'], 2)} of ‖W(t)‖_F² (float rounding).", "",
+            "For a bias-free ReLU network the logits are 1-homogeneous in each W_l, so "
+            f"⟨W_l, ∇_{{W_l}}L⟩ = Σ_i⟨∂L/∂z_i, z_i⟩ is the same for every layer: {equal}. "
+            "Measured spread of ⟨W_l, ∇L⟩ across layers (max − min over the largest "
+            f"|⟨W_l, ∇L⟩|): median {_fmt(check['layer_spread_median'], 2)}, 90th percentile "
+            f"{_fmt(check['layer_spread_p90'], 2)}. The second-order term is a median "
+            f"{_fmt(check['second_order_share_median'], 2)} of the first-order term.", "",
+            "![identity](per_step_identity.png)", ""]
 
 
 def _exponents(t: pd.DataFrame) -> pd.DataFrame:
@@ -552,10 +626,22 @@ def _exponents(t: pd.DataFrame) -> pd.DataFrame:
         "r²": [_fmt(v, 2) for v in t.r2], "n": t.n})
 
 
-def _lazy_section(table: pd.DataFrame, cfg) -> list[str]:
-    p = cfg.grid.lr_width_exponent
+def _lazy_section(table: pd.DataFrame, cfg, param: str = "standard") -> list[str]:
+    """The measured width exponents of the relative distance from init beside
+    the predictions for this sweep's parametrization and η scaling
+    (`PREDICTIONS`); a sentence, and no numbers, where there are none."""
+    p = float(cfg.grid.lr_width_exponent)
+    name = PARAMETRIZATION_NAMES[param]
+    if (param, p) in PREDICTIONS:
+        regime, predictions = PREDICTIONS[(param, p)]
+    elif param == "standard":
+        regime, predictions = PREDICTIONS[("standard", -1.0)]
+    else:
+        return [f"No width-exponent predictions are shown for {name} with "
+                f"width_exponent = {p:g}: the lazy (NTK) and μP predictions hold for "
+                "width_exponent = 0 under that parametrization.", ""]
     rows = []
-    for (metric, role), pred in LAZY.items():
+    for (metric, role), pred in predictions.items():
         sel = table[(table.metric == metric) & (table.layer_role == role)]
         for _, r in sel.iterrows():
             b, lo, hi = r.width_exponent, r.width_exponent_lo, r.width_exponent_hi
@@ -565,20 +651,21 @@ def _lazy_section(table: pd.DataFrame, cfg) -> list[str]:
             row = {"metric": metric, "depth": r.depth, "layer": f"{r.layer} ({role})",
                    "measured m-exponent": f"{b:+.2f} [{lo:+.2f}, {hi:+.2f}]"
                    if np.isfinite(b) else "–"}
-            if p != -1:
+            matched = (param, p) in PREDICTIONS
+            if not matched:
                 # the fitted joint law C·η^a·m^b, followed along η = η₀/m
                 row["implied under η ∝ 1/m (b − a)"] = _fmt(r.width_exponent - r.lr_exponent, 2)
-            row["lazy prediction"] = f"{pred:+.1f}"
-            if p == -1:
+            row["prediction"] = f"{pred:+.1f}"
+            if matched:
                 row["within interval"] = "yes" if np.isfinite(b) and lo <= pred <= hi else "no"
             rows.append(row)
-    if p == -1:
-        head = ("This sweep scaled η ∝ 1/m (width_exponent = −1), the lazy-training setting. "
-                "The width exponent of the relative distance from init at fixed η₀ "
-                "(b + p·a) against the predictions (input layer: standard parametrization):")
+    if (param, p) in PREDICTIONS:
+        head = (f"This sweep used {name} with width_exponent = {p:g}: the setting of "
+                f"{regime}. The width exponent of the relative distance from init at fixed η₀ "
+                "(b + p·a) against its predictions:")
     else:
-        head = (f"The lazy-training predictions hold for η ∝ 1/m (width_exponent = −1) or NTK "
-                f"scaling; this sweep used width_exponent = {p:g}, so the measured exponent "
+        head = (f"The lazy-training predictions for {name} hold for η ∝ 1/m (width_exponent "
+                f"= −1); this sweep used width_exponent = {p:g}, so the measured exponent "
                 "(at fixed η) is not comparable with them. The column b − a follows the fitted "
                 "joint law along η ∝ 1/m: an extrapolation (a point estimate, valid only as far "
                 "as the law holds jointly), not a measurement; sweep with width_exponent = −1 "
@@ -622,10 +709,16 @@ def _comparison_section(ds: xr.Dataset, table: pd.DataFrame, ref_labels: dict) -
                 parts.append(f"{name} {b.min():+.2f}" if b.min() == b.max() else
                              f"{name} {b.min():+.2f}…{b.max():+.2f}")
         if parts:
+            p = float(ds.attrs.get("lr_width_exponent", 0.0))
+            theory_parts = [f"{name} {FIRST_STEP[(name, p)]:+.1f}"
+                            for name in hidden.parametrization.unique()
+                            if (name, p) in FIRST_STEP]
             mup = ("The width exponent of a hidden layer's first step ‖W(1) − W(0)‖₂, over "
-                   "its depths, weight decays and fits: " + "; ".join(parts) + ". Theory: 0 "
-                   "under μP (updates of width-independent spectral size, Yang, Simon & "
-                   "Bernstein 2023), +½ standard (fixed η), −½ ntk.")
+                   "its depths, weight decays and fits: " + "; ".join(parts) + ". "
+                   + (f"Theory at width_exponent = {p:g} (Yang, Simon & Bernstein 2023; μP's "
+                      "updates have a width-independent spectral size): "
+                      + "; ".join(theory_parts) + "." if theory_parts else
+                      f"No theory is shown for width_exponent = {p:g}."))
     return ["", "## 7. Parametrizations and weight decay side by side", "",
             f"Sections 1–6 describe the slice {fits.slice_name(ref_labels)}. Width exponents b "
             "of metric ≈ C·η^a·m^b per slice (95% bootstrap intervals); the η exponents and "
