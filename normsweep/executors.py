@@ -98,20 +98,20 @@ def cohort_task(config_text: str, source: str, root: str, index: int, budget: in
     import time
 
     from normsweep import config as config_mod
-    from normsweep import launch, plan, store
+    from normsweep import plan, store, work
 
     started = time.perf_counter()
     cfg = config_mod.parse(config_text, source=source)
-    launch.enable_dtype(cfg)
-    launch.enable_compilation_cache()
+    work.enable_dtype(cfg)
+    work.enable_compilation_cache()
     cohort = plan.cohorts(cfg)[index]
-    skipped = launch.cohort_done(cfg, cohort, store.cohort_path(Path(root), cohort),
+    skipped = work.cohort_done(cfg, cohort, store.cohort_path(Path(root), cohort),
                                  lambda message: None)
     diverged = 0
     if not skipped:
-        x, y = launch.training_data(cfg)
+        x, y = work.training_data(cfg)
         steps = plan.record_steps(cfg.train.steps, cfg.record.steps, cfg.record.log_points)
-        diverged = launch.run_cohort(cfg, Path(root), cohort, x, y, steps, budget, None)
+        diverged = work.run_cohort(cfg, Path(root), cohort, x, y, steps, budget, None)
     return {"cohort": cohort.name, "skipped": skipped, "diverged": diverged,
             "seconds": time.perf_counter() - started, "pid": os.getpid()}
 

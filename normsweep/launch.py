@@ -4,8 +4,8 @@
     summary = normsweep.launch.launch(config, Path("results/quickstart"))
 
 Each cohort is trained (in memory-budget chunks that share one compiled
-program), written to `DIR/cohorts/<cohort>.nc` atomically, and skipped on a
-relaunch. `DIR/sweep.nc` is combined at the end.
+program; `work`), written to `DIR/cohorts/<cohort>.nc` atomically, and
+skipped on a relaunch. `DIR/sweep.nc` is combined at the end.
 """
 from __future__ import annotations
 
@@ -18,16 +18,13 @@ import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from normsweep import config as config_mod
-from normsweep import plan, store, train
+from normsweep import plan, store, work
 from normsweep.config import Config
-from normsweep.data import sphere_data
 from normsweep.errors import GridError, RunError
 
 
@@ -63,46 +60,6 @@ def default_budget() -> int:
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"] * 0.5)
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.25)
-
-
-def program_for(config: Config, cohort: plan.Cohort) -> train.Program:
-    return train.Program(dims=cohort.dims(config.data.d, config.data.k), init=config.model.init,
-                         output=config.model.output, loss=config.train.loss,
-                         dtype=config.train.dtype, power_iters=config.record.power_iters,
-                         sharpness_every=config.record.sharpness,
-                         sharpness_iters=config.record.sharpness_iters,
-                         jacobian_every=config.record.jacobian_norm,
-                         parametrization=config.model.parametrization,
-                         precision=config.train.matmul_precision,
-                         decay=any(wd > 0 for wd in config.weight_decays()),
-                         ntk_every=config.record.ntk_eigs, ntk_points=config.record.ntk_points)
-
-
-def training_data(config: Config):
-    dtype = jnp.dtype(config.train.dtype)
-    return sphere_data(plan.data_key(config), config.data.n, config.data.d, config.data.k, dtype)
-
-
-def enable_dtype(config: Config) -> None:
-    if config.train.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
-
-
-def enable_compilation_cache() -> None:
-    """A persistent JAX compilation cache, so that relaunching a grid (or a
-    Dask worker meeting a cohort shape again) compiles nothing it compiled
-    before. Directory: $NORMSWEEP_JAX_CACHE, default ~/.cache/normsweep/jax;
-    set NORMSWEEP_JAX_CACHE=off to opt out."""
-    where = os.environ.get("NORMSWEEP_JAX_CACHE", "")
-    if where.lower() in ("off", "0", "false", "no"):
-        return
-    path = Path(where) if where else Path.home() / ".cache" / "normsweep" / "jax"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return  # an unwritable cache is no reason to fail a sweep
-    jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def precheck_folder(root: Path) -> None:
@@ -143,51 +100,13 @@ def check_folder(config: Config, root: Path) -> None:
                             f" use the same value or another --out")
 
 
-def damaged_name(path: Path) -> Path:
-    """`<name>.damaged`, or `.damaged.1`, `.damaged.2`, … when taken: every
-    damaged copy is kept for inspection."""
-    out, n = path.with_name(path.name + ".damaged"), 0
-    while out.exists() or out.is_symlink():
-        n += 1
-        out = path.with_name(f"{path.name}.damaged.{n}")
-    return out
-
-
-def cohort_done(config: Config, cohort: plan.Cohort, path: Path,
-                warn: Callable[[str], None]) -> bool:
-    """True when `path` is a finished cohort of this grid's settings.
-
-    A file that cannot be read (truncated, corrupt, a checksum that does not
-    match) is renamed to `damaged_name(path)`, reported, and recomputed; a
-    readable file of another grid or cohort is refused (it is never silently
-    combined)."""
-    if not path.exists():
-        return False
-    try:
-        ds = store.read_cohort(path)
-    except RunError as err:
-        damaged = damaged_name(path)
-        os.replace(path, damaged)
-        warn(f"{err}; moved to {damaged.name} and recomputing")
-        return False
-    if ds.attrs.get("config_fingerprint") != config.fingerprint():
-        raise RunError(f"{path} was written with other settings (fingerprint "
-                       f"{ds.attrs.get('config_fingerprint')}, this grid {config.fingerprint()}); "
-                       "move it away to recompute it")
-    if ds.sizes.get("width") != 1 or int(ds["width"][0]) != cohort.width \
-            or int(ds["depth"][0]) != cohort.depth:
-        raise RunError(f"{path} does not hold the cohort width={cohort.width}, "
-                       f"depth={cohort.depth}; move it away to recompute it")
-    return True
-
-
 def check_memory(config: Config, cohorts: list[plan.Cohort], n_records: int,
                  budget: int) -> None:
     """Refuses a grid whose smallest compiled program (`Program.min_members`
     networks) exceeds the memory budget, naming the grid key whose part of
     the estimate is largest (`plan.member_terms`)."""
     for cohort in cohorts:
-        fewest = program_for(config, cohort).min_members()
+        fewest = work.program_for(config, cohort).min_members()
         terms = plan.member_terms(config, cohort, n_records)
         need = fewest * sum(terms.values())
         if need > budget:
@@ -261,67 +180,6 @@ def remove_created(created: list[Path]) -> None:
             folder.rmdir()
 
 
-class _Members:
-    """A cohort's members as `train.train_members` takes them, in chunks of
-    equal size (one compilation)."""
-
-    def __init__(self, config: Config, cohort: plan.Cohort, n_records: int, budget_bytes: int):
-        self.program = program_for(config, cohort)
-        self.chunks = plan.chunking(config, cohort, n_records, budget_bytes).slices(cohort.size)
-        self.lrs, seeds = cohort.member_lr(), cohort.member_seed()
-        self.wds, self.params = cohort.member_weight_decay(), cohort.member_parametrization()
-        self.init_keys, self.power_keys = plan.member_keys(seeds)
-
-    def arguments(self, idx: np.ndarray) -> tuple[tuple, dict]:
-        """(lrs, init_keys, power_keys) and the keyword arguments of chunk `idx`."""
-        return ((self.lrs[idx], self.init_keys[idx], self.power_keys[idx]),
-                {"weight_decay": self.wds[idx], "parametrization": self.params[idx]})
-
-
-def compile_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
-                   budget_bytes: int, devices: int | None = 1) -> None:
-    """Compiles the programs `train_cohort` will run for `cohort`, running
-    nothing (`train.compile_members`): its chunks all share one shape."""
-    members = _Members(config, cohort, len(steps), budget_bytes)
-    args, kwargs = members.arguments(members.chunks[0])
-    train.compile_members(members.program, x, y, *args, steps, devices, **kwargs)
-
-
-def train_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
-                 budget_bytes: int, on_steps: Callable[[int], None] | None = None,
-                 devices: int | None = 1) -> train.Trajectory:
-    """All members of a cohort, in chunks of equal size (one compilation)."""
-    members = _Members(config, cohort, len(steps), budget_bytes)
-    parts = []
-    for idx in members.chunks:
-        args, kwargs = members.arguments(idx)
-        parts.append(train.train_members(members.program, x, y, *args, steps,
-                                         config.record.weights, on_steps, devices, **kwargs))
-    keep = cohort.size
-
-    def cat(arrays):
-        return np.concatenate(arrays, axis=0)[:keep]
-
-    records = {k: cat([p.records[k] for p in parts]) for k in parts[0].records}
-    weights = {}
-    if config.record.weights:
-        for which in ("initial", "final"):
-            weights[which] = [cat([getattr(p, which)[l] for p in parts])
-                              for l in range(cohort.depth)]
-    return train.Trajectory(records, cat([p.diverged_at for p in parts]), **weights)
-
-
-def run_cohort(config: Config, root: Path, cohort: plan.Cohort, x, y, steps: np.ndarray,
-               budget: int, on_steps: Callable[[int], None] | None,
-               devices: int | None = 1) -> int:
-    """Trains one cohort and writes its file; returns how many members diverged."""
-    traj = train_cohort(config, cohort, x, y, steps, budget, on_steps, devices)
-    ds = store.cohort_dataset(config, cohort, steps, traj, np.asarray(x), np.asarray(y))
-    groups = {"weights": store.weights_dataset(cohort, traj)} if config.record.weights else None
-    store.write_netcdf(store.cohort_path(root, cohort), ds, groups)
-    return int((traj.diverged_at >= 0).sum())
-
-
 def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
            reporter: Reporter | None = None, scheduler: str | None = None,
            devices: int | None = None, prefetch: int | None = None) -> Summary:
@@ -337,7 +195,7 @@ def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
     root = Path(root)
     # everything that can be refused from the grid alone, before any write
     precheck_folder(root)
-    enable_dtype(config)
+    work.enable_dtype(config)
     budget = budget_bytes or default_budget()
     cohorts = plan.cohorts(config)
     n_records = plan.record_count(config.train.steps, config.record.steps,
@@ -371,7 +229,7 @@ def train_here(config: Config, root: Path, todo: list[plan.Cohort], steps: np.nd
     written as it finishes.
 
     With `prefetch` = p > 0, p background threads compile the programs of
-    the next p cohorts (`compile_cohort`) while one trains: XLA compiles a
+    the next p cohorts (`work.compile_cohort`) while one trains: XLA compiles a
     program on one host core, so an accelerator, or the other cores, keep
     training meanwhile, and a cohort starts with nothing left to compile.
     The results are those of a launch without it (the same programs run;
@@ -381,7 +239,7 @@ def train_here(config: Config, root: Path, todo: list[plan.Cohort], steps: np.nd
     cannot be stopped mid-compilation; on a GPU one can take a minute), and
     none not yet started begins.
     """
-    x, y = training_data(config)
+    x, y = work.training_data(config)
     ahead = ThreadPoolExecutor(prefetch, thread_name_prefix=COMPILE_THREAD) \
         if prefetch > 0 else None
     compiling: dict[int, Future] = {}
@@ -389,7 +247,7 @@ def train_here(config: Config, root: Path, todo: list[plan.Cohort], steps: np.nd
         for i, cohort in enumerate(todo):
             for j in range(i + 1, min(i + 1 + prefetch, len(todo))):
                 if j not in compiling:
-                    compiling[j] = ahead.submit(compile_cohort, config, todo[j], x, y, steps,
+                    compiling[j] = ahead.submit(work.compile_cohort, config, todo[j], x, y, steps,
                                                 budget, devices)
             if i in compiling:
                 # before this cohort's calls, which would otherwise compile it a second time
@@ -397,7 +255,7 @@ def train_here(config: Config, root: Path, todo: list[plan.Cohort], steps: np.nd
                     compiling.pop(i).result()
             n_chunks = plan.chunking(config, cohort, len(steps), budget).count
             reporter.cohort(cohort.name, config.train.steps * n_chunks)
-            run_cohort(config, root, cohort, x, y, steps, budget, reporter.advance, devices)
+            work.run_cohort(config, root, cohort, x, y, steps, budget, reporter.advance, devices)
             reporter.done(cohort.name)
     finally:
         if ahead is not None:       # on success nothing is in flight: each cohort waited for its own
@@ -428,13 +286,13 @@ def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
         if stray.name not in known:
             reporter.warn(f"{stray} is not a cohort of this grid: left alone, not combined")
     todo = [c for c in cohorts
-            if not cohort_done(config, c, store.cohort_path(root, c), reporter.warn)]
+            if not work.cohort_done(config, c, store.cohort_path(root, c), reporter.warn)]
     skipped = [c.name for c in cohorts if c not in todo]
     check_disk(config, root, cohorts, todo, len(steps))
     (root / "cohorts").mkdir(exist_ok=True)
     store.mark_folder(root)
     store.write_text(root / "grid.toml", config.text)
-    enable_compilation_cache()
+    work.enable_compilation_cache()
     reporter.start(len(cohorts), len(skipped))
     if client is not None and todo:
         from normsweep import executors

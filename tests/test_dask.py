@@ -80,3 +80,32 @@ def test_scheduler_addresses():
     assert executors.parse_scheduler("tcp://10.0.0.1:8786") == ("remote", None)
     with pytest.raises(ValueError):
         executors.parse_scheduler("nonsense")
+
+
+def test_tasks_and_the_local_loop_share_the_cohort_work_without_a_cycle():
+    """A Dask task and `launch` both run a cohort through `work`; neither
+    `work` nor `executors` imports `launch`."""
+    import ast
+    import inspect
+
+    from normsweep import work
+
+    for module in (executors, work):
+        names = set()
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            if isinstance(node, ast.ImportFrom):
+                names |= {node.module or ""} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+        assert "normsweep.launch" not in names, module.__name__
+    assert "work" in {n.split(".")[-1] for n in _imported_in(executors.cohort_task)}
+
+
+def _imported_in(function) -> set[str]:
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    return {f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+            for a in n.names}

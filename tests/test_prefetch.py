@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import xarray as xr
 
-from normsweep import config, launch
+from normsweep import config, launch, work
 from tests import equal
 from tests.conftest import TINY, write_grid
 
@@ -82,7 +82,7 @@ def test_a_compilation_ahead_that_fails_is_left_to_the_cohort_itself(tiny_sweep,
         failed.append(args[1].name)
         raise RuntimeError("compilation ahead failed")
 
-    monkeypatch.setattr(launch, "compile_cohort", broken)
+    monkeypatch.setattr(work, "compile_cohort", broken)
     cfg = config.load(write_grid(tmp_path, TINY))
     out = tmp_path / "broken"
     summary = launch.launch(cfg, out, prefetch=1)

@@ -239,10 +239,10 @@ def test_results_folder_removed_mid_run_exits_1(tmp_path, monkeypatch):
 
 SLOW_COMPILE_AHEAD = """\
 import runpy, sys, time
-from normsweep import launch
+from normsweep import work
 def compile_for_ten_minutes(*args, **kwargs):      # a GPU compilation, only longer
     time.sleep(600)
-launch.compile_cohort = compile_for_ten_minutes
+work.compile_cohort = compile_for_ten_minutes
 sys.argv = ["normsweep", "launch", sys.argv[1], "--out", sys.argv[2], "--quiet"]
 runpy.run_module("normsweep.cli", run_name="__main__")
 """
