@@ -43,6 +43,8 @@ MAX_SEED = 2**31 - 1
 # a record's Lanczos basis holds this many vectors, and its tridiagonal matrix
 # is squared 24 times; 100 steps already reach 2e-8 of an SVD from a cold start
 MAX_LANCZOS_STEPS = 200
+# keys renamed since results folders were first written: {new: old}
+ALIASES = {"record.lanczos_steps": "record.power_iters"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,9 +86,9 @@ class RecordConfig:
     """Which steps are recorded: "log" (log-spaced, at most `log_points` of
     them, always step 0 and the last step), "all", or an integer stride (every
     stride-th step and the last). `weights` keeps initial and final weights.
-    `power_iters`: Lanczos steps (products with WᵀW) per record and matrix,
-    warm-started from the previous record (the name is kept from when these
-    were power iterations).
+    `lanczos_steps`: Lanczos steps (products with WᵀW) per record and
+    matrix, warm-started from the previous record (`power_iters` is accepted
+    as its old name).
     `sharpness`: 0 (off) or a stride s: the top Hessian eigenvalue is measured
     at the recorded steps that are multiples of s and at the last step, with
     `sharpness_iters` warm-started power iterations on Hessian-vector products.
@@ -97,7 +99,7 @@ class RecordConfig:
     training points."""
     steps: str | int = "log"
     weights: bool = False
-    power_iters: int = 10
+    lanczos_steps: int = 10
     log_points: int = 256
     sharpness: int = 0
     sharpness_iters: int = 20
@@ -158,7 +160,7 @@ class Config:
             "train.dtype": self.train.dtype,
             "train.matmul_precision": self.train.matmul_precision,
             "record.steps": self.record.steps, "record.weights": self.record.weights,
-            "record.power_iters": self.record.power_iters,
+            "record.lanczos_steps": self.record.lanczos_steps,
             "record.log_points": self.record.log_points,
             "record.sharpness": self.record.sharpness,
             "record.sharpness_iters": self.record.sharpness_iters,
@@ -194,7 +196,8 @@ class Config:
         added to normsweep later (with a default that keeps the old
         behaviour) does not change the fingerprints of existing folders."""
         defaults = default_settings()
-        kept = {k: v for k, v in self.settings().items()
+        # hashed under a key's first name, so a rename keeps old folders' fingerprints
+        kept = {ALIASES.get(k, k): v for k, v in self.settings().items()
                 if k not in defaults or defaults[k] != v}
         return hashlib.sha256(repr(sorted(kept.items())).encode()).hexdigest()[:16]
 
@@ -258,7 +261,8 @@ def parse(text: str, source: str = "<string>", default_name: str | None = None) 
         "loss": p.choice(LOSSES), "steps": p.integer(1, 10**9), "dtype": p.choice(DTYPES),
         "matmul_precision": p.choice(PRECISIONS), "weight_decay": p.nonnegative})
     record = p.section(raw, "record", RecordConfig, {
-        "steps": p.schedule, "weights": p.boolean, "power_iters": p.integer(1, MAX_LANCZOS_STEPS),
+        "steps": p.schedule, "weights": p.boolean,
+        "lanczos_steps": p.integer(1, MAX_LANCZOS_STEPS),
         "log_points": p.integer(2, 100_000), "sharpness": p.integer(0, 10**9),
         "sharpness_iters": p.integer(1, 1000), "jacobian_norm": p.integer(0, 10**9),
         "ntk_eigs": p.integer(0, 10**9), "ntk_points": p.integer(1, 256)})
@@ -303,9 +307,18 @@ class _Parser:
         table = raw.get(name, {})
         if not isinstance(table, dict):
             raise self.fail(name, table, "must be a table ([" + name + "])")
-        self.known(table, name + ".", set(fields))
-        values = {key: check(f"{name}.{key}", table[key])
-                  for key, check in fields.items() if key in table}
+        given = {}                      # field: the key the file used for it (an alias or its own)
+        aliases = {old.split(".", 1)[1]: new.split(".", 1)[1] for new, old in ALIASES.items()
+                   if new.startswith(name + ".")}
+        self.known(table, name + ".", set(fields) | set(aliases))
+        for key in table:
+            field = aliases.get(key, key)
+            if field in given:
+                raise self.fail(f"{name}.{key}", table[key],
+                                f"{name}.{field} and its old name {name}.{key if key != field else given[field]}"
+                                " are both given: give one of them")
+            given[field] = key
+        values = {field: fields[field](f"{name}.{key}", table[key]) for field, key in given.items()}
         return cls(**values)
 
     # -- scalar validators: each takes (key, value) and returns the value --

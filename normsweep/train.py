@@ -61,7 +61,7 @@ class Program:
     output: str = "softmax"
     loss: str = "mse"
     dtype: str = "float32"
-    power_iters: int = 10
+    lanczos_steps: int = 10
     cold_iters: int = COLD_ITERS
     sharpness_every: int = 0
     sharpness_iters: int = 20
@@ -181,8 +181,8 @@ def init_member(program: Program, hp: Hyper, init_key: jax.Array, power_key: jax
                      + [jax.random.fold_in(power_key, 1000 + i) for i in range(program.depth)],
                      [(w.shape[1],) for w in ws] * 2, dt)
     starts = [v / jnp.linalg.norm(v) for v in starts]
-    # rolled: a cold start's loop, unrolled on an accelerator, was most of a
-    # GPU cohort's compilation (BENCHMARKS.md, run 4)
+    # rolled: a cold start's loop, unrolled on an accelerator, is most of a
+    # GPU cohort's compilation (BENCHMARKS.md)
     spec_v = [metrics.spectral(w, v, program.cold_iters, rolled=True)[1]
               for w, v in zip(ws, starts)]
     dist_v = starts[program.depth:]
@@ -286,8 +286,8 @@ def measure(program: Program, state: State, loss, z, grad_sums, y):
     spec_v, dist_v = [], []
     for w, w0, v, dv in zip(kernels(state.params), state.params0, state.spec_v, state.dist_v):
         d = w - w0
-        s, v = metrics.spectral(w, v, program.power_iters)
-        ds, dv = metrics.spectral(d, dv, program.power_iters)
+        s, v = metrics.spectral(w, v, program.lanczos_steps)
+        ds, dv = metrics.spectral(d, dv, program.lanczos_steps)
         spec_v.append(v)
         dist_v.append(dv)
         rec["frob_norm"].append(metrics.frobenius(w))

@@ -21,7 +21,7 @@ from normsweep.errors import RunError
 def program_for(config: Config, cohort: plan.Cohort) -> train.Program:
     return train.Program(dims=cohort.dims(config.data.d, config.data.k), init=config.model.init,
                          output=config.model.output, loss=config.train.loss,
-                         dtype=config.train.dtype, power_iters=config.record.power_iters,
+                         dtype=config.train.dtype, lanczos_steps=config.record.lanczos_steps,
                          sharpness_every=config.record.sharpness,
                          sharpness_iters=config.record.sharpness_iters,
                          jacobian_every=config.record.jacobian_norm,

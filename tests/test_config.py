@@ -1,6 +1,8 @@
 """Grid files: what is accepted, and a table of what is refused and how."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -49,6 +51,17 @@ def test_fingerprint_leaves_out_settings_at_their_default(monkeypatch):
     monkeypatch.setattr(config.Config, "settings",
                         lambda self: {**real_settings(self), "train.new_knob": 1})
     assert c.fingerprint() != before
+
+
+def test_the_old_name_of_lanczos_steps_is_accepted_with_the_same_fingerprint():
+    new = config.parse('[record]\nlanczos_steps = 30\n' + GRID, default_name="x")
+    old = config.parse('[record]\npower_iters = 30\n' + GRID, default_name="x")
+    assert new.record.lanczos_steps == old.record.lanczos_steps == 30
+    assert new.fingerprint() == old.fingerprint() != config.parse(GRID, default_name="x").fingerprint()
+    # hashed under the first name, as folders written before the rename were
+    kept = [("record.power_iters" if k == "record.lanczos_steps" else k, v)
+            for k, v in new.settings().items() if config.default_settings().get(k) != v]
+    assert new.fingerprint() == hashlib.sha256(repr(sorted(kept)).encode()).hexdigest()[:16]
 
 
 def test_fingerprint_ignores_width_and_depth_but_not_lr():
@@ -119,8 +132,12 @@ BAD = [
     ("parametrization-axis-string", GRID + 'parametrization = "ntk"\n', "grid.parametrization", "list"),
     ("parametrization-twice", '[model]\nparametrization = "ntk"\n' + GRID + 'parametrization = ["ntk"]\n', "model.parametrization", "not both"),
     ("mup-axis-width-init", '[model]\ninit = "width"\n' + GRID + 'parametrization = ["mup"]\n', "model.init", '"he"'),
+    ("lanczos-steps-too-many", '[record]\nlanczos_steps = 201\n' + GRID, "record.lanczos_steps",
+     "between 1 and 200"),
     ("power-iters-too-many", '[record]\npower_iters = 201\n' + GRID, "record.power_iters",
      "between 1 and 200"),
+    ("lanczos-steps-twice", '[record]\nlanczos_steps = 5\npower_iters = 5\n' + GRID,
+     "record.power_iters", "are both given"),
     ("ntk-points-zero", '[record]\nntk_points = 0\n' + GRID, "record.ntk_points", "between 1"),
     ("ntk-points-above-n", '[data]\nn = 8\n[record]\nntk_eigs = 5\nntk_points = 16\n' + GRID, "record.ntk_points", "data.n"),
     ("ntk-eigs-negative", '[record]\nntk_eigs = -1\n' + GRID, "record.ntk_eigs", "between 0"),

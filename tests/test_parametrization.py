@@ -37,7 +37,7 @@ def test_mup_hidden_first_step_update_is_width_independent():
     widths = np.array([256, 512, 1024, 2048])
     spec = []
     for m in widths:
-        prog = train.Program(dims=(8, m, m, 4), parametrization="mup", power_iters=30)
+        prog = train.Program(dims=(8, m, m, 4), parametrization="mup", lanczos_steps=30)
         ik, pk = plan.member_keys(np.array([0, 1]))
         traj = train.train_members(prog, X, Y, np.array([0.5, 0.5]), ik, pk, np.arange(2))
         spec.append(traj.records["spec_dist"][:, 1, 1].mean())    # ‖W_1(1) − W_1(0)‖₂
@@ -46,7 +46,7 @@ def test_mup_hidden_first_step_update_is_width_independent():
     # while under the standard parametrization at fixed η it grows like m^½
     std = []
     for m in widths[:3]:
-        prog = train.Program(dims=(8, m, m, 4), power_iters=30)
+        prog = train.Program(dims=(8, m, m, 4), lanczos_steps=30)
         ik, pk = plan.member_keys(np.array([0]))
         traj = train.train_members(prog, X, Y, np.array([0.5]), ik, pk, np.arange(2))
         std.append(traj.records["spec_dist"][0, 1, 1])

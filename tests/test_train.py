@@ -185,7 +185,7 @@ def test_options_follow_their_definitions(output, loss, init):
 
 
 def test_spectral_norm_tracks_svd_at_every_record_at_width_1024():
-    prog = train.Program(dims=(D, 1024, 1024, K), power_iters=10)
+    prog = train.Program(dims=(D, 1024, 1024, K), lanczos_steps=10)
     steps = np.arange(9)
     traj = run(prog, [2.0], [0], steps)
     ref = reference.run([w[0] for w in traj.initial], X, Y, 2.0, 8)
