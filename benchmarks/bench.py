@@ -277,7 +277,7 @@ PRESETS = {
                 # where a GPU cohort's 40-113 s go: XLA's defaults under the profiler
                 # (its phases and passes per program), then with JAX's threefry
                 # kernel for the random draws (which JAX says compiles faster), then
-                # with every small loop rolled (BENCHMARKS.md, run 4)
+                # with every small loop rolled
                 compile=(1024, 2, 100, [
                     {"trace": True, "again": True},
                     {"env": {"JAX_THREEFRY_GPU_KERNEL_LOWERING": "1"}},

@@ -3,13 +3,10 @@
 # cohorts (--preset gpu), the achieved fraction of the GPU's own matmul rate,
 # the quickstart grid launched end to end, and the equivalence tests on the GPU.
 #   bash benchmarks/gpu.sh [bench.py options]     (from the repository root)
-# e.g. inside a short lease, in stages of their own time limits. The next
-# lease: what the rolled cold start saved, per program, and the threefry
-# kernel's and rolled loops' compile times; then the table and the record cost:
+# e.g. on a machine held for a short time, in stages with their own limits:
+# the compile times per program, then the table and the record cost:
 #   BENCH_TIMEOUT=300 QUICKSTART=0 TESTS=0 NAME=compile bash benchmarks/gpu.sh --parts compile
 #   BENCH_TIMEOUT=240 QUICKSTART=0 TESTS=0 bash benchmarks/gpu.sh --parts table,record --widths 1024
-# (run 4 ran the compile stage, then `BENCH=0 QUICKSTART=0 TEST_TIMEOUT=120`
-# for the tests alone, then --parts table,record: BENCHMARKS.md)
 # Each part's figures reach $OUT/$NAME.json (NAME: bench-gpu unless set) as
 # soon as it finishes; BENCH=0, QUICKSTART=0 and TESTS=0 leave a stage out.
 # On a machine with a package registry it installs jax[cuda12] and normsweep.

@@ -66,14 +66,9 @@ def inner(a: jax.Array, b: jax.Array) -> jax.Array:
     taken on 2^FIRST_LEVELS slices of a and b: the same adds of the same
     numbers, so the same result, but XLA writes out a sixteenth of the
     products instead of all of them (it fuses neither the products nor the
-    first level into the tree's next levels). A record's sums at width 1024
-    took 20 ms of thread time for 8 networks, 13 ms with one level taken on
-    slices and 6 ms with four; five or more read too many strided streams at
-    once and ran 3× slower (BENCHMARKS.md). Fewer levels are taken where
-    the slices would hold 2^13 to 2^15 entries (SLOW_PARTS): on this
-    project's 2-core CPU, streams read 32–128 KiB apart ran several times
-    slower than closer or farther ones, and a record at width 512 (slices
-    of 2^14 with four levels; now two, of 2^16) cost 13–15 ms instead of 7."""
+    first level into the tree's next levels). Fewer levels are taken where
+    the slices would hold 2^13 to 2^15 entries (SLOW_PARTS), strides that
+    XLA:CPU reads slowly; BENCHMARKS.md has the measurements."""
     a, b = a.reshape(-1), b.reshape(-1)
     size = 1 << max(0, (a.shape[0] - 1).bit_length())
     if size != a.shape[0]:

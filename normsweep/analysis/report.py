@@ -493,9 +493,9 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
     if hidden and cfg.model.init in ("he", "width"):
         m = hidden[len(hidden) // 2]
         lines += [f"For a square m×m hidden layer with variance 2/m, E‖W‖_F ≈ √(2m) "
-                  f"({math.sqrt(2 * m):.1f} at m = {m}) and ‖W‖₂ → 2√2 ≈ 2.83 from below. The "
-                  "thread's E‖W‖_F = 4 applied the spectral edge of a symmetric (Wigner) matrix "
-                  "and took 2/√m as a standard deviation; its '= 2' used variance 4/m². Neither "
+                  f"({math.sqrt(2 * m):.1f} at m = {m}) and ‖W‖₂ → 2√2 ≈ 2.83 from below. A "
+                  "quoted E‖W‖_F = 4 applies the spectral edge of a symmetric (Wigner) matrix "
+                  "and takes 2/√m as a standard deviation, and '= 2' uses variance 4/m²: neither "
                   "is the Frobenius norm.", ""]
     lines += ["![init](init_norms.png)", ""]
 

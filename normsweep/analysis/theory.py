@@ -1,4 +1,4 @@
-"""Random-matrix values of weight norms at initialisation (see shared/theory.md).
+"""Random-matrix values of weight norms at initialisation.
 
 For W of shape (p, q) = (fan_in, fan_out) with i.i.d. N(0, s²) entries:
   Frobenius:  E‖W‖_F ≈ s·√(pq)·(1 − 1/(4pq))
