@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
 import numpy as np
 
 from normsweep.config import Config
@@ -122,12 +121,14 @@ def record_count(total: int, schedule: str | int, log_points: int = 256) -> int:
     return total // every + 1 + (total % every != 0)
 
 
-def data_key(config: Config) -> jax.Array:
+def data_key(config: Config) -> "jax.Array":
+    import jax      # here, not at the top: reading results needs no JAX
     return jax.random.fold_in(jax.random.key(config.data.seed), DATA)
 
 
-def member_keys(seeds: np.ndarray) -> tuple[jax.Array, jax.Array]:
+def member_keys(seeds: np.ndarray) -> tuple["jax.Array", "jax.Array"]:
     """(init keys, spectral-norm start-vector keys), one per member seed."""
+    import jax
     base = jax.vmap(jax.random.key)(np.asarray(seeds, np.uint32))
     fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
     return fold(base, INIT), fold(base, POWER)

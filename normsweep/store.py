@@ -1,7 +1,10 @@
-"""The results database on disk: owns the dataset schema and every write.
+"""The results database on disk: every write, every read, and the folder's
+safety (marker, lock, temporaries). The names are `schema`'s; the Datasets
+written come from `records`. Reading imports no JAX.
 
 Layout of a results folder (see docs/schema.md)::
 
+    DIR/.normsweep       the marker of a results folder
     DIR/grid.toml        the grid as launched
     DIR/cohorts/*.nc     one file per cohort, written once, atomically
     DIR/sweep.nc         all cohorts combined
@@ -17,170 +20,23 @@ ever executed.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import datetime
 import errno
 import fcntl
-import importlib.metadata
 import os
 import re
 import shutil
 import stat
-import uuid
 import warnings
 from pathlib import Path
 from typing import Iterator
 
-import jax
 import numpy as np
 import xarray as xr
 
-from normsweep import train
 from normsweep.config import Config
 from normsweep.errors import GridError, RunError, SweepWarning
 from normsweep.plan import Cohort
-
-LAYER_DIMS = ("width", "depth", "lr", "seed", "step", "layer")
-NET_DIMS = LAYER_DIMS[:-1]
-
-# name: (long_name, units)
-VARIABLES = {
-    "frob_norm": ("Frobenius norm of W_l(t)", "1"),
-    "spec_norm": ("spectral norm (largest singular value) of W_l(t)", "1"),
-    "frob_dist": ("Frobenius norm of W_l(t) - W_l(0)", "1"),
-    "spec_dist": ("spectral norm of W_l(t) - W_l(0)", "1"),
-    "update_norm": ("Frobenius norm of the last update W_l(t) - W_l(t-1)", "1"),
-    "grad_norm": ("Frobenius norm of the gradient dL/dW_l at W(t)", "1"),
-    "grad_dot_weight": ("inner product <W_l(t), dL/dW_l at W(t)>", "1"),
-    "loss": ("training loss at W(t)", "1"),
-    "jacobian_frob_norm": ("mean over the data of the Frobenius norm of dF(x_i)/dx_i "
-                           "(NaN where not measured)", "1"),
-    "jacobian_spec_norm": ("mean over the data of the spectral norm of dF(x_i)/dx_i "
-                           "(NaN where not measured)", "1"),
-    "sharpness": ("largest-magnitude eigenvalue of the loss Hessian at W(t), preconditioned by "
-                  "the per-layer lr multipliers (NaN where not measured)", "1"),
-    "ntk_max_eig": ("largest eigenvalue of the empirical NTK Gram matrix of the logits on the "
-                    "first ntk_points training points (NaN where not measured)", "1"),
-    "ntk_min_eig": ("smallest eigenvalue of the empirical NTK Gram matrix of the logits on the "
-                    "first ntk_points training points (NaN where not measured)", "1"),
-    "accuracy": ("fraction of training points whose largest output is the target class", "1"),
-    "diverged_at": ("first step with a non-finite loss, weight or recorded norm, -1 if none",
-                    "step"),
-    "inputs": ("training inputs, uniform on the unit sphere", "1"),
-    "targets": ("one-hot training targets", "1"),
-}
-COORDS = {
-    "width": ("width m of the hidden layers", "1"),
-    "depth": ("number of weight matrices L", "1"),
-    "lr": ("learning rate lr as written in the grid (eta_0 when scaled with width)", "1"),
-    "lr_effective": ("learning rate eta = lr * width**width_exponent used in training", "1"),
-    "seed": ("seed of the initial weights", "1"),
-    "parametrization": ("parametrization: standard, ntk or mup (see docs/schema.md)", "1"),
-    "weight_decay": ("weight decay lambda: each step subtracts lr_effective * lambda * W_l", "1"),
-    "step": ("gradient-descent step; 0 is the initialisation", "step"),
-    "layer": ("index l of the weight matrix W_l (0 is the input layer)", "1"),
-    "sample": ("training point", "1"),
-    "feature": ("input coordinate", "1"),
-    "class": ("output class", "1"),
-}
-# The training data is the same in every cohort: stored as (non-index)
-# coordinates so that xr.open_mfdataset keeps one copy of it.
-DATA_VARS = ("inputs", "targets")
-
-
-def run_attrs(config: Config) -> dict:
-    """Global attributes: the grid text, versions, backend and device."""
-    def version(pkg: str) -> str:
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return "unknown"
-
-    device = jax.devices()[0]
-    return {
-        "title": f"normsweep sweep {config.name}",
-        "name": config.name,
-        "config_toml": config.text,
-        "config_fingerprint": config.fingerprint(),
-        "normsweep_version": version("normsweep"),
-        "jax_version": version("jax"), "jaxlib_version": version("jaxlib"),
-        "flax_version": version("flax"), "optax_version": version("optax"),
-        "xarray_version": xr.__version__,
-        "backend": jax.default_backend(),
-        "device_kind": device.device_kind,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "Conventions": "CF-1.8",
-    }
-
-
-def _label(ds: xr.Dataset) -> xr.Dataset:
-    for name, (long_name, units) in {**VARIABLES, **COORDS}.items():
-        if name in ds.variables:
-            ds[name].attrs.update(long_name=long_name, units=units)
-    return ds
-
-
-def layer_dims(axes: tuple[str, ...]) -> tuple[str, ...]:
-    """Dims of a per-layer variable for member dims `axes` (see Config.member_axes)."""
-    return ("width", "depth") + tuple(axes) + ("step", "layer")
-
-
-def axis_coords(cohort: Cohort) -> dict:
-    """Coordinates of a cohort's member dims."""
-    kinds = {"parametrization": str, "lr": np.float64, "weight_decay": np.float64,
-             "seed": np.int64}
-    return {name: np.asarray(cohort.axis_values(name), kinds[name]) for name in cohort.axes}
-
-
-def cohort_dataset(config: Config, cohort: Cohort, steps: np.ndarray, traj: train.Trajectory,
-                   inputs: np.ndarray, targets: np.ndarray) -> xr.Dataset:
-    """The labelled Dataset of one cohort's trajectories (members in the
-    order of `cohort.axes`)."""
-    n_layers = max(config.grid.depth)
-    LAYER_DIMS = layer_dims(cohort.axes)
-    NET_DIMS = LAYER_DIMS[:-1]
-
-    def shaped(a: np.ndarray) -> np.ndarray:
-        # (member, record[, layer]) -> (1, 1, *member dims, record[, layer])
-        return a.reshape((1, 1) + cohort.shape + a.shape[1:])
-
-    def padded(a: np.ndarray) -> np.ndarray:
-        # layers beyond this cohort's depth are NaN, so every cohort has one layer axis
-        pad = np.full(a.shape[:-1] + (n_layers - a.shape[-1],), np.nan, a.dtype)
-        return shaped(np.concatenate([a, pad], axis=-1))
-
-    data = {name: (LAYER_DIMS, padded(traj.records[name])) for name in train.LAYER_METRICS}
-    data.update({name: (NET_DIMS, shaped(value)) for name, value in traj.records.items()
-                 if name not in train.LAYER_METRICS})
-    data["diverged_at"] = (NET_DIMS[:-1], shaped(traj.diverged_at.astype(np.int64)))
-    coords = {
-        "inputs": (("sample", "feature"), np.asarray(inputs)),
-        "targets": (("sample", "class"), np.asarray(targets)),
-        "width": [cohort.width], "depth": [cohort.depth],
-        **axis_coords(cohort), "step": np.asarray(steps, np.int64), "layer": np.arange(n_layers),
-        "lr_effective": (("width", "lr"), np.asarray(cohort.lr_effective, np.float64)[None]),
-        "sample": np.arange(inputs.shape[0]), "feature": np.arange(inputs.shape[1]),
-        "class": np.arange(targets.shape[1]),
-    }
-    ds = xr.Dataset(data, coords=coords, attrs=run_attrs(config))
-    ds.attrs["lr_width_exponent"] = config.grid.lr_width_exponent
-    # names this file: sweep.nc lists the ids it was combined from (`open_sweep`)
-    ds.attrs["cohort_id"] = uuid.uuid4().hex
-    return _label(ds)
-
-
-def weights_dataset(cohort: Cohort, traj: train.Trajectory) -> xr.Dataset:
-    """Initial and final weights: initial_l, final_l with dims
-    (*member dims, fan_in_l, fan_out_l); member dims (lr, seed) by default."""
-    data = {}
-    for which, ws in (("initial", traj.initial), ("final", traj.final)):
-        for l, w in enumerate(ws):
-            dims = tuple(cohort.axes) + (f"fan_in_{l}", f"fan_out_{l}")
-            data[f"{which}_{l}"] = xr.Variable(
-                dims, w.reshape(cohort.shape + w.shape[1:]),
-                {"long_name": f"{which} weights W_{l}, shape (fan_in, fan_out)", "units": "1"})
-    return xr.Dataset(data, coords=axis_coords(cohort))
-
+from normsweep.schema import DATA_VARS, label
 
 def _encoding(ds: xr.Dataset) -> dict:
     """Every numeric variable and coordinate carries a Fletcher-32 checksum,
@@ -403,7 +259,7 @@ def combine(datasets: list[xr.Dataset], missing: list[str] = ()) -> xr.Dataset:
     if missing:
         out.attrs["partial"] = 1
         out.attrs["cohorts_missing"] = " ".join(missing)
-    return _label(out)
+    return label(out)
 
 
 def _read_sweep(path: Path) -> xr.Dataset:
@@ -504,7 +360,7 @@ def _with_missing(ds: xr.Dataset, config: Config, expected: list[Cohort]) -> xr.
     lr = out["lr"].values.astype(np.float64)
     scale = np.asarray(widths, np.float64)[:, None] ** config.grid.lr_width_exponent
     out = out.assign_coords(lr_effective=(("width", "lr"), lr[None, :] * scale))
-    return _label(out)
+    return label(out)
 
 
 def load_weights(root: str | os.PathLike, *, width: int, depth: int, lr: float, seed: int,

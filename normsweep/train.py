@@ -29,12 +29,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from normsweep import metrics
+from normsweep.schema import LAYER_METRICS, NETWORK_METRICS
 from normsweep.model import (MLP, init_stds, kernels, lr_multipliers, normals, unit_kernels,
                              with_kernels)
 
-LAYER_METRICS = ("frob_norm", "spec_norm", "frob_dist", "spec_dist", "update_norm", "grad_norm",
-                 "grad_dot_weight")
-NETWORK_METRICS = ("loss", "accuracy")
 # records that are finite at every step of a member that has not diverged
 CHECKED = ("frob_norm", "spec_norm", "frob_dist", "spec_dist", "grad_norm", "loss")
 COLD_ITERS = 100

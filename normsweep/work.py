@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from normsweep import plan, store, train
+from normsweep import plan, records, store, train
 from normsweep.config import Config
 from normsweep.data import sphere_data
 from normsweep.errors import RunError
@@ -151,7 +151,7 @@ def run_cohort(config: Config, root: Path, cohort: plan.Cohort, x, y, steps: np.
                devices: int | None = 1) -> int:
     """Trains one cohort and writes its file; returns how many members diverged."""
     traj = train_cohort(config, cohort, x, y, steps, budget, on_steps, devices)
-    ds = store.cohort_dataset(config, cohort, steps, traj, np.asarray(x), np.asarray(y))
-    groups = {"weights": store.weights_dataset(cohort, traj)} if config.record.weights else None
+    ds = records.cohort_dataset(config, cohort, steps, traj, np.asarray(x), np.asarray(y))
+    groups = {"weights": records.weights_dataset(cohort, traj)} if config.record.weights else None
     store.write_netcdf(store.cohort_path(root, cohort), ds, groups)
     return int((traj.diverged_at >= 0).sum())

@@ -6,7 +6,7 @@ import pytest
 import xarray as xr
 
 import normsweep
-from normsweep import config, plan, store, train
+from normsweep import config, plan, records, store, train
 from normsweep.errors import RunError
 
 CONTRACT = ["frob_norm", "spec_norm", "frob_dist", "spec_dist", "update_norm", "grad_norm",
@@ -50,10 +50,10 @@ def test_written_equals_read_back(tmp_path):
     ws = [rng.normal(size=(6, a, b)).astype(np.float32) for a, b in ((4, 8), (8, 8), (8, 3))]
     traj = train.Trajectory(recs, np.array([-1, 2, -1, -1, 4, -1]), ws, [w + 1 for w in ws])
     x, y = rng.normal(size=(16, 4)).astype(np.float32), np.eye(3, dtype=np.float32)[rng.integers(0, 3, 16)]
-    ds = store.cohort_dataset(c, cohort, steps, traj, x, y)
+    ds = records.cohort_dataset(c, cohort, steps, traj, x, y)
     (tmp_path / "cohorts").mkdir()
     path = store.cohort_path(tmp_path, cohort)
-    store.write_netcdf(path, ds, {"weights": store.weights_dataset(cohort, traj)})
+    store.write_netcdf(path, ds, {"weights": records.weights_dataset(cohort, traj)})
     back = store.read_cohort(path)
     xr.testing.assert_identical(back.drop_attrs(), ds.drop_attrs())
     assert back.attrs["config_toml"] == ds.attrs["config_toml"]
@@ -106,3 +106,18 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
 def test_open_sweep_on_a_foreign_folder(tmp_path):
     with pytest.raises(RunError, match="not a normsweep results folder"):
         normsweep.open_sweep(tmp_path)
+
+
+def test_reading_results_imports_no_training_stack(tiny_sweep):
+    """open_sweep and load_weights need xarray and netCDF4, not JAX, Flax or
+    optax: a notebook that only reads results starts fast and anywhere."""
+    import subprocess
+    import sys
+
+    code = ("import sys, normsweep\n"
+            f"normsweep.open_sweep({str(tiny_sweep)!r}).close()\n"
+            f"normsweep.load_weights({str(tiny_sweep)!r}, width=16, depth=2, lr=0.5, seed=0)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('jax', 'jaxlib', 'flax', 'optax') or m == 'normsweep.train'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

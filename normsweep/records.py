@@ -1,0 +1,102 @@
+"""Labelled Datasets from trained cohorts: a cohort's trajectories and its
+weights, with the run's provenance in the attributes (names: `schema`).
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import uuid
+from typing import TYPE_CHECKING
+
+import jax
+import numpy as np
+import xarray as xr
+
+from normsweep.config import Config
+from normsweep.plan import Cohort
+from normsweep.schema import LAYER_METRICS, label, layer_dims
+
+if TYPE_CHECKING:
+    from normsweep.train import Trajectory
+
+
+def run_attrs(config: Config) -> dict:
+    """Global attributes: the grid text, versions, backend and device."""
+    def version(pkg: str) -> str:
+        try:
+            return importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            return "unknown"
+
+    device = jax.devices()[0]
+    return {
+        "title": f"normsweep sweep {config.name}",
+        "name": config.name,
+        "config_toml": config.text,
+        "config_fingerprint": config.fingerprint(),
+        "normsweep_version": version("normsweep"),
+        "jax_version": version("jax"), "jaxlib_version": version("jaxlib"),
+        "flax_version": version("flax"), "optax_version": version("optax"),
+        "xarray_version": xr.__version__,
+        "backend": jax.default_backend(),
+        "device_kind": device.device_kind,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "Conventions": "CF-1.8",
+    }
+
+
+def axis_coords(cohort: Cohort) -> dict:
+    """Coordinates of a cohort's member dims."""
+    kinds = {"parametrization": str, "lr": np.float64, "weight_decay": np.float64,
+             "seed": np.int64}
+    return {name: np.asarray(cohort.axis_values(name), kinds[name]) for name in cohort.axes}
+
+
+def cohort_dataset(config: Config, cohort: Cohort, steps: np.ndarray, traj: Trajectory,
+                   inputs: np.ndarray, targets: np.ndarray) -> xr.Dataset:
+    """The labelled Dataset of one cohort's trajectories (members in the
+    order of `cohort.axes`)."""
+    n_layers = max(config.grid.depth)
+    LAYER_DIMS = layer_dims(cohort.axes)
+    NET_DIMS = LAYER_DIMS[:-1]
+
+    def shaped(a: np.ndarray) -> np.ndarray:
+        # (member, record[, layer]) -> (1, 1, *member dims, record[, layer])
+        return a.reshape((1, 1) + cohort.shape + a.shape[1:])
+
+    def padded(a: np.ndarray) -> np.ndarray:
+        # layers beyond this cohort's depth are NaN, so every cohort has one layer axis
+        pad = np.full(a.shape[:-1] + (n_layers - a.shape[-1],), np.nan, a.dtype)
+        return shaped(np.concatenate([a, pad], axis=-1))
+
+    data = {name: (LAYER_DIMS, padded(traj.records[name])) for name in LAYER_METRICS}
+    data.update({name: (NET_DIMS, shaped(value)) for name, value in traj.records.items()
+                 if name not in LAYER_METRICS})
+    data["diverged_at"] = (NET_DIMS[:-1], shaped(traj.diverged_at.astype(np.int64)))
+    coords = {
+        "inputs": (("sample", "feature"), np.asarray(inputs)),
+        "targets": (("sample", "class"), np.asarray(targets)),
+        "width": [cohort.width], "depth": [cohort.depth],
+        **axis_coords(cohort), "step": np.asarray(steps, np.int64), "layer": np.arange(n_layers),
+        "lr_effective": (("width", "lr"), np.asarray(cohort.lr_effective, np.float64)[None]),
+        "sample": np.arange(inputs.shape[0]), "feature": np.arange(inputs.shape[1]),
+        "class": np.arange(targets.shape[1]),
+    }
+    ds = xr.Dataset(data, coords=coords, attrs=run_attrs(config))
+    ds.attrs["lr_width_exponent"] = config.grid.lr_width_exponent
+    # names this file: sweep.nc lists the ids it was combined from (`open_sweep`)
+    ds.attrs["cohort_id"] = uuid.uuid4().hex
+    return label(ds)
+
+
+def weights_dataset(cohort: Cohort, traj: Trajectory) -> xr.Dataset:
+    """Initial and final weights: initial_l, final_l with dims
+    (*member dims, fan_in_l, fan_out_l); member dims (lr, seed) by default."""
+    data = {}
+    for which, ws in (("initial", traj.initial), ("final", traj.final)):
+        for l, w in enumerate(ws):
+            dims = tuple(cohort.axes) + (f"fan_in_{l}", f"fan_out_{l}")
+            data[f"{which}_{l}"] = xr.Variable(
+                dims, w.reshape(cohort.shape + w.shape[1:]),
+                {"long_name": f"{which} weights W_{l}, shape (fan_in, fan_out)", "units": "1"})
+    return xr.Dataset(data, coords=axis_coords(cohort))
