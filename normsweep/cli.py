@@ -181,8 +181,8 @@ def main() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Results folder (default: results/<name> from the grid file).")
 @click.option("--memory-budget", metavar="SIZE",
-              help="Memory one compiled chunk may use, e.g. 2GiB (default: a quarter of RAM "
-                   "on CPU, half an accelerator's memory).")
+              help="Memory one compiled chunk may use, e.g. 2GiB or 2GB (default: a quarter "
+                   "of RAM on CPU, half an accelerator's memory).")
 @click.option("--scheduler", metavar="ADDRESS",
               help="Run cohorts as Dask tasks: a scheduler address (tcp://host:8786; workers "
                    "must share DIR) or local[:N] for N worker processes here. Needs "
@@ -197,7 +197,8 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
 
     Writes OUT/cohorts/<cohort>.nc as each (width, depth) cohort finishes and
     OUT/sweep.nc at the end. Cohorts already on disk are skipped, so running
-    the same command again resumes an interrupted sweep.
+    the same command again resumes an interrupted sweep. OUT must be new,
+    empty, or a normsweep results folder.
 
     \b
     Example:
@@ -263,7 +264,8 @@ def analyze(dir: Path, boot: int, fit_accuracy: float) -> None:
     prints the fit table. Needs the analysis extra (matplotlib). A sweep with
     parametrization or weight_decay axes is fitted per slice, and the slices
     are compared; recorded sharpness and NTK eigenvalues get their own
-    sections.
+    sections. On an unfinished sweep it warns, analyses the cohorts on disk
+    and names the missing ones in the report.
 
     \b
     Example:
