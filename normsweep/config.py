@@ -24,7 +24,7 @@ import math
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -43,18 +43,26 @@ MAX_SEED = 2**31 - 1
 # a record's Lanczos basis holds this many vectors, and its tridiagonal matrix
 # is squared 24 times; 100 steps already reach 2e-8 of an SVD from a cold start
 MAX_LANCZOS_STEPS = 200
+SECTIONS = ("data", "model", "train", "record")     # Config's sections of `setting`s
 # keys renamed since results folders were first written: {new: old}
 ALIASES = {"record.lanczos_steps": "record.power_iters"}
+
+
+def setting(default: Any, check: Callable[["_Parser"], Callable]) -> Any:
+    """A grid-file key of a section, written once: its default, and `check`,
+    which makes its validator for a file's parser (`_Parser`). A section's
+    keys, `Config.settings()` and the fingerprint all derive from these."""
+    return dataclasses.field(default=default, metadata={"check": check})
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """The training set: `n` points uniform on the unit sphere S^{d-1} in R^d,
     each with a random one-hot target over `k` classes, drawn from `seed`."""
-    n: int = 1024
-    d: int = 16
-    k: int = 10
-    seed: int = 0
+    n: int = setting(1024, lambda p: p.integer(1))
+    d: int = setting(16, lambda p: p.integer(2))
+    k: int = setting(10, lambda p: p.integer(2))
+    seed: int = setting(0, lambda p: p.integer(0, MAX_SEED))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,9 +70,9 @@ class ModelConfig:
     """`init`: "he" draws W_l ~ N(0, 2/fan_in); "width" draws every entry of
     every layer from N(0, 2/width). `output`: "softmax" or "linear" (logits).
     `parametrization`: "standard", "ntk" or "mup" (see model.lr_multipliers)."""
-    init: str = "he"
-    output: str = "softmax"
-    parametrization: str = "standard"
+    init: str = setting("he", lambda p: p.choice(INITS))
+    output: str = setting("softmax", lambda p: p.choice(OUTPUTS))
+    parametrization: str = setting("standard", lambda p: p.choice(PARAMETRIZATIONS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,11 +82,11 @@ class TrainConfig:
     every backend; "high"/"default" let a GPU or TPU use TF32/bf16 passes
     (faster, about 1e-3 relative error per product; the same on CPU).
     `weight_decay` λ ≥ 0: each step also subtracts η·λ·W_l (see train.step)."""
-    loss: str = "mse"
-    steps: int = 2000
-    dtype: str = "float32"
-    matmul_precision: str = "highest"
-    weight_decay: float = 0.0
+    loss: str = setting("mse", lambda p: p.choice(LOSSES))
+    steps: int = setting(2000, lambda p: p.integer(1, 10**9))
+    dtype: str = setting("float32", lambda p: p.choice(DTYPES))
+    matmul_precision: str = setting("highest", lambda p: p.choice(PRECISIONS))
+    weight_decay: float = setting(0.0, lambda p: p.nonnegative)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,15 +105,15 @@ class RecordConfig:
     `ntk_eigs`: 0 (off) or a stride, likewise: the largest and smallest
     eigenvalues of the empirical NTK Gram matrix on the first `ntk_points`
     training points."""
-    steps: str | int = "log"
-    weights: bool = False
-    lanczos_steps: int = 10
-    log_points: int = 256
-    sharpness: int = 0
-    sharpness_iters: int = 20
-    jacobian_norm: int = 0
-    ntk_eigs: int = 0
-    ntk_points: int = 32
+    steps: str | int = setting("log", lambda p: p.schedule)
+    weights: bool = setting(False, lambda p: p.boolean)
+    lanczos_steps: int = setting(10, lambda p: p.integer(1, MAX_LANCZOS_STEPS))
+    log_points: int = setting(256, lambda p: p.integer(2, 100_000))
+    sharpness: int = setting(0, lambda p: p.integer(0, 10**9))
+    sharpness_iters: int = setting(20, lambda p: p.integer(1, 1000))
+    jacobian_norm: int = setting(0, lambda p: p.integer(0, 10**9))
+    ntk_eigs: int = setting(0, lambda p: p.integer(0, 10**9))
+    ntk_points: int = setting(32, lambda p: p.integer(1, 256))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,29 +158,14 @@ class Config:
         Two launches into one folder must agree on all of these; the width
         and depth axes may differ (a relaunch may add cohorts).
         """
+        out = {f"{name}.{f.name}": getattr(getattr(self, name), f.name)
+               for name in SECTIONS for f in dataclasses.fields(getattr(self, name))}
         grid = self.grid
-        return {
-            "data.n": self.data.n, "data.d": self.data.d, "data.k": self.data.k,
-            "data.seed": self.data.seed,
-            "model.init": self.model.init, "model.output": self.model.output,
-            "model.parametrization": self.model.parametrization,
-            "train.loss": self.train.loss, "train.steps": self.train.steps,
-            "train.dtype": self.train.dtype,
-            "train.matmul_precision": self.train.matmul_precision,
-            "record.steps": self.record.steps, "record.weights": self.record.weights,
-            "record.lanczos_steps": self.record.lanczos_steps,
-            "record.log_points": self.record.log_points,
-            "record.sharpness": self.record.sharpness,
-            "record.sharpness_iters": self.record.sharpness_iters,
-            "record.jacobian_norm": self.record.jacobian_norm,
-            "grid.lr": list(grid.lr), "grid.lr.width_exponent": grid.lr_width_exponent,
-            "grid.seed": list(grid.seed),
-            "train.weight_decay": self.train.weight_decay,
-            "record.ntk_eigs": self.record.ntk_eigs,
-            "record.ntk_points": self.record.ntk_points,
-            "grid.parametrization": list(grid.parametrization or []),
-            "grid.weight_decay": list(grid.weight_decay or []),
-        }
+        out.update({"grid.lr": list(grid.lr), "grid.lr.width_exponent": grid.lr_width_exponent,
+                    "grid.seed": list(grid.seed),
+                    "grid.parametrization": list(grid.parametrization or []),
+                    "grid.weight_decay": list(grid.weight_decay or [])})
+        return out
 
     def parametrizations(self) -> tuple[str, ...]:
         """The parametrizations trained: the grid axis, or [model]'s one value."""
@@ -249,23 +242,13 @@ def parse(text: str, source: str = "<string>", default_name: str | None = None) 
         raise GridError(source, "name", name,
                         "must be a plain identifier of letters, digits, '.', '_' and '-', "
                         f"at most {MAX_NAME} characters")
-    data = p.section(raw, "data", DataConfig, {
-        "n": p.integer(1), "d": p.integer(2), "k": p.integer(2), "seed": p.integer(0, MAX_SEED)})
-    model = p.section(raw, "model", ModelConfig, {
-        "init": p.choice(INITS), "output": p.choice(OUTPUTS),
-        "parametrization": p.choice(PARAMETRIZATIONS)})
+    data = p.section(raw, "data", DataConfig)
+    model = p.section(raw, "model", ModelConfig)
     if model.parametrization == "mup" and model.init != "he":
         raise GridError(source, "model.init", model.init,
                         'parametrization = "mup" sets its own init; leave init at "he"')
-    train = p.section(raw, "train", TrainConfig, {
-        "loss": p.choice(LOSSES), "steps": p.integer(1, 10**9), "dtype": p.choice(DTYPES),
-        "matmul_precision": p.choice(PRECISIONS), "weight_decay": p.nonnegative})
-    record = p.section(raw, "record", RecordConfig, {
-        "steps": p.schedule, "weights": p.boolean,
-        "lanczos_steps": p.integer(1, MAX_LANCZOS_STEPS),
-        "log_points": p.integer(2, 100_000), "sharpness": p.integer(0, 10**9),
-        "sharpness_iters": p.integer(1, 1000), "jacobian_norm": p.integer(0, 10**9),
-        "ntk_eigs": p.integer(0, 10**9), "ntk_points": p.integer(1, 256)})
+    train = p.section(raw, "train", TrainConfig)
+    record = p.section(raw, "record", RecordConfig)
     if record.ntk_eigs and record.ntk_points > data.n:
         raise GridError(source, "record.ntk_points", record.ntk_points,
                         f"must be at most data.n = {data.n}")
@@ -303,7 +286,10 @@ class _Parser:
                 raise self.fail(full, table[key],
                                 f"unknown key; allowed here: {', '.join(sorted(allowed))}")
 
-    def section(self, raw: dict, name: str, cls: type, fields: dict) -> Any:
+    def section(self, raw: dict, name: str, cls: type) -> Any:
+        """The section `name` of the file as `cls`, each key checked by its
+        `setting`'s validator; keys left out take their defaults."""
+        fields = {f.name: f.metadata["check"](self) for f in dataclasses.fields(cls)}
         table = raw.get(name, {})
         if not isinstance(table, dict):
             raise self.fail(name, table, "must be a table ([" + name + "])")

@@ -161,3 +161,22 @@ def test_grid_file_is_never_executed(tmp_path):
     with pytest.raises(GridError):
         config.load(path)
     assert not marker.exists()
+
+
+def test_schema_doc_lists_every_key_with_its_default():
+    """docs/schema.md's grid file shows each section's keys at their defaults:
+    the doc and `config.setting` cannot drift apart."""
+    import dataclasses
+    import re
+    import tomllib
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "schema.md").read_text()
+    block = re.search(r"## Grid file\n.*?```toml\n(.*?)```", text, re.S).group(1)
+    shown = tomllib.loads(block)
+    defaults = config.Config("x", config.DataConfig(), config.ModelConfig(),
+                             config.TrainConfig(), config.RecordConfig(), None)
+    for section in config.SECTIONS:
+        fields = {f.name: getattr(getattr(defaults, section), f.name)
+                  for f in dataclasses.fields(getattr(defaults, section))}
+        assert shown[section] == fields, section
