@@ -194,8 +194,15 @@ def test_analyze_fits_each_slice_and_compares_them(axes_sweep):
     per_slice = table.groupby(["parametrization", "weight_decay"]).size()
     assert len(per_slice) == 6 and per_slice.nunique() == 1
     text = result.report.read_text()
-    assert "## 7. Parametrizations and weight decay side by side" in text
-    assert "m-exponent, mup, λ = 0.01" in text and "## 8. The neural tangent kernel" in text
+    import re
+    numbered = re.findall(r"^## (\d+)\. (.+)$", text, re.M)
+    assert [int(n) for n, _ in numbered] == list(range(1, len(numbered) + 1))
+    sections = {title: n for n, title in numbered}
+    compare = sections["Parametrizations and weight decay side by side"]
+    assert int(sections["The neural tangent kernel"]) > int(compare)
+    assert f"named in section {compare})" in text and "\x00" not in text
+    assert f"Sections 1–{int(compare) - 1} describe the slice" in text
+    assert "m-exponent, mup, λ = 0.01" in text
     assert (axes_sweep / "analysis" / "parametrizations.png").exists()
     assert (axes_sweep / "analysis" / "ntk.png").exists()
     on_disk = xr.open_dataset(axes_sweep / "analysis" / "fits.nc")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 
 import matplotlib
@@ -404,8 +405,9 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
         raise RunError(f"{root}: the dataset's config_toml is not a valid grid ({err})") from None
     out = root / "analysis"
     out.mkdir(parents=True, exist_ok=True)
-    # sections 1–6 describe one slice (standard, no weight decay where the
-    # sweep has those axes); section 7 compares the slices
+    # the first sections describe one slice (standard, no weight decay where
+    # the sweep has those axes); the comparison section and those after it
+    # cover all slices
     ref_labels = fits.reference_labels(full)
     ds = full.sel(ref_labels) if ref_labels else full
     param = ref_labels.get("parametrization", cfg.model.parametrization)
@@ -439,8 +441,28 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
     if "ntk_max_eig" in full:
         text += "\n".join(_ntk_section(full, full_outcome, cfg, boot, seed))
         figures.append(fig_ntk(full, full_outcome, out))
-    store.write_text(out / "report.md", text)
+    store.write_text(out / "report.md", number_sections(text))
     return Analysis(full_table, out / "report.md", figures)
+
+
+def heading(key: str, title: str) -> str:
+    """A section's heading; `number_sections` numbers the sections in the
+    order they appear, so that no number is typed into a string."""
+    return f"## \x00{key}\x00 {title}"
+
+
+def ref(key: str) -> str:
+    """The number of the section `key`, once `number_sections` has run."""
+    return f"\x00ref:{key}\x00"
+
+
+def number_sections(text: str) -> str:
+    """Numbers the `heading`s 1, 2, … in order and fills in the `ref`s; a
+    reference to a section the report lacks is an error."""
+    keys = re.findall(r"## \x00(\w+)\x00 ", text)
+    numbers = {key: i + 1 for i, key in enumerate(keys)}
+    text = re.sub(r"## \x00(\w+)\x00 ", lambda m: f"## {numbers[m.group(1)]}. ", text)
+    return re.sub(r"\x00ref:(\w+)\x00", lambda m: str(numbers[m.group(1)]), text)
 
 
 def axes_note(grid) -> str:
@@ -452,8 +474,9 @@ def axes_note(grid) -> str:
         axes.append(f"weight decay {list(grid.weight_decay)}")
     if not axes:
         return ""
-    return (f" The sweep also has the axes {' and '.join(axes)}: sections 1–6 describe one "
-            "slice of it (named in section 7), sections 7–8 compare all.")
+    return (f" The sweep also has the axes {' and '.join(axes)}: sections {ref('init')}–"
+            f"{ref('scaling')} describe one slice of it (named in section {ref('compare')}), "
+            f"the sections from {ref('compare')} on compare all.")
 
 
 def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "standard") -> str:
@@ -483,7 +506,7 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
              f"{ds.attrs.get('backend')} ({ds.attrs.get('device_kind')}), "
              f"jax {ds.attrs.get('jax_version')}." + slices + partial, ""]
 
-    lines += ["## 1. Norms at initialisation", "",
+    lines += [heading("init", "Norms at initialisation"), "",
               "Measured mean ± sd over seeds (each distinct matrix counted once) against the "
               "random-matrix values for i.i.d. N(0, s²) entries: Frobenius s√(pq)(1 − 1/(4pq)); "
               "spectral: the Bai–Yin edge s(√p + √q) and its finite-size (Tracy–Widom) "
@@ -499,13 +522,13 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
                   "is the Frobenius norm.", ""]
     lines += ["![init](init_norms.png)", ""]
 
-    lines += ["## 2. During training", "",
+    lines += [heading("training", "During training"), "",
               "Trajectories of ‖W‖_F, ‖W‖₂ and ‖W(t) − W(0)‖_F for one hidden layer, faceted by "
               "width, one line per η (mean over seeds):", "",
               "![frob](trajectory_frob_norm.png)", "", "![spec](trajectory_spec_norm.png)", "",
               "![dist](trajectory_frob_dist.png)", ""]
 
-    lines += ["## 3. Per iteration", ""]
+    lines += [heading("iteration", "Per iteration"), ""]
     if check:
         lines += _identity_prose(check, param)
     else:
@@ -518,7 +541,7 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
                   _md(_exponents(upd)), ""]
     lines += _first_step_prose(table, param, float(g.lr_width_exponent))
 
-    lines += ["## 4. Well-trained networks", "",
+    lines += [heading("trained", "Well-trained networks"), "",
               f"Criterion: training accuracy ≥ {fit_accuracy:g} at the last step. "
               f"{counts[outcomes.FIT]} of {total} networks fit their random targets. Their final "
               "norms (mean over the seeds that fit; layer 0 is the input layer, layer depth − 1 "
@@ -533,7 +556,7 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
                   "A 'well-trained norm' is therefore a function of the training time, not a "
                   "limit.", ""]
 
-    lines += ["## 5. Stability", "",
+    lines += [heading("stability", "Stability"), "",
               f"Outcomes: {counts[outcomes.FIT]} fit, {counts[outcomes.TRAINING]} still training "
               f"(loss fell), {counts[outcomes.FAILED]} failed ("
               + ("final loss ≥ initial: with a softmax output the loss is bounded by n, so a "
@@ -551,13 +574,13 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
               "![stability](stability.png)", ""]
 
     if "sharpness" in ds:
-        lines += ["## Edge of stability", "",
+        lines += [heading("edge", "Edge of stability"), "",
                   "Full-batch GD is stable near a minimum only while the top Hessian eigenvalue "
                   "λ < 2/η; under GD the sharpness tends to rise to about 2/η and hover there "
                   "(Cohen et al. 2021). λ·η/2 per learning rate (1 = the threshold), over "
                   "the networks that fit or still train:", "",
                   _md(sharpness_table(ds, outcome)), "", "![sharpness](sharpness.png)", ""]
-    lines += ["## 6. Scaling laws", "",
+    lines += [heading("scaling", "Scaling laws"), "",
               "metric ≈ C·η^a·m^b, least squares in log space over the networks that fit or are "
               "still training (diverged and failed ones are left out and counted), 95% intervals "
               "from a bootstrap over seeds within each (η, m) cell.", ""]
@@ -719,8 +742,9 @@ def _comparison_section(ds: xr.Dataset, table: pd.DataFrame, ref_labels: dict) -
                       "updates have a width-independent spectral size): "
                       + "; ".join(theory_parts) + "." if theory_parts else
                       f"No theory is shown for width_exponent = {p:g}."))
-    return ["", "## 7. Parametrizations and weight decay side by side", "",
-            f"Sections 1–6 describe the slice {fits.slice_name(ref_labels)}. Width exponents b "
+    return ["", heading("compare", "Parametrizations and weight decay side by side"), "",
+            f"Sections {ref('init')}–{ref('scaling')} describe the slice "
+            f"{fits.slice_name(ref_labels)}. Width exponents b "
             "of metric ≈ C·η^a·m^b per slice (95% bootstrap intervals); the η exponents and "
             "prefactors are in fits.csv.", "", _md(pd.DataFrame(rows)), "", mup, "",
             "![comparison](parametrizations.png)", ""]
@@ -766,7 +790,7 @@ def _ntk_section(ds: xr.Dataset, outcome: xr.DataArray, cfg, boot: int,
                                  f"{_fmt(float(lam0.isel(width=-1).median()))}",
                              "relative change: η exponent": _ci(fit.a, fit.a_lo, fit.a_hi),
                              "m exponent": _ci(fit.b, fit.b_lo, fit.b_hi), "n": fit.n})
-    return ["", "## 8. The neural tangent kernel", "",
+    return ["", heading("ntk", "The neural tangent kernel"), "",
             f"Empirical NTK of the logits on the first {cfg.record.ntk_points} training points, "
             "traced over the k outputs and weighted by each layer's lr multiplier (the kernel "
             "of the function-space dynamics GD follows). Its relative change |λ(T)/λ(0) − 1| "
