@@ -191,8 +191,11 @@ def main() -> None:
               help="Shard each cohort's networks across at most N local devices "
                    "(default: all of them).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display; print only the summary.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the cohorts, networks, steps, records, and estimates of memory, disk "
+                   "and time; write nothing.")
 def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: str | None,
-           devices: int | None, quiet: bool) -> None:
+           devices: int | None, quiet: bool, dry_run: bool) -> None:
     """Train every point of GRID and record norm trajectories.
 
     Writes OUT/cohorts/<cohort>.nc as each (width, depth) cohort finishes and
@@ -205,6 +208,7 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
       normsweep launch sweeps/quickstart.toml
       normsweep launch sweeps/seed.toml --out /data/seed --quiet
       normsweep launch sweeps/seed.toml --scheduler local:2
+      normsweep launch sweeps/seed.toml --dry-run
     """
     from normsweep import config as config_mod
     from normsweep import launch as launch_mod
@@ -222,6 +226,12 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
     except GridError as err:
         raise fail_usage(err) from None
     root = out if out is not None else Path("results") / config.name
+    if dry_run:
+        try:
+            print_preview(grid, config, launch_mod.preview(config, root, budget_bytes=budget))
+        except GridError as err:
+            raise fail_usage(err) from None
+        return
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err_console, disable=quiet)
     reporter = QuietReporter() if quiet else RichReporter(progress)
@@ -249,6 +259,7 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
                f"{len(summary.skipped)} already done), {summary.networks} networks, "
                f"{summary.diverged} diverged, {summary.seconds:.1f} s")
     click.echo(f"results: {summary.root / 'sweep.nc'}")
+    click.echo(f"next: normsweep analyze {summary.root}")
 
 
 @main.command()
@@ -299,6 +310,41 @@ def analyze(dir: Path, boot: int, fit_accuracy: float) -> None:
                       f"{r.r2:.2f}", str(r.n))
     Console(width=140).print(table)
     click.echo(f"report: {result.report}")
+
+
+def print_preview(grid: Path, config, p) -> None:
+    """`launch --dry-run`'s output: the plan and its estimates."""
+    from normsweep import launch as launch_mod
+    from normsweep.store import size_text
+
+    console = Console()
+    table = Table("cohort", "networks", "chunks", "networks per chunk", "memory per chunk",
+                  title=escape(f"{config.name}: dry run, nothing written"))
+    for row in p.cohorts:
+        table.add_row(row["name"] + (" (on disk)" if row["name"] in p.done else ""),
+                      str(row["networks"]), str(row["chunks"]), str(row["per_chunk"]),
+                      size_text(row["memory"]))
+    console.print(table)
+    rate = launch_mod.matmul_rate()
+    seconds = launch_mod.estimate_seconds(p, rate)
+    left = len(p.cohorts) - len(p.done)
+    console.print(escape(
+        f"{len(p.cohorts)} cohorts ({len(p.done)} already in {p.root}), {p.networks} networks, "
+        f"{p.steps} steps each, {p.records} recorded steps\n"
+        f"memory: about {size_text(p.memory_bytes)} for the largest chunk, budget "
+        f"{size_text(p.budget_bytes)}\n"
+        f"disk: about {size_text(p.disk_bytes)} to write\n"
+        f"time: about {seconds / 60:.1f} min for the {left} cohorts left (an estimate: "
+        f"{p.train_flop / 1e12:.3g} TFLOP of training at {launch_mod.TRAIN_EFFICIENCY:.0%} of "
+        f"this machine's matmul rate, {rate / 1e9:.0f} GFLOP/s measured now, plus "
+        f"{launch_mod.COMPILE_SECONDS.get(jax_backend(), 45.0):g} s to compile each cohort)"),
+        soft_wrap=True)
+    click.echo(f"next: normsweep launch {grid}" + (f" --out {p.root}" if p.root else ""))
+
+
+def jax_backend() -> str:
+    import jax
+    return jax.default_backend()
 
 
 def folder_status(root: Path):

@@ -220,6 +220,80 @@ def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
             raise
 
 
+@dataclasses.dataclass
+class Preview:
+    """What a launch of `config` into `root` would do (`preview`): nothing is
+    written. `train_flop` counts 6·n·P per network-step (forward and
+    backward); `done` are cohorts whose files are already in `root`."""
+    root: Path
+    cohorts: list[dict]     # per cohort: name, networks, chunks, networks per chunk, memory
+    networks: int
+    steps: int
+    records: int
+    done: list[str]
+    memory_bytes: int       # the largest chunk's estimate
+    budget_bytes: int
+    disk_bytes: int         # what is left to write
+    train_flop: float
+
+
+def preview(config: Config, root: Path, *, budget_bytes: int | None = None) -> Preview:
+    """The plan of a launch, with its estimates, refused as the launch would
+    refuse it (folder, memory); reads `root` and writes nothing."""
+    root = Path(root)
+    precheck_folder(root)
+    budget = budget_bytes or default_budget()
+    cohorts = plan.cohorts(config)
+    n_records = plan.record_count(config.train.steps, config.record.steps,
+                                  config.record.log_points)
+    check_memory(config, cohorts, n_records, budget)
+    rows, flop = [], 0.0
+    for c in cohorts:
+        chunks = plan.chunking(config, c, n_records, budget)
+        size = max(chunks.size, work.program_for(config, c).min_members())
+        rows.append({"name": c.name, "networks": c.size, "chunks": chunks.count,
+                     "per_chunk": chunks.size,
+                     "memory": size * plan.member_bytes(config, c, n_records)})
+        dims = c.dims(config.data.d, config.data.k)
+        weights = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+        flop += 6.0 * config.data.n * weights * config.train.steps * c.size
+    done = [c.name for c in cohorts if store.cohort_path(root, c).exists()]
+    todo = [c for c in cohorts if c.name not in done]
+    return Preview(root, rows, config.grid.size, config.train.steps, n_records, done,
+                   max(r["memory"] for r in rows), budget,
+                   disk_needed(config, cohorts, todo, n_records), flop)
+
+
+# a stored figure for the time estimate: seconds to compile one cohort's programs
+COMPILE_SECONDS = {"cpu": 5.0, "gpu": 45.0, "tpu": 45.0}
+TRAIN_EFFICIENCY = 0.5          # the estimate assumes half the machine's matmul rate
+
+
+def matmul_rate() -> float:
+    """FLOP/s of a jitted float32 matmul at full precision on the default
+    device (1024² on a CPU, 4096² elsewhere), best of 3: a calibration for
+    time estimates."""
+    size = 1024 if jax.default_backend() == "cpu" else 4096
+    a = jax.numpy.ones((size, size), jax.numpy.float32)
+    f = jax.jit(lambda x: jax.numpy.matmul(x, x, precision="highest"))
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * size**3 / best
+
+
+def estimate_seconds(p: Preview, rate: float) -> float:
+    """An estimate of a launch's wall time: its training FLOPs at
+    `TRAIN_EFFICIENCY` of `rate`, and `COMPILE_SECONDS` per cohort left."""
+    left = len(p.cohorts) - len(p.done)
+    share = left / len(p.cohorts)
+    compile_s = COMPILE_SECONDS.get(jax.default_backend(), 45.0)
+    return share * p.train_flop / (TRAIN_EFFICIENCY * rate) + left * compile_s
+
+
 COMPILE_THREAD = "normsweep-compile"     # the name prefix of train_here's threads
 
 

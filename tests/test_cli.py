@@ -146,3 +146,27 @@ def test_every_bad_grid_exits_2_through_the_cli(tmp_path, text, key):
     assert str(grid) in result.output and key in result.output
     assert "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tiny_sweep, tmp_path):
+    grid = write_grid(tmp_path, TINY)
+    out = tmp_path / "new"
+    result = invoke("launch", grid, "--out", out, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "dry run, nothing written" in result.output and "width24_depth3" in result.output
+    assert "24 networks, 30 steps each, 31 recorded steps" in result.output
+    assert "an estimate" in result.output and not out.exists()
+    before = sorted(p.name for p in tiny_sweep.rglob("*"))
+    result = invoke("launch", grid, "--out", tiny_sweep, "--dry-run")
+    assert result.exit_code == 0 and "4 already in" in result.output
+    assert sorted(p.name for p in tiny_sweep.rglob("*")) == before
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    result = invoke("launch", grid, "--out", busy, "--dry-run")
+    assert result.exit_code == 2 and "not a normsweep results folder" in result.output
+
+
+def test_a_launch_ends_with_the_next_command(tiny_copy, tmp_path):
+    result = invoke("launch", write_grid(tmp_path, TINY), "--out", tiny_copy, "--quiet")
+    assert result.exit_code == 0 and f"next: normsweep analyze {tiny_copy}" in result.output
