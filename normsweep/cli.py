@@ -416,31 +416,10 @@ def ls_cmd(root: Path) -> None:
     Console().print(table)
 
 
-@main.command()
-@click.argument("dir", type=click.Path(file_okay=False, path_type=Path))
-def show(dir: Path) -> None:
-    """Summarise one results folder: its grid, what is done, what diverged.
-
-    \b
-    Example:
-      normsweep show results/quickstart
-    """
-    from normsweep import store
-
-    if not store.is_sweep_folder(dir) or not (dir / "grid.toml").exists():
-        raise click.BadParameter(f"{dir}: not a normsweep results folder (no grid.toml or no "
-                                 f"{store.MARKER} marker)", param_hint="DIR")
-    try:
-        config, done, names = folder_status(dir)
-    except GridError as err:
-        raise click.ClickException(f"{dir}/grid.toml is damaged: {err}") from None
-    try:
-        summary = sweep_summary(dir / "sweep.nc")
-    except RunError as err:
-        raise click.ClickException(str(err)) from None
+def print_config(console, config, where: Path) -> None:
+    """The settings and axes of a grid, as `show` prints them."""
     g = config.grid
-    console = Console()
-    console.print(f"[bold]{escape(config.name)}[/bold]  ({escape(str(dir))})")
+    console.print(f"[bold]{escape(config.name)}[/bold]  ({escape(str(where))})")
     console.print(f"  data: n={config.data.n} on S^{config.data.d - 1}, k={config.data.k}, "
                   f"seed={config.data.seed}")
     param = (f"parametrization axis {list(g.parametrization)}" if g.parametrization
@@ -454,6 +433,51 @@ def show(dir: Path) -> None:
     scaled = f" × width^{g.lr_width_exponent:g}" if g.lr_width_exponent else ""
     console.print(escape(f"  width {list(g.width)}  depth {list(g.depth)}  seed {list(g.seed)}"))
     console.print(escape(f"  lr {[float(f'{v:.4g}') for v in g.lr]}{scaled}"))
+
+
+@main.command()
+@click.argument("target", metavar="DIR|GRID", type=click.Path(path_type=Path))
+def show(target: Path) -> None:
+    """Summarise a results folder (its grid, what is done, what diverged), or
+    a grid file (its settings and axes, and its results folder if any).
+
+    \b
+    Example:
+      normsweep show results/quickstart
+      normsweep show sweeps/seed.toml
+    """
+    from normsweep import config as config_mod
+    from normsweep import store
+
+    if target.is_file():
+        try:
+            config = config_mod.load(target)
+        except GridError as err:
+            raise fail_usage(err) from None
+        console = Console()
+        print_config(console, config, target)
+        folder = Path("results") / config.name
+        if store.is_sweep_folder(folder):
+            console.print(escape(f"  results: {folder} (normsweep show {folder})"))
+        else:
+            console.print(escape(f"  not launched into {folder}: normsweep launch {target} "
+                                 "--dry-run previews it"))
+        return
+    dir = target
+    if not store.is_sweep_folder(dir) or not (dir / "grid.toml").exists():
+        raise click.BadParameter(f"{dir}: not a normsweep results folder (no grid.toml or no "
+                                 f"{store.MARKER} marker) and not a grid file",
+                                 param_hint="DIR|GRID")
+    try:
+        config, done, names = folder_status(dir)
+    except GridError as err:
+        raise click.ClickException(f"{dir}/grid.toml is damaged: {err}") from None
+    try:
+        summary = sweep_summary(dir / "sweep.nc")
+    except RunError as err:
+        raise click.ClickException(str(err)) from None
+    console = Console()
+    print_config(console, config, dir)
     console.print(f"  cohorts: {len(done)}/{len(names)} done"
                   + ("" if len(done) == len(names) else
                      f"; missing: {', '.join(n for n in names if n not in done)}"))

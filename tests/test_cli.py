@@ -170,3 +170,14 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tiny_sweep, tmp_path):
 def test_a_launch_ends_with_the_next_command(tiny_copy, tmp_path):
     result = invoke("launch", write_grid(tmp_path, TINY), "--out", tiny_copy, "--quiet")
     assert result.exit_code == 0 and f"next: normsweep analyze {tiny_copy}" in result.output
+
+
+def test_show_accepts_a_grid_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    grid = write_grid(tmp_path, TINY)
+    result = invoke("show", grid)
+    assert result.exit_code == 0, result.output
+    assert "width [16, 24]" in result.output and "not launched" in result.output
+    bad = write_grid(tmp_path, TINY.replace("width = [16, 24]", "widht = [16]"), "bad.toml")
+    result = invoke("show", bad)
+    assert result.exit_code == 2 and "grid.widht" in result.output
