@@ -114,9 +114,12 @@ def peak_rss(steps: int) -> int:
 
 
 LAUNCH = """\
-import sys, time
-from normsweep import config, launch
+import dataclasses, sys, time
+from normsweep import config, launch, work
 cfg = config.parse(sys.argv[1], source="bench.toml")
+if sys.argv[4] != "auto":       # every cohort in this member layout
+    program_for = work.program_for
+    work.program_for = lambda c, h: dataclasses.replace(program_for(c, h), layout=sys.argv[4])
 t0 = time.perf_counter()
 launch.launch(cfg, sys.argv[2], prefetch=None if sys.argv[3] == "default" else int(sys.argv[3]))
 print(time.perf_counter() - t0)
@@ -209,14 +212,15 @@ def compile_split(m: int, seeds: int, steps: int, n: int, xla_flags: str = "",
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def launch_seconds(grid: str, root: str, prefetch: str, cache: bool = False) -> float:
+def launch_seconds(grid: str, root: str, prefetch: str, cache: bool = False,
+                   layout: str = "auto") -> float:
     """Wall seconds of `normsweep launch` of `grid` in a fresh process,
     import excluded, with the persistent compilation cache off (or on, for
-    the smoke run, which times nothing)."""
+    the smoke run, which times nothing), in the member `layout` given."""
     env = dict(os.environ)
     if not cache:
         env["NORMSWEEP_JAX_CACHE"] = "off"
-    out = subprocess.run([sys.executable, "-c", LAUNCH, grid, root, prefetch], env=env,
+    out = subprocess.run([sys.executable, "-c", LAUNCH, grid, root, prefetch, layout], env=env,
                          capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -229,6 +233,12 @@ def compile_ahead_grid(widths, depths, n, steps) -> str:
 
 PARTS = ("table", "precision", "record", "compilations", "memory", "ahead", "compile", "profile",
          "long")
+OPT_IN = ("layout",)        # run only when asked for: whole launches, minutes each
+
+# a grid shaped like sweeps/seed.toml's compute-bound cohorts, for `layout`
+SEEDLIKE = ('name = "seedlike"\n[data]\nn = 1024\n[train]\nsteps = 100\n[grid]\n'
+            'width = [256, 512, 1024]\ndepth = [3]\nlr = { geomspace = [0.001, 0.1, 5] }\n'
+            'seed = [0, 1, 2]\n')
 
 
 def segment_group(stack: tuple[str, ...]) -> str:
@@ -263,14 +273,16 @@ def segment_group(stack: tuple[str, ...]) -> str:
 PRESETS = {
     "smoke": dict(n=64, matmul=256, widths=[32], steps={32: 20}, seeds=[2], repeat=3,
                   ahead=([8, 12], [2], 32, 5), compile=(32, 2, 20, [{"trace": True, "again": True}]),
-                  profile=[(32, 2, 6)], long=[(32, 60)]),
+                  profile=[(32, 2, 6)], long=[(32, 60)],
+                  layout=([("smoke", compile_ahead_grid([32], [2], 32, 5))], 1)),
     "cpu": dict(n=1024, matmul=1024, widths=[64, 256, 512, 1024],
                 steps={64: 400, 256: 400, 512: 120, 1024: 40}, seeds=[2], repeat=10,
                 ahead=([64, 128, 256], [2, 3], 1024, 100),
                 compile=(256, 2, 400, [{}, {"unroll": 1}]), profile=[(256, 2, 100), (1024, 2, 24)],
-                long=[(256, 2000), (512, 1000), (1024, 400)]),
-    # a GPU is launch-bound on 8 small networks: also run 64 (4 η × 16 seeds),
-    # and enough steps that a cohort runs for about a second
+                long=[(256, 2000), (512, 1000), (1024, 400)],
+                layout=([("quickstart", "sweeps/quickstart.toml"), ("seedlike", SEEDLIKE)], 2)),
+    # a GPU is launch-bound on 8 small networks: 64 networks per cohort as well
+    # (4 η × 16 seeds), and enough steps that a cohort runs for about a second
     "gpu": dict(n=1024, matmul=8192, widths=[64, 256, 1024, 2048],
                 steps={64: 4000, 256: 2000, 1024: 400, 2048: 200}, seeds=[2, 16], repeat=20,
                 fast_precision=(2048, 16), ahead=([256, 1024], [2, 3], 1024, 200),
@@ -281,7 +293,8 @@ PRESETS = {
                 compile=(1024, 2, 100, [
                     {"trace": True, "again": True},
                     {"env": {"JAX_THREEFRY_GPU_KERNEL_LOWERING": "1"}},
-                    {"unroll": 1}]), profile=[(1024, 16, 100)], long=[(1024, 4000)]),
+                    {"unroll": 1}]), profile=[(1024, 16, 100)], long=[(1024, 4000)],
+                layout=([], 0)),    # the member loop is CPU-only
 }
 
 
@@ -293,16 +306,16 @@ def main():
     ap.add_argument("--json", help="also write the figures to this file (rewritten after each part)")
     ap.add_argument("--parts", default=",".join(PARTS),
                     help=f"the parts to run, comma-separated, in the order given (default: "
-                         f"{','.join(PARTS)})")
+                         f"{','.join(PARTS)}; also {','.join(OPT_IN)})")
     ap.add_argument("--widths", help="the table's widths, comma-separated (default: the preset's)")
     args = ap.parse_args()
     preset = args.preset or ("smoke" if args.smoke else "cpu")
     smoke = preset == "smoke"
     cfg = dict(PRESETS[preset])
     parts = args.parts.split(",")
-    unknown = sorted(set(parts) - set(PARTS))
+    unknown = sorted(set(parts) - set(PARTS + OPT_IN))
     if unknown:
-        ap.error(f"--parts: unknown {', '.join(unknown)}; allowed: {', '.join(PARTS)}")
+        ap.error(f"--parts: unknown {', '.join(unknown)}; allowed: {', '.join(PARTS + OPT_IN)}")
     if args.widths:
         try:
             cfg["widths"] = [int(w) for w in args.widths.split(",")]
@@ -460,6 +473,28 @@ def main():
               f"cohort as it starts, {ahead:.1f} s compiling the next ones while one trains "
               f"(×{alone / ahead:.2f})")
 
+    def part_layout():
+        # the CPU member loop (layout "auto": networks whose widest layer is ≥ 256
+        # step in a loop) against batched steps everywhere, over whole launches:
+        # a backend-specific trick stays only if a whole launch is ≥ 15% faster
+        grids, reps = cfg["layout"]
+        res["layout"] = []
+        for name, grid in grids:
+            if grid.endswith(".toml"):      # a file of the repository's
+                with open(os.path.join(os.path.dirname(__file__), "..", grid)) as f:
+                    grid = f.read()
+            times = {"auto": [], "vmap": []}
+            with tempfile.TemporaryDirectory() as tmp:
+                for _ in range(reps):          # alternating, best of reps each
+                    for layout in times:
+                        times[layout].append(launch_seconds(grid, f"{tmp}/{layout}{_}", "default",
+                                                            cache=smoke, layout=layout))
+            auto, vmap = min(times["auto"]), min(times["vmap"])
+            res["layout"].append({"grid": name, "seconds_auto": auto, "seconds_vmap": vmap,
+                                  "speedup": vmap / auto})
+            print(f"launch of {name}: {auto:.1f} s with the member loop, {vmap:.1f} s batched "
+                  f"(×{vmap / auto:.2f})")
+
     def part_compile():
         # a cohort's compilation alone, then its first and second runs, in
         # fresh processes, under each set of XLA flags
@@ -545,7 +580,8 @@ def main():
 
     run = {"table": part_table, "precision": part_precision, "record": part_record,
            "compilations": part_compilations, "memory": part_memory, "ahead": part_ahead,
-           "compile": part_compile, "profile": part_profile, "long": part_long}
+           "compile": part_compile, "profile": part_profile, "long": part_long,
+           "layout": part_layout}
     save()
     for part in parts:     # in the order asked for; each part's figures saved as it ends
         run[part]()

@@ -337,14 +337,9 @@ def print_preview(grid: Path, config, p) -> None:
         f"time: about {seconds / 60:.1f} min for the {left} cohorts left (an estimate: "
         f"{p.train_flop / 1e12:.3g} TFLOP of training at {launch_mod.TRAIN_EFFICIENCY:.0%} of "
         f"this machine's matmul rate, {rate / 1e9:.0f} GFLOP/s measured now, plus "
-        f"{launch_mod.COMPILE_SECONDS.get(jax_backend(), 45.0):g} s to compile each cohort)"),
+        f"{launch_mod.compile_seconds():g} s to compile each cohort)"),
         soft_wrap=True)
     click.echo(f"next: normsweep launch {grid}" + (f" --out {p.root}" if p.root else ""))
-
-
-def jax_backend() -> str:
-    import jax
-    return jax.default_backend()
 
 
 def folder_status(root: Path):

@@ -285,13 +285,17 @@ def matmul_rate() -> float:
     return 2 * size**3 / best
 
 
+def compile_seconds() -> float:
+    """The stored figure of one cohort's compile time on this backend."""
+    return COMPILE_SECONDS.get(jax.default_backend(), 45.0)
+
+
 def estimate_seconds(p: Preview, rate: float) -> float:
     """An estimate of a launch's wall time: its training FLOPs at
-    `TRAIN_EFFICIENCY` of `rate`, and `COMPILE_SECONDS` per cohort left."""
+    `TRAIN_EFFICIENCY` of `rate`, and `compile_seconds()` per cohort left."""
     left = len(p.cohorts) - len(p.done)
     share = left / len(p.cohorts)
-    compile_s = COMPILE_SECONDS.get(jax.default_backend(), 45.0)
-    return share * p.train_flop / (TRAIN_EFFICIENCY * rate) + left * compile_s
+    return share * p.train_flop / (TRAIN_EFFICIENCY * rate) + left * compile_seconds()
 
 
 COMPILE_THREAD = "normsweep-compile"     # the name prefix of train_here's threads

@@ -655,7 +655,8 @@ def _lazy_section(table: pd.DataFrame, cfg, param: str = "standard") -> list[str
     (`PREDICTIONS`); a sentence, and no numbers, where there are none."""
     p = float(cfg.grid.lr_width_exponent)
     name = PARAMETRIZATION_NAMES[param]
-    if (param, p) in PREDICTIONS:
+    matched = (param, p) in PREDICTIONS     # else: standard's lazy law, extrapolated along η ∝ 1/m
+    if matched:
         regime, predictions = PREDICTIONS[(param, p)]
     elif param == "standard":
         regime, predictions = PREDICTIONS[("standard", -1.0)]
@@ -674,7 +675,6 @@ def _lazy_section(table: pd.DataFrame, cfg, param: str = "standard") -> list[str
             row = {"metric": metric, "depth": r.depth, "layer": f"{r.layer} ({role})",
                    "measured m-exponent": f"{b:+.2f} [{lo:+.2f}, {hi:+.2f}]"
                    if np.isfinite(b) else "–"}
-            matched = (param, p) in PREDICTIONS
             if not matched:
                 # the fitted joint law C·η^a·m^b, followed along η = η₀/m
                 row["implied under η ∝ 1/m (b − a)"] = _fmt(r.width_exponent - r.lr_exponent, 2)
@@ -682,7 +682,7 @@ def _lazy_section(table: pd.DataFrame, cfg, param: str = "standard") -> list[str
             if matched:
                 row["within interval"] = "yes" if np.isfinite(b) and lo <= pred <= hi else "no"
             rows.append(row)
-    if (param, p) in PREDICTIONS:
+    if matched:
         head = (f"This sweep used {name} with width_exponent = {p:g}: the setting of "
                 f"{regime}. The width exponent of the relative distance from init at fixed η₀ "
                 "(b + p·a) against its predictions:")
