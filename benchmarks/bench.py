@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -54,8 +53,8 @@ def member_args(lrs, seeds) -> tuple:
     return (np.repeat(lrs, len(seeds)), *plan.member_keys(np.tile(seeds, len(lrs))))
 
 
-def normsweep_run(dims, n, lrs, seeds, steps_array, x, y, precision="highest", layout="auto"):
-    prog = train.Program(dims=dims, precision=precision, layout=layout)
+def normsweep_run(dims, n, lrs, seeds, steps_array, x, y, precision="highest"):
+    prog = train.Program(dims=dims, precision=precision)
     lr, ik, pk = member_args(lrs, seeds)
     t0 = time.perf_counter()
     train.train_members(prog, x, y, lr, ik, pk, steps_array)
@@ -114,14 +113,11 @@ def peak_rss(steps: int) -> int:
 
 
 LAUNCH = """\
-import dataclasses, sys, time
-from normsweep import config, launch, work
+import sys, time
+from normsweep import config, sweep
 cfg = config.parse(sys.argv[1], source="bench.toml")
-if sys.argv[4] != "auto":       # every cohort in this member layout
-    program_for = work.program_for
-    work.program_for = lambda c, h: dataclasses.replace(program_for(c, h), layout=sys.argv[4])
 t0 = time.perf_counter()
-launch.launch(cfg, sys.argv[2], prefetch=None if sys.argv[3] == "default" else int(sys.argv[3]))
+sweep.launch(cfg, sys.argv[2], prefetch=None if sys.argv[3] == "default" else int(sys.argv[3]))
 print(time.perf_counter() - t0)
 """
 
@@ -212,15 +208,14 @@ def compile_split(m: int, seeds: int, steps: int, n: int, xla_flags: str = "",
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def launch_seconds(grid: str, root: str, prefetch: str, cache: bool = False,
-                   layout: str = "auto") -> float:
+def launch_seconds(grid: str, root: str, prefetch: str, cache: bool = False) -> float:
     """Wall seconds of `normsweep launch` of `grid` in a fresh process,
     import excluded, with the persistent compilation cache off (or on, for
-    the smoke run, which times nothing), in the member `layout` given."""
+    the smoke run, which times nothing)."""
     env = dict(os.environ)
     if not cache:
         env["NORMSWEEP_JAX_CACHE"] = "off"
-    out = subprocess.run([sys.executable, "-c", LAUNCH, grid, root, prefetch, layout], env=env,
+    out = subprocess.run([sys.executable, "-c", LAUNCH, grid, root, prefetch], env=env,
                          capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -233,12 +228,6 @@ def compile_ahead_grid(widths, depths, n, steps) -> str:
 
 PARTS = ("table", "precision", "record", "compilations", "memory", "ahead", "compile", "profile",
          "long")
-OPT_IN = ("layout",)        # run only when asked for: whole launches, minutes each
-
-# a grid shaped like sweeps/seed.toml's compute-bound cohorts, for `layout`
-SEEDLIKE = ('name = "seedlike"\n[data]\nn = 1024\n[train]\nsteps = 100\n[grid]\n'
-            'width = [256, 512, 1024]\ndepth = [3]\nlr = { geomspace = [0.001, 0.1, 5] }\n'
-            'seed = [0, 1, 2]\n')
 
 
 def segment_group(stack: tuple[str, ...]) -> str:
@@ -254,18 +243,16 @@ def segment_group(stack: tuple[str, ...]) -> str:
         if any(n.startswith(("spectral", "lanczos", "top_eigen", "_rescale", "matmul"))
                for n in within):
             return "record: spectral norms (Lanczos, small Gram matrices)"
-        if any(n in ("frobenius", "inner", "sum_squares", "tree_sum", "rounded") for n in within):
-            return "record: fixed-order sums (Frobenius norms of W, W - W(0))"
+        if any(n in ("frobenius", "inner", "sum_squares") for n in within):
+            return "record: sums (Frobenius norms of W, W - W(0))"
         for extra in ("sharpness", "jacobian_norms", "ntk_eigs"):    # at their strides
             if extra in names:
                 return f"record: {extra}"
         return "record: the rest (W - W(0), NaN masks, stacking)"
-    if has("take_step"):
+    if has("recorded_step"):
         return "recorded steps (the step a record measures)"
     if has("advance"):
         return "steps between records"
-    if any(n.startswith("over_members") for n in names):
-        return "member loop (slicing, stacking)"
     return "other (scan, conditions, copies)" if stack else "other (no source)"
 
 
@@ -273,14 +260,12 @@ def segment_group(stack: tuple[str, ...]) -> str:
 PRESETS = {
     "smoke": dict(n=64, matmul=256, widths=[32], steps={32: 20}, seeds=[2], repeat=3,
                   ahead=([8, 12], [2], 32, 5), compile=(32, 2, 20, [{"trace": True, "again": True}]),
-                  profile=[(32, 2, 6)], long=[(32, 60)],
-                  layout=([("smoke", compile_ahead_grid([32], [2], 32, 5))], 1)),
+                  profile=[(32, 2, 6)], long=[(32, 60)]),
     "cpu": dict(n=1024, matmul=1024, widths=[64, 256, 512, 1024],
                 steps={64: 400, 256: 400, 512: 120, 1024: 40}, seeds=[2], repeat=10,
                 ahead=([64, 128, 256], [2, 3], 1024, 100),
                 compile=(256, 2, 400, [{}, {"unroll": 1}]), profile=[(256, 2, 100), (1024, 2, 24)],
-                long=[(256, 2000), (512, 1000), (1024, 400)],
-                layout=([("quickstart", "sweeps/quickstart.toml"), ("seedlike", SEEDLIKE)], 2)),
+                long=[(256, 2000), (512, 1000), (1024, 400)]),
     # a GPU is launch-bound on 8 small networks: 64 networks per cohort as well
     # (4 η × 16 seeds), and enough steps that a cohort runs for about a second
     "gpu": dict(n=1024, matmul=8192, widths=[64, 256, 1024, 2048],
@@ -293,8 +278,7 @@ PRESETS = {
                 compile=(1024, 2, 100, [
                     {"trace": True, "again": True},
                     {"env": {"JAX_THREEFRY_GPU_KERNEL_LOWERING": "1"}},
-                    {"unroll": 1}]), profile=[(1024, 16, 100)], long=[(1024, 4000)],
-                layout=([], 0)),    # the member loop is CPU-only
+                    {"unroll": 1}]), profile=[(1024, 16, 100)], long=[(1024, 4000)])
 }
 
 
@@ -306,16 +290,16 @@ def main():
     ap.add_argument("--json", help="also write the figures to this file (rewritten after each part)")
     ap.add_argument("--parts", default=",".join(PARTS),
                     help=f"the parts to run, comma-separated, in the order given (default: "
-                         f"{','.join(PARTS)}; also {','.join(OPT_IN)})")
+                         f"{','.join(PARTS)})")
     ap.add_argument("--widths", help="the table's widths, comma-separated (default: the preset's)")
     args = ap.parse_args()
     preset = args.preset or ("smoke" if args.smoke else "cpu")
     smoke = preset == "smoke"
     cfg = dict(PRESETS[preset])
     parts = args.parts.split(",")
-    unknown = sorted(set(parts) - set(PARTS + OPT_IN))
+    unknown = sorted(set(parts) - set(PARTS))
     if unknown:
-        ap.error(f"--parts: unknown {', '.join(unknown)}; allowed: {', '.join(PARTS + OPT_IN)}")
+        ap.error(f"--parts: unknown {', '.join(unknown)}; allowed: {', '.join(PARTS)}")
     if args.widths:
         try:
             cfg["widths"] = [int(w) for w in args.widths.split(",")]
@@ -360,22 +344,16 @@ def main():
                 t, compile_s = normsweep_run(dims, n, lrs, seeds, sched, x, y)
                 flop = 6 * n * params(dims) * members * steps
                 ns_rate = members * steps / t
-                layout = train.Program(dims=dims).member_layout()
-                row = {"width": m, "members": members, "steps": steps, "layout": layout,
+                row = {"width": m, "members": members, "steps": steps,
                        "net_steps_per_s": ns_rate, "flops": flop / t,
                        "fraction_of_matmul": flop / t / res["matmul_flops"], "compile_s": compile_s,
                        "speedup_vs_loop": ns_rate * base, "speedup_vs_loop_svd": ns_rate * base_svd}
-                if layout == "map":     # what the loop over members gains on the batched layout
-                    t_vmap, _ = normsweep_run(dims, n, lrs, seeds, sched, x, y, layout="vmap")
-                    row["speedup_vs_vmap_layout"] = t_vmap / t
                 rows.append(row)
                 save()
                 print(f"width {m:5d} × {members:3d} networks: {ns_rate:9.1f} network-steps/s, "
                       f"{flop / t / 1e9:8.1f} GFLOP/s ({row['fraction_of_matmul']:.0%} of matmul), "
                       f"compile {compile_s:.1f} s, ×{row['speedup_vs_loop']:.1f} vs one-at-a-time loop, "
-                      f"×{row['speedup_vs_loop_svd']:.1f} vs loop with SVD per step"
-                      + (f"; layout map, ×{row['speedup_vs_vmap_layout']:.2f} vs vmap"
-                         if layout == "map" else ""))
+                      f"×{row['speedup_vs_loop_svd']:.1f} vs loop with SVD per step")
 
     def part_precision():
         # on an accelerator, XLA's default precision (TF32 on a GPU): the speed
@@ -421,10 +399,17 @@ def main():
         # compilations for cohorts that differ only in η (a shape not compiled before)
         m = 40 if smoke else 264
         fresh, seeds = (d, m, m, k), np.arange(2)
-        before = sum(train.TRACES.values())
+        compiled = []
+
+        def listener(event, duration, **kw):
+            if event.endswith("backend_compile_duration") and "_cohort" in kw.get("fun_name", ""):
+                compiled.append(kw["fun_name"])
+
+        jax.monitoring.register_event_duration_secs_listener(listener)
         for scale in (1.0, 3.0, 7.0):
             normsweep_run(fresh, n, lrs * scale, seeds, np.array([0, 1, 2]), x, y)
-        res["compilations_for_3_lr_cohorts"] = sum(train.TRACES.values()) - before
+        jax.monitoring.unregister_event_duration_listener(listener)
+        res["compilations_for_3_lr_cohorts"] = len(compiled)
         print(f"programs compiled for 3 cohorts differing only in η: "
               f"{res['compilations_for_3_lr_cohorts']} (init and segment, once)")
 
@@ -472,28 +457,6 @@ def main():
               f"{alone:.1f} s compiling each "
               f"cohort as it starts, {ahead:.1f} s compiling the next ones while one trains "
               f"(×{alone / ahead:.2f})")
-
-    def part_layout():
-        # the CPU member loop (layout "auto": networks whose widest layer is ≥ 256
-        # step in a loop) against batched steps everywhere, over whole launches:
-        # a backend-specific trick stays only if a whole launch is ≥ 15% faster
-        grids, reps = cfg["layout"]
-        res["layout"] = []
-        for name, grid in grids:
-            if grid.endswith(".toml"):      # a file of the repository's
-                with open(os.path.join(os.path.dirname(__file__), "..", grid)) as f:
-                    grid = f.read()
-            times = {"auto": [], "vmap": []}
-            with tempfile.TemporaryDirectory() as tmp:
-                for _ in range(reps):          # alternating, best of reps each
-                    for layout in times:
-                        times[layout].append(launch_seconds(grid, f"{tmp}/{layout}{_}", "default",
-                                                            cache=smoke, layout=layout))
-            auto, vmap = min(times["auto"]), min(times["vmap"])
-            res["layout"].append({"grid": name, "seconds_auto": auto, "seconds_vmap": vmap,
-                                  "speedup": vmap / auto})
-            print(f"launch of {name}: {auto:.1f} s with the member loop, {vmap:.1f} s batched "
-                  f"(×{vmap / auto:.2f})")
 
     def part_compile():
         # a cohort's compilation alone, then its first and second runs, in
@@ -580,8 +543,7 @@ def main():
 
     run = {"table": part_table, "precision": part_precision, "record": part_record,
            "compilations": part_compilations, "memory": part_memory, "ahead": part_ahead,
-           "compile": part_compile, "profile": part_profile, "long": part_long,
-           "layout": part_layout}
+           "compile": part_compile, "profile": part_profile, "long": part_long}
     save()
     for part in parts:     # in the order asked for; each part's figures saved as it ends
         run[part]()

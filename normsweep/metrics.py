@@ -16,78 +16,16 @@ import jax.numpy as jnp
 EXACT_MAX = 64
 SQUARINGS = 24
 UNROLL = 8          # loop bodies per trip of the small spectral loops (see _unroll)
-FIRST_LEVELS = 4    # levels of a sum's tree taken on slices of its inputs (see inner)
-SLOW_PARTS = (1 << 13, 1 << 15)   # ... fewer, rather than slices of this many entries
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
-# -- sums in a fixed order ------------------------------------------------------
-# A reduction's order, and whether LLVM fuses a product into the add that
-# consumes it (an FMA, which skips the product's rounding), depend on how XLA
-# fused and vectorised the loop, and so on the batch size: the last bits of a
-# vmapped Σ x could depend on how many members a cohort has, and so on the
-# chunking. A pairwise tree of elementwise adds over `rounded` products has
-# one result whatever the batch. Every sum in a record is such a tree, so with
-# per-member matmuls of fixed shape (train.per_member) every record is
-# bit-identical across member counts (tested).
-
-def tree_sum(x: jax.Array) -> jax.Array:
-    """Σ over the last axis, as a pairwise tree of elementwise adds (zero-padded
-    to a power of two)."""
-    n = x.shape[-1]
-    size = 1 << max(0, (n - 1).bit_length())
-    if size != n:
-        x = jnp.concatenate([x, jnp.zeros(x.shape[:-1] + (size - n,), x.dtype)], -1)
-    while x.shape[-1] > 1:
-        half = x.shape[-1] // 2
-        x = x[..., :half] + x[..., half:]
-    return x[..., 0]
-
-
-def rounded(x: jax.Array) -> jax.Array:
-    """x, with each element rounded where the compiler can see it.
-
-    LLVM fuses a product into the add that consumes it (an FMA, which skips
-    the product's rounding), and whether it does depends on how XLA fused and
-    vectorised the loop, which depends on the batch size. XLA drops an
-    `optimization_barrier` before fusion, so the barrier cannot stop this.
-    Instead x's bits pass through an integer OR with `x != x`: 0 for every
-    number (so the value is unchanged) and 1 for a NaN (which stays a NaN),
-    and no compiler can prove it 0, so no add can absorb the multiply.
-    """
-    ints = jnp.int32 if x.dtype.itemsize == 4 else jnp.int64
-    bits = jax.lax.bitcast_convert_type(x, ints) | (x != x).astype(ints)
-    return jax.lax.bitcast_convert_type(bits, x.dtype)
-
-
 def inner(a: jax.Array, b: jax.Array) -> jax.Array:
-    """⟨a, b⟩ over all entries, in a fixed order, each product rounded:
-    `tree_sum(rounded(a * b))`, with the tree's first FIRST_LEVELS levels
-    taken on 2^FIRST_LEVELS slices of a and b: the same adds of the same
-    numbers, so the same result, but XLA writes out a sixteenth of the
-    products instead of all of them (it fuses neither the products nor the
-    first level into the tree's next levels). Fewer levels are taken where
-    the slices would hold 2^13 to 2^15 entries (SLOW_PARTS), strides that
-    XLA:CPU reads slowly; BENCHMARKS.md has the measurements."""
-    a, b = a.reshape(-1), b.reshape(-1)
-    size = 1 << max(0, (a.shape[0] - 1).bit_length())
-    if size != a.shape[0]:
-        pad = (0, size - a.shape[0])
-        a, b = jnp.pad(a, pad), jnp.pad(b, pad)
-    levels = max(l for l in range(min(FIRST_LEVELS, size.bit_length() - 1) + 1)
-                 if l == 0 or not SLOW_PARTS[0] <= size >> l <= SLOW_PARTS[1])
-    part = size >> levels
-    # level 1 adds part c to part c + 2^(levels-1), as tree_sum adds x[i] to x[i + size/2]
-    parts = [rounded(a[c * part:(c + 1) * part] * b[c * part:(c + 1) * part])
-             for c in range(1 << levels)]
-    while len(parts) > 1:
-        half = len(parts) // 2
-        parts = [parts[c] + parts[c + half] for c in range(half)]
-    return tree_sum(parts[0])
+    """⟨a, b⟩ over all entries."""
+    return jnp.vdot(a, b, precision=HIGHEST)
 
 
 def sum_squares(w: jax.Array) -> jax.Array:
-    return inner(w, w)
+    return jnp.sum(jnp.square(w))
 
 
 def frobenius(w: jax.Array) -> jax.Array:
@@ -95,9 +33,7 @@ def frobenius(w: jax.Array) -> jax.Array:
 
 
 def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-    """a @ b in full float32 (matrices or a matrix and a vector), in XLA's own
-    order: the same for a member's matrices whatever the batch around them
-    (measured in context, tested through the records)."""
+    """a @ b in full float32 (matrices or a matrix and a vector)."""
     return jnp.matmul(a, b, precision=HIGHEST)
 
 
@@ -111,9 +47,7 @@ def _unroll(trips: int) -> int:
     unrolling only lengthened the compilation (6.0 against 9.2 s per cohort
     at width 1024) and made records no faster. Fewer than 2·UNROLL steps
     (the default 10) are unrolled whole: UNROLL steps and the remainder
-    would be as many copies of the body, plus a loop. (The squaring loop of
-    `top_eigenpair_psd` stays unrolled everywhere: rolled on a CPU, its small
-    batched products rounded differently with the number of members.)"""
+    would be as many copies of the body, plus a loop."""
     if jax.default_backend() == "cpu":
         return 1
     return trips if trips < 2 * UNROLL else UNROLL
@@ -129,9 +63,7 @@ def top_eigenvalue_psd(gram: jax.Array, squarings: int = SQUARINGS) -> jax.Array
     the two gives λ₁ to within the tie). Pure XLA: LAPACK's eigvalsh, called
     from inside the training loop, can deadlock the CPU runtime. The loop is
     unrolled by UNROLL: on a GPU each trip of a rolled loop costs a host round
-    trip (on an H100 a rolled loop made a record 3–4× dearer; unrolling by 8
-    ran as fast as unrolling fully), and on a CPU the rolled loop's batched
-    products rounded differently with the number of members.
+    trip (a rolled loop made a record 3–4× dearer on an H100).
     """
     return top_eigenpair_psd(gram, squarings)[0]
 
@@ -143,14 +75,14 @@ def top_eigenpair_psd(gram: jax.Array, squarings: int = SQUARINGS) -> tuple[jax.
         return _rescale(matmul(a, a))
 
     a = jax.lax.fori_loop(0, squarings, square, _rescale(gram), unroll=min(UNROLL, squarings))
-    v = a[:, jnp.argmax(tree_sum(rounded(jnp.square(a.T))))]
+    v = a[:, jnp.argmax(jnp.sum(jnp.square(a), axis=0))]
     norm = sum_squares(v)
     return inner(v, matmul(gram, v)) / jnp.where(norm > 0, norm, 1), v
 
 
 def _rescale(a: jax.Array) -> jax.Array:
-    """a times the power of two that brings max|a| into [0.5, 1): exact, so no
-    rewrite of a division can change its bits."""
+    """a times the power of two that brings max|a| into [0.5, 1): exact, and
+    safe from overflow over the squarings."""
     _, exponent = jnp.frexp(jnp.max(jnp.abs(a)))
     return a * jnp.ldexp(jnp.ones((), a.dtype), -exponent)
 

@@ -17,8 +17,6 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
-from jax.custom_derivatives import SymbolicZero
 
 
 def layer_name(l: int) -> str:
@@ -72,64 +70,16 @@ def lr_multipliers(parametrization: str, init: str, dims) -> tuple[float, ...]:
     return tuple(out)
 
 
-_MATMUL = (((1,), (0,)), ((), ()))     # h @ W: h's features against W's rows
-THIN = 32      # a layer with at most this many outputs takes its weight gradient as (δᵀ·h)ᵀ
-
-
-@jax.custom_jvp
-def thin_matmul(h: jax.Array, w: jax.Array) -> jax.Array:
-    """h @ W, for a W with few columns (the readout layer: k outputs).
-
-    The value and every derivative are those of h @ W; only the weight
-    gradient's program differs. Autodiff writes it as hᵀ·δ, a product that
-    contracts the examples, the leading axis of h (n × m) and of δ (n × k).
-    XLA:CPU runs that form 4–15× slower for k = 10 than (δᵀ·h)ᵀ with δᵀ
-    copied first (n = 1024, m = 256–1024; BENCHMARKS.md), a copy of n·k
-    numbers. The tangent's term in dW is written below as the transpose of
-    that program, with optimization barriers where XLA would otherwise fold
-    the transposes back into the product. (On a GPU the library takes either
-    form at full speed, and the copies would only add kernels: `MLP` uses
-    this where `thin_grads` is set, which `train.Program` does on a CPU.)
-    """
-    return lax.dot_general(h, w, _MATMUL)
-
-
-def _thin_matmul_jvp(primals, tangents):
-    h, w = primals
-    dh, dw = tangents
-    terms = []
-    if not isinstance(dh, SymbolicZero):
-        terms.append(lax.dot_general(dh, w, _MATMUL))
-    if not isinstance(dw, SymbolicZero):
-        # h·dW written as (dWᵀ·hᵀ)ᵀ: its transpose, which the gradient runs, is
-        # δ ↦ (a copy of δᵀ)·h, then the (k × m) product transposed; the
-        # barriers keep XLA from folding either transpose into the product
-        prod = lax.dot_general(lax.optimization_barrier(dw.T), h, (((1,), (1,)), ((), ())))
-        terms.append(lax.optimization_barrier(prod).T)
-    y = thin_matmul(h, w)
-    return y, (sum(terms[1:], terms[0]) if terms else jnp.zeros_like(y))
-
-
-thin_matmul.defjvp(_thin_matmul_jvp, symbolic_zeros=True)
-
-
-def dense_dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-    """`lax.dot_general` for `nn.Dense`: `thin_matmul` for 2-d inputs and a
-    kernel of at most THIN columns, at the context's default precision."""
-    if (lhs.ndim, dimension_numbers, precision, preferred_element_type) == (2, _MATMUL, None, None) \
-            and rhs.shape[1] <= THIN:
-        return thin_matmul(lhs, rhs)
-    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                           preferred_element_type=preferred_element_type)
-
-
 class MLP(nn.Module):
-    """Bias-free ReLU network with layer sizes `dims` = (d, m, ..., m, k)."""
+    """Bias-free ReLU network with layer sizes `dims` = (d, m, ..., m, k):
+    the one forward pass of training, the Jacobian and the NTK. Applied with
+    a "perturbations" collection, ∂/∂ of a layer's preactivation
+    ("preactivation_l") is the gradient at it; with "intermediates" mutable,
+    each layer's input is sown as "input_l" (the NTK needs both)."""
     dims: Sequence[int]
     init_scheme: str = "he"
     dtype: jnp.dtype = jnp.float32
     kernel_init: Callable | None = None     # replaces the normals of `init_scheme`
-    thin_grads: bool = False                # layers of ≤ THIN outputs by `thin_matmul`
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -137,10 +87,11 @@ class MLP(nn.Module):
         depth = len(self.dims) - 1
         for l in range(depth):
             std = init_std(self.init_scheme, self.dims[l], width, self.dims[l + 1])
+            self.sow("intermediates", f"input_{l}", x)
             x = nn.Dense(self.dims[l + 1], use_bias=False, name=layer_name(l),
                          kernel_init=self.kernel_init or jax.nn.initializers.normal(std),
-                         dtype=self.dtype, param_dtype=self.dtype,
-                         dot_general=dense_dot if self.thin_grads else None)(x)
+                         dtype=self.dtype, param_dtype=self.dtype)(x)
+            x = self.perturb(f"preactivation_{l}", x)
             if l < depth - 1:
                 x = nn.relu(x)
         return x

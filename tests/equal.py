@@ -1,31 +1,44 @@
-"""Equality of records across member counts and chunkings: bit for bit on a
-CPU, every record (spectral norms and NTK eigenvalues included). That is the
-CPU contract (docs/schema.md); on an accelerator (benchmarks/gpu.sh runs some
-of these tests there) the records must agree to float32 rounding."""
+"""Equality of results in the two senses of the determinism promise
+(docs/schema.md): an identical run (same grid, chunking, devices, machine
+and versions) gives the same bits; another chunking, member count or number
+of devices gives the same numbers to float32 rounding where the dynamics are
+stable, as the tests' short runs at moderate learning rates are."""
 from __future__ import annotations
 
-import jax
 import numpy as np
 import xarray as xr
 
-EXACT = jax.default_backend() == "cpu"
+TIMES = ("train_seconds", "compile_seconds")    # wall times: never the same twice
+RTOL = 1e-5     # relative, against the largest magnitude of the record
+ATOL = 1e-6     # relative too: the floor for entries far below the largest
 
 
-def assert_record_equal(got, want, name: str) -> None:
+def assert_record_close(got, want, name: str, rtol: float = RTOL) -> None:
+    """`got` equals `want` to rounding: same NaNs, values within rtol of each
+    entry, or within ATOL of the record's largest magnitude."""
     got, want = np.asarray(got), np.asarray(want)
-    if EXACT:
-        np.testing.assert_array_equal(got, want, err_msg=name)
-    else:
-        scale = np.nanmax(np.abs(want)) if np.isfinite(want).any() else 1.0
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * scale, err_msg=name)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{name}: NaNs")
+    scale = np.nanmax(np.abs(want)) if np.isfinite(want).any() else 1.0
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=ATOL * scale, err_msg=name)
 
 
-def assert_sweeps_equal(a: xr.Dataset, b: xr.Dataset) -> None:
-    """Identical data, coordinates and variable attributes (the dataset's own
-    attributes hold its creation time)."""
-    a, b = a.copy(), b.copy()
-    a.attrs, b.attrs = {}, {}
-    if EXACT:
-        xr.testing.assert_identical(a, b)
-    else:
-        xr.testing.assert_allclose(a, b, rtol=1e-5)
+def assert_sweeps_close(a: xr.Dataset, b: xr.Dataset, rtol: float = RTOL) -> None:
+    """The same variables, coordinates and divergence steps, and records
+    equal to rounding (the datasets' own attributes hold their creation
+    time and are not compared, nor are the wall times)."""
+    a, b = a.drop_vars(TIMES, errors="ignore"), b.drop_vars(TIMES, errors="ignore")
+    assert set(a.data_vars) == set(b.data_vars)
+    xr.testing.assert_identical(a.coords.to_dataset().drop_attrs(), b.coords.to_dataset().drop_attrs())
+    for name in a.data_vars:
+        assert a[name].dims == b[name].dims and a[name].attrs == b[name].attrs, name
+        if a[name].dtype.kind in "iub":
+            np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
+        else:
+            assert_record_close(a[name].values, b[name].values, name, rtol)
+
+
+def assert_sweeps_identical(a: xr.Dataset, b: xr.Dataset) -> None:
+    """The same bits in every variable and coordinate but the wall times, and
+    the same variable attributes."""
+    a, b = a.drop_vars(TIMES, errors="ignore"), b.drop_vars(TIMES, errors="ignore")
+    xr.testing.assert_identical(a.drop_attrs(deep=False), b.drop_attrs(deep=False))

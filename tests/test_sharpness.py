@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from normsweep import plan, train
+from normsweep import plan, step, train
 from normsweep.config import parse
 from normsweep.data import sphere_data
 
@@ -16,7 +16,7 @@ X, Y = sphere_data(jax.random.key(2), 16, 4, 3, jnp.float32)
 
 def dense_top(program, params):
     flat, unravel = ravel_pytree(params)
-    hess = jax.hessian(lambda f: train.loss_and_logits(program, unravel(f), X, Y)[0])(flat)
+    hess = jax.hessian(lambda f: step.loss_and_logits(program, unravel(f), X, Y)[0])(flat)
     eig = np.linalg.eigvalsh(np.asarray(hess, np.float64))
     return eig[np.argmax(np.abs(eig))]
 
@@ -38,13 +38,13 @@ def test_sharpness_matches_dense_hessian_along_training():
 
 
 def test_sharpness_is_off_by_default_and_recorded_when_asked(tmp_path):
-    from normsweep import launch
+    from normsweep import sweep
     text = ('name = "s"\n[data]\nn = 16\nd = 4\nk = 3\n[train]\nsteps = 10\n'
             '[record]\nsteps = "all"\nsharpness = 5\njacobian_norm = 5\n[grid]\nwidth = [6]\n'
             'depth = [2]\n'
             'lr = [0.1, 0.2]\n')
-    launch.launch(parse(text), tmp_path / "on")
-    launch.launch(parse(text.replace("sharpness = 5\njacobian_norm = 5\n", "")), tmp_path / "off")
+    sweep.launch(parse(text), tmp_path / "on")
+    sweep.launch(parse(text.replace("sharpness = 5\njacobian_norm = 5\n", "")), tmp_path / "off")
     import xarray as xr
     with xr.open_dataset(tmp_path / "on" / "sweep.nc") as on, \
             xr.open_dataset(tmp_path / "off" / "sweep.nc") as off:
@@ -59,12 +59,12 @@ def test_sharpness_is_off_by_default_and_recorded_when_asked(tmp_path):
 
 
 def test_report_has_an_edge_of_stability_section(tmp_path):
-    from normsweep import launch
+    from normsweep import sweep
     from normsweep.analysis import report
     text = ('name = "eos"\n[data]\nn = 16\nd = 4\nk = 3\n[train]\nsteps = 12\n'
             '[record]\nsharpness = 4\n[grid]\nwidth = [6, 8]\ndepth = [2, 3]\n'
             'lr = [0.1, 0.3]\nseed = [0, 1]\n')
-    launch.launch(parse(text), tmp_path / "eos")
+    sweep.launch(parse(text), tmp_path / "eos")
     result = report.analyze(tmp_path / "eos", boot=20)
     text = result.report.read_text()
     assert "Edge of stability" in text and "λ·η/2" in text
@@ -83,7 +83,7 @@ def test_sharpness_is_preconditioned_by_the_lr_multipliers():
     params = {"params": {f"layer_{l:03d}": {"kernel": jnp.asarray(w[0])}
                          for l, w in enumerate(traj.initial)}}
     flat, unravel = ravel_pytree(params)
-    hess = np.asarray(jax.hessian(lambda f: train.loss_and_logits(prog, unravel(f), X, Y)[0])(flat),
+    hess = np.asarray(jax.hessian(lambda f: step.loss_and_logits(prog, unravel(f), X, Y)[0])(flat),
                       np.float64)
     c = model.lr_multipliers("ntk", "he", dims)
     root = np.concatenate([np.full(a * b, np.sqrt(cl)) for (a, b), cl in

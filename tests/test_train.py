@@ -1,15 +1,14 @@
 """The compiled, vmapped training program against an independent reference."""
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 
 import numpy as np
 import jax
 import jax.numpy as jnp
 import pytest
 
-from normsweep import metrics, plan, train
-from normsweep.config import parse
+from normsweep import metrics, model, plan, train
 from normsweep.data import sphere_data
 from tests import equal, reference
 
@@ -28,6 +27,22 @@ def run(program, lrs, seeds, steps, weights=True):
     return train.train_members(program, X, Y, lr, ik, pk, steps, keep_weights=weights)
 
 
+@contextlib.contextmanager
+def compilations():
+    """The names of the programs XLA compiles within the block."""
+    names = []
+
+    def listener(event, duration, **kw):
+        if event.endswith("backend_compile_duration"):
+            names.append(kw.get("fun_name", "?"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
 PROG = train.Program(dims=(D, 24, 24, K))
 STEPS = np.arange(21)
 
@@ -41,37 +56,23 @@ def test_vmapped_equals_one_at_a_time(cohort):
     for i, (lr, seed) in enumerate([(0.05, 0), (0.05, 1), (4.0, 0), (4.0, 1)]):
         alone = run(PROG, [lr], [seed], STEPS)
         for name, value in alone.records.items():    # see tests/equal.py
-            equal.assert_record_equal(cohort.records[name][i], value[0], name)
+            equal.assert_record_close(cohort.records[name][i], value[0], name)
 
 
-def test_every_record_is_identical_whatever_the_member_count_in_either_layout():
+def test_every_record_agrees_whatever_the_member_count():
     """All optional records on (softmax output, a width past EXACT_MAX so the
-    hidden layer uses power iteration): a member alone, in a pair and in a
-    trio gives the same bits, batched (vmap) or looped over (map); the two
-    layouts agree to rounding."""
-    steps = np.array([0, 1, 3, 4, 8])         # plain steps between records: the layouts differ there
+    hidden layer uses Lanczos): a member alone and among siblings gives the
+    same records to rounding."""
+    steps = np.array([0, 1, 3, 4, 8])
     lrs, seeds = np.array([0.05, 0.3, 1.0]), np.array([0, 1, 2])
-    trios = {}
-    for layout in ("vmap", "map"):
-        prog = train.Program(dims=(D, 24, metrics.EXACT_MAX + 8, K), layout=layout,
-                             sharpness_every=3, jacobian_every=3, ntk_every=3, ntk_points=16)
-        trio = trios[layout] = train.train_members(prog, X, Y, lrs, *plan.member_keys(seeds), steps)
-        assert set(trio.records) >= {"sharpness", "jacobian_spec_norm", "ntk_min_eig"}
-        for idx in ([0], [1, 2]):
-            part = train.train_members(prog, X, Y, lrs[idx], *plan.member_keys(seeds[idx]), steps)
-            for name, value in part.records.items():
-                equal.assert_record_equal(value, trio.records[name][idx], f"{layout} {name}")
-    for name, value in trios["map"].records.items():
-        np.testing.assert_allclose(value, trios["vmap"].records[name], rtol=1e-5, err_msg=name)
-
-
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the map layout is a CPU's")
-def test_wide_networks_loop_over_members_on_cpu():
-    assert train.Program(dims=(D, train.MAP_MIN_WIDTH, K)).member_layout() == "map"
-    assert train.Program(dims=(D, train.MAP_MIN_WIDTH - 1, K)).member_layout() == "vmap"
-    assert train.Program(dims=(D, 1024, K), layout="vmap").member_layout() == "vmap"
-    with pytest.raises(ValueError, match="layout"):
-        train.Program(dims=(D, 8, K), layout="batched").member_layout()
+    prog = train.Program(dims=(D, 24, metrics.EXACT_MAX + 8, K),
+                         sharpness_every=3, jacobian_every=3, ntk_every=3, ntk_points=16)
+    trio = train.train_members(prog, X, Y, lrs, *plan.member_keys(seeds), steps)
+    assert set(trio.records) >= {"sharpness", "jacobian_spec_norm", "ntk_min_eig"}
+    for idx in ([0], [1, 2]):
+        part = train.train_members(prog, X, Y, lrs[idx], *plan.member_keys(seeds[idx]), steps)
+        for name, value in part.records.items():
+            equal.assert_record_close(value, trio.records[name][idx], name)
 
 
 def test_matches_independent_reference(cohort):
@@ -93,13 +94,11 @@ def test_matches_independent_reference(cohort):
     np.testing.assert_allclose(rec["update_norm"][i, 1:], diff, rtol=1e-2)
 
 
-@pytest.mark.parametrize("layout", ["vmap", "map"])
-def test_sparse_records_equal_the_dense_ones_at_their_steps(cohort, layout):
+def test_sparse_records_equal_the_dense_ones_at_their_steps(cohort):
     """Between records the steps run without recording; a record reads the
     update of the step just before it (update_norm) whatever the gap."""
     steps = np.array([0, 1, 4, 5, 11, 20])
-    sparse = run(dataclasses.replace(PROG, layout=layout), [0.05, 4.0], [0, 1], steps,
-                 weights=False)
+    sparse = run(PROG, [0.05, 4.0], [0, 1], steps, weights=False)
     for name, value in sparse.records.items():
         np.testing.assert_allclose(value, cohort.records[name][:, steps], rtol=1e-6,
                                    err_msg=name)
@@ -109,14 +108,11 @@ def test_sparse_records_equal_the_dense_ones_at_their_steps(cohort, layout):
 
 
 def test_compiles_once_whatever_the_learning_rates():
-    before = dict(train.TRACES)
-    run(PROG, [0.1, 0.2], [5, 6], STEPS, weights=False)
-    run(PROG, [3.0, 1e-3], [7, 8], STEPS, weights=False)
-    after = dict(train.TRACES)
-    added = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-    assert set(added) <= {"init", "segment"} and max(added.values(), default=0) <= 1
-    run(PROG, [0.7, 0.9], [1, 2], STEPS, weights=False)
-    assert dict(train.TRACES) == after, "a new learning rate retraced the program"
+    with compilations():
+        run(PROG, [0.1, 0.2], [5, 6], STEPS, weights=False)
+    with compilations() as again:
+        run(PROG, [3.0, 1e-3], [7, 8], STEPS, weights=False)
+    assert again == [], "new learning rates compiled a program again"
 
 
 def test_same_seed_same_initial_weights_at_every_lr(cohort):
@@ -148,9 +144,9 @@ def test_a_member_whose_weights_or_norms_overflow_is_diverged(planted):
     lrs, ik, pk = members([0.05, 0.05], [0])
     mesh, hp, ik, pk, x, y = train._placed(prog, X, Y, lrs, ik, pk, STEPS, 1, None, None)
     state = train.init_cohort(prog, mesh, hp, ik, pk, x)
-    ws = list(train.kernels(state.params))
+    ws = list(model.kernels(state.params))
     ws[1] = ws[1].at[1].set(planted)          # member 1's hidden layer
-    state = state._replace(params=train.with_kernels(state.params, ws))
+    state = state._replace(params=model.with_kernels(state.params, ws))
     records, diverged = [], None
     for t, gap, valid in train.segments(STEPS):
         state, rec = train.segment_cohort(prog, mesh, state, hp, x, y, t, gap, valid)
@@ -160,7 +156,7 @@ def test_a_member_whose_weights_or_norms_overflow_is_diverged(planted):
     assert diverged.tolist() == [-1, 0]
     assert np.isfinite(loss[0]).all() and np.isnan(loss[1]).all()
     # frozen from the divergence on: the planted weights are as they were
-    np.testing.assert_array_equal(np.asarray(train.kernels(state.params)[1][1]), np.float32(planted))
+    np.testing.assert_array_equal(np.asarray(model.kernels(state.params)[1][1]), np.float32(planted))
 
 
 def test_record_schedule_subsamples_the_same_trajectory(cohort):
@@ -238,18 +234,16 @@ def test_per_step_identity_of_plain_gd(cohort):
     assert np.abs(lhs - rhs).max() < 1e-5 * scale.max()
 
 
-def test_batched_members_keep_their_bits_at_the_reference_size():
-    """n = 1024, width 64 (the batched layout): XLA:CPU's batched products
-    rounded differently with 2 or 3 members than with 4 or more, so programs
-    train at least 4; a member's records are then the same bits alone, in a
-    trio, and among 5 or 9 siblings."""
+def test_members_agree_at_the_reference_size():
+    """n = 1024, width 64: a member's records alone, among 3, 5 or 9
+    siblings agree to rounding (batched products of other shapes round
+    otherwise; the promise is equality to rounding, not to the bit)."""
     x, y = sphere_data(jax.random.key(0), 1024, 16, 10, jnp.float32)
     prog = train.Program(dims=(16, 64, 64, 10))
-    assert prog.member_layout() == "vmap" and prog.min_members() == 4
     lrs, seeds = np.geomspace(0.001, 0.1, 9), np.arange(9)
     steps = np.arange(5)
     nine = train.train_members(prog, x, y, lrs, *plan.member_keys(seeds), steps)
     for count in (1, 3, 5):
         part = train.train_members(prog, x, y, lrs[:count], *plan.member_keys(seeds[:count]), steps)
         for name, value in part.records.items():
-            equal.assert_record_equal(value, nine.records[name][:count], f"{count} members: {name}")
+            equal.assert_record_close(value, nine.records[name][:count], f"{count}: {name}")

@@ -1,0 +1,209 @@
+"""What a recorded step measures, per member: the norms of every layer
+(`measure`), and at their strides the sharpness, the input–output Jacobian
+and the NTK's extreme eigenvalues (`measured`). Every quantity is a pure
+function of the member's state; `train` vmaps them over members.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from normsweep import metrics
+from normsweep.model import kernels, with_kernels
+from normsweep.schema import LAYER_METRICS, NETWORK_METRICS
+from normsweep.step import Hyper, Program, State, loss_and_logits
+
+# records that are finite at every step of a member that has not diverged
+CHECKED = ("frob_norm", "spec_norm", "frob_dist", "spec_dist", "grad_norm", "loss")
+
+
+def tree_dot(a, b) -> jax.Array:
+    leaves = [metrics.inner(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+    return sum(leaves[1:], leaves[0])
+
+
+def tree_scale(a, c):
+    return jax.tree.map(lambda u: u * c, a)
+
+
+def sharpness(program: Program, params, v, x, y, iters: int, lr_mult=None):
+    """The largest-magnitude eigenvalue (signed) of the loss Hessian at
+    `params`, preconditioned by the member's lr multipliers: C^½ H C^½ with
+    C = diag(c_l), so that GD at rate η is stable near a minimum while it is
+    below 2/η in every parametrization (for standard, C = I: the plain
+    Hessian). By `iters` power iterations on Hessian-vector products from the
+    unit vector `v` (a parameter tree). Returns (λ, v)."""
+    grad = jax.grad(lambda p: loss_and_logits(program, p, x, y)[0])
+    if lr_mult is None:
+        lr_mult = jnp.ones((program.depth,), program.jdtype)
+    root = jnp.sqrt(lr_mult)
+
+    def precondition(u):
+        return with_kernels(u, [k * root[l] for l, k in enumerate(kernels(u))])
+
+    def hvp(u):
+        return precondition(jax.jvp(grad, (params,), (precondition(u),))[1])
+
+    def body(_, u):
+        hu = hvp(u)
+        n = jnp.sqrt(tree_dot(hu, hu))
+        return jax.tree.map(lambda new, old: jnp.where(n > 0, new / jnp.where(n > 0, n, 1), old),
+                            hu, u)
+
+    v = jax.lax.fori_loop(0, iters, body, v)
+    return tree_dot(v, hvp(v)), v
+
+
+def gradient_sums(params, grads) -> tuple[jax.Array, jax.Array]:
+    """Per layer, ‖∇L‖² and ⟨W, ∇L⟩: the records that need the gradient,
+    taken where the step has it (`recorded_step`), so that the gradient
+    itself never leaves the step."""
+    pairs = list(zip(kernels(params), kernels(grads)))
+    return (jnp.stack([metrics.sum_squares(g) for _, g in pairs]),
+            jnp.stack([metrics.inner(w, g) for w, g in pairs]))
+
+
+def measure(program: Program, state: State, loss, z, grad_sums, y):
+    """The records of a step from W(t) (in `state`), its loss, logits and
+    `gradient_sums`. Returns (records, spec_v, dist_v)."""
+    rec = {name: [] for name in ("frob_norm", "spec_norm", "frob_dist", "spec_dist")}
+    spec_v, dist_v = [], []
+    for w, w0, v, dv in zip(kernels(state.params), state.params0, state.spec_v, state.dist_v):
+        d = w - w0
+        s, v = metrics.spectral(w, v, program.lanczos_steps)
+        ds, dv = metrics.spectral(d, dv, program.lanczos_steps)
+        spec_v.append(v)
+        dist_v.append(dv)
+        rec["frob_norm"].append(metrics.frobenius(w))
+        rec["spec_norm"].append(s)
+        rec["frob_dist"].append(metrics.frobenius(d))
+        rec["spec_dist"].append(ds)
+    rec = {name: jnp.stack(vals) for name, vals in rec.items()}
+    rec["grad_norm"] = jnp.sqrt(grad_sums[0])
+    rec["grad_dot_weight"] = grad_sums[1]
+    rec["update_norm"] = jnp.sqrt(state.update_sq)
+    rec["loss"] = loss
+    rec["accuracy"] = jnp.mean(jnp.argmax(z, -1) == jnp.argmax(y, -1)).astype(loss.dtype)
+    return rec, tuple(spec_v), tuple(dist_v)
+
+
+def output(program: Program, params, x: jax.Array) -> jax.Array:
+    """F(x): the softmax of the logits, or the logits for a linear output."""
+    z = program.model().apply(params, x)
+    return jax.nn.softmax(z) if program.output == "softmax" else z
+
+
+def jacobian_norms(program: Program, params, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Means over the points of ‖∂F(x_i)/∂x_i‖_F and ‖∂F(x_i)/∂x_i‖₂ (each
+    Jacobian k×d). The logits' Jacobian J_z comes from forward-mode JVPs; a
+    softmax output's is s ⊙ (J_z − 1·(sᵀJ_z)) with s = softmax(z)."""
+    logits = lambda xi: program.model().apply(params, xi[None])[0]
+    jac = jax.vmap(jax.jacfwd(logits))(x)
+    if program.output == "softmax":
+        s = output(program, params, x)[:, :, None]                            # (n, k, 1)
+        sj = jnp.sum(s * jac, axis=1)                                         # sᵀJ_z: (n, d)
+        jac = s * (jac - sj[:, None, :])
+    frob = jax.vmap(metrics.frobenius)(jac)
+    spec = jax.vmap(metrics.spectral_exact)(jac)
+    return jnp.mean(frob), jnp.mean(spec)
+
+
+def ntk_gram(program: Program, params, lr_mult: jax.Array, xs: jax.Array) -> jax.Array:
+    """The empirical NTK Gram matrix of the logits on the points `xs` (s, d):
+
+        Θ_ij = Σ_l c_l Σ_c ⟨∂z_c(x_i)/∂W_l, ∂z_c(x_j)/∂W_l⟩
+
+    traced over the k logits (neural-tangents' default trace_axes), with the
+    member's lr multipliers c_l: the kernel of the function-space dynamics
+    dz/dt = −η·Θ·∂L/∂z that this parametrization's GD follows. For a
+    bias-free MLP ∂z_c(x_i)/∂W_l = h_l(x_i) ⊗ δ_lc(x_i), so
+    Θ = Σ_l c_l (H_l H_lᵀ) ⊙ (Σ_c D_lc D_lcᵀ): k backward passes over s points,
+    never the (s·k)×P Jacobian.
+    """
+    model = program.model()
+    depth = program.depth
+
+    def logits(pert):
+        z, found = model.apply({**params, "perturbations": pert}, xs, mutable="intermediates")
+        return z, [found["intermediates"][f"input_{l}"][0] for l in range(depth)]
+
+    zero = {f"preactivation_{l}": jnp.zeros((xs.shape[0], w.shape[1]), xs.dtype)
+            for l, w in enumerate(kernels(params))}
+    z, pullback, inputs = jax.vjp(logits, zero, has_aux=True)
+    eye = jnp.eye(z.shape[1], dtype=z.dtype)
+    # deltas[l]: (k, s, fan_out_l), ∂z_c(x_i)/∂a_l(x_i) for every class c
+    deltas = jax.vmap(lambda c: pullback(jnp.broadcast_to(c, z.shape))[0])(eye)
+    gram = jnp.zeros((xs.shape[0], xs.shape[0]), xs.dtype)
+    for l in range(depth):
+        hh = metrics.matmul(inputs[l], inputs[l].T)
+        d = deltas[f"preactivation_{l}"]
+        dd = jnp.einsum("csf,ctf->st", d, d, precision=metrics.HIGHEST)
+        gram = gram + lr_mult[l] * hh * dd
+    return gram
+
+
+def ntk_eigs(program: Program, params, lr_mult, xs) -> tuple[jax.Array, jax.Array]:
+    """(λ_max, λ_min) of `ntk_gram`."""
+    return metrics.extreme_eigenvalues_psd(ntk_gram(program, params, lr_mult, xs))
+
+
+def measured(program: Program, state: State, new: State, out, hp: Hyper, x, y, t,
+             last=False):
+    """The records of step t, from the state before it, the state after it
+    and the step's (loss, logits, `gradient_sums`) `out`: (state at t+1 with its
+    spectral-norm vectors advanced, records). Sharpness, Jacobian and NTK
+    are measured when t is a multiple of their strides or `last` (traced:
+    the final record)."""
+    loss, z, grad_sums = out
+    rec, spec_v, dist_v = measure(program, state, loss, z, grad_sums, y)
+    new = new._replace(spec_v=spec_v, dist_v=dist_v)
+    # a norm that overflows (finite weights whose squares do not fit the
+    # dtype) diverges the member as a non-finite loss does: frozen from t on
+    overflow = ~functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(rec[name]))
+                                                   for name in CHECKED])
+    newly = (new.diverged_at < 0) & overflow
+    new = new._replace(
+        params=jax.tree.map(lambda a, b: jnp.where(newly, a, b), state.params, new.params),
+        diverged_at=jnp.where(newly, jnp.asarray(t, jnp.int32), new.diverged_at))
+    if program.sharpness_every:
+        due = jnp.logical_or(last, t % program.sharpness_every == 0)
+        lam, hess_v = jax.lax.cond(
+            due, lambda v: sharpness(program, state.params, v, x, y, program.sharpness_iters,
+                                     hp.lr_mult),
+            lambda v: (jnp.full((), jnp.nan, program.jdtype), v), state.hess_v)
+        rec["sharpness"] = lam
+        new = new._replace(hess_v=hess_v)
+    if program.jacobian_every:
+        rec["jacobian_frob_norm"], rec["jacobian_spec_norm"] = _at_stride(
+            program, program.jacobian_every, t, last, state.params,
+            lambda p: jacobian_norms(program, p, x))
+    if program.ntk_every:
+        rec["ntk_max_eig"], rec["ntk_min_eig"] = _at_stride(
+            program, program.ntk_every, t, last, state.params,
+            lambda p: ntk_eigs(program, p, hp.lr_mult, x[:program.ntk_points]))
+    # every record is NaN from the member's divergence on
+    dead = (new.diverged_at >= 0) & (new.diverged_at <= t)
+    return new, {name: jnp.where(dead, jnp.nan, val) for name, val in rec.items()}
+
+
+def _at_stride(program: Program, every: int, t, last, params, measure_pair):
+    """measure_pair(params) at multiples of `every` and the last step; a pair
+    of NaNs otherwise (lax.cond: the work is skipped, not masked)."""
+    nan = jnp.full((), jnp.nan, program.jdtype)
+    due = jnp.logical_or(last, t % every == 0)
+    return jax.lax.cond(due, measure_pair, lambda p: (nan, nan), params)
+
+
+def empty_records(program: Program) -> dict:
+    nan = jnp.full((program.depth,), jnp.nan, program.jdtype)
+    rec = {name: nan for name in LAYER_METRICS}
+    rec.update({name: nan[0] for name in NETWORK_METRICS})
+    if program.sharpness_every:
+        rec["sharpness"] = nan[0]
+    if program.jacobian_every:
+        rec["jacobian_frob_norm"] = rec["jacobian_spec_norm"] = nan[0]
+    if program.ntk_every:
+        rec["ntk_max_eig"] = rec["ntk_min_eig"] = nan[0]
+    return rec
