@@ -1,6 +1,6 @@
 """Data collapse: relative distance from init divided by the fitted η^a·m^b.
 
-    python analysis/collapse.py results/quickstart --depth 3 --layer 1
+    python examples/collapse.py results/quickstart --depth 3 --layer 1
 
 If the scaling law holds, the rescaled curves of all widths and learning
 rates fall on one curve.

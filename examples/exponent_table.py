@@ -1,6 +1,6 @@
 """The fitted exponents of one metric, as a table (layer × depth).
 
-    python analysis/exponent_table.py results/seed --metric rel_spec_dist
+    python examples/exponent_table.py results/seed --metric rel_spec_dist
 
 Fits afresh from the sweep with normsweep's fit function; select a subset
 first (e.g. ds.sel(lr=ds.lr[:3])) to fit your own selection.

@@ -1,6 +1,6 @@
 """Hidden-layer norms at initialisation against random-matrix theory.
 
-    python analysis/init_vs_theory.py results/seed
+    python examples/init_vs_theory.py results/seed
 
 ‖W‖_F ≈ √(2m) and ‖W‖₂ ≈ 2√2 (finite-size corrected) for an m×m matrix with
 entries N(0, 2/m). Needs a grid with depth ≥ 3 (a hidden m×m layer).

@@ -1,7 +1,7 @@
 """One recorded quantity against width, one line per parametrization (and
 weight decay), at a chosen step: how each parametrization scales.
 
-    python analysis/parametrizations.py results/lazy-vs-mup --var spec_dist --step 1 --layer 1
+    python examples/parametrizations.py results/lazy-vs-mup --var spec_dist --step 1 --layer 1
 
 Needs a sweep with a `parametrization` and/or `weight_decay` axis. Copy and
 edit: everything below is plain xarray + matplotlib.

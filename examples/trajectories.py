@@ -1,6 +1,6 @@
 """Norm trajectories of one layer, one panel per width, one line per learning rate.
 
-    python analysis/trajectories.py results/quickstart --depth 3 --layer 1 --var spec_norm
+    python examples/trajectories.py results/quickstart --depth 3 --layer 1 --var spec_norm
 
 Copy and edit: everything below is plain xarray + matplotlib.
 """

@@ -1,4 +1,4 @@
-"""`normsweep analyze` on a real tiny sweep, and the scripts in analysis/."""
+"""`normsweep analyze` on a real tiny sweep, and the scripts in examples/."""
 from __future__ import annotations
 
 import subprocess
@@ -10,9 +10,10 @@ import pytest
 import xarray as xr
 from click.testing import CliRunner
 
-from normsweep.analysis import fits, outcomes, report, theory
+from normsweep.analysis import fits, outcomes, tables, theory
 from normsweep.cli import main
 from tests import synthetic
+from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ["metric", "layer", "lr_exponent", "lr_exponent_lo", "lr_exponent_hi",
@@ -58,7 +59,7 @@ def test_report_answers_each_part_with_numbers(analyzed):
 
 def test_identity_holds_in_a_real_sweep(tiny_sweep):
     ds = xr.open_dataset(tiny_sweep / "sweep.nc").load()
-    check = report.identity_check(ds.where(ds.diverged_at < 0))
+    check = tables.identity_check(ds.where(ds.diverged_at < 0))
     assert check["pairs"] > 100
     assert check["identity_rel_max"] < 1e-4
     assert check["layer_spread_p90"] < 1e-3
@@ -67,7 +68,7 @@ def test_identity_holds_in_a_real_sweep(tiny_sweep):
 def test_init_table_matches_theory(tiny_sweep):
     from normsweep import config
     ds = xr.open_dataset(tiny_sweep / "sweep.nc").load()
-    table = report.init_table(ds, config.parse(ds.attrs["config_toml"]))
+    table = tables.init_table(ds, config.parse(ds.attrs["config_toml"]))
     hidden = table[table.layer == "hidden"]
     assert len(hidden) == 2 and list(hidden.width) == [16, 24]
     for err in table["rel. err F"]:
@@ -111,9 +112,9 @@ def test_a_stuck_network_is_failed_even_when_its_loss_fell():
     ("exponent_table.py", ["--boot", "20"]),
     ("collapse.py", ["--depth", "3", "--layer", "1"]),
 ])
-def test_analysis_scripts_run(tiny_sweep, tmp_path, script, args):
+def test_example_scripts_run(tiny_sweep, tmp_path, script, args):
     out = tmp_path / "fig.png"
-    cmd = [sys.executable, str(ROOT / "analysis" / script), str(tiny_sweep), *args]
+    cmd = [sys.executable, str(ROOT / "examples" / script), str(tiny_sweep), *args]
     if script != "exponent_table.py":
         cmd += ["--out", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -122,3 +123,18 @@ def test_analysis_scripts_run(tiny_sweep, tmp_path, script, args):
         assert "width exponent b" in result.stdout
     else:
         assert out.stat().st_size > 1000
+
+
+def test_python_api_launches_with_overrides_and_analyzes(tmp_path):
+    import normsweep
+    text = TINY.replace("width = [16, 24]", "width = [8]").replace("depth = [2, 3]", "depth = [3]")
+    summary = normsweep.launch(text, tmp_path / "api", overrides=["train.steps=12"])
+    assert summary.cohorts == 1 and summary.networks == 6 and summary.trained == ["width8_depth3"]
+    ds = normsweep.open_sweep(summary.root)
+    assert ds.sizes["step"] == 13 and ds.attrs["config_toml"].startswith("# <string> with --set")
+    result = normsweep.analyze(summary.root, boot=20)
+    assert result.report.exists() and "## 1." in result.report.read_text()
+    assert {"metric", "width_exponent"} <= set(result.table.columns)
+    with pytest.raises(normsweep.GridError, match="grid.width"):
+        normsweep.launch(text, tmp_path / "bad", overrides=["grid.width=[0]"])
+    assert not (tmp_path / "bad").exists()

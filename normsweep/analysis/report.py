@@ -4,8 +4,10 @@ the seed question with this sweep's numbers.
     from normsweep.analysis import report
     result = report.analyze("results/seed")   # writes results/seed/analysis/
 
-Writes DIR/analysis/{report.md, fits.csv, fits.nc, *.png}. Every number in
-the report is computed here from the sweep; nothing is hard-coded.
+Writes DIR/analysis/{report.md, fits.csv, fits.nc, *.png}. The numbers come
+from `tables` and `fits`, the figures from `figures`; this module writes the
+markdown around them, its sections numbered by `number_sections`. Nothing in
+the report is hard-coded.
 """
 from __future__ import annotations
 
@@ -14,39 +16,21 @@ import math
 import re
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import xarray as xr
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import xarray as xr  # noqa: E402
+from normsweep import config as config_mod
+from normsweep import store
+from normsweep.analysis import fits, outcomes
+from normsweep.analysis.figures import (fig_comparison, fig_identity, fig_init, fig_ntk,
+                                        fig_scaling, fig_sharpness, fig_stability,
+                                        fig_trajectories)
+from normsweep.analysis.tables import (ci, fmt, identity_check, init_table, layer_multipliers,
+                                       ntk_change, sharpness_table, well_trained_table)
+from normsweep.analysis.theory import FIRST_STEP, PREDICTIONS
+from normsweep.errors import GridError, RunError
 
-from normsweep import config as config_mod  # noqa: E402
-from normsweep import model, store  # noqa: E402
-from normsweep.analysis import fits, outcomes, theory  # noqa: E402
-from normsweep.errors import GridError, RunError  # noqa: E402
-
-# width exponents of the relative distance from init at the end of training,
-# by (parametrization, lr width_exponent) of the sweep: the lazy (NTK) regime
-# reached by the standard parametrization with η ∝ 1/m or by the NTK one at
-# fixed η, and μP's spectral condition (‖ΔW_l‖₂ ∝ ‖W_l‖₂ in every layer)
-LAZY = {("rel_frob_dist", "hidden"): -1.0, ("rel_spec_dist", "hidden"): -0.5,
-        ("rel_frob_dist", "input"): -1.5, ("rel_spec_dist", "input"): -1.5,
-        ("rel_frob_dist", "readout"): -0.5, ("rel_spec_dist", "readout"): -0.5}
-PREDICTIONS = {
-    ("standard", -1.0): ("lazy training (standard parametrization, η ∝ 1/m)", LAZY),
-    ("ntk", 0.0): ("lazy training (NTK parametrization, fixed η)",
-                   {**LAZY, ("rel_frob_dist", "input"): -0.5, ("rel_spec_dist", "input"): -0.5}),
-    ("mup", 0.0): ("μP's spectral condition (fixed η)",
-                   {("rel_spec_dist", "hidden"): 0.0, ("rel_spec_dist", "input"): 0.0,
-                    ("rel_spec_dist", "readout"): 0.0, ("rel_frob_dist", "hidden"): -0.5,
-                    ("rel_frob_dist", "input"): 0.0, ("rel_frob_dist", "readout"): 0.0}),
-}
-# width exponent of a hidden layer's first step ‖W(1) − W(0)‖₂ (Yang, Simon &
-# Bernstein 2023), by (parametrization, lr width_exponent)
-FIRST_STEP = {("standard", 0.0): 0.5, ("standard", -1.0): -0.5, ("ntk", 0.0): -0.5,
-              ("mup", 0.0): 0.0}
 PARAMETRIZATION_NAMES = {"standard": "the standard parametrization",
                          "ntk": "the NTK parametrization",
                          "mup": "μP (maximal-update parametrization)"}
@@ -59,330 +43,12 @@ class Analysis:
     figures: list[Path]
 
 
-def _fmt(x: float, digits: int = 3) -> str:
-    if x is None or not np.isfinite(x):
-        return "–"
-    return f"{x:.{digits}g}"
-
-
 def _md(df: pd.DataFrame) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
         lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
     return "\n".join(lines)
-
-
-# -- at initialisation ------------------------------------------------------
-
-def init_table(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame:
-    """Measured mean ± sd of ‖W_l(0)‖ per layer shape against theory."""
-    rows = []
-    first = ds.isel(step=0, lr=0)
-    for width in ds["width"].values:
-        for role in ("input", "hidden", "readout"):
-            frob, spec = [], []
-            for depth in ds["depth"].values:
-                layers = {"input": [0], "readout": [depth - 1],
-                          "hidden": list(range(1, depth - 1))}[role]
-                for layer in layers:
-                    sel = first.sel(width=width, depth=depth, layer=layer)
-                    frob += sel["frob_norm"].values.tolist()
-                    spec += sel["spec_norm"].values.tolist()
-            # the same seed gives the same layer at every depth: count it once
-            pairs = np.array([frob, spec]).reshape(2, -1).T
-            pairs = np.unique(np.round(pairs[np.isfinite(pairs).all(1)], 6), axis=0)
-            if not len(pairs):
-                continue
-            p = cfg.data.d if role == "input" else int(width)
-            q = cfg.data.k if role == "readout" else int(width)
-            s2 = theory.init_variance(cfg.model.init, p, int(width))
-            f_th, s_edge, s_fin = (theory.frobenius(p, q, s2), theory.spectral_edge(p, q, s2),
-                                   theory.spectral_finite(p, q, s2))
-            f_m, s_m = pairs[:, 0], pairs[:, 1]
-            rows.append({
-                "layer": role, "shape": f"{p}×{q}", "width": int(width), "n": len(pairs),
-                "‖W‖_F measured": f"{f_m.mean():.3f} ± {f_m.std(ddof=1) if len(f_m) > 1 else 0:.3f}",
-                "‖W‖_F theory": f"{f_th:.3f}",
-                "rel. err F": f"{(f_m.mean() - f_th) / f_th:+.2%}",
-                "‖W‖₂ measured": f"{s_m.mean():.3f} ± {s_m.std(ddof=1) if len(s_m) > 1 else 0:.3f}",
-                "‖W‖₂ Bai–Yin": f"{s_edge:.3f}", "‖W‖₂ finite-size": f"{s_fin:.3f}",
-                "rel. err 2": f"{(s_m.mean() - s_fin) / s_fin:+.2%}",
-            })
-    return pd.DataFrame(rows)
-
-
-# -- per iteration ----------------------------------------------------------
-
-def layer_multipliers(ds: xr.Dataset, cfg, parametrization: str) -> xr.DataArray:
-    """c_l of `parametrization` for every (width, depth, layer) of the sweep
-    (NaN beyond a network's depth)."""
-    out = xr.DataArray(np.full((ds.sizes["width"], ds.sizes["depth"], ds.sizes["layer"]), np.nan),
-                       coords={d: ds[d] for d in ("width", "depth", "layer")},
-                       dims=("width", "depth", "layer"))
-    for i, m in enumerate(ds["width"].values):
-        for j, L in enumerate(ds["depth"].values):
-            dims = (cfg.data.d,) + (int(m),) * (int(L) - 1) + (cfg.data.k,)
-            out.values[i, j, :int(L)] = model.lr_multipliers(parametrization, cfg.model.init, dims)
-    return out
-
-
-def identity_check(ds: xr.Dataset, mult: xr.DataArray | float = 1.0,
-                   weight_decay: float = 0.0) -> dict:
-    """The exact per-step identity and its layer-independence, measured on
-    consecutive recorded steps of the networks given (NaN ones drop out).
-    With lr multipliers c_l and weight decay λ the step is W' = (1 − ηλ)W − ηc∇L, so
-    ‖W'‖² − ‖W‖² = ((1 − ηλ)² − 1)‖W‖² − 2ηc(1 − ηλ)⟨W, ∇L⟩ + η²c²‖∇L‖²."""
-    steps = ds["step"].values
-    consecutive = np.flatnonzero(np.diff(steps) == 1)
-    if not len(consecutive) or "grad_dot_weight" not in ds:
-        return {}
-    a = ds.isel(step=consecutive)
-    b = ds.isel(step=consecutive + 1).assign_coords(step=a["step"])   # step t+1, labelled t
-    eta = ds["lr_effective"]
-    shrink = 1 - eta * weight_decay
-    measured = b["frob_norm"] ** 2 - a["frob_norm"] ** 2
-    first = -2 * eta * mult * a["grad_dot_weight"]
-    second = (eta * mult) ** 2 * a["grad_norm"] ** 2
-    predicted = (shrink**2 - 1) * a["frob_norm"] ** 2 + shrink * first + second
-    scale = a["frob_norm"] ** 2
-    rel = np.abs(measured - predicted) / scale
-    # a network can blow a weight up to inf with a finite loss (dead ReLUs
-    # downstream): such pairs say nothing about the identity
-    rel = rel.where(np.isfinite(rel) & np.isfinite(scale))
-    gdw = a["grad_dot_weight"]
-    depth_ok = ds["layer"] < ds["depth"]
-    spread = (gdw.where(depth_ok).max("layer") - gdw.where(depth_ok).min("layer"))
-    size = np.abs(gdw).where(depth_ok).max("layer")
-    layer_rel = (spread / size).where(size > 0)
-    share = (np.abs(second) / np.abs(first)).where(np.abs(first) > 0)
-    return {
-        "pairs": int(np.isfinite(rel.values).sum()),
-        "identity_rel_median": float(np.nanmedian(rel.values)),
-        "identity_rel_max": float(np.nanmax(rel.values)),
-        "layer_spread_median": float(np.nanmedian(layer_rel.values)),
-        "layer_spread_p90": float(np.nanpercentile(layer_rel.values, 90)),
-        "second_order_share_median": float(np.nanmedian(share.values)),
-        "measured": measured, "predicted": predicted,
-        "max_step": int(steps[consecutive[-1] + 1]),
-    }
-
-
-# -- figures ----------------------------------------------------------------
-
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def fig_init(ds: xr.Dataset, cfg, out: Path) -> Path:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    widths = ds["width"].values
-    first = ds.isel(step=0, lr=0)
-    depth = int(ds["depth"].max())
-    for ax, var, label in ((axes[0], "frob_norm", "‖W_l(0)‖_F"), (axes[1], "spec_norm", "‖W_l(0)‖₂")):
-        for role, layer, color in (("input", 0, "C0"), ("hidden", 1, "C1"),
-                                   ("readout", depth - 1, "C2")):
-            if role == "hidden" and depth < 3:
-                continue
-            vals = first[var].sel(depth=depth, layer=layer)
-            ax.errorbar(widths, vals.mean("seed"), vals.std("seed"), fmt="o", color=color,
-                        label=f"{role} (measured)")
-            th = []
-            for m in widths:
-                p = cfg.data.d if role == "input" else int(m)
-                q = cfg.data.k if role == "readout" else int(m)
-                s2 = theory.init_variance(cfg.model.init, p, int(m))
-                th.append(theory.frobenius(p, q, s2) if var == "frob_norm"
-                          else theory.spectral_finite(p, q, s2))
-            ax.plot(widths, th, "--", color=color, label=f"{role} (theory)")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log" if var == "frob_norm" else "linear")
-        ax.set_xlabel("width m")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=7)
-    axes[0].set_title("Frobenius norm at init vs σ√(pq)")
-    axes[1].set_title("spectral norm at init vs finite-size edge")
-    return _save(fig, out / "init_norms.png")
-
-
-def fig_trajectories(ds: xr.Dataset, out: Path) -> list[Path]:
-    depth = int(ds["depth"].values[len(ds["depth"]) // 2])
-    layer = 1 if depth > 2 else 0
-    paths = []
-    for var in ("frob_norm", "spec_norm", "frob_dist"):
-        da = ds[var].sel(depth=depth, layer=layer).mean("seed").isel(step=slice(1, None))
-        da = da.assign_coords(lr=[f"{v:.2g}" for v in ds["lr"].values])
-        grid = da.plot.line(x="step", hue="lr", col="width", col_wrap=min(5, ds.sizes["width"]),
-                            xscale="log", yscale="log", figsize=(14, 3.2))
-        grid.fig.suptitle(f"{ds[var].attrs.get('long_name', var)}, layer {layer}, depth {depth} "
-                          "(mean over seeds)", y=1.05)
-        for ax in grid.axs.flat:
-            ax.set_xlabel("step")
-        paths.append(_save(grid.fig, out / f"trajectory_{var}.png"))
-    return paths
-
-
-def fig_scaling(ds: xr.Dataset, table: pd.DataFrame, out: Path, keep: xr.DataArray) -> Path:
-    derived = fits.derived_metrics(ds).where(keep)
-    depth = int(ds["depth"].max())
-    roles = [(0, "input")] + ([(1, "hidden")] if depth > 2 else []) + [(depth - 1, "readout")]
-    fig, axes = plt.subplots(1, len(roles), figsize=(5 * len(roles), 4), squeeze=False)
-    widths = ds["width"].values.astype(float)
-    for ax, (layer, role) in zip(axes[0], roles):
-        row = table[(table.metric == "rel_frob_dist") & (table.layer == layer)
-                    & (table.depth == depth)].iloc[0]
-        da = derived["rel_frob_dist"].sel(depth=depth, layer=layer)
-        if np.isfinite(row.width_exponent):
-            ax.plot([], [], "k-", lw=1, label=(
-                f"fit: m^{row.width_exponent:.2f} [{row.width_exponent_lo:.2f}, "
-                f"{row.width_exponent_hi:.2f}]" + (f", η^{row.lr_exponent:.2f} "
-                f"[{row.lr_exponent_lo:.2f}, {row.lr_exponent_hi:.2f}]"
-                if np.isfinite(row.lr_exponent) else "")))
-        for i, lr in enumerate(ds["lr"].values):
-            vals = da.sel(lr=lr)
-            if not np.isfinite(vals).any():
-                continue
-            ax.errorbar(widths, vals.mean("seed"), vals.std("seed"), fmt="o", color=f"C{i}",
-                        label=f"η₀={lr:.2g}")
-            if np.isfinite(row.width_exponent):
-                eta = ds["lr_effective"].sel(lr=lr).values
-                a = row.lr_exponent if np.isfinite(row.lr_exponent) else 0.0
-                ax.plot(widths, row.prefactor * eta**a * widths**row.width_exponent, "-",
-                        color=f"C{i}", lw=1)
-        _against_width(ax, "‖W(T) − W(0)‖_F / ‖W(0)‖_F", f"{role} layer {layer}, depth {depth}")
-    return _save(fig, out / "scaling_rel_frob_dist.png")
-
-
-def _against_width(ax, ylabel: str, title: str) -> None:
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("width m")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-
-
-def fig_stability(ds: xr.Dataset, outcome: xr.DataArray, out: Path) -> Path:
-    codes = outcomes.as_codes(outcome)
-    # per cell, the worst outcome over seeds
-    worst = codes.max("seed")
-    depths = ds["depth"].values
-    fig, axes = plt.subplots(1, len(depths), figsize=(3.2 * len(depths), 3.2), squeeze=False)
-    cmap = matplotlib.colors.ListedColormap(["#2ca02c", "#9ecae1", "#ff7f0e", "#d62728"])
-    for ax, depth in zip(axes[0], depths):
-        im = ax.imshow(worst.sel(depth=depth).transpose("lr", "width").values, origin="lower",
-                       cmap=cmap, vmin=-0.5, vmax=3.5, aspect="auto")
-        ax.set_xticks(range(ds.sizes["width"]), ds["width"].values, fontsize=7)
-        ax.set_yticks(range(ds.sizes["lr"]), [f"{v:.2g}" for v in ds["lr"].values], fontsize=7)
-        ax.set_xlabel("width m")
-        ax.set_ylabel("lr (η₀)")
-        ax.set_title(f"depth {depth}", fontsize=9)
-    cbar = fig.colorbar(im, ax=axes[0].tolist(), ticks=range(4))
-    cbar.ax.set_yticklabels(outcomes.ORDER)
-    fig.suptitle("outcome per (width, η): worst over seeds")
-    return _save(fig, out / "stability.png")
-
-
-def last_measured(da: xr.DataArray) -> xr.DataArray:
-    """The last finite value along `step` (NaN where there is none)."""
-    da = da.transpose(..., "step")
-    values = da.values
-    measured = np.isfinite(values)
-    idx = np.where(measured.any(-1), values.shape[-1] - 1 - np.argmax(measured[..., ::-1], -1), 0)
-    last = np.take_along_axis(values, idx[..., None], -1)[..., 0]
-    return xr.DataArray(last, dims=da.dims[:-1], coords={d: da[d] for d in da.dims[:-1]})
-
-
-def sharpness_table(ds: xr.Dataset, outcome: xr.DataArray) -> pd.DataFrame:
-    """Per η, over the networks that fit or still train: the median over
-    networks of the peak sharpness after step 0 and of its median over the
-    second half of training, both in units of the stability threshold 2/η
-    (edge of stability: the peak passes 1, the second half hovers near 1)."""
-    ratio = (ds["sharpness"] * ds["lr_effective"] / 2).where(outcomes.usable(outcome))
-    steps = ds["step"]
-    peak = ratio.where(steps > 0).max("step")
-    late = ratio.where(steps >= steps[-1] / 2).median("step")
-    rows = []
-    for lr in ds["lr"].values:
-        p, q = peak.sel(lr=lr).values.ravel(), late.sel(lr=lr).values.ravel()
-        ok = np.isfinite(q)
-        rows.append({"lr": f"{lr:.3g}", "networks": int(ok.sum()),
-                     "peak λ·η/2 (median)": _fmt(float(np.nanmedian(p))) if ok.any() else "–",
-                     "second-half λ·η/2 (median)": _fmt(float(np.nanmedian(q))) if ok.any()
-                     else "–",
-                     "IQR": (f"{_fmt(float(np.nanpercentile(q, 25)))}–"
-                             f"{_fmt(float(np.nanpercentile(q, 75)))}") if ok.any() else "–"})
-    return pd.DataFrame(rows)
-
-
-def fig_sharpness(ds: xr.Dataset, outcome: xr.DataArray, out: Path) -> Path:
-    """Sharpness over time at the largest width and depth, one line per η
-    (mean over the seeds that fit or still train), each beside its 2/η."""
-    width, depth = int(ds["width"].values[-1]), int(ds["depth"].values[-1])
-    kept = ds["sharpness"].where(outcomes.usable(outcome))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    positive = True
-    for i, lr in enumerate(ds["lr"].values):
-        da = kept.sel(width=width, depth=depth, lr=lr).mean("seed").dropna("step")
-        if not da.size:
-            continue
-        positive = positive and bool((da > 0).all())
-        eta = float(ds["lr_effective"].sel(width=width, lr=lr))
-        ax.plot(da["step"], da, "o-", ms=3, color=f"C{i}", label=f"η = {eta:.3g}")
-        ax.axhline(2 / eta, color=f"C{i}", ls="--", lw=0.8)
-    ax.set_xlabel("step")
-    ax.set_ylabel("top Hessian eigenvalue λ")
-    ax.set_yscale("log" if positive else "symlog")
-    ax.set_title(f"sharpness (dashed: 2/η), width {width}, depth {depth}; networks that fit "
-                 "or still train", fontsize=9)
-    ax.legend(fontsize=7)
-    return _save(fig, out / "sharpness.png")
-
-
-def fig_identity(check: dict, out: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(4.5, 4.2))
-    m, p = check["measured"].values.ravel(), check["predicted"].values.ravel()
-    ok = np.isfinite(m) & np.isfinite(p)
-    ax.scatter(np.abs(p[ok]), np.abs(m[ok]), s=3, alpha=0.4)
-    lo = max(np.abs(p[ok]).min(), 1e-12)
-    hi = np.abs(p[ok]).max()
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="identity")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("|−2η⟨W,∇L⟩ + η²‖∇L‖²|")
-    ax.set_ylabel("|‖W(t+1)‖_F² − ‖W(t)‖_F²| measured")
-    ax.set_title("per-step change of ‖W_l‖_F²", fontsize=9)
-    ax.legend()
-    return _save(fig, out / "per_step_identity.png")
-
-
-# -- the report -------------------------------------------------------------
-
-def well_trained_table(ds: xr.Dataset, outcome: xr.DataArray) -> pd.DataFrame:
-    fit = outcome == outcomes.FIT
-    last = ds.isel(step=-1)
-    rows = []
-    for depth in ds["depth"].values:
-        for width in ds["width"].values:
-            for lr in ds["lr"].values:
-                sel = dict(depth=depth, width=width, lr=lr)
-                mask = fit.sel(**sel)
-                if not bool(mask.any()):
-                    continue
-                cell = last.sel(**sel).where(mask)
-                row = {"depth": int(depth), "width": int(width), "lr": f"{lr:.3g}",
-                       "networks fit": int(mask.sum())}
-                for layer in range(int(ds["layer"].size)):
-                    if layer < depth:
-                        frob = _fmt(float(cell["frob_norm"].sel(layer=layer).mean()))
-                        spec = _fmt(float(cell["spec_norm"].sel(layer=layer).mean()))
-                    else:
-                        frob = spec = ""
-                    row[f"‖W_{layer}‖_F"], row[f"‖W_{layer}‖₂"] = frob, spec
-                rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes.FIT_ACCURACY,
@@ -530,7 +196,7 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
 
     lines += [heading("iteration", "Per iteration"), ""]
     if check:
-        lines += _identity_prose(check, param)
+        lines += identity_prose(check, param)
     else:
         lines += ["No consecutive recorded steps (or no grad_dot_weight): record with "
                   "steps = \"log\" or \"all\" to check the per-step identity.", ""]
@@ -539,7 +205,7 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
         lines += [f"The expected change per iteration, mean ‖W(t) − W(t−1)‖_F over steps "
                   f"1–{fits.EARLY_STEPS}, scales as (fits per layer, 95% intervals):", "",
                   _md(_exponents(upd)), ""]
-    lines += _first_step_prose(table, param, float(g.lr_width_exponent))
+    lines += first_step_prose(table, param, float(g.lr_width_exponent))
 
     lines += [heading("trained", "Well-trained networks"), "",
               f"Criterion: training accuracy ≥ {fit_accuracy:g} at the last step. "
@@ -567,7 +233,7 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
               "", "Largest η at which no seed failed or diverged:", ""]
     stable = outcomes.largest_stable_lr(ds, outcome)
     st = stable.to_pandas()
-    st = st.map(lambda v: _fmt(v)) if hasattr(st, "map") else st
+    st = st.map(lambda v: fmt(v)) if hasattr(st, "map") else st
     st.index = [f"width {w}" for w in st.index]
     st.columns = [f"depth {d}" for d in st.columns]
     lines += [_md(st.reset_index().rename(columns={"index": ""})), "",
@@ -587,13 +253,13 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
     main = table[table.metric.isin(["rel_frob_dist", "rel_spec_dist", "rel_frob_change",
                                     "rel_spec_change"])]
     lines += [_md(_exponents(main)), ""]
-    lines += _lazy_section(table, cfg, param)
+    lines += lazy_section(table, cfg, param)
     lines += ["![scaling](scaling_rel_frob_dist.png)", "",
               "The full table, with prefactors and counts, is in `fits.csv` and `fits.nc`.", ""]
     return "\n".join(lines)
 
 
-def _first_step_prose(table: pd.DataFrame, param: str, p: float) -> list[str]:
+def first_step_prose(table: pd.DataFrame, param: str, p: float) -> list[str]:
     """The hidden layers' first-step width exponent beside its prediction for
     this parametrization and η scaling (`FIRST_STEP`), when both exist."""
     first = table[(table.metric == "first_update_spec") & (table.layer_role == "hidden")]
@@ -609,7 +275,7 @@ def _first_step_prose(table: pd.DataFrame, param: str, p: float) -> list[str]:
             f"{p:g}: {pred:+.1f} (Yang, Simon & Bernstein 2023).", ""]
 
 
-def _identity_prose(check: dict, param: str) -> list[str]:
+def identity_prose(check: dict, param: str) -> list[str]:
     """Section 3's text on the exact per-step identity, in the terms of `param`:
     the layer-independent quantity is Δ‖W_l‖²/c_l (c_l the per-layer rate
     factor, 1 in every layer only under the standard parametrization)."""
@@ -626,14 +292,14 @@ def _identity_prose(check: dict, param: str) -> list[str]:
     return [f"Plain GD obeys {rule}, exactly. Over "
             f"{check['pairs']} consecutive recorded step pairs (steps ≤ {check['max_step']}) "
             f"of the networks that fit or still train, the measured change differs from it by a "
-            f"median {_fmt(check['identity_rel_median'], 2)} and at most "
-            f"{_fmt(check['identity_rel_max'], 2)} of ‖W(t)‖_F² (float rounding).", "",
+            f"median {fmt(check['identity_rel_median'], 2)} and at most "
+            f"{fmt(check['identity_rel_max'], 2)} of ‖W(t)‖_F² (float rounding).", "",
             "For a bias-free ReLU network the logits are 1-homogeneous in each W_l, so "
             f"⟨W_l, ∇_{{W_l}}L⟩ = Σ_i⟨∂L/∂z_i, z_i⟩ is the same for every layer: {equal}. "
             "Measured spread of ⟨W_l, ∇L⟩ across layers (max − min over the largest "
-            f"|⟨W_l, ∇L⟩|): median {_fmt(check['layer_spread_median'], 2)}, 90th percentile "
-            f"{_fmt(check['layer_spread_p90'], 2)}. The second-order term is a median "
-            f"{_fmt(check['second_order_share_median'], 2)} of the first-order term.", "",
+            f"|⟨W_l, ∇L⟩|): median {fmt(check['layer_spread_median'], 2)}, 90th percentile "
+            f"{fmt(check['layer_spread_p90'], 2)}. The second-order term is a median "
+            f"{fmt(check['second_order_share_median'], 2)} of the first-order term.", "",
             "![identity](per_step_identity.png)", ""]
 
 
@@ -646,10 +312,10 @@ def _exponents(t: pd.DataFrame) -> pd.DataFrame:
         "η exponent a": [ci(*v) for v in zip(t.lr_exponent, t.lr_exponent_lo, t.lr_exponent_hi)],
         "width exponent b": [ci(*v) for v in zip(t.width_exponent, t.width_exponent_lo,
                                                  t.width_exponent_hi)],
-        "r²": [_fmt(v, 2) for v in t.r2], "n": t.n})
+        "r²": [fmt(v, 2) for v in t.r2], "n": t.n})
 
 
-def _lazy_section(table: pd.DataFrame, cfg, param: str = "standard") -> list[str]:
+def lazy_section(table: pd.DataFrame, cfg, param: str = "standard") -> list[str]:
     """The measured width exponents of the relative distance from init beside
     the predictions for this sweep's parametrization and η scaling
     (`PREDICTIONS`); a sentence, and no numbers, where there are none."""
@@ -677,7 +343,7 @@ def _lazy_section(table: pd.DataFrame, cfg, param: str = "standard") -> list[str
                    if np.isfinite(b) else "–"}
             if not matched:
                 # the fitted joint law C·η^a·m^b, followed along η = η₀/m
-                row["implied under η ∝ 1/m (b − a)"] = _fmt(r.width_exponent - r.lr_exponent, 2)
+                row["implied under η ∝ 1/m (b − a)"] = fmt(r.width_exponent - r.lr_exponent, 2)
             row["prediction"] = f"{pred:+.1f}"
             if matched:
                 row["within interval"] = "yes" if np.isfinite(b) and lo <= pred <= hi else "no"
@@ -750,27 +416,6 @@ def _comparison_section(ds: xr.Dataset, table: pd.DataFrame, ref_labels: dict) -
             "![comparison](parametrizations.png)", ""]
 
 
-def fig_comparison(ds: xr.Dataset, out: Path) -> Path:
-    """First-step ‖ΔW‖₂ of the first hidden layer (or the input layer) against
-    width, one line per slice, at each slice's smallest η, mean over seeds."""
-    depth = int(ds["depth"].values[-1])
-    layer = 1 if depth > 2 else 0
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    steps = ds["step"].values
-    if 1 in steps:
-        for i, lab in enumerate(fits.slices(ds)):
-            da = ds["spec_dist"].sel(lab).sel(step=1, depth=depth, layer=layer).isel(lr=0)
-            ax.plot(ds["width"], da.mean("seed"), "o-", color=f"C{i}", label=fits.slice_name(lab))
-    _against_width(ax, "‖W(1) − W(0)‖₂", f"first step, layer {layer}, depth {depth}, smallest η")
-    return _save(fig, out / "parametrizations.png")
-
-
-def ntk_change(ds: xr.Dataset, name: str = "ntk_max_eig") -> xr.DataArray:
-    """|λ(T)/λ(0) − 1| of an NTK eigenvalue, over the last step it was measured."""
-    da = ds[name].where(ds["diverged_at"] < 0)
-    return np.abs(last_measured(da) / da.isel(step=0, drop=True) - 1)
-
-
 def _ntk_section(ds: xr.Dataset, outcome: xr.DataArray, cfg, boot: int,
                  seed: int) -> list[str]:
     rows = []
@@ -786,10 +431,10 @@ def _ntk_section(ds: xr.Dataset, outcome: xr.DataArray, cfg, boot: int,
                 rows.append({"slice": fits.slice_name(lab), "depth": int(depth),
                              "eigenvalue": label,
                              "at init (median, smallest → largest m)":
-                                 f"{_fmt(float(lam0.isel(width=0).median()))} → "
-                                 f"{_fmt(float(lam0.isel(width=-1).median()))}",
-                             "relative change: η exponent": _ci(fit.a, fit.a_lo, fit.a_hi),
-                             "m exponent": _ci(fit.b, fit.b_lo, fit.b_hi), "n": fit.n})
+                                 f"{fmt(float(lam0.isel(width=0).median()))} → "
+                                 f"{fmt(float(lam0.isel(width=-1).median()))}",
+                             "relative change: η exponent": ci(fit.a, fit.a_lo, fit.a_hi),
+                             "m exponent": ci(fit.b, fit.b_lo, fit.b_hi), "n": fit.n})
     return ["", heading("ntk", "The neural tangent kernel"), "",
             f"Empirical NTK of the logits on the first {cfg.record.ntk_points} training points, "
             "traced over the k outputs and weighted by each layer's lr multiplier (the kernel "
@@ -800,35 +445,3 @@ def _ntk_section(ds: xr.Dataset, outcome: xr.DataArray, cfg, boot: int,
             _md(pd.DataFrame(rows)), "", "![ntk](ntk.png)", ""]
 
 
-def _ci(v, lo, hi) -> str:
-    return "–" if not np.isfinite(v) else f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]"
-
-
-def fig_ntk(ds: xr.Dataset, outcome: xr.DataArray, out: Path) -> Path:
-    """λ_max(t)/λ_max(0) per width, one column per slice; top row at the
-    smallest η, bottom row at the largest η at which every network of the
-    slice fit or still trains (near the edge: there the kernel can drop at
-    once, the catapult of Lewkowycz et al. 2020)."""
-    labels = fits.slices(ds)
-    depth = int(ds["depth"].values[-1])
-    ok = outcomes.usable(outcome).sel(depth=depth)
-    fig, axes = plt.subplots(2, len(labels), figsize=(4.2 * len(labels), 6.4), squeeze=False)
-    for col, lab in enumerate(labels):
-        part = ok.sel(lab)
-        stable = part.all([d for d in part.dims if d != "lr"])
-        lrs = ds["lr"].values[stable.values]
-        for row, lr in enumerate((ds["lr"].values[0], lrs[-1] if len(lrs) else None)):
-            ax = axes[row, col]
-            if lr is None:
-                ax.set_axis_off()
-                continue
-            for i, m in enumerate(ds["width"].values):
-                da = ds["ntk_max_eig"].sel(lab).sel(width=m, depth=depth, lr=lr)
-                da = (da / da.isel(step=0)).mean("seed").dropna("step")
-                ax.plot(da["step"], da, "o-", ms=2, color=f"C{i}", label=f"m = {m}")
-            ax.set_xlabel("step")
-            ax.set_ylabel("NTK λ_max(t) / λ_max(0)", fontsize=8)
-            which = "smallest" if row == 0 else "largest stable"
-            ax.set_title(f"{fits.slice_name(lab)}, {which} η₀ = {lr:.3g}", fontsize=8)
-            ax.legend(fontsize=7)
-    return _save(fig, out / "ntk.png")

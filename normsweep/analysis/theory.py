@@ -6,6 +6,9 @@ For W of shape (p, q) = (fan_in, fan_out) with i.i.d. N(0, s²) entries:
               finite size (Johnstone 2001; El Karoui 2003):
               ‖W‖₂² / s² ≈ μ + σ·E[TW₁], μ = (√(p−1) + √q)²,
               σ = (√(p−1) + √q)(1/√(p−1) + 1/√q)^{1/3}, E[TW₁] ≈ −1.2065.
+
+And the width exponents that the lazy (NTK) regime and μP predict for how
+far training moves the weights, by parametrization and η scaling.
 """
 from __future__ import annotations
 
@@ -34,3 +37,29 @@ def spectral_finite(p: int, q: int, s2: float) -> float:
     mu = (a + b) ** 2
     sigma = (a + b) * (1 / a + 1 / b) ** (1 / 3)
     return math.sqrt(s2 * max(mu + sigma * TW1_MEAN, 0.0))
+
+
+# width exponents of the relative distance from init at the end of training,
+# by (parametrization, lr width_exponent) of the sweep: the lazy (NTK) regime
+# reached by the standard parametrization with η ∝ 1/m or by the NTK one at
+# fixed η, and μP's spectral condition (‖ΔW_l‖₂ ∝ ‖W_l‖₂ in every layer)
+LAZY = {("rel_frob_dist", "hidden"): -1.0, ("rel_spec_dist", "hidden"): -0.5,
+        ("rel_frob_dist", "input"): -1.5, ("rel_spec_dist", "input"): -1.5,
+        ("rel_frob_dist", "readout"): -0.5, ("rel_spec_dist", "readout"): -0.5}
+
+
+PREDICTIONS = {
+    ("standard", -1.0): ("lazy training (standard parametrization, η ∝ 1/m)", LAZY),
+    ("ntk", 0.0): ("lazy training (NTK parametrization, fixed η)",
+                   {**LAZY, ("rel_frob_dist", "input"): -0.5, ("rel_spec_dist", "input"): -0.5}),
+    ("mup", 0.0): ("μP's spectral condition (fixed η)",
+                   {("rel_spec_dist", "hidden"): 0.0, ("rel_spec_dist", "input"): 0.0,
+                    ("rel_spec_dist", "readout"): 0.0, ("rel_frob_dist", "hidden"): -0.5,
+                    ("rel_frob_dist", "input"): 0.0, ("rel_frob_dist", "readout"): 0.0}),
+}
+
+
+# width exponent of a hidden layer's first step ‖W(1) − W(0)‖₂ (Yang, Simon &
+# Bernstein 2023), by (parametrization, lr width_exponent)
+FIRST_STEP = {("standard", 0.0): 0.5, ("standard", -1.0): -0.5, ("ntk", 0.0): -0.5,
+              ("mup", 0.0): 0.0}

@@ -1,0 +1,218 @@
+"""The report's figures: each a function of the sweep (and the fit table or
+outcomes it shows) that writes one PNG into the analysis folder and
+returns its path.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from normsweep.analysis import fits, outcomes, theory  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def fig_init(ds: xr.Dataset, cfg, out: Path) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    widths = ds["width"].values
+    first = ds.isel(step=0, lr=0)
+    depth = int(ds["depth"].max())
+    for ax, var, label in ((axes[0], "frob_norm", "‖W_l(0)‖_F"), (axes[1], "spec_norm", "‖W_l(0)‖₂")):
+        for role, layer, color in (("input", 0, "C0"), ("hidden", 1, "C1"),
+                                   ("readout", depth - 1, "C2")):
+            if role == "hidden" and depth < 3:
+                continue
+            vals = first[var].sel(depth=depth, layer=layer)
+            ax.errorbar(widths, vals.mean("seed"), vals.std("seed"), fmt="o", color=color,
+                        label=f"{role} (measured)")
+            th = []
+            for m in widths:
+                p = cfg.data.d if role == "input" else int(m)
+                q = cfg.data.k if role == "readout" else int(m)
+                s2 = theory.init_variance(cfg.model.init, p, int(m))
+                th.append(theory.frobenius(p, q, s2) if var == "frob_norm"
+                          else theory.spectral_finite(p, q, s2))
+            ax.plot(widths, th, "--", color=color, label=f"{role} (theory)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log" if var == "frob_norm" else "linear")
+        ax.set_xlabel("width m")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    axes[0].set_title("Frobenius norm at init vs σ√(pq)")
+    axes[1].set_title("spectral norm at init vs finite-size edge")
+    return _save(fig, out / "init_norms.png")
+
+
+def fig_trajectories(ds: xr.Dataset, out: Path) -> list[Path]:
+    depth = int(ds["depth"].values[len(ds["depth"]) // 2])
+    layer = 1 if depth > 2 else 0
+    paths = []
+    for var in ("frob_norm", "spec_norm", "frob_dist"):
+        da = ds[var].sel(depth=depth, layer=layer).mean("seed").isel(step=slice(1, None))
+        da = da.assign_coords(lr=[f"{v:.2g}" for v in ds["lr"].values])
+        grid = da.plot.line(x="step", hue="lr", col="width", col_wrap=min(5, ds.sizes["width"]),
+                            xscale="log", yscale="log", figsize=(14, 3.2))
+        grid.fig.suptitle(f"{ds[var].attrs.get('long_name', var)}, layer {layer}, depth {depth} "
+                          "(mean over seeds)", y=1.05)
+        for ax in grid.axs.flat:
+            ax.set_xlabel("step")
+        paths.append(_save(grid.fig, out / f"trajectory_{var}.png"))
+    return paths
+
+
+def fig_scaling(ds: xr.Dataset, table: pd.DataFrame, out: Path, keep: xr.DataArray) -> Path:
+    derived = fits.derived_metrics(ds).where(keep)
+    depth = int(ds["depth"].max())
+    roles = [(0, "input")] + ([(1, "hidden")] if depth > 2 else []) + [(depth - 1, "readout")]
+    fig, axes = plt.subplots(1, len(roles), figsize=(5 * len(roles), 4), squeeze=False)
+    widths = ds["width"].values.astype(float)
+    for ax, (layer, role) in zip(axes[0], roles):
+        row = table[(table.metric == "rel_frob_dist") & (table.layer == layer)
+                    & (table.depth == depth)].iloc[0]
+        da = derived["rel_frob_dist"].sel(depth=depth, layer=layer)
+        if np.isfinite(row.width_exponent):
+            ax.plot([], [], "k-", lw=1, label=(
+                f"fit: m^{row.width_exponent:.2f} [{row.width_exponent_lo:.2f}, "
+                f"{row.width_exponent_hi:.2f}]" + (f", η^{row.lr_exponent:.2f} "
+                f"[{row.lr_exponent_lo:.2f}, {row.lr_exponent_hi:.2f}]"
+                if np.isfinite(row.lr_exponent) else "")))
+        for i, lr in enumerate(ds["lr"].values):
+            vals = da.sel(lr=lr)
+            if not np.isfinite(vals).any():
+                continue
+            ax.errorbar(widths, vals.mean("seed"), vals.std("seed"), fmt="o", color=f"C{i}",
+                        label=f"η₀={lr:.2g}")
+            if np.isfinite(row.width_exponent):
+                eta = ds["lr_effective"].sel(lr=lr).values
+                a = row.lr_exponent if np.isfinite(row.lr_exponent) else 0.0
+                ax.plot(widths, row.prefactor * eta**a * widths**row.width_exponent, "-",
+                        color=f"C{i}", lw=1)
+        _against_width(ax, "‖W(T) − W(0)‖_F / ‖W(0)‖_F", f"{role} layer {layer}, depth {depth}")
+    return _save(fig, out / "scaling_rel_frob_dist.png")
+
+
+def _against_width(ax, ylabel: str, title: str) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("width m")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+
+
+def fig_stability(ds: xr.Dataset, outcome: xr.DataArray, out: Path) -> Path:
+    codes = outcomes.as_codes(outcome)
+    # per cell, the worst outcome over seeds
+    worst = codes.max("seed")
+    depths = ds["depth"].values
+    fig, axes = plt.subplots(1, len(depths), figsize=(3.2 * len(depths), 3.2), squeeze=False)
+    cmap = matplotlib.colors.ListedColormap(["#2ca02c", "#9ecae1", "#ff7f0e", "#d62728"])
+    for ax, depth in zip(axes[0], depths):
+        im = ax.imshow(worst.sel(depth=depth).transpose("lr", "width").values, origin="lower",
+                       cmap=cmap, vmin=-0.5, vmax=3.5, aspect="auto")
+        ax.set_xticks(range(ds.sizes["width"]), ds["width"].values, fontsize=7)
+        ax.set_yticks(range(ds.sizes["lr"]), [f"{v:.2g}" for v in ds["lr"].values], fontsize=7)
+        ax.set_xlabel("width m")
+        ax.set_ylabel("lr (η₀)")
+        ax.set_title(f"depth {depth}", fontsize=9)
+    cbar = fig.colorbar(im, ax=axes[0].tolist(), ticks=range(4))
+    cbar.ax.set_yticklabels(outcomes.ORDER)
+    fig.suptitle("outcome per (width, η): worst over seeds")
+    return _save(fig, out / "stability.png")
+
+
+def fig_sharpness(ds: xr.Dataset, outcome: xr.DataArray, out: Path) -> Path:
+    """Sharpness over time at the largest width and depth, one line per η
+    (mean over the seeds that fit or still train), each beside its 2/η."""
+    width, depth = int(ds["width"].values[-1]), int(ds["depth"].values[-1])
+    kept = ds["sharpness"].where(outcomes.usable(outcome))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    positive = True
+    for i, lr in enumerate(ds["lr"].values):
+        da = kept.sel(width=width, depth=depth, lr=lr).mean("seed").dropna("step")
+        if not da.size:
+            continue
+        positive = positive and bool((da > 0).all())
+        eta = float(ds["lr_effective"].sel(width=width, lr=lr))
+        ax.plot(da["step"], da, "o-", ms=3, color=f"C{i}", label=f"η = {eta:.3g}")
+        ax.axhline(2 / eta, color=f"C{i}", ls="--", lw=0.8)
+    ax.set_xlabel("step")
+    ax.set_ylabel("top Hessian eigenvalue λ")
+    ax.set_yscale("log" if positive else "symlog")
+    ax.set_title(f"sharpness (dashed: 2/η), width {width}, depth {depth}; networks that fit "
+                 "or still train", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, out / "sharpness.png")
+
+
+def fig_identity(check: dict, out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(4.5, 4.2))
+    m, p = check["measured"].values.ravel(), check["predicted"].values.ravel()
+    ok = np.isfinite(m) & np.isfinite(p)
+    ax.scatter(np.abs(p[ok]), np.abs(m[ok]), s=3, alpha=0.4)
+    lo = max(np.abs(p[ok]).min(), 1e-12)
+    hi = np.abs(p[ok]).max()
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="identity")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("|−2η⟨W,∇L⟩ + η²‖∇L‖²|")
+    ax.set_ylabel("|‖W(t+1)‖_F² − ‖W(t)‖_F²| measured")
+    ax.set_title("per-step change of ‖W_l‖_F²", fontsize=9)
+    ax.legend()
+    return _save(fig, out / "per_step_identity.png")
+
+
+def fig_comparison(ds: xr.Dataset, out: Path) -> Path:
+    """First-step ‖ΔW‖₂ of the first hidden layer (or the input layer) against
+    width, one line per slice, at each slice's smallest η, mean over seeds."""
+    depth = int(ds["depth"].values[-1])
+    layer = 1 if depth > 2 else 0
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    steps = ds["step"].values
+    if 1 in steps:
+        for i, lab in enumerate(fits.slices(ds)):
+            da = ds["spec_dist"].sel(lab).sel(step=1, depth=depth, layer=layer).isel(lr=0)
+            ax.plot(ds["width"], da.mean("seed"), "o-", color=f"C{i}", label=fits.slice_name(lab))
+    _against_width(ax, "‖W(1) − W(0)‖₂", f"first step, layer {layer}, depth {depth}, smallest η")
+    return _save(fig, out / "parametrizations.png")
+
+
+def fig_ntk(ds: xr.Dataset, outcome: xr.DataArray, out: Path) -> Path:
+    """λ_max(t)/λ_max(0) per width, one column per slice; top row at the
+    smallest η, bottom row at the largest η at which every network of the
+    slice fit or still trains (near the edge: there the kernel can drop at
+    once, the catapult of Lewkowycz et al. 2020)."""
+    labels = fits.slices(ds)
+    depth = int(ds["depth"].values[-1])
+    ok = outcomes.usable(outcome).sel(depth=depth)
+    fig, axes = plt.subplots(2, len(labels), figsize=(4.2 * len(labels), 6.4), squeeze=False)
+    for col, lab in enumerate(labels):
+        part = ok.sel(lab)
+        stable = part.all([d for d in part.dims if d != "lr"])
+        lrs = ds["lr"].values[stable.values]
+        for row, lr in enumerate((ds["lr"].values[0], lrs[-1] if len(lrs) else None)):
+            ax = axes[row, col]
+            if lr is None:
+                ax.set_axis_off()
+                continue
+            for i, m in enumerate(ds["width"].values):
+                da = ds["ntk_max_eig"].sel(lab).sel(width=m, depth=depth, lr=lr)
+                da = (da / da.isel(step=0)).mean("seed").dropna("step")
+                ax.plot(da["step"], da, "o-", ms=2, color=f"C{i}", label=f"m = {m}")
+            ax.set_xlabel("step")
+            ax.set_ylabel("NTK λ_max(t) / λ_max(0)", fontsize=8)
+            which = "smallest" if row == 0 else "largest stable"
+            ax.set_title(f"{fits.slice_name(lab)}, {which} η₀ = {lr:.3g}", fontsize=8)
+            ax.legend(fontsize=7)
+    return _save(fig, out / "ntk.png")

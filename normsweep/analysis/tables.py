@@ -1,0 +1,178 @@
+"""The numbers of the report, computed from a sweep's Dataset: the init
+norms against random-matrix theory, the per-step identity, sharpness and
+the norms of the networks that fit. Pure functions of xarray objects;
+`report` puts them into words, `figures` into plots.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from normsweep import config as config_mod
+from normsweep import model
+from normsweep.analysis import outcomes, theory
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    if x is None or not np.isfinite(x):
+        return "–"
+    return f"{x:.{digits}g}"
+
+
+def init_table(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame:
+    """Measured mean ± sd of ‖W_l(0)‖ per layer shape against theory."""
+    rows = []
+    first = ds.isel(step=0, lr=0)
+    for width in ds["width"].values:
+        for role in ("input", "hidden", "readout"):
+            frob, spec = [], []
+            for depth in ds["depth"].values:
+                layers = {"input": [0], "readout": [depth - 1],
+                          "hidden": list(range(1, depth - 1))}[role]
+                for layer in layers:
+                    sel = first.sel(width=width, depth=depth, layer=layer)
+                    frob += sel["frob_norm"].values.tolist()
+                    spec += sel["spec_norm"].values.tolist()
+            # the same seed gives the same layer at every depth: count it once
+            pairs = np.array([frob, spec]).reshape(2, -1).T
+            pairs = np.unique(np.round(pairs[np.isfinite(pairs).all(1)], 6), axis=0)
+            if not len(pairs):
+                continue
+            p = cfg.data.d if role == "input" else int(width)
+            q = cfg.data.k if role == "readout" else int(width)
+            s2 = theory.init_variance(cfg.model.init, p, int(width))
+            f_th, s_edge, s_fin = (theory.frobenius(p, q, s2), theory.spectral_edge(p, q, s2),
+                                   theory.spectral_finite(p, q, s2))
+            f_m, s_m = pairs[:, 0], pairs[:, 1]
+            rows.append({
+                "layer": role, "shape": f"{p}×{q}", "width": int(width), "n": len(pairs),
+                "‖W‖_F measured": f"{f_m.mean():.3f} ± {f_m.std(ddof=1) if len(f_m) > 1 else 0:.3f}",
+                "‖W‖_F theory": f"{f_th:.3f}",
+                "rel. err F": f"{(f_m.mean() - f_th) / f_th:+.2%}",
+                "‖W‖₂ measured": f"{s_m.mean():.3f} ± {s_m.std(ddof=1) if len(s_m) > 1 else 0:.3f}",
+                "‖W‖₂ Bai–Yin": f"{s_edge:.3f}", "‖W‖₂ finite-size": f"{s_fin:.3f}",
+                "rel. err 2": f"{(s_m.mean() - s_fin) / s_fin:+.2%}",
+            })
+    return pd.DataFrame(rows)
+
+
+def layer_multipliers(ds: xr.Dataset, cfg, parametrization: str) -> xr.DataArray:
+    """c_l of `parametrization` for every (width, depth, layer) of the sweep
+    (NaN beyond a network's depth)."""
+    out = xr.DataArray(np.full((ds.sizes["width"], ds.sizes["depth"], ds.sizes["layer"]), np.nan),
+                       coords={d: ds[d] for d in ("width", "depth", "layer")},
+                       dims=("width", "depth", "layer"))
+    for i, m in enumerate(ds["width"].values):
+        for j, L in enumerate(ds["depth"].values):
+            dims = (cfg.data.d,) + (int(m),) * (int(L) - 1) + (cfg.data.k,)
+            out.values[i, j, :int(L)] = model.lr_multipliers(parametrization, cfg.model.init, dims)
+    return out
+
+
+def identity_check(ds: xr.Dataset, mult: xr.DataArray | float = 1.0,
+                   weight_decay: float = 0.0) -> dict:
+    """The exact per-step identity and its layer-independence, measured on
+    consecutive recorded steps of the networks given (NaN ones drop out).
+    With lr multipliers c_l and weight decay λ the step is W' = (1 − ηλ)W − ηc∇L, so
+    ‖W'‖² − ‖W‖² = ((1 − ηλ)² − 1)‖W‖² − 2ηc(1 − ηλ)⟨W, ∇L⟩ + η²c²‖∇L‖²."""
+    steps = ds["step"].values
+    consecutive = np.flatnonzero(np.diff(steps) == 1)
+    if not len(consecutive) or "grad_dot_weight" not in ds:
+        return {}
+    a = ds.isel(step=consecutive)
+    b = ds.isel(step=consecutive + 1).assign_coords(step=a["step"])   # step t+1, labelled t
+    eta = ds["lr_effective"]
+    shrink = 1 - eta * weight_decay
+    measured = b["frob_norm"] ** 2 - a["frob_norm"] ** 2
+    first = -2 * eta * mult * a["grad_dot_weight"]
+    second = (eta * mult) ** 2 * a["grad_norm"] ** 2
+    predicted = (shrink**2 - 1) * a["frob_norm"] ** 2 + shrink * first + second
+    scale = a["frob_norm"] ** 2
+    rel = np.abs(measured - predicted) / scale
+    # a network can blow a weight up to inf with a finite loss (dead ReLUs
+    # downstream): such pairs say nothing about the identity
+    rel = rel.where(np.isfinite(rel) & np.isfinite(scale))
+    gdw = a["grad_dot_weight"]
+    depth_ok = ds["layer"] < ds["depth"]
+    spread = (gdw.where(depth_ok).max("layer") - gdw.where(depth_ok).min("layer"))
+    size = np.abs(gdw).where(depth_ok).max("layer")
+    layer_rel = (spread / size).where(size > 0)
+    share = (np.abs(second) / np.abs(first)).where(np.abs(first) > 0)
+    return {
+        "pairs": int(np.isfinite(rel.values).sum()),
+        "identity_rel_median": float(np.nanmedian(rel.values)),
+        "identity_rel_max": float(np.nanmax(rel.values)),
+        "layer_spread_median": float(np.nanmedian(layer_rel.values)),
+        "layer_spread_p90": float(np.nanpercentile(layer_rel.values, 90)),
+        "second_order_share_median": float(np.nanmedian(share.values)),
+        "measured": measured, "predicted": predicted,
+        "max_step": int(steps[consecutive[-1] + 1]),
+    }
+
+
+def last_measured(da: xr.DataArray) -> xr.DataArray:
+    """The last finite value along `step` (NaN where there is none)."""
+    da = da.transpose(..., "step")
+    values = da.values
+    measured = np.isfinite(values)
+    idx = np.where(measured.any(-1), values.shape[-1] - 1 - np.argmax(measured[..., ::-1], -1), 0)
+    last = np.take_along_axis(values, idx[..., None], -1)[..., 0]
+    return xr.DataArray(last, dims=da.dims[:-1], coords={d: da[d] for d in da.dims[:-1]})
+
+
+def sharpness_table(ds: xr.Dataset, outcome: xr.DataArray) -> pd.DataFrame:
+    """Per η, over the networks that fit or still train: the median over
+    networks of the peak sharpness after step 0 and of its median over the
+    second half of training, both in units of the stability threshold 2/η
+    (edge of stability: the peak passes 1, the second half hovers near 1)."""
+    ratio = (ds["sharpness"] * ds["lr_effective"] / 2).where(outcomes.usable(outcome))
+    steps = ds["step"]
+    peak = ratio.where(steps > 0).max("step")
+    late = ratio.where(steps >= steps[-1] / 2).median("step")
+    rows = []
+    for lr in ds["lr"].values:
+        p, q = peak.sel(lr=lr).values.ravel(), late.sel(lr=lr).values.ravel()
+        ok = np.isfinite(q)
+        rows.append({"lr": f"{lr:.3g}", "networks": int(ok.sum()),
+                     "peak λ·η/2 (median)": fmt(float(np.nanmedian(p))) if ok.any() else "–",
+                     "second-half λ·η/2 (median)": fmt(float(np.nanmedian(q))) if ok.any()
+                     else "–",
+                     "IQR": (f"{fmt(float(np.nanpercentile(q, 25)))}–"
+                             f"{fmt(float(np.nanpercentile(q, 75)))}") if ok.any() else "–"})
+    return pd.DataFrame(rows)
+
+
+def well_trained_table(ds: xr.Dataset, outcome: xr.DataArray) -> pd.DataFrame:
+    fit = outcome == outcomes.FIT
+    last = ds.isel(step=-1)
+    rows = []
+    for depth in ds["depth"].values:
+        for width in ds["width"].values:
+            for lr in ds["lr"].values:
+                sel = dict(depth=depth, width=width, lr=lr)
+                mask = fit.sel(**sel)
+                if not bool(mask.any()):
+                    continue
+                cell = last.sel(**sel).where(mask)
+                row = {"depth": int(depth), "width": int(width), "lr": f"{lr:.3g}",
+                       "networks fit": int(mask.sum())}
+                for layer in range(int(ds["layer"].size)):
+                    if layer < depth:
+                        frob = fmt(float(cell["frob_norm"].sel(layer=layer).mean()))
+                        spec = fmt(float(cell["spec_norm"].sel(layer=layer).mean()))
+                    else:
+                        frob = spec = ""
+                    row[f"‖W_{layer}‖_F"], row[f"‖W_{layer}‖₂"] = frob, spec
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ntk_change(ds: xr.Dataset, name: str = "ntk_max_eig") -> xr.DataArray:
+    """|λ(T)/λ(0) − 1| of an NTK eigenvalue, over the last step it was measured."""
+    da = ds[name].where(ds["diverged_at"] < 0)
+    return np.abs(last_measured(da) / da.isel(step=0, drop=True) - 1)
+
+
+def ci(v, lo, hi) -> str:
+    return "–" if not np.isfinite(v) else f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]"
