@@ -12,7 +12,7 @@ from pathlib import Path
 
 os.environ.setdefault("NORMSWEEP_JAX_CACHE", "off")
 
-from normsweep import config, launch  # noqa: E402
+from normsweep import config, sweep  # noqa: E402
 
 GRID = """
 name = "bench"
@@ -31,7 +31,7 @@ seed = [0, 1]
 def timed(scheduler):
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        launch.launch(config.parse(GRID), Path(tmp) / "out", scheduler=scheduler)
+        sweep.launch(config.parse(GRID), Path(tmp) / "out", scheduler=scheduler)
         return time.perf_counter() - t
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import sys
 import warnings
@@ -15,11 +16,12 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 
 from normsweep.errors import GridError, RunError, SweepWarning
-from normsweep.launch import Reporter
+from normsweep.sweep import Reporter
 
 err_console = Console(stderr=True)
 
@@ -29,28 +31,45 @@ def fail_usage(err: GridError) -> click.UsageError:
 
 
 class RichReporter:
-    """Progress over cohorts and steps, updated between compiled segments."""
+    """Progress of the sweep and of the cohort in training, each with its time
+    left, updated between compiled segments. The sweep's bar counts FLOPs
+    (`plan.train_flop`), so that its time left weighs every cohort by its
+    cost; it is an estimate that includes the compilations seen so far."""
 
     def __init__(self, progress: Progress):
         self.progress = progress
-        self.cohorts = None
-        self.steps = None
+        self.sweep = self.steps = None
+        self.work: dict[str, float] = {}
+        self.per_step = self.counted = 0.0
+        self.cohorts = self.finished = 0
 
-    def start(self, cohorts: int, skipped: int) -> None:
-        self.cohorts = self.progress.add_task("cohorts", total=cohorts, completed=skipped)
+    def start(self, cohorts: int, skipped: int, work: dict[str, float] | None = None) -> None:
+        self.cohorts, self.finished, self.work = cohorts, skipped, dict(work or {})
+        self.sweep = self.progress.add_task(self.sweep_label(),
+                                            total=sum(self.work.values()) or 1.0)
         if skipped:
             self.progress.console.print(f"{skipped} of {cohorts} cohorts already on disk: skipped")
+
+    def sweep_label(self) -> str:
+        return f"sweep: {self.finished}/{self.cohorts} cohorts"
 
     def cohort(self, name: str, steps: int) -> None:
         if self.steps is not None:
             self.progress.remove_task(self.steps)
+        self.per_step, self.counted = self.work.get(name, 0.0) / max(steps, 1), 0.0
         self.steps = self.progress.add_task(f"  {name}", total=steps)
 
     def advance(self, steps: int) -> None:
         self.progress.advance(self.steps, steps)
+        self.progress.advance(self.sweep, steps * self.per_step)
+        self.counted += steps * self.per_step
 
     def done(self, name: str) -> None:
-        self.progress.advance(self.cohorts, 1)
+        # what the steps did not count (all of it for a cohort trained by Dask)
+        self.progress.advance(self.sweep, max(self.work.get(name, 0.0) - self.counted, 0.0))
+        self.counted = 0.0
+        self.finished += 1
+        self.progress.update(self.sweep, description=self.sweep_label())
 
     def warn(self, message: str) -> None:
         self.progress.console.print(f"[yellow]warning:[/yellow] {escape(message)}")
@@ -105,9 +124,9 @@ class InterruptibleReporter(Reporter):
     def __init__(self, inner: Reporter, interrupt: Interrupt):
         self.inner, self.interrupt = inner, interrupt
 
-    def start(self, cohorts: int, skipped: int) -> None:
+    def start(self, cohorts: int, skipped: int, work: dict[str, float] | None = None) -> None:
         self.interrupt.check()
-        self.inner.start(cohorts, skipped)
+        self.inner.start(cohorts, skipped, work)
 
     def cohort(self, name: str, steps: int) -> None:
         self.interrupt.check()
@@ -194,8 +213,16 @@ def main() -> None:
 @click.option("--dry-run", is_flag=True,
               help="Print the cohorts, networks, steps, records, and estimates of memory, disk "
                    "and time; write nothing.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a key of GRID, as TOML (train.steps=100, grid.lr='[0.01, 0.1]', "
+                   "model.init=width); repeatable. The results folder records the effective "
+                   "grid.")
+@click.option("--only", multiple=True, metavar="width=M,depth=L",
+              help="Train only the cohorts that match (repeatable: any match); the rest of "
+                   "the grid stays to do, and sweep.nc is written once it is all done.")
 def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: str | None,
-           devices: int | None, quiet: bool, dry_run: bool) -> None:
+           devices: int | None, quiet: bool, dry_run: bool, overrides: tuple[str, ...],
+           only: tuple[str, ...]) -> None:
     """Train every point of GRID and record norm trajectories.
 
     Writes OUT/cohorts/<cohort>.nc as each (width, depth) cohort finishes and
@@ -209,9 +236,11 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
       normsweep launch sweeps/seed.toml --out /data/seed --quiet
       normsweep launch sweeps/seed.toml --scheduler local:2
       normsweep launch sweeps/seed.toml --dry-run
+      normsweep launch sweeps/quickstart.toml --set train.steps=100 --set grid.seed=[0,1,2,3]
+      normsweep launch sweeps/seed.toml --only width=1024 --only width=512,depth=3
     """
     from normsweep import config as config_mod
-    from normsweep import launch as launch_mod
+    from normsweep import sweep as launch_mod
 
     budget = parse_bytes(memory_budget) if memory_budget is not None else None
     if scheduler is not None:
@@ -222,24 +251,33 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
             raise click.BadParameter(f"{scheduler!r}: give tcp://HOST:PORT, HOST:PORT or "
                                      "local[:N]", param_hint="--scheduler") from None
     try:
-        config = config_mod.load(grid)
+        config = config_mod.load(grid, overrides)
     except GridError as err:
         raise fail_usage(err) from None
     root = out if out is not None else Path("results") / config.name
+    try:
+        selections = launch_mod.parse_only(config, list(only)) if only else None
+    except GridError as err:
+        raise fail_usage(err) from None
     if dry_run:
         try:
             print_preview(grid, config, launch_mod.preview(config, root, budget_bytes=budget))
         except GridError as err:
             raise fail_usage(err) from None
         return
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err_console, disable=quiet)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                        TaskProgressColumn(), TimeElapsedColumn(), TextColumn("left"),
+                        TimeRemainingColumn(), console=err_console, disable=quiet)
     reporter = QuietReporter() if quiet else RichReporter(progress)
     try:
         with progress, Interrupt() as interrupt:
             summary = launch_mod.launch(config, root, budget_bytes=budget,
                                         reporter=InterruptibleReporter(reporter, interrupt),
-                                        scheduler=scheduler, devices=devices)
+                                        scheduler=scheduler, devices=devices,
+                                        command=launch_command(grid, out, memory_budget,
+                                                               scheduler, devices, quiet,
+                                                               overrides, only),
+                                        only=selections)
     except GridError as err:
         raise fail_usage(err) from None
     except (RunError, OSError, RuntimeError) as err:
@@ -258,8 +296,31 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
     click.echo(f"{summary.cohorts} cohorts ({len(summary.trained)} trained, "
                f"{len(summary.skipped)} already done), {summary.networks} networks, "
                f"{summary.diverged} diverged, {summary.seconds:.1f} s")
+    if summary.left:
+        click.echo(f"{len(summary.left)} cohorts still to do ({', '.join(summary.left)}); "
+                   f"sweep.nc is written when they are done")
+        rest = launch_command(grid, out, memory_budget, scheduler, devices, quiet, overrides, ())
+        click.echo(f"next: {rest}")
+        return
     click.echo(f"results: {summary.root / 'sweep.nc'}")
     click.echo(f"next: normsweep analyze {summary.root}")
+
+
+def launch_command(grid, out, memory_budget, scheduler, devices, quiet, overrides,
+                   only) -> str:
+    """The `normsweep launch` command line that asks for this launch, as
+    sweep.nc records it (its options in a fixed order)."""
+    words = ["normsweep", "launch", str(grid)]
+    for flag, value in (("--out", out), ("--memory-budget", memory_budget),
+                        ("--scheduler", scheduler), ("--devices", devices)):
+        if value is not None:
+            words += [flag, str(value)]
+    words += ["--quiet"] if quiet else []
+    for item in overrides:
+        words += ["--set", item]
+    for item in only:
+        words += ["--only", item]
+    return shlex.join(words)
 
 
 @main.command()
@@ -314,7 +375,7 @@ def analyze(dir: Path, boot: int, fit_accuracy: float) -> None:
 
 def print_preview(grid: Path, config, p) -> None:
     """`launch --dry-run`'s output: the plan and its estimates."""
-    from normsweep import launch as launch_mod
+    from normsweep import sweep as launch_mod
     from normsweep.store import size_text
 
     console = Console()
@@ -343,14 +404,30 @@ def print_preview(grid: Path, config, p) -> None:
 
 
 def folder_status(root: Path):
-    """(config, done cohort names, all cohort names) of a results folder."""
+    """(config, done cohort names, all cohort names, networks trained) of a
+    results folder: a cohort is done when its file carries this grid's
+    fingerprint; the networks trained are counted in the readable cohort
+    files of the grid, those of an earlier, smaller grid included."""
+    import xarray as xr
+
     from normsweep import config as config_mod
     from normsweep import plan, store
 
     config = config_mod.load(root / "grid.toml")
     cohorts = plan.cohorts(config)
-    done = [c.name for c in cohorts if store.cohort_path(root, c).exists()]
-    return config, done, [c.name for c in cohorts]
+    done, trained = [], 0
+    for c in cohorts:
+        path = store.cohort_path(root, c)
+        if not path.exists():
+            continue
+        try:
+            with xr.open_dataset(path, engine="netcdf4") as ds:
+                trained += int(ds["diverged_at"].size)
+                if ds.attrs.get("config_fingerprint") == config.fingerprint():
+                    done.append(c.name)
+        except (OSError, ValueError, RuntimeError, KeyError):
+            continue        # damaged: the next launch moves it aside and recomputes it
+    return config, done, [c.name for c in cohorts], trained
 
 
 def sweep_summary(path: Path) -> dict:
@@ -374,41 +451,55 @@ def sweep_summary(path: Path) -> dict:
 @click.argument("root", required=False, default="results",
                 type=click.Path(file_okay=False, path_type=Path))
 def ls_cmd(root: Path) -> None:
-    """List the sweeps under ROOT (default: results) and how complete each is.
+    """List the sweeps at any depth under ROOT (default: results) and how
+    complete each is: cohorts done, networks trained of those planned.
 
     \b
     Example:
       normsweep ls
       normsweep ls /data/sweeps
     """
-    from normsweep import store
-
     if not root.is_dir():
         raise click.BadParameter(f"{root}: no such folder", param_hint="ROOT")
-    table = Table("sweep", "cohorts done", "networks", "sweep.nc", "created",
+    table = Table("sweep", "cohorts done", "networks trained/planned", "sweep.nc", "created",
                   title=escape(str(root)))
     found = 0
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and store.is_sweep_folder(p)):
+    for folder in sweep_folders(root):
         found += 1
-        name = escape(folder.name)
+        name = escape(str(folder.relative_to(root)) if folder != root else folder.name)
         try:
-            config, done, names = folder_status(folder)
+            config, done, names, trained = folder_status(folder)
         except GridError as err:
             table.add_row(name, f"[red]unreadable grid.toml ({escape(str(err.allowed))})",
                           "", "", "")
             continue
+        networks = f"{trained}/{config.grid.size}"
         try:
             summary = sweep_summary(folder / "sweep.nc")
         except RunError:
-            table.add_row(name, f"{len(done)}/{len(names)}", str(config.grid.size),
-                          "[red]unreadable", "")
+            table.add_row(name, f"{len(done)}/{len(names)}", networks, "[red]unreadable", "")
             continue
-        table.add_row(name, f"{len(done)}/{len(names)}", str(config.grid.size),
+        table.add_row(name, f"{len(done)}/{len(names)}", networks,
                       "yes" if summary else "no", escape(summary.get("created", "")))
     if not found:
         click.echo(f"no sweeps under {root}")
         return
     Console().print(table)
+
+
+def sweep_folders(root: Path) -> list[Path]:
+    """The results folders at or below `root`, at any depth (not looking
+    inside one, nor into hidden folders), sorted by path."""
+    from normsweep import store
+
+    found = []
+    for folder, subdirs, _ in os.walk(root):
+        if store.is_sweep_folder(Path(folder)):
+            found.append(Path(folder))
+            subdirs.clear()
+        else:
+            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+    return sorted(found)
 
 
 def print_config(console, config, where: Path) -> None:
@@ -464,7 +555,7 @@ def show(target: Path) -> None:
                                  f"{store.MARKER} marker) and not a grid file",
                                  param_hint="DIR|GRID")
     try:
-        config, done, names = folder_status(dir)
+        config, done, names, trained = folder_status(dir)
     except GridError as err:
         raise click.ClickException(f"{dir}/grid.toml is damaged: {err}") from None
     try:
@@ -473,9 +564,10 @@ def show(target: Path) -> None:
         raise click.ClickException(str(err)) from None
     console = Console()
     print_config(console, config, dir)
-    console.print(f"  cohorts: {len(done)}/{len(names)} done"
+    console.print(f"  cohorts: {len(done)}/{len(names)} done, {trained}/{config.grid.size} "
+                  "networks trained"
                   + ("" if len(done) == len(names) else
-                     f"; missing: {', '.join(n for n in names if n not in done)}"))
+                     f"; to do: {', '.join(n for n in names if n not in done)}"))
     if summary:
         console.print(escape(
             f"  sweep.nc: {summary['networks']} networks, {summary['diverged']} diverged, "

@@ -1,7 +1,7 @@
 """Grid files: TOML text in, frozen and validated `Config` out.
 
 The grid file is parsed once, here. Nothing in it is ever evaluated as code:
-an axis is a list of numbers or a table ``{values = [...]}``,
+an axis is a number, a list of numbers or a table ``{values = [...]}``,
 ``{geomspace = [start, stop, num]}`` or ``{linspace = [start, stop, num]}``.
 Every error names the file, the key, the value and what is allowed.
 
@@ -18,15 +18,18 @@ Example::
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import math
 import re
+import shlex
 import tomllib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
+import tomli_w
 
 from normsweep.errors import GridError
 
@@ -46,6 +49,9 @@ MAX_LANCZOS_STEPS = 200
 SECTIONS = ("data", "model", "train", "record")     # Config's sections of `setting`s
 # keys renamed since results folders were first written: {new: old}
 ALIASES = {"record.lanczos_steps": "record.power_iters"}
+# the settings that choose which networks of a cohort exist, not what they are
+MEMBER_KEYS = ("grid.lr", "grid.seed", "grid.parametrization", "grid.weight_decay",
+               "model.parametrization", "train.weight_decay")
 
 
 def setting(default: Any, check: Callable[["_Parser"], Callable]) -> Any:
@@ -81,7 +87,7 @@ class TrainConfig:
     `matmul_precision`: "highest" computes float32 matmuls in full float32 on
     every backend; "high"/"default" let a GPU or TPU use TF32/bf16 passes
     (faster, about 1e-3 relative error per product; the same on CPU).
-    `weight_decay` λ ≥ 0: each step also subtracts η·λ·W_l (see train.step)."""
+    `weight_decay` λ ≥ 0: each step also subtracts η·λ·W_l (see step.optimizer)."""
     loss: str = setting("mse", lambda p: p.choice(LOSSES))
     steps: int = setting(2000, lambda p: p.integer(1, 10**9))
     dtype: str = setting("float32", lambda p: p.choice(DTYPES))
@@ -182,6 +188,18 @@ class Config:
                                            ("lr", True), ("weight_decay", self.grid.weight_decay),
                                            ("seed", True)) if on)
 
+    def member_values(self) -> dict[str, tuple]:
+        """The values each member axis takes, the grid's or the one fixed in
+        [model]/[train]: the networks of a cohort are their product."""
+        return {"parametrization": self.parametrizations(), "lr": self.grid.lr,
+                "weight_decay": self.weight_decays(), "seed": self.grid.seed}
+
+    def core_settings(self) -> dict[str, Any]:
+        """`settings()` but the member axes' values (`MEMBER_KEYS`): what the
+        networks a folder already holds depend on. Two grids with equal core
+        settings differ only in which networks they train."""
+        return {k: v for k, v in self.settings().items() if k not in MEMBER_KEYS}
+
     def fingerprint(self) -> str:
         """A short hash of `settings()`: equal fingerprints combine.
 
@@ -203,8 +221,9 @@ def default_settings() -> dict[str, Any]:
     return {k: v for k, v in base.settings().items() if k not in ("grid.lr", "grid.seed")}
 
 
-def load(path: str | Path) -> Config:
-    """Reads and validates the grid file at `path`."""
+def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """Reads and validates the grid file at `path`, with `overrides`
+    ("KEY=VALUE", see `parse`) applied."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -216,11 +235,58 @@ def load(path: str | Path) -> Config:
         text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise GridError(str(path), "(file)", str(path), f"cannot be read: {err}") from None
-    return parse(text, source=str(path), default_name=path.stem)
+    return parse(text, source=str(path), default_name=path.stem, overrides=overrides)
 
 
-def parse(text: str, source: str = "<string>", default_name: str | None = None) -> Config:
-    """Parses grid-file `text`; `source` names it in error messages."""
+def override_value(source: str, item: str) -> tuple[list[str], Any]:
+    """"KEY=VALUE" as (the key's parts, the value): VALUE is a TOML value
+    (`100`, `[0.01, 0.1]`, `"mup"`, `{ geomspace = [1e-3, 1, 4] }`); a bare
+    word (`mup`) is taken as a string."""
+    key, sep, value = item.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key):
+        raise GridError(source, "--set", item, "must be KEY=VALUE with a dotted key, "
+                                               "e.g. train.steps=100 or grid.lr='[0.01, 0.1]'")
+    try:
+        return key.split("."), tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        if re.fullmatch(r"[A-Za-z_][\w.-]*", value):
+            return key.split("."), value
+        raise GridError(source, key, value, "(--set) is not a TOML value: write numbers as "
+                                            "100 or 1e-3, lists as [1, 2], strings as \"text\"")\
+            from None
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str], source: str) -> dict:
+    """`raw` (a parsed grid file) with each "KEY=VALUE" of `overrides` set,
+    in order. A new list of learning rates keeps the file's width_exponent."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        parts, value = override_value(source, item)
+        table = raw
+        for i, part in enumerate(parts[:-1]):
+            inner = table.setdefault(part, {})
+            if part == "lr" and parts[:i] == ["grid"] and not isinstance(inner, dict):
+                inner = table[part] = {"values": inner}     # grid.lr.width_exponent on a list
+            if not isinstance(inner, dict):
+                raise GridError(source, ".".join(parts[:i + 1]), inner,
+                                f"(--set {item}) is a value, not a table")
+            table = inner
+        old = table.get(parts[-1])
+        if parts == ["grid", "lr"] and isinstance(old, dict) and "width_exponent" in old \
+                and not isinstance(value, dict):
+            value = {"values": value, "width_exponent": old["width_exponent"]}
+        table[parts[-1]] = value
+    return raw
+
+
+def parse(text: str, source: str = "<string>", default_name: str | None = None,
+          overrides: Sequence[str] = ()) -> Config:
+    """Parses grid-file `text`; `source` names it in error messages.
+
+    `overrides` ("KEY=VALUE", as `normsweep launch --set`) replace or add
+    keys before validation; the Config's `text` is then the effective grid,
+    written out as TOML, so that the results folder records what ran."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_GRID_BYTES:
         raise GridError(source, "(file)", f"{len(text)} characters",
                         f"is larger than {MAX_GRID_BYTES // 1024} KiB: a grid file holds "
@@ -232,6 +298,15 @@ def parse(text: str, source: str = "<string>", default_name: str | None = None) 
     except RecursionError:
         raise GridError(source, "(TOML syntax)", "(nesting)",
                         "tables or arrays nested too deeply") from None
+    if overrides:
+        source = f"{source} with --set"
+        raw = apply_overrides(raw, overrides, source)
+        raw.setdefault("name", default_name)
+        try:
+            text = f"# {source} {shlex.join(overrides)}\n" + tomli_w.dumps(raw)
+        except (TypeError, ValueError) as err:
+            raise GridError(source, "--set", " ".join(overrides), f"gives no valid grid: {err}") \
+                from None
     p = _Parser(source)
     p.known(raw, "", {"name", "data", "model", "train", "record", "grid"})
     name = raw.get("name", default_name)
@@ -379,7 +454,10 @@ class _Parser:
 
     def names(self, key: str, value: object, options: tuple[str, ...]) -> tuple[str, ...]:
         """An axis of names: a non-empty list of distinct options, in the order given."""
-        allowed = "a non-empty list of distinct names from " + ", ".join(f'"{o}"' for o in options)
+        allowed = "a name or a non-empty list of distinct names from " \
+            + ", ".join(f'"{o}"' for o in options)
+        if isinstance(value, str):
+            value = [value]             # one name: an axis of one
         if not isinstance(value, list) or not value:
             raise self.fail(key, value, allowed)
         for v in value:
@@ -422,8 +500,10 @@ class _Parser:
             values = spec if form == "values" else self.spaced(key, form, spec, integer)
         elif isinstance(value, list):
             values = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            values = [value]            # one value: an axis of one
         else:
-            raise self.fail(key, value, f"must be {kinds}")
+            raise self.fail(key, value, f"must be a number or {kinds}")
         if not isinstance(values, list) or not values:
             raise self.fail(key, values, "must be a non-empty list")
         out = []

@@ -134,6 +134,14 @@ def member_keys(seeds: np.ndarray) -> tuple["jax.Array", "jax.Array"]:
     return fold(base, INIT), fold(base, POWER)
 
 
+def train_flop(config: Config, cohort: Cohort) -> float:
+    """The FLOPs of training a cohort: 6·n·P per network-step (forward 2nP,
+    backward 4nP; P the number of weights)."""
+    dims = cohort.dims(config.data.d, config.data.k)
+    weights = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+    return 6.0 * config.data.n * weights * config.train.steps * cohort.size
+
+
 def member_terms(config: Config, cohort: Cohort, n_records: int) -> dict[str, int]:
     """`member_bytes` split by the grid key that drives each part: the input
     layer (data.d), the other weights (grid.width), the activations (data.n)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import platform
+import socket
 import uuid
 from typing import TYPE_CHECKING
 
@@ -20,14 +22,23 @@ if TYPE_CHECKING:
     from normsweep.train import Trajectory
 
 
-def run_attrs(config: Config) -> dict:
-    """Global attributes: the grid text, versions, backend and device."""
-    def version(pkg: str) -> str:
-        try:
-            return importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            return "unknown"
+def now() -> str:
+    """The time, UTC, to the second (ISO 8601)."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
+
+def package_version(pkg: str) -> str:
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def run_attrs(config: Config) -> dict:
+    """Global attributes: the grid text, the versions of normsweep (from git,
+    by setuptools-scm), Python and the libraries that shape the numbers, the
+    host, backend and device."""
+    version = package_version
     device = jax.devices()[0]
     return {
         "title": f"normsweep sweep {config.name}",
@@ -37,10 +48,12 @@ def run_attrs(config: Config) -> dict:
         "normsweep_version": version("normsweep"),
         "jax_version": version("jax"), "jaxlib_version": version("jaxlib"),
         "flax_version": version("flax"), "optax_version": version("optax"),
-        "xarray_version": xr.__version__,
+        "xarray_version": xr.__version__, "numpy_version": np.__version__,
+        "netcdf4_version": version("netCDF4"), "python_version": platform.python_version(),
+        "host": socket.gethostname(),
         "backend": jax.default_backend(),
         "device_kind": device.device_kind,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": now(),
         "Conventions": "CF-1.8",
     }
 
@@ -53,9 +66,12 @@ def axis_coords(cohort: Cohort) -> dict:
 
 
 def cohort_dataset(config: Config, cohort: Cohort, steps: np.ndarray, traj: Trajectory,
-                   inputs: np.ndarray, targets: np.ndarray) -> xr.Dataset:
+                   inputs: np.ndarray, targets: np.ndarray,
+                   seconds: dict[str, float] | None = None) -> xr.Dataset:
     """The labelled Dataset of one cohort's trajectories (members in the
-    order of `cohort.axes`)."""
+    order of `cohort.axes`); `seconds` ("train_seconds", "compile_seconds")
+    become variables over (width, depth), so that sweep.nc holds every
+    cohort's."""
     n_layers = max(config.grid.depth)
     LAYER_DIMS = layer_dims(cohort.axes)
     NET_DIMS = LAYER_DIMS[:-1]
@@ -73,6 +89,8 @@ def cohort_dataset(config: Config, cohort: Cohort, steps: np.ndarray, traj: Traj
     data.update({name: (NET_DIMS, shaped(value)) for name, value in traj.records.items()
                  if name not in LAYER_METRICS})
     data["diverged_at"] = (NET_DIMS[:-1], shaped(traj.diverged_at.astype(np.int64)))
+    for name, value in (seconds or {}).items():
+        data[name] = (("width", "depth"), np.full((1, 1), value, np.float64))
     coords = {
         "inputs": (("sample", "feature"), np.asarray(inputs)),
         "targets": (("sample", "class"), np.asarray(targets)),
@@ -98,5 +116,6 @@ def weights_dataset(cohort: Cohort, traj: Trajectory) -> xr.Dataset:
             dims = tuple(cohort.axes) + (f"fan_in_{l}", f"fan_out_{l}")
             data[f"{which}_{l}"] = xr.Variable(
                 dims, w.reshape(cohort.shape + w.shape[1:]),
-                {"long_name": f"{which} weights W_{l}, shape (fan_in, fan_out)", "units": "1"})
+                {"long_name": f"{which} weights W_{l}", "units": "1",
+                 "description": f"{which} weights W_{l}, shape (fan_in, fan_out)"})
     return xr.Dataset(data, coords=axis_coords(cohort))

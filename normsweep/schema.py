@@ -13,45 +13,64 @@ NETWORK_METRICS = ("loss", "accuracy")
 LAYER_DIMS = ("width", "depth", "lr", "seed", "step", "layer")
 NET_DIMS = LAYER_DIMS[:-1]
 
-# name: (long_name, units)
+# name: (long_name, units, description). long_name is short, for a plot's
+# axis (xarray puts it there); the sentence is in `description`. units are
+# CF's ("1": a dimensionless quantity; "s": seconds); counts and indices
+# (width, step, seed, ...) carry none.
 VARIABLES = {
-    "frob_norm": ("Frobenius norm of W_l(t)", "1"),
-    "spec_norm": ("spectral norm (largest singular value) of W_l(t)", "1"),
-    "frob_dist": ("Frobenius norm of W_l(t) - W_l(0)", "1"),
-    "spec_dist": ("spectral norm of W_l(t) - W_l(0)", "1"),
-    "update_norm": ("Frobenius norm of the last update W_l(t) - W_l(t-1)", "1"),
-    "grad_norm": ("Frobenius norm of the gradient dL/dW_l at W(t)", "1"),
-    "grad_dot_weight": ("inner product <W_l(t), dL/dW_l at W(t)>", "1"),
-    "loss": ("training loss at W(t)", "1"),
-    "jacobian_frob_norm": ("mean over the data of the Frobenius norm of dF(x_i)/dx_i "
-                           "(NaN where not measured)", "1"),
-    "jacobian_spec_norm": ("mean over the data of the spectral norm of dF(x_i)/dx_i "
-                           "(NaN where not measured)", "1"),
-    "sharpness": ("largest-magnitude eigenvalue of the loss Hessian at W(t), preconditioned by "
-                  "the per-layer lr multipliers (NaN where not measured)", "1"),
-    "ntk_max_eig": ("largest eigenvalue of the empirical NTK Gram matrix of the logits on the "
-                    "first ntk_points training points (NaN where not measured)", "1"),
-    "ntk_min_eig": ("smallest eigenvalue of the empirical NTK Gram matrix of the logits on the "
-                    "first ntk_points training points (NaN where not measured)", "1"),
-    "accuracy": ("fraction of training points whose largest output is the target class", "1"),
-    "diverged_at": ("first step with a non-finite loss, weight or recorded norm, -1 if none",
-                    "step"),
-    "inputs": ("training inputs, uniform on the unit sphere", "1"),
-    "targets": ("one-hot training targets", "1"),
+    "frob_norm": ("Frobenius norm ‖W‖_F", "1", "Frobenius norm of W_l(t)"),
+    "spec_norm": ("spectral norm ‖W‖₂", "1",
+                  "spectral norm (largest singular value) of W_l(t)"),
+    "frob_dist": ("‖W − W(0)‖_F", "1", "Frobenius norm of W_l(t) − W_l(0)"),
+    "spec_dist": ("‖W − W(0)‖₂", "1", "spectral norm of W_l(t) − W_l(0)"),
+    "update_norm": ("update norm ‖ΔW‖_F", "1",
+                    "Frobenius norm of the last update W_l(t) − W_l(t−1)"),
+    "grad_norm": ("gradient norm ‖∇L‖_F", "1",
+                  "Frobenius norm of the gradient ∂L/∂W_l at W(t)"),
+    "grad_dot_weight": ("⟨W, ∇L⟩", "1", "inner product ⟨W_l(t), ∂L/∂W_l at W(t)⟩"),
+    "loss": ("training loss", "1", "training loss at W(t)"),
+    "accuracy": ("training accuracy", "1",
+                 "fraction of training points whose largest output is the target class"),
+    "jacobian_frob_norm": ("Jacobian norm ‖∂F/∂x‖_F", "1",
+                           "mean over the data of the Frobenius norm of ∂F(x_i)/∂x_i "
+                           "(NaN where not measured)"),
+    "jacobian_spec_norm": ("Jacobian norm ‖∂F/∂x‖₂", "1",
+                           "mean over the data of the spectral norm of ∂F(x_i)/∂x_i "
+                           "(NaN where not measured)"),
+    "sharpness": ("sharpness λ_max", "1",
+                  "largest-magnitude eigenvalue of the loss Hessian at W(t), preconditioned "
+                  "by the per-layer lr multipliers (NaN where not measured)"),
+    "ntk_max_eig": ("NTK λ_max", "1",
+                    "largest eigenvalue of the empirical NTK Gram matrix of the logits on the "
+                    "first ntk_points training points (NaN where not measured)"),
+    "ntk_min_eig": ("NTK λ_min", "1",
+                    "smallest eigenvalue of the empirical NTK Gram matrix of the logits on the "
+                    "first ntk_points training points (NaN where not measured)"),
+    "diverged_at": ("divergence step", None,
+                    "first step with a non-finite loss, weight or recorded norm, −1 if none"),
+    "train_seconds": ("training time", "s",
+                      "wall time of the cohort's training, records and all, compilation excluded"),
+    "compile_seconds": ("compile time", "s",
+                        "wall time of compiling the cohort's programs (0 when found compiled)"),
+    "inputs": ("input x", "1", "training inputs, uniform on the unit sphere"),
+    "targets": ("target y", "1", "one-hot training targets"),
 }
 COORDS = {
-    "width": ("width m of the hidden layers", "1"),
-    "depth": ("number of weight matrices L", "1"),
-    "lr": ("learning rate lr as written in the grid (eta_0 when scaled with width)", "1"),
-    "lr_effective": ("learning rate eta = lr * width**width_exponent used in training", "1"),
-    "seed": ("seed of the initial weights", "1"),
-    "parametrization": ("parametrization: standard, ntk or mup (see docs/schema.md)", "1"),
-    "weight_decay": ("weight decay lambda: each step subtracts lr_effective * lambda * W_l", "1"),
-    "step": ("gradient-descent step; 0 is the initialisation", "step"),
-    "layer": ("index l of the weight matrix W_l (0 is the input layer)", "1"),
-    "sample": ("training point", "1"),
-    "feature": ("input coordinate", "1"),
-    "class": ("output class", "1"),
+    "width": ("width m", None, "width of the hidden layers"),
+    "depth": ("depth L", None, "number of weight matrices"),
+    "lr": ("learning rate", "1",
+           "learning rate as written in the grid (η₀ when scaled with width)"),
+    "lr_effective": ("learning rate η", "1",
+                     "learning rate η = lr · width^width_exponent used in training"),
+    "seed": ("seed", None, "seed of the initial weights"),
+    "parametrization": ("parametrization", None, "standard, ntk or mup (see docs/schema.md)"),
+    "weight_decay": ("weight decay λ", "1",
+                     "weight decay: each step also subtracts lr_effective · λ · W_l"),
+    "step": ("step", None, "gradient-descent step; 0 is the initialisation"),
+    "layer": ("layer l", None, "index of the weight matrix W_l (0 is the input layer)"),
+    "sample": ("training point", None, "index of a training point"),
+    "feature": ("input coordinate", None, "index of an input coordinate"),
+    "class": ("class", None, "index of an output class"),
 }
 # The training data is the same in every cohort: stored as (non-index)
 # coordinates so that xr.open_mfdataset keeps one copy of it.
@@ -59,9 +78,14 @@ DATA_VARS = ("inputs", "targets")
 
 
 def label(ds: xr.Dataset) -> xr.Dataset:
-    for name, (long_name, units) in {**VARIABLES, **COORDS}.items():
+    """`ds` with every known variable's long_name, description and units."""
+    for name, (long_name, units, description) in {**VARIABLES, **COORDS}.items():
         if name in ds.variables:
-            ds[name].attrs.update(long_name=long_name, units=units)
+            attrs = ds[name].attrs
+            attrs.pop("units", None)
+            attrs.update(long_name=long_name, description=description)
+            if units is not None:
+                attrs["units"] = units
     return ds
 
 

@@ -254,6 +254,7 @@ def combine(datasets: list[xr.Dataset], missing: list[str] = ()) -> xr.Dataset:
     out["diverged_at"] = out["diverged_at"].astype(np.float64 if untrained else np.int64)
     out.attrs = {k: v for k, v in datasets[0].attrs.items() if k != "cohort_id"}
     out.attrs["created"] = max(ds.attrs.get("created", "") for ds in datasets)
+    out.attrs["host"] = " ".join(sorted({ds.attrs.get("host", "unknown") for ds in datasets}))
     out.attrs["cohorts"] = " ".join(f"{cohort_name(ds)}:{ds.attrs.get('cohort_id', '')}"
                                     for ds in datasets)
     if missing:

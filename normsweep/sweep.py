@@ -1,7 +1,7 @@
 """`normsweep launch`, as a library: grid → plan → train → store.
 
     config = normsweep.config.load("sweeps/quickstart.toml")
-    summary = normsweep.launch.launch(config, Path("results/quickstart"))
+    summary = normsweep.sweep.launch(config, Path("results/quickstart"))
 
 Each cohort is trained (in memory-budget chunks that share one compiled
 program; `work`), written to `DIR/cohorts/<cohort>.nc` atomically, and
@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shlex
 import shutil
+import sys
 import threading
 import time
 import warnings
@@ -21,9 +23,10 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import xarray as xr
 
 from normsweep import config as config_mod
-from normsweep import plan, store, work
+from normsweep import plan, records, store, work
 from normsweep.config import Config
 from normsweep.errors import GridError, RunError
 
@@ -38,12 +41,14 @@ class Summary:
     networks: int
     diverged: int
     seconds: float
+    left: list[str] = dataclasses.field(default_factory=list)   # not done (`only`): no sweep.nc
 
 
 class Reporter:
     """Progress callbacks; the default does nothing (see cli.RichReporter)."""
 
-    def start(self, cohorts: int, skipped: int) -> None: ...
+    def start(self, cohorts: int, skipped: int, work: dict[str, float] | None = None) -> None:
+        ...
     def cohort(self, name: str, steps: int) -> None: ...
     def advance(self, steps: int) -> None: ...
     def done(self, name: str) -> None: ...
@@ -92,23 +97,33 @@ def check_folder(config: Config, root: Path) -> None:
     except GridError as err:
         raise RunError(f"{grid_file} is damaged ({err}); move the folder away or pick another "
                        "--out") from None
-    old, new = previous.settings(), config.settings()
+    old, new = previous.core_settings(), config.core_settings()
     for key in new:
         if old.get(key) != new[key]:
             raise GridError(config.source, key, new[key],
                             f"the results folder {root} was launched with {key} = {old.get(key)!r};"
                             f" use the same value or another --out")
+    # the member axes may gain values (the new networks are trained and
+    # combined with the old), never lose one
+    held = previous.member_values()
+    for axis, values in config.member_values().items():
+        dropped = [v for v in held[axis] if v not in values]
+        if dropped:
+            key = f"grid.{axis}"
+            raise GridError(config.source, key, list(values),
+                            f"the results folder {root} also holds {axis} = {dropped}: a launch "
+                            "may add values to an axis but not drop them; keep them, or use "
+                            "another --out")
 
 
 def check_memory(config: Config, cohorts: list[plan.Cohort], n_records: int,
                  budget: int) -> None:
-    """Refuses a grid whose smallest compiled program (`Program.min_members`
-    networks) exceeds the memory budget, naming the grid key whose part of
-    the estimate is largest (`plan.member_terms`)."""
+    """Refuses a grid with a network too large for the memory budget alone,
+    naming the grid key whose part of the estimate is largest
+    (`plan.member_terms`)."""
     for cohort in cohorts:
-        fewest = work.program_for(config, cohort).min_members()
         terms = plan.member_terms(config, cohort, n_records)
-        need = fewest * sum(terms.values())
+        need = sum(terms.values())
         if need > budget:
             key = max(terms, key=terms.get)
             value = {"data.d": config.data.d, "data.n": config.data.n,
@@ -118,8 +133,8 @@ def check_memory(config: Config, cohorts: list[plan.Cohort], n_records: int,
                     "data.n": f"the activations of {config.data.n} training points",
                     "record.steps": f"{n_records} recorded steps"}[key]
             raise GridError(config.source, key, value,
-                            f"{fewest} networks of width {cohort.width} and depth "
-                            f"{cohort.depth} (the fewest one program trains) need about "
+                            f"one network of width {cohort.width} and depth "
+                            f"{cohort.depth} needs about "
                             f"{store.size_text(need)}, mostly for {what}: more than the memory "
                             f"budget {store.size_text(budget)} (--memory-budget)")
 
@@ -182,14 +197,19 @@ def remove_created(created: list[Path]) -> None:
 
 def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
            reporter: Reporter | None = None, scheduler: str | None = None,
-           devices: int | None = None, prefetch: int | None = None) -> Summary:
+           devices: int | None = None, prefetch: int | None = None,
+           command: str | None = None, only: list[dict[str, int]] | None = None) -> Summary:
     """Trains every cohort of `config` not yet in `root`, then writes sweep.nc.
 
     `scheduler`: None trains here; "local[:N]" or a Dask scheduler address
     sends one task per cohort (see `executors`). `devices`: shard each
     cohort's members across this many local devices (None: all).
     `prefetch`: how many cohorts compile ahead while one trains (`train_here`;
-    None: `default_prefetch()`, 0: none)."""
+    None: `default_prefetch()`, 0: none). `command`: how the launch was
+    asked for, recorded in sweep.nc's `command` and `history` (default:
+    this process's command line). `only` (`parse_only`): train just the
+    cohorts that match one of its selections; sweep.nc is written once every
+    cohort of the grid is done."""
     started = time.perf_counter()
     reporter = reporter or Reporter()
     root = Path(root)
@@ -213,7 +233,8 @@ def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
                 steps = plan.record_steps(config.train.steps, config.record.steps,
                                           config.record.log_points)
                 return _launch_locked(config, root, cohorts, steps, budget, reporter, started,
-                                      client, devices, prefetch, created)
+                                      client, devices, prefetch, created,
+                                      command or shlex.join(sys.argv), only)
         except BaseException:
             if created and not store.is_sweep_folder(root):
                 remove_created(created)     # a refused launch leaves no folder behind
@@ -250,13 +271,10 @@ def preview(config: Config, root: Path, *, budget_bytes: int | None = None) -> P
     rows, flop = [], 0.0
     for c in cohorts:
         chunks = plan.chunking(config, c, n_records, budget)
-        size = max(chunks.size, work.program_for(config, c).min_members())
         rows.append({"name": c.name, "networks": c.size, "chunks": chunks.count,
                      "per_chunk": chunks.size,
-                     "memory": size * plan.member_bytes(config, c, n_records)})
-        dims = c.dims(config.data.d, config.data.k)
-        weights = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
-        flop += 6.0 * config.data.n * weights * config.train.steps * c.size
+                     "memory": chunks.size * plan.member_bytes(config, c, n_records)})
+        flop += plan.train_flop(config, c)
     done = [c.name for c in cohorts if store.cohort_path(root, c).exists()]
     todo = [c for c in cohorts if c.name not in done]
     return Preview(root, rows, config.grid.size, config.train.steps, n_records, done,
@@ -327,13 +345,15 @@ def train_here(config: Config, root: Path, todo: list[plan.Cohort], steps: np.nd
                 if j not in compiling:
                     compiling[j] = ahead.submit(work.compile_cohort, config, todo[j], x, y, steps,
                                                 budget, devices)
+            compiled = None
             if i in compiling:
                 # before this cohort's calls, which would otherwise compile it a second time
                 with contextlib.suppress(Exception):
-                    compiling.pop(i).result()
+                    compiled = compiling.pop(i).result()
             n_chunks = plan.chunking(config, cohort, len(steps), budget).count
             reporter.cohort(cohort.name, config.train.steps * n_chunks)
-            work.run_cohort(config, root, cohort, x, y, steps, budget, reporter.advance, devices)
+            work.run_cohort(config, root, cohort, x, y, steps, budget, reporter.advance, devices,
+                            compiled)
             reporter.done(cohort.name)
     finally:
         if ahead is not None:       # on success nothing is in flight: each cohort waited for its own
@@ -355,23 +375,64 @@ def default_prefetch() -> int:
     return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
+def earlier_history(path: Path) -> str:
+    """The `history` of the sweep.nc a launch is about to replace ("" if none
+    or unreadable): each launch into a folder adds its line."""
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            return str(ds.attrs.get("history", ""))
+    except (OSError, ValueError, RuntimeError):
+        return ""
+
+
+def parse_only(config: Config, items: list[str]) -> list[dict[str, int]]:
+    """`--only` selections ("width=256,depth=3"; a cohort matches one when it
+    has every value named), checked against the grid's axes."""
+    out = []
+    for item in items:
+        selection = {}
+        for pair in item.split(","):
+            key, sep, value = pair.partition("=")
+            key = key.strip()
+            if not sep or key not in ("width", "depth"):
+                raise GridError("--only", pair.strip() or item, item,
+                                "must be width=M and/or depth=L, comma-separated "
+                                "(e.g. width=256,depth=3)")
+            axis = getattr(config.grid, key)
+            try:
+                number = int(value)
+            except ValueError:
+                number = None
+            if number not in axis:
+                raise GridError("--only", f"grid.{key}", value.strip(),
+                                f"must be one of the grid's values {list(axis)}")
+            selection[key] = number
+        out.append(selection)
+    return out
+
+
+def selected(cohort: plan.Cohort, only: list[dict[str, int]] | None) -> bool:
+    return only is None or any(all(getattr(cohort, k) == v for k, v in s.items()) for s in only)
+
+
 def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
-                   client, devices, prefetch, created) -> Summary:
+                   client, devices, prefetch, created, command, only) -> Summary:
     if store.is_sweep_folder(root):
         store.remove_stale_temporaries(root)
     known = {store.cohort_path(root, c).name for c in cohorts}
     for stray in sorted((root / "cohorts").glob("*.nc")):
         if stray.name not in known:
             reporter.warn(f"{stray} is not a cohort of this grid: left alone, not combined")
-    todo = [c for c in cohorts
-            if not work.cohort_done(config, c, store.cohort_path(root, c), reporter.warn)]
-    skipped = [c.name for c in cohorts if c not in todo]
+    todo = [c for c in cohorts if selected(c, only)
+            and not work.cohort_done(config, c, store.cohort_path(root, c), reporter.warn)]
+    skipped = [c.name for c in cohorts if selected(c, only) and c not in todo]
     check_disk(config, root, cohorts, todo, len(steps))
     (root / "cohorts").mkdir(exist_ok=True)
     store.mark_folder(root)
     store.write_text(root / "grid.toml", config.text)
     work.enable_compilation_cache()
-    reporter.start(len(cohorts), len(skipped))
+    # work in FLOPs (`plan.train_flop`), so that the time left weighs each cohort by its cost
+    reporter.start(len(cohorts), len(skipped), {c.name: plan.train_flop(config, c) for c in todo})
     if client is not None and todo:
         from normsweep import executors
         executors.run_dask(client, config, root,
@@ -381,7 +442,19 @@ def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
                    default_prefetch() if prefetch is None else prefetch)
 
     store.remove_stale_temporaries(root)   # left by Dask workers killed mid-write
+    left = [c for c in cohorts if not selected(c, only) and not work.cohort_done(
+        config, c, store.cohort_path(root, c), reporter.warn)]
+    if left:            # a part of the grid, by `only`: the rest stays to do
+        files = [store.read_cohort(store.cohort_path(root, c)) for c in cohorts if c not in left]
+        at = np.concatenate([ds["diverged_at"].values.ravel() for ds in files])
+        return Summary(root, len(cohorts), [c.name for c in todo], skipped, len(at),
+                       int((at >= 0).sum()), time.perf_counter() - started,
+                       [c.name for c in left])
     sweep = store.combine([store.read_cohort(store.cohort_path(root, c)) for c in cohorts])
+    sweep.attrs["command"] = command
+    sweep.attrs["history"] = "\n".join(filter(None, [
+        earlier_history(root / "sweep.nc"),
+        f"{records.now()} normsweep {records.package_version('normsweep')}: {command}"]))
     store.write_netcdf(root / "sweep.nc", sweep)
     diverged = int((sweep["diverged_at"] >= 0).sum())
     networks = int(sweep["diverged_at"].size)

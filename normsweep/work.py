@@ -5,17 +5,20 @@ compiling, training and writing it.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import xarray as xr
 
+from normsweep import config as config_mod
 from normsweep import plan, records, store, train
 from normsweep.config import Config
 from normsweep.data import sphere_data
-from normsweep.errors import RunError
+from normsweep.errors import GridError, RunError
 
 
 def program_for(config: Config, cohort: plan.Cohort) -> train.Program:
@@ -85,24 +88,83 @@ def cohort_done(config: Config, cohort: plan.Cohort, path: Path,
         os.replace(path, damaged)
         warn(f"{err}; moved to {damaged.name} and recomputing")
         return False
-    if ds.attrs.get("config_fingerprint") != config.fingerprint():
-        raise RunError(f"{path} was written with other settings (fingerprint "
-                       f"{ds.attrs.get('config_fingerprint')}, this grid {config.fingerprint()}); "
-                       "move it away to recompute it")
     if ds.sizes.get("width") != 1 or int(ds["width"][0]) != cohort.width \
             or int(ds["depth"][0]) != cohort.depth:
         raise RunError(f"{path} does not hold the cohort width={cohort.width}, "
                        f"depth={cohort.depth}; move it away to recompute it")
-    return True
+    if ds.attrs.get("config_fingerprint") == config.fingerprint():
+        return True
+    if held_grid(config, ds) is not None:
+        return False            # an earlier grid's networks: `run_cohort` adds the new ones
+    raise RunError(f"{path} was written with other settings (fingerprint "
+                   f"{ds.attrs.get('config_fingerprint')}, this grid {config.fingerprint()}); "
+                   "move it away to recompute it")
+
+
+def held_grid(config: Config, ds: xr.Dataset) -> Config | None:
+    """The grid that wrote cohort file `ds` when `config` extends it (the same
+    core settings, every member axis a superset: `check_folder`'s rule),
+    else None."""
+    try:
+        held = config_mod.parse(ds.attrs.get("config_toml", ""), source="cohort file")
+    except GridError:
+        return None
+    if held.core_settings() != config.core_settings():
+        return None
+    values = config.member_values()
+    if any(v not in values[axis] for axis, vs in held.member_values().items() for v in vs):
+        return None
+    return held
+
+
+MEMBER_ORDER = ("parametrization", "lr", "weight_decay", "seed")   # plan.Cohort's member order
+
+
+def by_member(da: xr.DataArray, held: Config, cohort: plan.Cohort) -> np.ndarray:
+    """`da` (a variable of a cohort file written by the grid `held`) laid out
+    as `cohort`'s members, (member, *other dims): NaN for the members the
+    file lacks. Axes the file has no dim for take `held`'s one value."""
+    fixed = held.member_values()
+    for axis in MEMBER_ORDER:
+        if axis not in da.dims:
+            da = da.expand_dims({axis: list(fixed[axis])})
+    da = da.reindex({axis: list(cohort.axis_values(axis)) for axis in MEMBER_ORDER})
+    rest = [d for d in da.dims if d not in MEMBER_ORDER]
+    values = da.transpose(*MEMBER_ORDER, *rest).values
+    return values.reshape((cohort.size,) + values.shape[len(MEMBER_ORDER):])
+
+
+def held_members(config: Config, cohort: plan.Cohort, path: Path):
+    """(the file's dataset, the grid that wrote it, which of `cohort`'s
+    members it holds) for a cohort file of an earlier grid that `config`
+    extends; None when there is no such file."""
+    if not path.exists():
+        return None
+    ds = store.read_cohort(path)
+    if ds.attrs.get("config_fingerprint") == config.fingerprint():
+        return None
+    held = held_grid(config, ds)
+    if held is None:
+        return None
+    present = ~np.isnan(by_member(ds["diverged_at"].isel(width=0, depth=0).astype(np.float64),
+                                  held, cohort))
+    return ds, held, present
 
 
 class Members:
-    """A cohort's members as `train.train_members` takes them, in chunks of
-    equal size (one compilation)."""
+    """A cohort's members (or those of `subset`, indices into them) as
+    `train.train_members` takes them, in chunks of equal size (one
+    compilation)."""
 
-    def __init__(self, config: Config, cohort: plan.Cohort, n_records: int, budget_bytes: int):
+    def __init__(self, config: Config, cohort: plan.Cohort, n_records: int, budget_bytes: int,
+                 subset: np.ndarray | None = None):
         self.program = program_for(config, cohort)
-        self.chunks = plan.chunking(config, cohort, n_records, budget_bytes).slices(cohort.size)
+        subset = np.arange(cohort.size) if subset is None else np.asarray(subset)
+        chunks = plan.chunking(config, cohort, n_records, budget_bytes)
+        if len(subset) < cohort.size:       # as few equal chunks as the whole cohort's size allows
+            count = -(-len(subset) // chunks.size)
+            chunks = plan.Chunking(size=-(-len(subset) // count), count=count)
+        self.chunks = [subset[idx] for idx in chunks.slices(len(subset))]
         self.lrs, seeds = cohort.member_lr(), cohort.member_seed()
         self.wds, self.params = cohort.member_weight_decay(), cohort.member_parametrization()
         self.init_keys, self.power_keys = plan.member_keys(seeds)
@@ -114,25 +176,32 @@ class Members:
 
 
 def compile_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
-                   budget_bytes: int, devices: int | None = 1) -> None:
-    """Compiles the programs `train_cohort` will run for `cohort`, running
-    nothing (`train.compile_members`): its chunks all share one shape."""
-    members = Members(config, cohort, len(steps), budget_bytes)
+                   budget_bytes: int, devices: int | None = 1,
+                   subset: np.ndarray | None = None) -> float:
+    """Compiles the programs `train_cohort` will run for `cohort` (or its
+    members `subset`), running nothing (`train.compile_members`): its chunks
+    all share one shape. Returns the wall seconds it took (near 0 for
+    programs already compiled)."""
+    started = time.perf_counter()
+    members = Members(config, cohort, len(steps), budget_bytes, subset)
     args, kwargs = members.arguments(members.chunks[0])
     train.compile_members(members.program, x, y, *args, steps, devices, **kwargs)
+    return time.perf_counter() - started
 
 
 def train_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
                  budget_bytes: int, on_steps: Callable[[int], None] | None = None,
-                 devices: int | None = 1) -> train.Trajectory:
-    """All members of a cohort, in chunks of equal size (one compilation)."""
-    members = Members(config, cohort, len(steps), budget_bytes)
+                 devices: int | None = 1, subset: np.ndarray | None = None
+                 ) -> train.Trajectory:
+    """All members of a cohort (or those of `subset`, in its order), in chunks
+    of equal size (one compilation)."""
+    members = Members(config, cohort, len(steps), budget_bytes, subset)
     parts = []
     for idx in members.chunks:
         args, kwargs = members.arguments(idx)
         parts.append(train.train_members(members.program, x, y, *args, steps,
                                          config.record.weights, on_steps, devices, **kwargs))
-    keep = cohort.size
+    keep = cohort.size if subset is None else len(subset)
 
     def cat(arrays):
         return np.concatenate(arrays, axis=0)[:keep]
@@ -148,10 +217,53 @@ def train_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
 
 def run_cohort(config: Config, root: Path, cohort: plan.Cohort, x, y, steps: np.ndarray,
                budget: int, on_steps: Callable[[int], None] | None,
-               devices: int | None = 1) -> int:
-    """Trains one cohort and writes its file; returns how many members diverged."""
-    traj = train_cohort(config, cohort, x, y, steps, budget, on_steps, devices)
-    ds = records.cohort_dataset(config, cohort, steps, traj, np.asarray(x), np.asarray(y))
+               devices: int | None = 1, compile_seconds: float | None = None) -> int:
+    """Compiles (unless `compile_seconds` says it was, ahead) and trains one
+    cohort, and writes its file with both wall times; returns how many
+    members diverged. A file of an earlier grid that this one extends
+    (`held_members`) keeps its networks: only the others are trained, and
+    the file is rewritten with all of them."""
+    path = store.cohort_path(root, cohort)
+    held = held_members(config, cohort, path)
+    subset = None if held is None else np.flatnonzero(~held[2])
+    if compile_seconds is None or held is not None:
+        compile_seconds = compile_cohort(config, cohort, x, y, steps, budget, devices, subset)
+    started = time.perf_counter()
+    traj = train_cohort(config, cohort, x, y, steps, budget, on_steps, devices, subset)
+    seconds = {"train_seconds": time.perf_counter() - started, "compile_seconds": compile_seconds}
+    if held is not None:
+        traj, seconds = merged(config, cohort, held, subset, traj, seconds, path)
+    ds = records.cohort_dataset(config, cohort, steps, traj, np.asarray(x), np.asarray(y),
+                                seconds)
     groups = {"weights": records.weights_dataset(cohort, traj)} if config.record.weights else None
-    store.write_netcdf(store.cohort_path(root, cohort), ds, groups)
-    return int((traj.diverged_at >= 0).sum())
+    store.write_netcdf(path, ds, groups)
+    return int((traj.diverged_at[subset if subset is not None else slice(None)] >= 0).sum())
+
+
+def merged(config: Config, cohort: plan.Cohort, held, subset: np.ndarray,
+           new: train.Trajectory, seconds: dict, path: Path):
+    """The whole cohort's trajectory: the held file's networks and the newly
+    trained ones (`subset`), with the wall times of both runs added up."""
+    ds, grid, _ = held
+    cell = ds.isel(width=0, depth=0)
+    recs = {}
+    for name, value in new.records.items():
+        old = by_member(cell[name], grid, cohort)
+        if "layer" in cell[name].dims:
+            old = old[..., :cohort.depth]
+        old[subset] = value
+        recs[name] = old.astype(value.dtype)
+    diverged = by_member(cell["diverged_at"].astype(np.float64), grid, cohort)
+    diverged[subset] = new.diverged_at
+    weights = {}
+    if config.record.weights:
+        with xr.open_dataset(path, group="weights", engine="netcdf4") as held_weights:
+            for which in ("initial", "final"):
+                layers = []
+                for l, w in enumerate(getattr(new, which)):
+                    old = by_member(held_weights[f"{which}_{l}"].load(), grid, cohort)
+                    old[subset] = w
+                    layers.append(old.astype(w.dtype))
+                weights[which] = layers
+    seconds = {k: v + float(cell[k]) if k in cell else v for k, v in seconds.items()}
+    return train.Trajectory(recs, diverged.astype(np.int64), **weights), seconds

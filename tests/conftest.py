@@ -41,11 +41,11 @@ def write_grid(folder: Path, text: str, name: str = "grid.toml") -> Path:
 @pytest.fixture(scope="session")
 def tiny_sweep(tmp_path_factory) -> Path:
     """A launched tiny sweep, shared read-only by the tests that inspect one."""
-    from normsweep import config, launch
+    from normsweep import config, sweep
 
     root = tmp_path_factory.mktemp("sweeps") / "tiny"
     grid = write_grid(tmp_path_factory.mktemp("grids"), TINY)
-    launch.launch(config.load(grid), root)
+    sweep.launch(config.load(grid), root)
     return root
 
 

@@ -1,7 +1,6 @@
 """The command line: launch, resume, refusals, ls, show, help."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import xarray as xr
 from click.testing import CliRunner
 
 from normsweep.cli import main
+from tests import equal
 from tests.conftest import TINY, write_grid
 
 
@@ -50,6 +50,9 @@ def test_relaunch_skips_and_changed_settings_are_refused(tiny_copy, tmp_path):
     assert result.exit_code == 0, result.output
     assert "0 trained, 4 already done" in result.output
     assert before == {p.name: p.stat().st_mtime_ns for p in (tiny_copy / "cohorts").iterdir()}
+    with xr.open_dataset(tiny_copy / "sweep.nc") as ds:      # each launch adds its line
+        assert ds.attrs["history"].count("\n") == 1
+        assert ds.attrs["history"].endswith(f"normsweep launch {grid} --out {tiny_copy} --quiet")
     other = write_grid(tmp_path, TINY.replace("steps = 30", "steps = 40"), "other.toml")
     result = invoke("launch", other, "--out", tiny_copy, "--quiet")
     assert result.exit_code == 2
@@ -84,6 +87,27 @@ def test_ls_and_show(tiny_sweep):
     assert "cohorts: 4/4 done" in result.output and "24 networks" in result.output
 
 
+def test_ls_finds_sweeps_at_any_depth_and_counts_what_is_trained(tiny_sweep, tmp_path,
+                                                                  monkeypatch):
+    import shutil
+    monkeypatch.setenv("COLUMNS", "200")        # the table's paths unabridged
+    deep = tmp_path / "project" / "2026" / "tiny"
+    shutil.copytree(tiny_sweep, deep)
+    part = tmp_path / "part"
+    shutil.copytree(tiny_sweep, part)
+    (part / "cohorts" / "width24_depth3.nc").unlink()
+    (tmp_path / ".hidden").mkdir()
+    shutil.copytree(tiny_sweep, tmp_path / ".hidden" / "tiny")
+    result = invoke("ls", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "project/2026/tiny" in result.output and "24/24" in result.output
+    assert "part" in result.output and "18/24" in result.output and "3/4" in result.output
+    assert ".hidden" not in result.output
+    result = invoke("show", part)
+    shown = " ".join(result.output.split())
+    assert "cohorts: 3/4 done, 18/24 networks trained; to do: width24_depth3" in shown
+
+
 def test_show_on_a_foreign_folder_exits_2(tmp_path):
     assert invoke("show", tmp_path).exit_code == 2
 
@@ -110,7 +134,7 @@ def test_killed_launch_resumes_to_the_same_sweep(tiny_sweep, tmp_path):
     assert result.returncode == 0, result.stderr
     assert f"{4 - len(done)} trained, {len(done)} already done" in result.stdout
     with xr.open_dataset(out / "sweep.nc") as a, xr.open_dataset(tiny_sweep / "sweep.nc") as b:
-        xr.testing.assert_identical(a.drop_attrs(), b.drop_attrs())
+        equal.assert_sweeps_identical(a, b)
     assert not [p for p in out.rglob(".*tmp*")]
 
 
@@ -181,3 +205,60 @@ def test_show_accepts_a_grid_file(tmp_path, monkeypatch):
     bad = write_grid(tmp_path, TINY.replace("width = [16, 24]", "widht = [16]"), "bad.toml")
     result = invoke("show", bad)
     assert result.exit_code == 2 and "grid.widht" in result.output
+
+
+def test_set_overrides_the_grid_and_the_folder_records_the_effective_grid(tmp_path):
+    grid = write_grid(tmp_path, TINY)
+    out = tmp_path / "set"
+    result = invoke("launch", grid, "--out", out, "--dry-run", "--set", "train.steps=6",
+                    "--set", "grid.width=8", "--set", "grid.lr=[0.1, 0.2]")
+    assert result.exit_code == 0, result.output
+    assert "8 networks, 6 steps each" in result.output and not out.exists()
+    bad = invoke("launch", grid, "--out", out, "--set", "train.steps=six steps", "--quiet")
+    assert bad.exit_code == 2 and "train.steps" in bad.output and "--set" in bad.output
+    assert not out.exists()
+    result = invoke("launch", grid, "--out", out, "--quiet", "--set", "train.steps=6",
+                    "--set", "grid.width=8", "--set", "grid.depth=2")
+    assert result.exit_code == 0, result.output
+    from normsweep import config
+    stored = config.load(out / "grid.toml")
+    assert stored.train.steps == 6 and stored.grid.width == (8,) and stored.grid.depth == (2,)
+    with xr.open_dataset(out / "sweep.nc") as ds:
+        assert config.parse(ds.attrs["config_toml"]).settings() == stored.settings()
+        assert ds.sizes["step"] == 7
+
+
+def test_only_trains_part_of_the_grid_and_the_rest_stays_to_do(tmp_path):
+    grid = write_grid(tmp_path, TINY)
+    out = tmp_path / "only"
+    bad = invoke("launch", grid, "--out", out, "--only", "width=17", "--quiet")
+    assert bad.exit_code == 2 and "grid.width" in bad.output and "[16, 24]" in bad.output
+    assert not out.exists()
+    result = invoke("launch", grid, "--out", out, "--quiet", "--only", "width=16,depth=3",
+                    "--only", "width=24,depth=2")
+    assert result.exit_code == 0, result.output
+    assert "2 trained" in result.output and "2 cohorts still to do" in result.output
+    assert not (out / "sweep.nc").exists()
+    assert sorted(p.name for p in (out / "cohorts").glob("*.nc")) == [
+        "width16_depth3.nc", "width24_depth2.nc"]
+    shown = " ".join(invoke("show", out).output.split())       # unwrapped
+    assert "2/4 done, 12/24 networks trained; to do: width16_depth2, width24_depth3" in shown
+    result = invoke("launch", grid, "--out", out, "--quiet")
+    assert "2 trained, 2 already done" in result.output and (out / "sweep.nc").exists()
+
+
+def test_the_sweeps_progress_weighs_each_cohort_by_its_cost():
+    from rich.progress import Progress
+
+    from normsweep.cli import RichReporter
+    progress = Progress(disable=True)
+    reporter = RichReporter(progress)
+    reporter.start(3, 1, {"small": 100.0, "large": 300.0})
+    sweep = progress.tasks[0]
+    reporter.cohort("small", 10)
+    reporter.advance(5)
+    assert sweep.completed == 50.0 and progress.tasks[1].completed == 5
+    reporter.done("small")
+    assert sweep.completed == 100.0 and "2/3 cohorts" in sweep.description
+    reporter.done("large")                  # a cohort whose steps were not streamed (Dask)
+    assert sweep.completed == sweep.total == 400.0 and "3/3" in sweep.description

@@ -103,7 +103,7 @@ BAD = [
     ("width-float", GRID.replace("[16]", "[16.5]"), "grid.width", "integer"),
     ("width-empty", GRID.replace("[16]", "[]"), "grid.width", "non-empty"),
     ("width-duplicate", GRID.replace("[16]", "[16, 16]"), "grid.width", "distinct"),
-    ("width-string", GRID.replace("[16]", '"16"'), "grid.width", "must be a list"),
+    ("width-string", GRID.replace("[16]", '"16"'), "grid.width", "must be a number or a list"),
     ("depth-one", GRID.replace("depth = [2]", "depth = [1]"), "grid.depth", "≥ 2"),
     ("lr-zero", GRID.replace("[0.1]", "[0.0]"), "grid.lr", "> 0"),
     ("lr-negative", GRID.replace("[0.1]", "[-0.1]"), "grid.lr", "> 0"),
@@ -129,7 +129,7 @@ BAD = [
     ("parametrization-axis-unknown", GRID + 'parametrization = ["standard", "yang"]\n', "grid.parametrization", '"mup"'),
     ("parametrization-axis-empty", GRID + "parametrization = []\n", "grid.parametrization", "non-empty"),
     ("parametrization-axis-duplicate", GRID + 'parametrization = ["ntk", "ntk"]\n', "grid.parametrization", "distinct"),
-    ("parametrization-axis-string", GRID + 'parametrization = "ntk"\n', "grid.parametrization", "list"),
+    ("parametrization-axis-unknown-name", GRID + 'parametrization = "yang"\n', "grid.parametrization", '"mup"'),
     ("parametrization-twice", '[model]\nparametrization = "ntk"\n' + GRID + 'parametrization = ["ntk"]\n', "model.parametrization", "not both"),
     ("mup-axis-width-init", '[model]\ninit = "width"\n' + GRID + 'parametrization = ["mup"]\n', "model.init", '"he"'),
     ("lanczos-steps-too-many", '[record]\nlanczos_steps = 201\n' + GRID, "record.lanczos_steps",
@@ -180,3 +180,45 @@ def test_schema_doc_lists_every_key_with_its_default():
         fields = {f.name: getattr(getattr(defaults, section), f.name)
                   for f in dataclasses.fields(getattr(defaults, section))}
         assert shown[section] == fields, section
+
+
+def test_a_single_value_is_an_axis_of_one():
+    one = config.parse('[grid]\nwidth = 16\ndepth = 3\nlr = 0.1\nseed = 4\n'
+                       'parametrization = "ntk"\nweight_decay = 0.01\n', default_name="x")
+    lists = config.parse('[grid]\nwidth = [16]\ndepth = [3]\nlr = [0.1]\nseed = [4]\n'
+                         'parametrization = ["ntk"]\nweight_decay = [0.01]\n', default_name="x")
+    assert one.grid == lists.grid and one.grid.width == (16,) and one.grid.parametrization == ("ntk",)
+    assert one.fingerprint() == lists.fingerprint()
+
+
+def test_overrides_replace_keys_and_the_text_is_the_effective_grid(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text('name = "g"\n[train]\nsteps = 50  # a comment\n[grid]\nwidth = [16]\n'
+                    'depth = [2]\nlr = { geomspace = [0.01, 1.0, 3], width_exponent = -1 }\n')
+    cfg = config.load(path, ["train.steps=7", "grid.lr=[0.5, 0.25]", "grid.width=32",
+                             "model.init=width", 'record.steps="all"', "grid.seed=[1, 2]"])
+    assert cfg.train.steps == 7 and cfg.grid.lr == (0.25, 0.5) and cfg.grid.width == (32,)
+    assert cfg.model.init == "width" and cfg.record.steps == "all" and cfg.grid.seed == (1, 2)
+    assert cfg.grid.lr_width_exponent == -1.0          # kept from the file
+    again = config.parse(cfg.text, source="stored")    # what the results folder records
+    assert again.settings() == cfg.settings() and again.name == "g"
+    assert cfg.text.startswith("#") and "train.steps=7" in cfg.text.splitlines()[0]
+    assert config.load(path, ["grid.lr.width_exponent=0"]).grid.lr_width_exponent == 0.0
+    assert config.load(path).text == path.read_text()  # no overrides: the file as written
+
+
+@pytest.mark.parametrize("item,key,fragment", [
+    ("train.steps", "--set", "KEY=VALUE"),
+    ("train.steps=ten steps", "train.steps", "not a TOML value"),
+    ("train.stpes=10", "train.stpes", "unknown key"),
+    ("train.steps=-3", "train.steps", "between 1"),
+    ("grid.width=[0]", "grid.width", "≥ 1"),
+    ("grid.width.every=3", "grid.width", "not a table"),
+])
+def test_bad_overrides_name_the_file_the_key_and_what_is_allowed(tmp_path, item, key, fragment):
+    path = tmp_path / "g.toml"
+    path.write_text(GRID)
+    with pytest.raises(GridError) as info:
+        config.load(path, [item])
+    message = str(info.value)
+    assert message.startswith(f"{path} with --set: ") and key in message and fragment in message

@@ -13,7 +13,8 @@ import xarray as xr
 
 distributed = pytest.importorskip("distributed")
 
-from normsweep import config, executors, launch  # noqa: E402
+from normsweep import config, executors, sweep  # noqa: E402
+from tests import equal
 from tests.conftest import TINY  # noqa: E402
 
 
@@ -27,16 +28,16 @@ def cluster():
 
 def same(a, b):
     with xr.open_dataset(a / "sweep.nc") as x, xr.open_dataset(b / "sweep.nc") as y:
-        xr.testing.assert_identical(x.drop_attrs(), y.drop_attrs())
+        equal.assert_sweeps_identical(x, y)
 
 
 def test_dask_run_equals_local_run_and_relaunch_skips(cluster, tiny_sweep, tmp_path):
     cfg = config.parse(TINY, source="tiny.toml")
     out = tmp_path / "dask"
-    summary = launch.launch(cfg, out, scheduler=cluster.scheduler_address)
+    summary = sweep.launch(cfg, out, scheduler=cluster.scheduler_address)
     assert len(summary.trained) == 4
     same(out, tiny_sweep)
-    again = launch.launch(cfg, out, scheduler=cluster.scheduler_address)
+    again = sweep.launch(cfg, out, scheduler=cluster.scheduler_address)
     assert again.trained == [] and len(again.skipped) == 4
 
 
@@ -66,7 +67,7 @@ def test_worker_killed_mid_sweep_still_completes(cluster, tiny_sweep, tmp_path):
 
     killer = threading.Thread(target=kill_one)
     killer.start()
-    launch.launch(cfg, out, scheduler=cluster.scheduler_address)
+    sweep.launch(cfg, out, scheduler=cluster.scheduler_address)
     killer.join()
     assert killed
     same(out, tiny_sweep)
@@ -97,7 +98,7 @@ def test_tasks_and_the_local_loop_share_the_cohort_work_without_a_cycle():
                 names |= {node.module or ""} | {f"{node.module}.{a.name}" for a in node.names}
             elif isinstance(node, ast.Import):
                 names |= {a.name for a in node.names}
-        assert "normsweep.launch" not in names, module.__name__
+        assert "normsweep.sweep" not in names, module.__name__
     assert "work" in {n.split(".")[-1] for n in _imported_in(executors.cohort_task)}
 
 

@@ -6,7 +6,7 @@ import pytest
 import xarray as xr
 
 import normsweep
-from normsweep import config, plan, records, store, train
+from normsweep import config, plan, records, schema, store, train
 from normsweep.errors import RunError
 
 CONTRACT = ["frob_norm", "spec_norm", "frob_dist", "spec_dist", "update_norm", "grad_norm",
@@ -17,12 +17,28 @@ def test_sweep_follows_the_contract(tiny_sweep):
     ds = normsweep.open_sweep(tiny_sweep)
     for name in CONTRACT:
         assert name in ds.variables, name
-        assert ds[name].attrs["long_name"] and ds[name].attrs["units"], name
+        attrs = ds[name].attrs
+        # short labels for plot axes, the sentence in description, CF units
+        # on quantities and none on counts and indices
+        assert 0 < len(attrs["long_name"]) <= 32 and len(attrs["description"]) > 10, name
+        assert attrs.get("units") == ("1" if name != "diverged_at" else None), name
+    for name in ("width", "depth", "seed", "step", "layer"):
+        assert "units" not in ds[name].attrs and ds[name].attrs["long_name"], name
+    assert ds["lr"].attrs["units"] == "1" and ds["frob_norm"].attrs["long_name"] == "Frobenius norm ‖W‖_F"
     assert ds["frob_norm"].dims == ("width", "depth", "lr", "seed", "step", "layer")
     assert ds["loss"].dims == ("width", "depth", "lr", "seed", "step")
     assert ds["diverged_at"].dims == ("width", "depth", "lr", "seed")
     assert ds["inputs"].dims == ("sample", "feature") and ds["targets"].dims == ("sample", "class")
     assert ds["lr_effective"].dims == ("width", "lr")
+    # provenance: versions, host, the command, and each cohort's wall times
+    for key in ("normsweep_version", "jax_version", "numpy_version", "netcdf4_version",
+                "python_version", "host", "command", "history", "Conventions"):
+        assert ds.attrs[key], key
+    assert ds.attrs["normsweep_version"] not in ("unknown", "0.1.0")   # from git
+    assert ds.attrs["history"].count("\n") == 0 and ds.attrs["command"] in ds.attrs["history"]
+    for name in ("train_seconds", "compile_seconds"):
+        assert ds[name].dims == ("width", "depth") and ds[name].attrs["units"] == "s"
+    assert (ds["train_seconds"] > 0).all() and (ds["compile_seconds"] >= 0).all()
     for key in ("config_toml", "normsweep_version", "jax_version", "jaxlib_version",
                 "flax_version", "optax_version", "backend", "device_kind", "created"):
         assert isinstance(ds.attrs[key], str) and ds.attrs[key], key
@@ -45,8 +61,8 @@ def test_written_equals_read_back(tmp_path):
     cohort = plan.cohorts(c)[1]
     steps = np.arange(6)
     rng = np.random.default_rng(0)
-    recs = {k: rng.normal(size=(6, 6, 3)).astype(np.float32) for k in train.LAYER_METRICS}
-    recs.update({k: rng.normal(size=(6, 6)).astype(np.float32) for k in train.NETWORK_METRICS})
+    recs = {k: rng.normal(size=(6, 6, 3)).astype(np.float32) for k in schema.LAYER_METRICS}
+    recs.update({k: rng.normal(size=(6, 6)).astype(np.float32) for k in schema.NETWORK_METRICS})
     ws = [rng.normal(size=(6, a, b)).astype(np.float32) for a, b in ((4, 8), (8, 8), (8, 3))]
     traj = train.Trajectory(recs, np.array([-1, 2, -1, -1, 4, -1]), ws, [w + 1 for w in ws])
     x, y = rng.normal(size=(16, 4)).astype(np.float32), np.eye(3, dtype=np.float32)[rng.integers(0, 3, 16)]

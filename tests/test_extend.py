@@ -1,0 +1,77 @@
+"""Extending a finished sweep along its member axes: only the new networks
+train, and the folder then holds what a launch of the whole grid gives."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import normsweep
+from normsweep import config, sweep
+from normsweep.errors import GridError
+from tests import equal
+
+SMALL = """\
+name = "grow"
+[data]
+n = 32
+d = 6
+k = 3
+[train]
+steps = 12
+[record]
+steps = "all"
+weights = true
+[grid]
+width = [8]
+depth = [2, 3]
+lr = [0.05]
+seed = [0]
+"""
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """The extended grid launched at once: the reference."""
+    root = tmp_path_factory.mktemp("whole") / "grow"
+    sweep.launch(config.parse(SMALL, default_name="grow",
+                              overrides=["grid.lr=[0.05, 0.1]", "grid.seed=[0, 1]",
+                                         "grid.weight_decay=[0.0, 0.01]"]), root)
+    return root
+
+
+def test_added_seeds_lrs_and_weight_decays_train_only_the_new_networks(whole, tmp_path):
+    root = tmp_path / "grow"
+    sweep.launch(config.parse(SMALL), root)
+    before = normsweep.open_sweep(root)
+    grown = config.parse(SMALL, overrides=["grid.lr=[0.05, 0.1]", "grid.seed=[0, 1]",
+                                           "grid.weight_decay=[0.0, 0.01]"])
+    summary = sweep.launch(grown, root, command="grow it")
+    assert summary.networks == 16 and sorted(summary.trained) == ["width8_depth2",
+                                                                 "width8_depth3"]
+    with xr.open_dataset(root / "sweep.nc") as got, \
+            xr.open_dataset(whole / "sweep.nc") as want:
+        equal.assert_sweeps_close(got, want)
+        # the old networks' records are kept as they were, bit for bit
+        for name in ("frob_norm", "spec_dist", "loss"):
+            kept = got[name].sel(lr=[0.05], seed=[0], weight_decay=0.0)
+            np.testing.assert_array_equal(kept.values, before[name].values, err_msg=name)
+        assert config.parse(got.attrs["config_toml"]).settings() == grown.settings()
+        assert got.attrs["history"].count("\n") == 1 and got.attrs["history"].endswith("grow it")
+    assert config.load(root / "grid.toml").settings() == grown.settings()
+    ws = normsweep.load_weights(root, width=8, depth=3, lr=0.1, seed=1, weight_decay=0.01)
+    ref = normsweep.load_weights(whole, width=8, depth=3, lr=0.1, seed=1, weight_decay=0.01)
+    for a, b in zip(ws, ref):
+        equal.assert_record_close(a, b, "final weights")
+    again = sweep.launch(grown, root)                   # and now it is done
+    assert again.trained == [] and len(again.skipped) == 2
+
+
+def test_dropping_a_value_or_changing_a_setting_is_refused(whole):
+    for override, key in (("grid.seed=[1]", "grid.seed"), ("train.steps=13", "train.steps"),
+                          ("grid.lr=[0.05]", "grid.lr")):
+        changed = config.parse(SMALL, overrides=["grid.lr=[0.05, 0.1]", "grid.seed=[0, 1]",
+                                                 "grid.weight_decay=[0.0, 0.01]", override])
+        with pytest.raises(GridError, match=key) as info:
+            sweep.launch(changed, whole)
+        assert "another --out" in str(info.value)
