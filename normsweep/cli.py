@@ -261,7 +261,9 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
         raise fail_usage(err) from None
     if dry_run:
         try:
-            print_preview(grid, config, launch_mod.preview(config, root, budget_bytes=budget))
+            print_preview(grid, config, launch_mod.preview(config, root, budget_bytes=budget),
+                          launch_command(grid, root, memory_budget, scheduler, devices, quiet,
+                                         overrides, only))
         except GridError as err:
             raise fail_usage(err) from None
         return
@@ -373,8 +375,9 @@ def analyze(dir: Path, boot: int, fit_accuracy: float) -> None:
     click.echo(f"report: {result.report}")
 
 
-def print_preview(grid: Path, config, p) -> None:
-    """`launch --dry-run`'s output: the plan and its estimates."""
+def print_preview(grid: Path, config, p, command: str) -> None:
+    """`launch --dry-run`'s output: the plan and its estimates, then the
+    `command` that launches it."""
     from normsweep import sweep as launch_mod
     from normsweep.store import size_text
 
@@ -400,7 +403,7 @@ def print_preview(grid: Path, config, p) -> None:
         f"this machine's matmul rate, {rate / 1e9:.0f} GFLOP/s measured now, plus "
         f"{launch_mod.compile_seconds():g} s to compile each cohort)"),
         soft_wrap=True)
-    click.echo(f"next: normsweep launch {grid}" + (f" --out {p.root}" if p.root else ""))
+    click.echo(f"next: {command}")
 
 
 def folder_status(root: Path):

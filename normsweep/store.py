@@ -227,6 +227,16 @@ def read_cohort(path: Path) -> xr.Dataset:
         raise RunError(f"{path}: not a readable cohort file ({err})") from None
 
 
+def cohort_fingerprint(path: Path) -> str | None:
+    """The `config_fingerprint` of the cohort file at `path` (None when it is
+    missing or unreadable)."""
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            return ds.attrs.get("config_fingerprint")
+    except (OSError, ValueError, RuntimeError):
+        return None
+
+
 def cohort_name(ds: xr.Dataset) -> str:
     return f"width{int(ds['width'][0])}_depth{int(ds['depth'][0])}"
 

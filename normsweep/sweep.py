@@ -275,7 +275,10 @@ def preview(config: Config, root: Path, *, budget_bytes: int | None = None) -> P
                      "per_chunk": chunks.size,
                      "memory": chunks.size * plan.member_bytes(config, c, n_records)})
         flop += plan.train_flop(config, c)
-    done = [c.name for c in cohorts if store.cohort_path(root, c).exists()]
+    # done: a file of this grid; a file of an earlier grid this one extends
+    # still has networks to train
+    done = [c.name for c in cohorts
+            if store.cohort_fingerprint(store.cohort_path(root, c)) == config.fingerprint()]
     todo = [c for c in cohorts if c.name not in done]
     return Preview(root, rows, config.grid.size, config.train.steps, n_records, done,
                    max(r["memory"] for r in rows), budget,

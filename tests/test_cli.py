@@ -214,6 +214,7 @@ def test_set_overrides_the_grid_and_the_folder_records_the_effective_grid(tmp_pa
                     "--set", "grid.width=8", "--set", "grid.lr=[0.1, 0.2]")
     assert result.exit_code == 0, result.output
     assert "8 networks, 6 steps each" in result.output and not out.exists()
+    assert f"next: normsweep launch {grid} --out {out} --set train.steps=6" in result.output
     bad = invoke("launch", grid, "--out", out, "--set", "train.steps=six steps", "--quiet")
     assert bad.exit_code == 2 and "train.steps" in bad.output and "--set" in bad.output
     assert not out.exists()

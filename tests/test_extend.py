@@ -75,3 +75,18 @@ def test_dropping_a_value_or_changing_a_setting_is_refused(whole):
         with pytest.raises(GridError, match=key) as info:
             sweep.launch(changed, whole)
         assert "another --out" in str(info.value)
+
+
+def test_a_dry_run_counts_a_grown_cohort_as_still_to_train(tmp_path):
+    from click.testing import CliRunner
+
+    from normsweep.cli import main
+    grid = tmp_path / "grow.toml"
+    grid.write_text(SMALL)
+    root = tmp_path / "grow"
+    sweep.launch(config.load(grid), root)
+    run = lambda *extra: CliRunner().invoke(main, ["launch", str(grid), "--out", str(root),
+                                                   "--dry-run", *extra])
+    assert "(2 already in" in run().output
+    grown = run("--set", "grid.seed=[0, 1]")
+    assert grown.exit_code == 0 and "(0 already in" in grown.output, grown.output
