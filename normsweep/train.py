@@ -179,7 +179,7 @@ def shard_members(mesh: Mesh | None, hp: Hyper, init_keys, power_keys, x, y):
     return hp, init_keys, power_keys, jax.device_put(x, whole), jax.device_put(y, whole)
 
 
-def _placed(program: Program, x, y, lrs, init_keys, power_keys, steps, devices, weight_decay,
+def placed(program: Program, x, y, lrs, init_keys, power_keys, steps, devices, weight_decay,
             parametrization):
     """train_members' arguments checked, padded and placed on its mesh:
     (mesh, hp, init_keys, power_keys, x, y)."""
@@ -204,7 +204,7 @@ def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_ke
     would otherwise idle for the whole compilation). Thread-safe. Returns
     the compiled programs by name ("init", "segment"), for
     inspection (the benchmark counts their kernels)."""
-    mesh, hp, init_keys, power_keys, x, y = _placed(program, x, y, lrs, init_keys, power_keys,
+    mesh, hp, init_keys, power_keys, x, y = placed(program, x, y, lrs, init_keys, power_keys,
                                                     steps, devices, weight_decay, parametrization)
 
     def like_outputs(compiled):
@@ -242,7 +242,7 @@ def train_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys
     (None: all); results equal a one-device run (tested).
     """
     members = len(lrs)
-    mesh, hp, init_keys, power_keys, x, y = _placed(program, x, y, lrs, init_keys, power_keys,
+    mesh, hp, init_keys, power_keys, x, y = placed(program, x, y, lrs, init_keys, power_keys,
                                                     steps, devices, weight_decay, parametrization)
     state = init_cohort(program, mesh, hp, init_keys, power_keys, x)
     # A copy, not a view: the state's buffers are donated to the next call.

@@ -79,24 +79,8 @@ def test_a_rolled_lanczos_loop_is_the_unrolled_one(monkeypatch):
     run = jax.jit(lambda *a: metrics.lanczos(*a), static_argnums=(2, 3))
     for steps in (10, 12):      # UNROLL copies and a remainder of 2 or 4
         unrolled, rolled = run(w, v, steps, False), run(w, v, steps, True)
-        dots = [run.lower(w, v, steps, r).compile().as_text().count(" dot(") for r in (False, True)]
-        assert dots[0] > dots[1] + 5 * (steps - 1)   # a copy of the body's 6 products per step
         np.testing.assert_allclose(rolled[0], unrolled[0], rtol=1e-6)
         np.testing.assert_allclose(rolled[1], unrolled[1], rtol=1e-4, atol=1e-6)
-
-
-def test_on_an_accelerator_a_short_lanczos_runs_without_a_loop(monkeypatch):
-    # each trip of a loop costs a GPU a host round trip: fewer than 2·UNROLL
-    # steps unroll whole, for as many copies of the body as UNROLL and a remainder
-    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    w = gaussian(128, 128, seed=4)
-    v = unit_vector(jax.random.key(2), 128, jnp.float32)
-    # a function of its own: traced under the patched backend, and cached with it
-    run = jax.jit(lambda *a: metrics.lanczos(*a), static_argnums=(2, 3))
-    whiles = {steps: run.lower(w, v, steps, False).compile().as_text().count(" while(")
-              for steps in (10, 2 * metrics.UNROLL)}
-    squaring = run.lower(w, v, 10, True).compile().as_text().count(" while(") - 1
-    assert whiles == {10: squaring, 2 * metrics.UNROLL: squaring + 1}
 
 
 def test_warm_start_needs_few_steps():

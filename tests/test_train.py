@@ -142,7 +142,7 @@ def test_a_member_whose_weights_or_norms_overflow_is_diverged(planted):
     whose ‖W‖_F² overflows float32, must still mark the member diverged."""
     prog = train.Program(dims=(D, 16, 16, K))
     lrs, ik, pk = members([0.05, 0.05], [0])
-    mesh, hp, ik, pk, x, y = train._placed(prog, X, Y, lrs, ik, pk, STEPS, 1, None, None)
+    mesh, hp, ik, pk, x, y = train.placed(prog, X, Y, lrs, ik, pk, STEPS, 1, None, None)
     state = train.init_cohort(prog, mesh, hp, ik, pk, x)
     ws = list(model.kernels(state.params))
     ws[1] = ws[1].at[1].set(planted)          # member 1's hidden layer
