@@ -50,8 +50,14 @@ def test_report_answers_each_part_with_numbers(analyzed):
     root, _ = analyzed
     text = (root / "analysis" / "report.md").read_text()
     for heading in ("Norms at initialisation", "During training", "Per iteration",
-                    "Well-trained networks", "Stability", "Scaling laws"):
+                    "Well-trained networks", "Stability", "Scaling laws",
+                    "Is one power law enough?"):
         assert heading in text
+    # the tiny sweep's 3 learning rates span lazy to chaotic: the slices differ, and
+    # its log schedule of 31 records over 30 steps records every early step
+    regimes = text.split("Is one power law enough?")[1]
+    assert "width exponent at each η" in regimes and "η₀ 0.5:" in regimes
+    assert "Record schedule" not in regimes
     assert "√(2m)" in text and "Bai–Yin" in text
     assert "−2η⟨W, ∇L⟩ + η²‖∇L‖²" in text
     assert "no finite minimiser" in text

@@ -86,3 +86,41 @@ def test_lr_scaled_with_width_from_one_value_fits_the_path_only():
     f = fits.fit_power_law(y, lr, width, boot=100)
     assert np.isnan(f.a) and "η scaled with width" in f.fitted
     assert f.b_lo <= -0.8 <= f.b_hi
+
+
+def _bent(b_per_lr, seeds=4, rng=0, noise=0.05):
+    g = np.random.default_rng(rng)
+    lr, width = np.array([0.001, 0.01, 0.1]), np.array([32, 64, 128, 256])
+    b = np.asarray(b_per_lr, float)[:, None, None]
+    y = 2 * lr[:, None, None] ** 1.0 * width[None, :, None] ** b
+    return y * np.exp(noise * g.normal(size=(3, 4, seeds))), lr, width
+
+
+def test_local_exponents_recover_a_planted_law_and_find_one_law():
+    false_alarms = covered = 0
+    for rng in range(30):
+        y, lr, width = _bent([-0.5, -0.5, -0.5], rng=rng)
+        by_lr = fits.local_exponents(y, lr, width, "width")
+        by_width = fits.local_exponents(y, lr, width, "lr")
+        false_alarms += by_lr.differ + by_width.differ
+        covered += ((by_lr.lo <= -0.5) & (-0.5 <= by_lr.hi)).sum()
+        np.testing.assert_allclose(by_width.exponent, 1.0, atol=0.05)
+        assert list(by_lr.at) == list(lr) and list(by_width.at) == list(width)
+    assert false_alarms <= 3, false_alarms          # a 1% test, 60 times
+    assert covered >= 0.85 * 90, covered            # 95% intervals
+
+
+def test_a_width_exponent_that_drifts_with_eta_is_flagged():
+    detected = 0
+    for rng in range(20):
+        y, lr, width = _bent([-1.0, -0.5, 0.0], rng=rng)
+        local = fits.local_exponents(y, lr, width, "width")
+        np.testing.assert_allclose(local.exponent, [-1.0, -0.5, 0.0], atol=0.1)
+        detected += local.differ
+    assert detected == 20
+
+
+def test_the_schedule_gaps_name_what_a_metric_lacks():
+    assert fits.schedule_gaps(np.arange(40)) == []
+    gaps = fits.schedule_gaps(np.array([0, 2, 5, 10, 20]))
+    assert "first_update_spec" in gaps[0] and "missing [1, 3, 4, 6, 7, 8, 9]" in gaps[1]

@@ -203,12 +203,10 @@ def fit_sweep(ds: xr.Dataset, *, boot: int = 400, seed: int = 0,
     return pd.concat(tables, ignore_index=True)
 
 
-def _fit_slice(ds: xr.Dataset, boot: int, seed: int, fit_accuracy: float) -> pd.DataFrame:
-    outcome = outcomes.classify(ds, fit_accuracy)
-    derived = derived_metrics(ds)
-    lr_eff = ds["lr_effective"].transpose("lr", "width").values
+def chosen_networks(ds: xr.Dataset, outcome: xr.DataArray) -> dict:
+    """Per metric: (the networks a fit uses, those left out as diverged, those
+    left out as failed), as boolean DataArrays."""
     at = ds["diverged_at"]
-    # per metric: (the networks used, those left out as diverged, as failed)
     chosen = {}
     for metric in METRICS:
         window = WINDOWS.get(metric)
@@ -218,6 +216,14 @@ def _fit_slice(ds: xr.Dataset, boot: int, seed: int, fit_accuracy: float) -> pd.
         else:                   # NaN (untrained) compares False: left out, not counted
             keep = (at < 0) | (at > window)
             chosen[metric] = (keep, (at >= 0) & (at <= window), xr.zeros_like(keep))
+    return chosen
+
+
+def _fit_slice(ds: xr.Dataset, boot: int, seed: int, fit_accuracy: float) -> pd.DataFrame:
+    outcome = outcomes.classify(ds, fit_accuracy)
+    derived = derived_metrics(ds)
+    lr_eff = ds["lr_effective"].transpose("lr", "width").values
+    chosen = chosen_networks(ds, outcome)
     rows = []
     rng = np.random.default_rng(seed)
     for depth in ds["depth"].values:
@@ -249,3 +255,115 @@ def to_dataset(table: pd.DataFrame) -> xr.Dataset:
     ds.attrs["model"] = "metric = prefactor * lr_effective**lr_exponent * width**width_exponent"
     ds.attrs["interval"] = "95% bootstrap over seeds within each (lr, width) cell"
     return ds
+
+
+# -- is one power law enough? ---------------------------------------------------
+
+MIN_NETWORKS = 12       # a fit on fewer networks is flagged in the report
+HOMOGENEITY_P = 0.01    # below it, the slices' exponents differ (`local_exponents`)
+
+
+@dataclasses.dataclass
+class Local:
+    """Exponents fitted slice by slice (`local_exponents`)."""
+    along: str                  # "width": a width exponent per η; "lr": an η exponent per width
+    at: list                    # the slice's η or width
+    exponent: np.ndarray
+    lo: np.ndarray              # 95% interval (least squares, t distribution)
+    hi: np.ndarray
+    p: float                    # the test that every slice has one exponent (NaN: untestable)
+
+    @property
+    def differ(self) -> bool:
+        return bool(np.isfinite(self.p) and self.p < HOMOGENEITY_P)
+
+
+def local_exponents(y: np.ndarray, lr: np.ndarray, width: np.ndarray, along: str) -> Local:
+    """log y = c_s + e_s·log x within each slice s: along "width" the width
+    exponent at each η (x = m), along "lr" the η exponent at each width
+    (x = η), with least-squares 95% intervals, and the p-value of the F test
+    of e_s = e for every s (separate intercepts either way). A small p says
+    that one power law does not describe the sweep: the exponent drifts
+    across slices (lazy at small η, larger near the edge of stability), and
+    a pooled exponent averages regimes. `y` (n_lr, n_width, n_seed); NaN,
+    ≤ 0 or inf left out; slices with fewer than 3 points or one x skipped."""
+    from scipy import stats
+
+    y = np.asarray(y, np.float64)
+    n_lr, n_w, n_s = y.shape
+    lr = np.broadcast_to(np.asarray(lr, np.float64).reshape(n_lr, -1), (n_lr, n_w))
+    x = np.log(np.broadcast_to(np.asarray(width, np.float64)[None, :], (n_lr, n_w))) \
+        if along == "width" else np.log(lr)
+    if along != "width":                       # slices are widths: put them first
+        y, x = y.transpose(1, 0, 2), x.T
+    at = list(np.asarray(lr[:, 0] if along == "width" else width))
+    ok = np.isfinite(y) & (y > 0)
+    logy = np.log(np.where(ok, y, 1.0))
+    xs = np.broadcast_to(x[..., None], y.shape)
+    est, lo, hi, kept, rss_sep, dof_sep = [], [], [], [], 0.0, 0
+    pooled = []
+    for s in range(y.shape[0]):
+        m = ok[s]
+        xv, yv = xs[s][m], logy[s][m]
+        if len(yv) < 3 or np.ptp(xv) == 0:
+            est.append(np.nan), lo.append(np.nan), hi.append(np.nan)
+            continue
+        xc = xv - xv.mean()
+        slope = float(xc @ (yv - yv.mean()) / (xc @ xc))
+        resid = yv - yv.mean() - slope * xc
+        dof = len(yv) - 2
+        se = np.sqrt(resid @ resid / dof / (xc @ xc)) if dof > 0 else np.nan
+        half = stats.t.ppf(0.975, dof) * se if dof > 0 else np.nan
+        est.append(slope), lo.append(slope - half), hi.append(slope + half)
+        rss_sep += float(resid @ resid)
+        dof_sep += dof
+        kept.append(s)
+        pooled.append((xc, yv - yv.mean()))
+    p = np.nan
+    if len(kept) >= 2 and dof_sep > 0 and rss_sep > 0:
+        xc = np.concatenate([a for a, _ in pooled])
+        yc = np.concatenate([b for _, b in pooled])
+        common = float(xc @ yc / (xc @ xc))
+        rss_common = float((yc - common * xc) @ (yc - common * xc))
+        f = ((rss_common - rss_sep) / (len(kept) - 1)) / (rss_sep / dof_sep)
+        p = float(stats.f.sf(f, len(kept) - 1, dof_sep))
+    return Local(along, at, np.array(est), np.array(lo), np.array(hi), p)
+
+
+REGIME_METRICS = ("rel_frob_dist", "rel_spec_dist", "early_update_norm")
+
+
+def regimes(ds: xr.Dataset, fit_accuracy: float = outcomes.FIT_ACCURACY
+            ) -> list[tuple[str, int, int, Local, Local]]:
+    """(metric, depth, layer, width exponents per η, η exponents per width)
+    for `REGIME_METRICS` at the deepest depth's first hidden layer (the input
+    layer of a depth-2 network), over the networks `fit_sweep` uses."""
+    outcome = outcomes.classify(ds, fit_accuracy)
+    derived = derived_metrics(ds)
+    chosen = chosen_networks(ds, outcome)
+    depth = int(ds["depth"].values[-1])
+    layer = 1 if depth > 2 else 0
+    lr = ds["lr_effective"].transpose("lr", "width").values
+    out = []
+    for metric in REGIME_METRICS:
+        y = np.abs(derived[metric].where(chosen[metric][0]).sel(depth=depth, layer=layer)
+                   .transpose("lr", "width", "seed").values)
+        out.append((metric, depth, layer, local_exponents(y, lr, ds["width"].values, "width"),
+                    local_exponents(y, lr, ds["width"].values, "lr")))
+    return out
+
+
+def schedule_gaps(steps: np.ndarray) -> list[str]:
+    """The fitted metrics that the record schedule `steps` cannot give, each
+    with what it lacks: `first_update_spec` needs step 1, and
+    `early_update_norm` steps 1..EARLY_STEPS (each record's update is the
+    step before it alone)."""
+    have = set(int(t) for t in steps)
+    gaps = []
+    if 1 not in have:
+        gaps.append("first_update_spec (needs step 1 recorded)")
+    missing = [t for t in range(1, EARLY_STEPS + 1) if t not in have]
+    if missing:
+        gaps.append(f"early_update_norm (averages {EARLY_STEPS - len(missing)} of steps "
+                    f"1..{EARLY_STEPS}; missing {missing})")
+    return gaps

@@ -256,7 +256,55 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
     lines += lazy_section(table, cfg, param)
     lines += ["![scaling](scaling_rel_frob_dist.png)", "",
               "The full table, with prefactors and counts, is in `fits.csv` and `fits.nc`.", ""]
+    lines += regime_section(ds, table, fit_accuracy)
     return "\n".join(lines)
+
+
+def regime_section(ds, table: pd.DataFrame, fit_accuracy: float) -> list[str]:
+    """Whether one power law describes the sweep: the exponents fitted slice
+    by slice (`fits.regimes`) with the F test of their equality, stated in
+    words; then the fits that rest on too few networks and the metrics the
+    record schedule cannot give."""
+    lines = [heading("regimes", "Is one power law enough?"), "",
+             "A pooled exponent is only a law if the data follow one: the width exponent "
+             "fitted at each η, and the η exponent at each width (least squares, 95% "
+             "intervals), with the p-value of the F test that each family shares one value "
+             f"(p < {fits.HOMOGENEITY_P:g}: it does not).", ""]
+    rows, verdicts = [], []
+    for metric, depth, layer, by_lr, by_width in fits.regimes(ds, fit_accuracy):
+        def cells(local, label):
+            return "; ".join(f"{label} {v:.3g}: {ci(e, lo, hi)}" for v, e, lo, hi
+                             in zip(local.at, local.exponent, local.lo, local.hi)
+                             if np.isfinite(e)) or "–"
+        rows.append({"metric": metric, "depth, layer": f"{depth}, {layer}",
+                     "width exponent at each η": cells(by_lr, "η₀"),
+                     "p": fmt(by_lr.p, 2),
+                     "η exponent at each width": cells(by_width, "m"),
+                     "p ": fmt(by_width.p, 2)})
+        for local, what in ((by_lr, "width exponent across η"), (by_width, "η exponent across "
+                                                                  "widths")):
+            finite = np.isfinite(local.exponent)
+            if local.differ:
+                verdicts.append(f"- `{metric}`: the {what} drifts from "
+                                f"{local.exponent[finite][0]:+.2f} to "
+                                f"{local.exponent[finite][-1]:+.2f} (p = {fmt(local.p, 2)}): the "
+                                "pooled exponent averages regimes; read the slices.")
+    lines += [_md(pd.DataFrame(rows)), ""]
+    lines += (verdicts or ["Every family agrees within its intervals: the pooled laws above "
+                           "describe the sweep."]) + [""]
+    thin = table[(np.isfinite(table.width_exponent) | np.isfinite(table.lr_exponent))
+                 & (table.n < fits.MIN_NETWORKS)]
+    if len(thin):
+        lines += [f"**Thin fits:** {len(thin)} fits rest on fewer than {fits.MIN_NETWORKS} "
+                  "networks (" + ", ".join(f"{r.metric} depth {r.depth} layer {r.layer}: n = "
+                                           f"{r.n}" for _, r in thin.head(6).iterrows())
+                  + (", …" if len(thin) > 6 else "") + "); their r² and intervals say little.",
+                  ""]
+    gaps = fits.schedule_gaps(ds["step"].values)
+    if gaps:
+        lines += ["**Record schedule:** " + "; ".join(gaps) + ". Record more of the first "
+                  "steps (`[record] steps`) to fit them.", ""]
+    return lines
 
 
 def first_step_prose(table: pd.DataFrame, param: str, p: float) -> list[str]:
