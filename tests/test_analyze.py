@@ -51,7 +51,7 @@ def test_report_answers_each_part_with_numbers(analyzed):
     text = (root / "analysis" / "report.md").read_text()
     for heading in ("Norms at initialisation", "During training", "Per iteration",
                     "Well-trained networks", "Stability", "Scaling laws",
-                    "Is one power law enough?"):
+                    "Is one power law enough?", "How the norms move, signed"):
         assert heading in text
     # the tiny sweep's 3 learning rates span lazy to chaotic: the slices differ, and
     # its log schedule of 31 records over 30 steps records every early step
@@ -144,3 +144,22 @@ def test_python_api_launches_with_overrides_and_analyzes(tmp_path):
     with pytest.raises(normsweep.GridError, match="grid.width"):
         normsweep.launch(text, tmp_path / "bad", overrides=["grid.width=[0]"])
     assert not (tmp_path / "bad").exists()
+
+
+def test_balance_is_the_signed_change_of_each_layer(tiny_sweep):
+    import numpy as np
+
+    import normsweep
+    ds = normsweep.open_sweep(tiny_sweep).load()
+    keep = outcomes.usable(outcomes.classify(ds))
+    got = tables.balance(ds, 1.0, keep)
+    depth = got["depth"]
+    f = ds["frob_norm"].sel(depth=depth).where(keep.sel(depth=depth)).values   # w, lr, seed, t, l
+    change = f[..., -1, :] - f[..., 0, :]
+    for layer in range(depth):
+        want = np.nanmedian(change[..., layer])
+        assert float(got["table"]["Δ‖W‖_F (median)"][layer]) == pytest.approx(want, rel=1e-2)
+        moved = np.nanmedian(f[..., -1, layer] ** 2 - f[..., 0, layer] ** 2)
+        assert float(got["table"]["Δ‖W‖_F² / c_l"][layer]) == pytest.approx(moved, rel=1e-2)
+    assert set(got["spread_by_lr"]) == set(ds["lr"].values.tolist())
+    assert 0 <= got["spread_median"] <= 2 and got["moved"].dims[-1] == "layer"

@@ -216,3 +216,24 @@ def fig_ntk(ds: xr.Dataset, outcome: xr.DataArray, out: Path) -> Path:
             ax.set_title(f"{fits.slice_name(lab)}, {which} η₀ = {lr:.3g}", fontsize=8)
             ax.legend(fontsize=7)
     return _save(fig, out / "ntk.png")
+
+
+def fig_balance(moved: xr.DataArray, depth: int, out: Path) -> Path:
+    """Δ‖W_l‖_F²/c_l of every layer against the input layer's, one point per
+    network: on the diagonal when the layers stay balanced."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    x = moved.sel(layer=0).values.ravel()
+    lims = []
+    for layer in range(1, depth):
+        y = moved.sel(layer=layer).values.ravel()
+        ok = np.isfinite(x) & np.isfinite(y)
+        ax.scatter(x[ok], y[ok], s=6, alpha=0.5, label=f"layer {layer}", color=f"C{layer}")
+        lims += [x[ok], y[ok]]
+    both = np.concatenate(lims) if lims else np.zeros(1)
+    lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="equal")
+    ax.set_xlabel("Δ‖W_0‖_F² / c_0 (input layer)")
+    ax.set_ylabel("Δ‖W_l‖_F² / c_l")
+    ax.set_title(f"balance from init to the last step, depth {depth}", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, out / "balance.png")

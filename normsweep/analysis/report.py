@@ -23,10 +23,12 @@ import xarray as xr
 from normsweep import config as config_mod
 from normsweep import store
 from normsweep.analysis import fits, outcomes
-from normsweep.analysis.figures import (fig_comparison, fig_identity, fig_init, fig_ntk,
+from normsweep.analysis.figures import (fig_balance, fig_comparison, fig_identity, fig_init,
+                                        fig_ntk,
                                         fig_scaling, fig_sharpness, fig_stability,
                                         fig_trajectories)
-from normsweep.analysis.tables import (ci, fmt, identity_check, init_table, layer_multipliers,
+from normsweep.analysis.tables import (balance, ci, fmt, identity_check, init_table,
+                                       layer_multipliers,
                                        ntk_change, sharpness_table, well_trained_table)
 from normsweep.analysis.theory import FIRST_STEP, PREDICTIONS
 from normsweep.errors import GridError, RunError
@@ -98,9 +100,12 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
     check = identity_check(ds.where(keep), layer_multipliers(ds, cfg, param), wd)
     if check:
         figures.append(fig_identity(check, out))
+    moved = balance(ds, layer_multipliers(ds, cfg, param), keep)
+    if moved:
+        figures.append(fig_balance(moved["moved"], moved["depth"], out))
     if "sharpness" in ds:
         figures.append(fig_sharpness(ds, outcome, out))
-    text = render(ds, cfg, table, outcome, check, fit_accuracy, root, param)
+    text = render(ds, cfg, table, outcome, check, fit_accuracy, root, param, moved, wd)
     if ref_labels:
         text += "\n".join(_comparison_section(full, full_table, ref_labels))
         figures.append(fig_comparison(full, out))
@@ -145,7 +150,8 @@ def axes_note(grid) -> str:
             f"the sections from {ref('compare')} on compare all.")
 
 
-def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "standard") -> str:
+def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "standard",
+           moved: dict | None = None, wd: float = 0.0) -> str:
     g = cfg.grid
     counts = outcomes.counts(outcome)
     untrained = counts.pop(outcomes.UNTRAINED)
@@ -193,6 +199,8 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
               "width, one line per η (mean over seeds):", "",
               "![frob](trajectory_frob_norm.png)", "", "![spec](trajectory_spec_norm.png)", "",
               "![dist](trajectory_frob_dist.png)", ""]
+
+    lines += balance_section(moved or {}, param, wd)
 
     lines += [heading("iteration", "Per iteration"), ""]
     if check:
@@ -258,6 +266,30 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
               "The full table, with prefactors and counts, is in `fits.csv` and `fits.nc`.", ""]
     lines += regime_section(ds, table, fit_accuracy)
     return "\n".join(lines)
+
+
+def balance_section(moved: dict, param: str, wd: float) -> list[str]:
+    """The signed change of each layer's norm from init to the end, and the
+    balance the exact per-step identity implies (`tables.balance`)."""
+    if not moved:
+        return []
+    factor = "" if param == "standard" else " (c_l the per-layer rate factor)"
+    spread = "; ".join(f"η₀ {lr:.3g}: {fmt(v, 2)}" for lr, v in moved["spread_by_lr"].items())
+    expect = ("Summed over the steps, the exact per-step identity makes Δ‖W_l‖_F²/c_l the same "
+              "in every layer but for the η² terms η²Σ_t c_l‖∇_l L‖², which differ by layer: the "
+              "layers stay balanced at small η and drift apart as η grows" if wd == 0 else
+              "With weight decay λ > 0 the decay term differs by layer, so no balance is expected")
+    return [heading("balance", "How the norms move, signed"), "",
+            f"From init to the last step at depth {moved['depth']}, over the "
+            f"{moved['networks']} networks that fit or still train: the change of each layer's "
+            "norm Δ‖W_l‖_F (signed: the question asks how the norm changes; the scaling laws "
+            "below fit the size of the change ‖W(T) − W(0)‖ instead), relative to ‖W_l(0)‖_F, "
+            f"and Δ‖W_l‖_F²/c_l{factor} (medians).", "",
+            _md(moved["table"]), "",
+            f"{expect}. Per network, the spread of Δ‖W_l‖_F²/c_l across layers (max − min over "
+            f"the largest), median by learning rate: {spread}. Equal squared changes make the "
+            f"smallest layer grow most in relative terms: here layer {moved['grows_most']}.", "",
+            "![balance](balance.png)", ""]
 
 
 def regime_section(ds, table: pd.DataFrame, fit_accuracy: float) -> list[str]:

@@ -176,3 +176,42 @@ def ntk_change(ds: xr.Dataset, name: str = "ntk_max_eig") -> xr.DataArray:
 
 def ci(v, lo, hi) -> str:
     return "–" if not np.isfinite(v) else f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def balance(ds: xr.Dataset, mult: xr.DataArray | float, keep: xr.DataArray) -> dict:
+    """How the norms moved from init to the last step, signed, at the deepest
+    depth, over the networks `keep` selects: per layer the median change
+    Δ‖W_l‖_F, relative change Δ‖W_l‖_F/‖W_l(0)‖_F and Δ‖W_l‖_F²/c_l; and per
+    network the spread of Δ‖W_l‖_F²/c_l across layers (max − min over the
+    largest magnitude). Plain GD keeps Δ‖W_l‖²/c_l the same in every layer up
+    to the η² terms: ⟨W_l, ∇_l L⟩ is layer-independent for a bias-free ReLU
+    network. {} without networks."""
+    depth = int(ds["depth"].values[-1])
+    first, last = ds.isel(step=0), ds.isel(step=-1)
+    cell = dict(depth=depth)
+    f0 = first["frob_norm"].sel(cell).where(keep.sel(cell))
+    f1 = last["frob_norm"].sel(cell).where(keep.sel(cell))
+    c = mult.sel(cell) if isinstance(mult, xr.DataArray) else mult
+    moved = (f1**2 - f0**2) / c
+    layers = ds["layer"] < depth
+    moved = moved.where(layers)
+    if not np.isfinite(moved.values).any():
+        return {}
+    size = np.abs(moved).max("layer")
+    spread = ((moved.max("layer") - moved.min("layer")) / size).where(size > 0)
+    rows = []
+    for layer in range(depth):
+        sel = dict(layer=layer)
+        change = (f1 - f0).sel(sel)
+        rows.append({"layer": f"{layer} ({'input' if layer == 0 else 'readout' if layer == depth - 1 else 'hidden'})",
+                     "Δ‖W‖_F (median)": fmt(float(change.median())),
+                     "Δ‖W‖_F / ‖W(0)‖_F": fmt(float((change / f0.sel(sel)).median())),
+                     "Δ‖W‖_F² / c_l": fmt(float(moved.sel(sel).median()))})
+    rel = ((f1 - f0) / f0).where(layers).median([d for d in f0.dims if d != "layer"])
+    by_lr = spread.median([d for d in spread.dims if d != "lr"])
+    return {"table": pd.DataFrame(rows), "depth": depth,
+            "spread_by_lr": {float(lr): float(v) for lr, v in zip(by_lr["lr"].values, by_lr.values)},
+            "spread_median": float(spread.median()), "spread_p90": float(spread.quantile(0.9)),
+            "networks": int(np.isfinite(spread.values).sum()),
+            "grows_most": int(rel.fillna(-np.inf).argmax("layer")),
+            "moved": moved}
