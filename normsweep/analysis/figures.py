@@ -232,6 +232,9 @@ def fig_balance(moved: xr.DataArray, depth: int, out: Path) -> Path:
     both = np.concatenate(lims) if lims else np.zeros(1)
     lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="equal")
+    if lo > 0:          # all grew: the spread is a ratio
+        ax.set_xscale("log")
+        ax.set_yscale("log")
     ax.set_xlabel("Δ‖W_0‖_F² / c_0 (input layer)")
     ax.set_ylabel("Δ‖W_l‖_F² / c_l")
     ax.set_title(f"balance from init to the last step, depth {depth}", fontsize=9)
