@@ -69,6 +69,15 @@ def test_report_has_an_edge_of_stability_section(tmp_path):
     text = result.report.read_text()
     assert "Edge of stability" in text and "λ·η/2" in text
     assert (tmp_path / "eos" / "analysis" / "sharpness.png").stat().st_size > 1000
+    # the stability limit beside the sharpness at init, λ₀ the median over η and seeds
+    assert "η_max·λ₀" in text
+    import normsweep
+    from normsweep.analysis import outcomes, tables
+    ds = normsweep.open_sweep(tmp_path / "eos").load()
+    against = tables.stability_against_sharpness(ds, outcomes.classify(ds))
+    row = against[(against.width == 8) & (against.depth == 3)].iloc[0]
+    lam0 = float(np.median(ds["sharpness"].sel(width=8, depth=3).isel(step=0).values))
+    assert float(row["λ₀"]) == pytest.approx(lam0, rel=1e-2)
 
 
 def test_sharpness_is_preconditioned_by_the_lr_multipliers():

@@ -28,7 +28,7 @@ from normsweep.analysis.figures import (fig_balance, fig_comparison, fig_identit
                                         fig_scaling, fig_sharpness, fig_stability,
                                         fig_trajectories)
 from normsweep.analysis.tables import (balance, ci, fmt, identity_check, init_table,
-                                       layer_multipliers,
+                                       layer_multipliers, stability_against_sharpness,
                                        ntk_change, sharpness_table, well_trained_table)
 from normsweep.analysis.theory import FIRST_STEP, PREDICTIONS
 from normsweep.errors import GridError, RunError
@@ -246,6 +246,13 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
     st.columns = [f"depth {d}" for d in st.columns]
     lines += [_md(st.reset_index().rename(columns={"index": ""})), "",
               "![stability](stability.png)", ""]
+    against = stability_against_sharpness(ds, outcome)
+    if against is not None:
+        lines += ["Measured against the sharpness at init λ₀ (the top Hessian eigenvalue at "
+                  "W(0)): gradient descent is stable near a minimum while η·λ < 2, so the "
+                  "largest stable η and the next one of the grid should bracket 2 if the "
+                  "initial curvature sets the limit (the sharpness changes during training, and "
+                  "a softmax output can fail without diverging):", "", _md(against), ""]
 
     if "sharpness" in ds:
         lines += [heading("edge", "Edge of stability"), "",

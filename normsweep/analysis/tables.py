@@ -215,3 +215,27 @@ def balance(ds: xr.Dataset, mult: xr.DataArray | float, keep: xr.DataArray) -> d
             "networks": int(np.isfinite(spread.values).sum()),
             "grows_most": int(rel.fillna(-np.inf).argmax("layer")),
             "moved": moved}
+
+
+def stability_against_sharpness(ds: xr.Dataset, outcome: xr.DataArray) -> pd.DataFrame | None:
+    """Per (width, depth): the sharpness at init λ₀ (median over seeds and
+    η, all from the same initial weights per seed), η_max·λ₀ for the largest
+    stable η (`outcomes.largest_stable_lr`) and η'·λ₀ for the next larger η
+    of the grid. GD's stability threshold is λ < 2/η, so the classical
+    picture brackets 2 between the two; None without sharpness at step 0."""
+    if "sharpness" not in ds or not np.isfinite(ds["sharpness"].isel(step=0)).any():
+        return None
+    lam0 = ds["sharpness"].isel(step=0).median([d for d in ds["sharpness"].dims
+                                                 if d not in ("width", "depth", "step")])
+    stable = outcomes.largest_stable_lr(ds, outcome)
+    rows = []
+    for width in ds["width"].values:
+        etas = np.sort(ds["lr_effective"].sel(width=width).values)
+        for depth in ds["depth"].values:
+            lam = float(lam0.sel(width=width, depth=depth))
+            top = float(stable.sel(width=width, depth=depth))
+            larger = etas[etas > top] if np.isfinite(top) else etas[:1]
+            rows.append({"width": int(width), "depth": int(depth), "λ₀": fmt(lam),
+                         "η_max": fmt(top), "η_max·λ₀": fmt(top * lam),
+                         "next η·λ₀": fmt(float(larger[0]) * lam) if len(larger) else "–"})
+    return pd.DataFrame(rows)
