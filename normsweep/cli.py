@@ -64,7 +64,9 @@ class RichReporter:
         self.progress.advance(self.sweep, steps * self.per_step)
         self.counted += steps * self.per_step
 
-    def done(self, name: str) -> None:
+    def done(self, name: str, where: str = "") -> None:
+        if where:           # a Dask task: which worker, how long
+            self.progress.console.print(escape(f"  {name}: {where}"))
         # what the steps did not count (all of it for a cohort trained by Dask)
         self.progress.advance(self.sweep, max(self.work.get(name, 0.0) - self.counted, 0.0))
         self.counted = 0.0
@@ -136,9 +138,9 @@ class InterruptibleReporter(Reporter):
         self.interrupt.check()
         self.inner.advance(steps)
 
-    def done(self, name: str) -> None:
+    def done(self, name: str, where: str = "") -> None:
         self.interrupt.check()
-        self.inner.done(name)
+        self.inner.done(name, where)
 
     def warn(self, message: str) -> None:
         self.inner.warn(message)

@@ -112,14 +112,17 @@ def cohort_task(config_text: str, source: str, root: str, index: int, budget: in
         x, y = work.training_data(cfg)
         steps = plan.record_steps(cfg.train.steps, cfg.record.steps, cfg.record.log_points)
         diverged = work.run_cohort(cfg, Path(root), cohort, x, y, steps, budget, None)
+    import socket
     return {"cohort": cohort.name, "skipped": skipped, "diverged": diverged,
-            "seconds": time.perf_counter() - started, "pid": os.getpid()}
+            "seconds": time.perf_counter() - started, "pid": os.getpid(),
+            "host": socket.gethostname()}
 
 
 def run_dask(client, config, root: Path, cohorts: list, budget: int,
-             done: Callable[[str], None]) -> None:
+             done: Callable[..., None]) -> None:
     """Runs `cohorts` (a list of (index, cohort)) as tasks of `client`
-    (`connect`); returns when all are on disk."""
+    (`connect`); returns when all are on disk. `done(name, where)` as each
+    finishes, `where` naming the worker and its time."""
     from distributed import as_completed
 
     futures = [client.submit(cohort_task, config.text, config.source, str(root.resolve()),
@@ -127,4 +130,6 @@ def run_dask(client, config, root: Path, cohorts: list, budget: int,
                              pure=False, retries=2)
                for index, c in cohorts]
     for future in as_completed(futures):
-        done(future.result()["cohort"])
+        r = future.result()
+        what = "found on disk" if r["skipped"] else f"trained in {r['seconds']:.1f} s"
+        done(r["cohort"], f"{what} by worker {r['host']}:{r['pid']}")

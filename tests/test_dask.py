@@ -34,9 +34,18 @@ def same(a, b):
 def test_dask_run_equals_local_run_and_relaunch_skips(cluster, tiny_sweep, tmp_path):
     cfg = config.parse(TINY, source="tiny.toml")
     out = tmp_path / "dask"
-    summary = sweep.launch(cfg, out, scheduler=cluster.scheduler_address)
+    finished = []
+
+    class Record(sweep.Reporter):
+        def done(self, name, where=""):
+            finished.append((name, where))
+
+    summary = sweep.launch(cfg, out, scheduler=cluster.scheduler_address, reporter=Record())
     assert len(summary.trained) == 4
     same(out, tiny_sweep)
+    # each cohort reported as it finished, with the worker that trained it
+    assert sorted(n for n, _ in finished) == sorted(summary.trained)
+    assert all(w.startswith("trained in ") and " by worker " in w for _, w in finished)
     again = sweep.launch(cfg, out, scheduler=cluster.scheduler_address)
     assert again.trained == [] and len(again.skipped) == 4
 
