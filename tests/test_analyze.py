@@ -163,3 +163,28 @@ def test_balance_is_the_signed_change_of_each_layer(tiny_sweep):
         assert float(got["table"]["Δ‖W‖_F² / c_l"][layer]) == pytest.approx(moved, rel=1e-2)
     assert set(got["spread_by_lr"]) == set(ds["lr"].values.tolist())
     assert 0 <= got["spread_median"] <= 2 and got["moved"].dims[-1] == "layer"
+
+
+def test_stable_ranks_match_an_svd_of_the_stored_weights(tiny_sweep):
+    import numpy as np
+
+    import normsweep
+    from normsweep import config
+    ds = normsweep.open_sweep(tiny_sweep).load()
+    one = ds.isel(lr=[0], seed=[1])
+    keep = one["diverged_at"] < 0
+    cfg = config.parse(ds.attrs["config_toml"])
+    got = tables.stable_ranks(one, cfg, keep)
+    lr = float(ds["lr"].values[0])
+    for which, column in (("initial", "W(0)"), ("final", "W(T)")):
+        ws = normsweep.load_weights(tiny_sweep, width=24, depth=3, lr=lr, seed=1, which=which)
+        for layer, w in enumerate(ws):
+            s = np.linalg.svd(np.float64(w), compute_uv=False)
+            row = got[(got.width == 24) & (got.layer == layer)].iloc[0]
+            assert float(row[column]) == pytest.approx((s**2).sum() / s[0] ** 2, rel=2e-3)
+    w0 = normsweep.load_weights(tiny_sweep, width=24, depth=3, lr=lr, seed=1, which="initial")
+    w1 = normsweep.load_weights(tiny_sweep, width=24, depth=3, lr=lr, seed=1, which="final")
+    s = np.linalg.svd(np.float64(w1[1] - w0[1]), compute_uv=False)
+    row = got[(got.width == 24) & (got.layer == 1)].iloc[0]
+    assert float(row["W(T) − W(0)"]) == pytest.approx((s**2).sum() / s[0] ** 2, rel=2e-3)
+    assert float(row["theory W(0)"]) == pytest.approx(24 / 4, rel=0.2)     # m/4, finite-size

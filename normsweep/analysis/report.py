@@ -29,6 +29,7 @@ from normsweep.analysis.figures import (fig_balance, fig_comparison, fig_identit
                                         fig_trajectories)
 from normsweep.analysis.tables import (balance, ci, fmt, identity_check, init_table,
                                        layer_multipliers, stability_against_sharpness,
+                                       stable_ranks,
                                        ntk_change, sharpness_table, well_trained_table)
 from normsweep.analysis.theory import FIRST_STEP, PREDICTIONS
 from normsweep.errors import GridError, RunError
@@ -201,6 +202,13 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
               "![dist](trajectory_frob_dist.png)", ""]
 
     lines += balance_section(moved or {}, param, wd)
+    lines += [heading("spectra", "Spectra: stable ranks"), "",
+              "The stable rank ‖A‖_F²/‖A‖₂² of W at init (beside the random-matrix value: pq "
+              "over the finite-size squared edge, pq/(√p + √q)² in the limit), at the last step, and of the change W(T) − W(0), at depth "
+              f"{int(ds['depth'].values[-1])}, medians over the networks that fit or still "
+              "train. A change whose stable rank is a small number moved the weights along a "
+              "few directions, whatever the layer's size.", "",
+              _md(stable_ranks(ds, cfg, outcomes.usable(outcome))), ""]
 
     lines += [heading("iteration", "Per iteration"), ""]
     if check:

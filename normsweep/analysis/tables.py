@@ -239,3 +239,37 @@ def stability_against_sharpness(ds: xr.Dataset, outcome: xr.DataArray) -> pd.Dat
                          "η_max": fmt(top), "η_max·λ₀": fmt(top * lam),
                          "next η·λ₀": fmt(float(larger[0]) * lam) if len(larger) else "–"})
     return pd.DataFrame(rows)
+
+
+def stable_ranks(ds: xr.Dataset, cfg: config_mod.Config, keep: xr.DataArray) -> pd.DataFrame:
+    """The stable rank ‖A‖_F²/‖A‖₂² (a smooth count of the directions that
+    carry A's energy) of W at init and at the last step and of the change
+    W(T) − W(0), per layer of the deepest depth at every width: medians over
+    the networks `keep` selects, beside the random-matrix value of W(0):
+    pq over the finite-size squared spectral norm (`theory.spectral_finite`)
+    of a p×q matrix of i.i.d. unit entries, pq/(√p + √q)² in the limit (m/4
+    for a square one).
+    A stable rank of W − W(0) far below its shape's says the training moved
+    the weights along a few directions."""
+    depth = int(ds["depth"].values[-1])
+    first, last = ds.isel(step=0).sel(depth=depth), ds.isel(step=-1).sel(depth=depth)
+    kept = keep.sel(depth=depth)
+
+    def srank(frob, spec):
+        return (frob**2 / spec**2).where(kept)
+
+    init = srank(first["frob_norm"], first["spec_norm"])
+    end = srank(last["frob_norm"], last["spec_norm"])
+    moved = srank(last["frob_dist"], last["spec_dist"])
+    rows = []
+    for width in ds["width"].values:
+        dims = (cfg.data.d,) + (int(width),) * (depth - 1) + (cfg.data.k,)
+        for layer in range(depth):
+            p, q = dims[layer], dims[layer + 1]
+            cell = dict(width=width, layer=layer)
+            rows.append({"width": int(width), "layer": layer, "shape": f"{p}×{q}",
+                         "theory W(0)": fmt(p * q / theory.spectral_finite(p, q, 1.0) ** 2),
+                         "W(0)": fmt(float(init.sel(cell).median())),
+                         "W(T)": fmt(float(end.sel(cell).median())),
+                         "W(T) − W(0)": fmt(float(moved.sel(cell).median()))})
+    return pd.DataFrame(rows)
