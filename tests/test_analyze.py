@@ -188,3 +188,19 @@ def test_stable_ranks_match_an_svd_of_the_stored_weights(tiny_sweep):
     row = got[(got.width == 24) & (got.layer == 1)].iloc[0]
     assert float(row["W(T) − W(0)"]) == pytest.approx((s**2).sum() / s[0] ** 2, rel=2e-3)
     assert float(row["theory W(0)"]) == pytest.approx(24 / 4, rel=0.2)     # m/4, finite-size
+
+
+def test_first_fit_step_is_the_first_recorded_step_at_the_accuracy(tiny_sweep):
+    import numpy as np
+
+    import normsweep
+    ds = normsweep.open_sweep(tiny_sweep).load()
+    got = tables.first_fit_step(ds, 0.5).values
+    acc, steps = ds["accuracy"].values, ds["step"].values
+    want = np.full(acc.shape[:-1], np.nan)
+    for idx in np.ndindex(*acc.shape[:-1]):
+        hit = np.flatnonzero(acc[idx] >= 0.5)
+        if len(hit):
+            want[idx] = steps[hit[0]]
+    np.testing.assert_array_equal(got, want)
+    assert np.isfinite(want).any() and np.isnan(want).any()     # some fit, some never did

@@ -225,10 +225,11 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
 
     lines += [heading("trained", "Well-trained networks"), "",
               f"Criterion: training accuracy ≥ {fit_accuracy:g} at the last step. "
-              f"{counts[outcomes.FIT]} of {total} networks fit their random targets. Their final "
-              "norms (mean over the seeds that fit; layer 0 is the input layer, layer depth − 1 "
-              "the readout, the others hidden):", ""]
-    wt = well_trained_table(ds, outcome)
+              f"{counts[outcomes.FIT]} of {total} networks fit their random targets. The median "
+              "step at which they first fit, and their norms (mean over the seeds that fit; "
+              "‖W_l‖_F at the first fit → at the last step; layer 0 is the input layer, layer "
+              "depth − 1 the readout, the others hidden):", ""]
+    wt = well_trained_table(ds, outcome, fit_accuracy)
     lines += [_md(wt) if len(wt) else "_No network met the criterion: train longer or with a "
               "larger stable η._", ""]
     if cfg.model.output == "softmax":

@@ -143,9 +143,24 @@ def sharpness_table(ds: xr.Dataset, outcome: xr.DataArray) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def well_trained_table(ds: xr.Dataset, outcome: xr.DataArray) -> pd.DataFrame:
+def first_fit_step(ds: xr.Dataset, fit_accuracy: float) -> xr.DataArray:
+    """Per network, the first recorded step at which its training accuracy
+    reached `fit_accuracy` (NaN if it never did)."""
+    reached = ds["accuracy"] >= fit_accuracy
+    steps = ds["step"].broadcast_like(reached).where(reached)
+    return steps.min("step")
+
+
+def well_trained_table(ds: xr.Dataset, outcome: xr.DataArray,
+                       fit_accuracy: float = outcomes.FIT_ACCURACY) -> pd.DataFrame:
+    """Per (depth, width, η) with networks that fit: how many, the median
+    step at which they first fit, and each layer's mean norms at the last
+    step, with ‖W_l‖_F at the first fit beside it (how far the norms grow
+    once the data are fit)."""
     fit = outcome == outcomes.FIT
     last = ds.isel(step=-1)
+    t_fit = first_fit_step(ds, fit_accuracy)
+    at_fit = ds["frob_norm"].sel(step=t_fit.fillna(0).astype(int)).where(t_fit.notnull())
     rows = []
     for depth in ds["depth"].values:
         for width in ds["width"].values:
@@ -156,10 +171,13 @@ def well_trained_table(ds: xr.Dataset, outcome: xr.DataArray) -> pd.DataFrame:
                     continue
                 cell = last.sel(**sel).where(mask)
                 row = {"depth": int(depth), "width": int(width), "lr": f"{lr:.3g}",
-                       "networks fit": int(mask.sum())}
+                       "networks fit": int(mask.sum()),
+                       "first fit at step": fmt(float(t_fit.sel(**sel).where(mask).median()))}
                 for layer in range(int(ds["layer"].size)):
                     if layer < depth:
+                        then = fmt(float(at_fit.sel(**sel, layer=layer).where(mask).mean()))
                         frob = fmt(float(cell["frob_norm"].sel(layer=layer).mean()))
+                        frob = f"{then} → {frob}"
                         spec = fmt(float(cell["spec_norm"].sel(layer=layer).mean()))
                     else:
                         frob = spec = ""
