@@ -40,7 +40,10 @@ def test_analyze_writes_every_output(analyzed):
     table = pd.read_csv(out / "fits.csv")
     assert set(REQUIRED) <= set(table.columns)
     assert set(fits.METRICS) == set(table.metric)
-    assert len(table) == len(fits.METRICS) * (2 + 3)       # layers of depth 2 and depth 3
+    per_layer = len(fits.METRICS) - len(fits.NETWORK_METRICS)
+    assert len(table) == per_layer * (2 + 3) + len(fits.NETWORK_METRICS) * 2   # depths 2 and 3
+    whole = table[table.metric == "rel_param_dist"]
+    assert list(whole.layer) == [-1, -1] and set(whole.layer_role) == {"all"}
     with xr.open_dataset(out / "fits.nc") as ds:
         assert "width_exponent" in ds and ds.sizes["metric"] == len(fits.METRICS)
     assert "rel_frob_dist" in output and "width exponent" in output

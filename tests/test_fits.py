@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import xarray as xr
 import pytest
 
 from normsweep.analysis import fits, outcomes
@@ -124,3 +125,17 @@ def test_the_schedule_gaps_name_what_a_metric_lacks():
     assert fits.schedule_gaps(np.arange(40)) == []
     gaps = fits.schedule_gaps(np.array([0, 2, 5, 10, 20]))
     assert "first_update_spec" in gaps[0] and "missing [1, 3, 4, 6, 7, 8, 9]" in gaps[1]
+
+
+def test_the_whole_parameter_change_recovers_a_planted_law_in_trained_coordinates():
+    ds = planted(0.8, -0.5, seeds=5)
+    r = row(fits.fit_sweep(ds, boot=200), "rel_param_dist", -1)
+    assert r.layer_role == "all" and r.width_exponent == pytest.approx(-0.5, abs=0.1)
+    assert r.lr_exponent == pytest.approx(0.8, abs=0.1)
+    # θ_l = W_l/√c_l: the layers weigh by 1/c_l
+    mult = xr.DataArray([4.0, 1.0, 0.25], dims="layer")
+    got = fits.derived_metrics(ds, mult)["rel_param_dist"]
+    last, first = ds["frob_dist"].isel(step=-1), ds["frob_norm"].isel(step=0)
+    want = np.sqrt(sum(last.isel(layer=l) ** 2 / c for l, c in enumerate([4.0, 1.0, 0.25]))
+                   / sum(first.isel(layer=l) ** 2 / c for l, c in enumerate([4.0, 1.0, 0.25])))
+    np.testing.assert_allclose(got.values, want.values, rtol=1e-12)

@@ -26,6 +26,7 @@ import pandas as pd
 import xarray as xr
 
 from normsweep.analysis import outcomes
+from normsweep.errors import GridError
 
 EARLY_STEPS = 10
 # metrics read from the first steps only, by the last step each reads: a
@@ -38,7 +39,10 @@ METRICS = {
     "rel_spec_change": "(‖W(T)‖₂ − ‖W(0)‖₂) / ‖W(0)‖₂ (fitted on its magnitude)",
     "early_update_norm": f"mean ‖W(t) − W(t−1)‖_F over steps 1..{EARLY_STEPS}",
     "first_update_spec": "‖W(1) − W(0)‖₂, the spectral size of the first step",
+    "rel_param_dist": "‖θ(T) − θ(0)‖ / ‖θ(0)‖, every weight together, in the trained "
+                      "coordinates θ_l = W_l/√c_l (Lee et al. 2019; one fit per depth, layer −1)",
 }
+NETWORK_METRICS = ("rel_param_dist",)       # one value per network, not per layer
 EXTRA_DIMS = ("parametrization", "weight_decay")
 COLUMNS = ["metric", "layer", "depth", "layer_role", "lr_exponent", "lr_exponent_lo",
            "lr_exponent_hi", "width_exponent", "width_exponent_lo", "width_exponent_hi",
@@ -46,7 +50,25 @@ COLUMNS = ["metric", "layer", "depth", "layer_role", "lr_exponent", "lr_exponent
 
 
 def layer_role(layer: int, depth: int) -> str:
+    if layer < 0:
+        return "all"
     return "input" if layer == 0 else "readout" if layer == depth - 1 else "hidden"
+
+
+def slice_multipliers(ds: xr.Dataset) -> xr.DataArray | float:
+    """The rate factors c_l of the slice `ds` (one parametrization), from the
+    grid in its `config_toml`; 1 for the standard parametrization or a
+    dataset without one."""
+    from normsweep import config as config_mod
+    from normsweep.analysis import tables
+
+    try:
+        cfg = config_mod.parse(ds.attrs["config_toml"])
+    except (KeyError, GridError):
+        return 1.0
+    param = str(ds["parametrization"].item()) if "parametrization" in ds.coords \
+        and ds["parametrization"].size == 1 else cfg.model.parametrization
+    return 1.0 if param == "standard" else tables.layer_multipliers(ds, cfg, param)
 
 
 def extra_dims(ds: xr.Dataset) -> list[str]:
@@ -79,8 +101,11 @@ def slice_name(labels: dict) -> str:
                      for k, v in labels.items()) or "all"
 
 
-def derived_metrics(ds: xr.Dataset) -> xr.Dataset:
-    """The fitted quantities, dims (width, depth, lr, seed, layer), at the last step."""
+def derived_metrics(ds: xr.Dataset, mult: xr.DataArray | float = 1.0) -> xr.Dataset:
+    """The fitted quantities, dims (width, depth, lr, seed, layer) at the last
+    step; `NETWORK_METRICS` without the layer. `mult`: the per-layer rate
+    factors c_l (width, depth, layer), which set the trained coordinates
+    θ_l = W_l/√c_l of `rel_param_dist` (1: the weights themselves)."""
     first, last = ds.isel(step=0), ds.isel(step=-1)
     early = ds["update_norm"].sel(step=slice(1, EARLY_STEPS))
     extra = {}
@@ -93,6 +118,8 @@ def derived_metrics(ds: xr.Dataset) -> xr.Dataset:
         "rel_frob_change": (last["frob_norm"] - first["frob_norm"]) / first["frob_norm"],
         "rel_spec_change": (last["spec_norm"] - first["spec_norm"]) / first["spec_norm"],
         "early_update_norm": early.mean("step"),
+        "rel_param_dist": np.sqrt((last["frob_dist"] ** 2 / mult).sum("layer")
+                                  / (first["frob_norm"] ** 2 / mult).sum("layer")),
     })
 
 
@@ -221,18 +248,19 @@ def chosen_networks(ds: xr.Dataset, outcome: xr.DataArray) -> dict:
 
 def _fit_slice(ds: xr.Dataset, boot: int, seed: int, fit_accuracy: float) -> pd.DataFrame:
     outcome = outcomes.classify(ds, fit_accuracy)
-    derived = derived_metrics(ds)
+    derived = derived_metrics(ds, slice_multipliers(ds))
     lr_eff = ds["lr_effective"].transpose("lr", "width").values
     chosen = chosen_networks(ds, outcome)
     rows = []
     rng = np.random.default_rng(seed)
     for depth in ds["depth"].values:
-        for layer in range(int(depth)):
+        for layer in [-1] + list(range(int(depth))):
             for metric in METRICS:
-                if metric not in derived:
+                if metric not in derived or (layer < 0) != (metric in NETWORK_METRICS):
                     continue
                 keep, div, fail = chosen[metric]
-                da = derived[metric].where(keep).sel(depth=depth, layer=layer)
+                da = derived[metric].where(keep).sel(depth=depth)
+                da = da if layer < 0 else da.sel(layer=layer)
                 values = da.transpose("lr", "width", "seed").values
                 sign = float(np.sign(np.nanmedian(values))) if np.isfinite(values).any() else 0.0
                 fit = fit_power_law(np.abs(values), lr_eff, ds["width"].values, boot=boot, rng=rng)

@@ -505,7 +505,7 @@ def _comparison_section(ds: xr.Dataset, table: pd.DataFrame, ref_labels: dict) -
                       + "; ".join(theory_parts) + "." if theory_parts else
                       f"No theory is shown for width_exponent = {p:g}."))
     return ["", heading("compare", "Parametrizations and weight decay side by side"), "",
-            f"Sections {ref('init')}–{ref('scaling')} describe the slice "
+            f"Sections {ref('init')}–{ref('regimes')} describe the slice "
             f"{fits.slice_name(ref_labels)}. Width exponents b "
             "of metric ≈ C·η^a·m^b per slice (95% bootstrap intervals); the η exponents and "
             "prefactors are in fits.csv.", "", _md(pd.DataFrame(rows)), "", mup, "",

@@ -43,7 +43,8 @@ def spectral_finite(p: int, q: int, s2: float) -> float:
 # by (parametrization, lr width_exponent) of the sweep: the lazy (NTK) regime
 # reached by the standard parametrization with η ∝ 1/m or by the NTK one at
 # fixed η, and μP's spectral condition (‖ΔW_l‖₂ ∝ ‖W_l‖₂ in every layer)
-LAZY = {("rel_frob_dist", "hidden"): -1.0, ("rel_spec_dist", "hidden"): -0.5,
+LAZY = {("rel_param_dist", "all"): -0.5,      # Lee et al. 2019: every weight, 1/√width
+        ("rel_frob_dist", "hidden"): -1.0, ("rel_spec_dist", "hidden"): -0.5,
         ("rel_frob_dist", "input"): -1.5, ("rel_spec_dist", "input"): -1.5,
         ("rel_frob_dist", "readout"): -0.5, ("rel_spec_dist", "readout"): -0.5}
 
