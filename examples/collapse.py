@@ -3,7 +3,8 @@
     python examples/collapse.py results/quickstart --depth 3 --layer 1
 
 If the scaling law holds, the rescaled curves of all widths and learning
-rates fall on one curve.
+rates fall on one curve. An exponent the sweep cannot identify (one width,
+or one learning rate) is taken as 0: no rescaling along that axis.
 """
 import argparse
 
@@ -11,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import xarray as xr
 
 from normsweep.analysis import fits, outcomes
@@ -28,7 +30,9 @@ table = fits.fit_sweep(ds.sel(depth=[depth]), boot=50)
 row = table[(table.metric == "rel_frob_dist") & (table.layer == args.layer)].iloc[0]
 keep = outcomes.classify(ds).isin([outcomes.FIT, outcomes.TRAINING])
 rel = (ds.frob_dist / ds.frob_norm.isel(step=0)).where(keep).sel(depth=depth, layer=args.layer)
-law = ds.lr_effective ** row.lr_exponent * ds.width ** row.width_exponent
+ea = row.lr_exponent if np.isfinite(row.lr_exponent) else 0.0
+eb = row.width_exponent if np.isfinite(row.width_exponent) else 0.0
+law = ds.lr_effective ** ea * ds.width ** eb
 scaled = (rel / law).mean("seed").isel(step=slice(1, None))
 fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
 for width in ds.width.values:
@@ -37,7 +41,7 @@ for width in ds.width.values:
         b.plot(scaled.step, scaled.sel(width=width, lr=lr), lw=0.8)
 a.set(xscale="log", yscale="log", xlabel="step", ylabel="‖W(t) − W(0)‖_F / ‖W(0)‖_F", title="raw")
 b.set(xscale="log", yscale="log", xlabel="step",
-      ylabel=f"rescaled by η^{row.lr_exponent:.2f}·m^{row.width_exponent:.2f}", title="collapsed")
+      ylabel=f"rescaled by η^{ea:.2f}·m^{eb:.2f}", title="collapsed")
 fig.tight_layout()
 fig.savefig(args.out, dpi=100)
 print(args.out)

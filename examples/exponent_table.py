@@ -1,4 +1,7 @@
-"""The fitted exponents of one metric, as a table (layer × depth).
+"""The fitted exponents of one metric, as tables (layer × depth): the
+width exponent b and the η exponent a. An exponent the sweep cannot
+identify (one width, one learning rate, or η tied to width) is shown as
+"–", with the reason.
 
     python examples/exponent_table.py results/seed --metric rel_spec_dist
 
@@ -20,7 +23,16 @@ args = p.parse_args()
 ds = xr.open_dataset(f"{args.dir}/sweep.nc").load()
 table = fits.fit_sweep(ds, boot=args.boot)
 t = table[table.metric == args.metric]
-t = t.assign(b=[f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]" for v, lo, hi in
-                zip(t.width_exponent, t.width_exponent_lo, t.width_exponent_hi)])
-print(f"{args.metric} ≈ C·η^a·m^b; width exponent b with 95% interval:")
-print(t.pivot(index="layer", columns="depth", values="b").fillna("").to_string())
+
+
+def ci(v, lo, hi):
+    return "–" if v != v else f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+t = t.assign(b=[ci(*v) for v in zip(t.width_exponent, t.width_exponent_lo, t.width_exponent_hi)],
+             a=[ci(*v) for v in zip(t.lr_exponent, t.lr_exponent_lo, t.lr_exponent_hi)])
+print(f"{args.metric} ≈ C·η^a·m^b, with 95% intervals ({ds.sizes['width']} widths, "
+      f"{ds.sizes['lr']} learning rates; fitted: {', '.join(sorted(set(t.fitted)))})")
+for name, label in (("b", "width exponent b"), ("a", "η exponent a")):
+    print(f"\n{label}:")
+    print(t.pivot(index="layer", columns="depth", values=name).fillna("").to_string())

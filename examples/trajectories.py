@@ -24,7 +24,9 @@ ds = xr.open_dataset(f"{args.dir}/sweep.nc")
 depth = args.depth if args.depth is not None else int(ds.depth.max())
 da = ds[args.var].sel(depth=depth, layer=args.layer).isel(step=slice(1, None))
 mean, sd = da.mean("seed"), da.std("seed")
-fig, axes = plt.subplots(1, ds.sizes["width"], figsize=(3.2 * ds.sizes["width"], 3), sharey=True)
+fig, axes = plt.subplots(1, ds.sizes["width"], figsize=(3.2 * ds.sizes["width"], 3), sharey=True,
+                         squeeze=False)
+axes = axes[0]
 for ax, width in zip(axes, ds.width.values):
     for lr in ds.lr.values:
         m, s = mean.sel(width=width, lr=lr), sd.sel(width=width, lr=lr)

@@ -115,21 +115,34 @@ def test_a_stuck_network_is_failed_even_when_its_loss_fell():
     assert out.values[0] == outcomes.FAILED and out.values[1] == outcomes.TRAINING
 
 
+@pytest.fixture(scope="module")
+def one_width_sweep(tmp_path_factory):
+    """A sweep with one width: the degenerate case of every width-exponent fit."""
+    from normsweep import config, sweep
+    root = tmp_path_factory.mktemp("onew") / "onew"
+    sweep.launch(config.parse(TINY, overrides=["grid.width=16", "train.steps=12"]), root)
+    return root
+
+
+@pytest.mark.parametrize("one_width", [False, True], ids=["tiny", "one-width"])
 @pytest.mark.parametrize("script,args", [
     ("trajectories.py", ["--depth", "3", "--layer", "1"]),
     ("init_vs_theory.py", []),
     ("exponent_table.py", ["--boot", "20"]),
     ("collapse.py", ["--depth", "3", "--layer", "1"]),
 ])
-def test_example_scripts_run(tiny_sweep, tmp_path, script, args):
+def test_example_scripts_run(request, tmp_path, script, args, one_width):
+    sweep_dir = request.getfixturevalue("one_width_sweep" if one_width else "tiny_sweep")
     out = tmp_path / "fig.png"
-    cmd = [sys.executable, str(ROOT / "examples" / script), str(tiny_sweep), *args]
+    cmd = [sys.executable, str(ROOT / "examples" / script), str(sweep_dir), *args]
     if script != "exponent_table.py":
         cmd += ["--out", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     if script == "exponent_table.py":
-        assert "width exponent b" in result.stdout
+        assert "width exponent b" in result.stdout and "η exponent a" in result.stdout
+        assert ("–" in result.stdout) == one_width     # no width exponent from one width
+        assert "nan" not in result.stdout.lower()
     else:
         assert out.stat().st_size > 1000
 
@@ -207,3 +220,15 @@ def test_first_fit_step_is_the_first_recorded_step_at_the_accuracy(tiny_sweep):
             want[idx] = steps[hit[0]]
     np.testing.assert_array_equal(got, want)
     assert np.isfinite(want).any() and np.isnan(want).any()     # some fit, some never did
+
+
+def test_a_one_width_sweep_gets_no_plot_against_width(one_width_sweep, tmp_path):
+    import shutil
+
+    import normsweep
+    root = tmp_path / "onew"
+    shutil.copytree(one_width_sweep, root)
+    result = normsweep.analyze(root, boot=20)
+    assert not (root / "analysis" / "scaling_rel_frob_dist.png").exists()
+    assert "One width: no width exponent is identified" in result.report.read_text()
+    assert all(p.exists() for p in result.figures)

@@ -95,7 +95,9 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
         raise store.write_failure(out / "fits.csv", err) from None
     store.write_netcdf(out / "fits.nc", fits.to_dataset(full_table))
     figures = [fig_init(ds, cfg, out), *fig_trajectories(ds, out),
-               fig_scaling(ds, table, out, keep), fig_stability(ds, outcome, out)]
+               fig_stability(ds, outcome, out)]
+    if ds.sizes["width"] > 1:          # one width: nothing to plot against width
+        figures.append(fig_scaling(ds, table, out, keep))
     # networks that fit or still train: a failed one can blow its norms up to
     # where ‖W‖² itself overflows, which says nothing about the identity
     check = identity_check(ds.where(keep), layer_multipliers(ds, cfg, param), wd)
@@ -278,8 +280,10 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
                                     "rel_spec_change"])]
     lines += [_md(_exponents(main)), ""]
     lines += lazy_section(table, cfg, param)
-    lines += ["![scaling](scaling_rel_frob_dist.png)", "",
-              "The full table, with prefactors and counts, is in `fits.csv` and `fits.nc`.", ""]
+    lines += (["![scaling](scaling_rel_frob_dist.png)", ""] if ds.sizes["width"] > 1 else
+              ["One width: no width exponent is identified and nothing is plotted against "
+               "width; the η exponents above are fitted at that width.", ""])
+    lines += ["The full table, with prefactors and counts, is in `fits.csv` and `fits.nc`.", ""]
     lines += regime_section(ds, table, fit_accuracy)
     return "\n".join(lines)
 
