@@ -139,3 +139,25 @@ def test_the_whole_parameter_change_recovers_a_planted_law_in_trained_coordinate
     want = np.sqrt(sum(last.isel(layer=l) ** 2 / c for l, c in enumerate([4.0, 1.0, 0.25]))
                    / sum(first.isel(layer=l) ** 2 / c for l, c in enumerate([4.0, 1.0, 0.25])))
     np.testing.assert_allclose(got.values, want.values, rtol=1e-12)
+
+
+def test_a_planted_depth_exponent_is_recovered():
+    covered = 0
+    for rng in range(20):
+        g = np.random.default_rng(rng)
+        depth = np.array([2, 3, 4, 5])
+        cells = np.exp(g.normal(size=(6, 1, 1)))          # a prefactor per (η, m) cell
+        y = cells * depth[None, :, None] ** 0.7 * np.exp(0.05 * g.normal(size=(6, 4, 3)))
+        c, lo, hi, n = fits.common_slope(y, depth)
+        assert n == 72 and c == pytest.approx(0.7, abs=0.08)
+        covered += lo <= 0.7 <= hi
+    assert covered >= 17, covered
+
+
+def test_depth_exponents_need_two_depths(tiny_sweep):
+    import normsweep
+    ds = normsweep.open_sweep(tiny_sweep).load()
+    table = fits.depth_exponents(ds)
+    assert set(table.layer_role) == {"input", "readout", "all"}
+    assert (table.n > 0).all() and np.isfinite(table.depth_exponent).all()
+    assert len(fits.depth_exponents(ds.sel(depth=[3]))) == 0

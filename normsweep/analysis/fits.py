@@ -395,3 +395,59 @@ def schedule_gaps(steps: np.ndarray) -> list[str]:
         gaps.append(f"early_update_norm (averages {EARLY_STEPS - len(missing)} of steps "
                     f"1..{EARLY_STEPS}; missing {missing})")
     return gaps
+
+
+def common_slope(y: np.ndarray, x: np.ndarray) -> tuple[float, float, float, int]:
+    """log y = c_g + e·log x, one intercept per group g (the leading axes of
+    `y`, groups × points along x × seeds flattened last two) and one slope e:
+    (e, 95% interval, points used). NaN, ≤ 0 or inf values left out; groups
+    with fewer than two distinct x left out."""
+    from scipy import stats
+
+    y = np.asarray(y, np.float64)
+    xs, ys = [], []
+    for g in range(y.shape[0]):
+        xv = np.broadcast_to(np.log(np.asarray(x, np.float64))[:, None], y[g].shape)
+        ok = np.isfinite(y[g]) & (y[g] > 0)
+        if len(np.unique(xv[ok])) < 2:
+            continue
+        lx, ly = xv[ok], np.log(y[g][ok])
+        xs.append(lx - lx.mean())
+        ys.append(ly - ly.mean())
+    n = sum(len(v) for v in xs)
+    dof = n - len(xs) - 1
+    if not xs or dof < 1:
+        return np.nan, np.nan, np.nan, n
+    xc, yc = np.concatenate(xs), np.concatenate(ys)
+    slope = float(xc @ yc / (xc @ xc))
+    resid = yc - slope * xc
+    half = stats.t.ppf(0.975, dof) * np.sqrt(resid @ resid / dof / (xc @ xc))
+    return slope, slope - half, slope + half, n
+
+
+def depth_exponents(ds: xr.Dataset, fit_accuracy: float = outcomes.FIT_ACCURACY) -> pd.DataFrame:
+    """With two depths or more: metric ≈ C(η, m)·L^c for the layers every
+    depth has (input and readout), each (η, m) cell its own prefactor and
+    one depth exponent c (`common_slope`), for the last-step and early
+    metrics of `fit_sweep`. Empty with one depth."""
+    if ds.sizes["depth"] < 2:
+        return pd.DataFrame(columns=["metric", "layer_role", "depth_exponent", "lo", "hi", "n"])
+    outcome = outcomes.classify(ds, fit_accuracy)
+    derived = derived_metrics(ds, slice_multipliers(ds))
+    chosen = chosen_networks(ds, outcome)
+    rows = []
+    for metric in ("rel_frob_dist", "rel_spec_dist", "early_update_norm", "rel_param_dist"):
+        keep = chosen[metric][0]
+        for role in (["all"] if metric in NETWORK_METRICS else ["input", "readout"]):
+            da = derived[metric].where(keep)
+            if role == "input":
+                da = da.sel(layer=0)
+            elif role == "readout":     # layer depth − 1 of each depth
+                da = xr.concat([da.sel(depth=[L], layer=int(L) - 1, drop=False)
+                                .drop_vars("layer") for L in ds["depth"].values], "depth")
+            y = np.abs(da.transpose("lr", "width", "depth", "seed").values)
+            y = y.reshape((-1,) + y.shape[2:])             # (η, m) cells × depth × seed
+            c, lo, hi, n = common_slope(y, ds["depth"].values)
+            rows.append({"metric": metric, "layer_role": role, "depth_exponent": c,
+                         "lo": lo, "hi": hi, "n": n})
+    return pd.DataFrame(rows)

@@ -352,6 +352,15 @@ def regime_section(ds, table: pd.DataFrame, fit_accuracy: float) -> list[str]:
                                            f"{r.n}" for _, r in thin.head(6).iterrows())
                   + (", …" if len(thin) > 6 else "") + "); their r² and intervals say little.",
                   ""]
+    by_depth = fits.depth_exponents(ds, fit_accuracy)
+    if len(by_depth):
+        lines += ["Depth: metric ≈ C(η, m)·L^c for the layers every depth has, each (η, m) cell "
+                  "its own prefactor and one depth exponent c (least squares, 95% interval):",
+                  "", _md(pd.DataFrame({
+                      "metric": by_depth.metric, "layer": by_depth.layer_role,
+                      "depth exponent c": [ci(*v) for v in zip(by_depth.depth_exponent,
+                                                               by_depth.lo, by_depth.hi)],
+                      "n": by_depth.n})), ""]
     gaps = fits.schedule_gaps(ds["step"].values)
     if gaps:
         lines += ["**Record schedule:** " + "; ".join(gaps) + ". Record more of the first "
