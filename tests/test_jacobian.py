@@ -27,3 +27,24 @@ def test_jacobian_norms_match_dense_jacobian(output):
         assert jacs.shape == (12, 3, 5)
         assert frob[step] == pytest.approx(np.mean(np.linalg.norm(jacs, axis=(1, 2))), rel=1e-4)
         assert spec[step] == pytest.approx(np.mean(np.linalg.norm(jacs, 2, axis=(1, 2))), rel=1e-4)
+
+
+def test_report_sets_the_jacobian_beside_its_bound_and_he_prediction(tmp_path):
+    import normsweep
+    from normsweep import config, sweep
+    from normsweep.analysis import tables
+    text = ('name = "jac"\n[data]\nn = 64\nd = 8\nk = 4\n[model]\noutput = "linear"\n'
+            '[train]\nsteps = 6\n[record]\njacobian_norm = 3\n[grid]\nwidth = [32]\n'
+            'depth = [3]\nlr = [0.01]\nseed = [0, 1, 2, 3, 4, 5]\n')
+    cfg = config.parse(text)
+    sweep.launch(cfg, tmp_path / "jac")
+    ds = normsweep.open_sweep(tmp_path / "jac").load()
+    row = tables.jacobian_table(ds, cfg).iloc[0]
+    assert float(row["‖J‖_F at init"]) == pytest.approx(8 ** 0.5, rel=0.25)   # √(2k), k = 4
+    assert float(row["‖J‖₂ at init"]) <= float(row["bound at init"])
+    assert float(row["‖J‖₂ at end"]) <= float(row["bound at end"])
+    # the bound is the product of the recorded spectral norms
+    prod = ds["spec_norm"].isel(step=0, depth=0, width=0).sel(layer=[0, 1, 2]).prod("layer")
+    assert float(row["bound at init"]) == pytest.approx(float(prod.median()), rel=1e-2)
+    text = normsweep.analyze(tmp_path / "jac", boot=20).report.read_text()
+    assert "The input–output Jacobian" in text and "√(2k)" in text

@@ -29,7 +29,7 @@ from normsweep.analysis.figures import (fig_balance, fig_comparison, fig_identit
                                         fig_trajectories)
 from normsweep.analysis.tables import (balance, ci, fmt, identity_check, init_table,
                                        layer_multipliers, stability_against_sharpness,
-                                       stable_ranks,
+                                       stable_ranks, jacobian_table,
                                        ntk_change, sharpness_table, well_trained_table)
 from normsweep.analysis.theory import FIRST_STEP, PREDICTIONS
 from normsweep.errors import GridError, RunError
@@ -211,6 +211,18 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
               "train. A change whose stable rank is a small number moved the weights along a "
               "few directions, whatever the layer's size.", "",
               _md(stable_ranks(ds, cfg, outcomes.usable(outcome))), ""]
+
+    jac = jacobian_table(ds, cfg)
+    if jac is not None:
+        output = ("softmax output F: the bound is ½Π_l‖W_l‖₂, as ‖diag(s) − ssᵀ‖₂ ≤ ½"
+                  if cfg.model.output == "softmax" else
+                  "the logits: the bound is Π_l‖W_l‖₂, and at He init E‖J‖_F² ≈ 2k, so "
+                  "‖J‖_F ≈ √(2k)")
+        lines += [heading("jacobian", "The input–output Jacobian"), "",
+                  "The mean over the data of ‖∂F(x_i)/∂x_i‖ (the question's motivation: how "
+                  f"the weight norms bound the network's sensitivity), for the {output}. "
+                  "Medians over seeds and η; the end is each network's last measurement:", "",
+                  _md(jac), ""]
 
     lines += [heading("iteration", "Per iteration"), ""]
     if check:

@@ -291,3 +291,36 @@ def stable_ranks(ds: xr.Dataset, cfg: config_mod.Config, keep: xr.DataArray) -> 
                          "W(T)": fmt(float(end.sel(cell).median())),
                          "W(T) − W(0)": fmt(float(moved.sel(cell).median()))})
     return pd.DataFrame(rows)
+
+
+def jacobian_table(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame | None:
+    """Per (width, depth), medians over seeds and η of the input–output
+    Jacobian's norms at init and at the last step (where measured) beside
+    what bounds or predicts them: ‖J‖₂ ≤ Π_l ‖W_l‖₂ for the logits (ReLU
+    masks have norm ≤ 1), half that for a softmax output (‖diag(s) − ssᵀ‖₂
+    ≤ ½); and for the logits at He init E‖J‖_F² ≈ 2k (each layer keeps the
+    squared norm, the readout maps it to 2k/m per unit), so ‖J‖_F ≈ √(2k).
+    None when the sweep did not record the Jacobian."""
+    if "jacobian_frob_norm" not in ds:
+        return None
+    softmax = cfg.model.output == "softmax"
+    rows = []
+    for width in ds["width"].values:
+        for depth in ds["depth"].values:
+            cell = ds.sel(width=width, depth=depth)
+            bound = cell["spec_norm"].sel(layer=slice(0, int(depth) - 1)).prod("layer")
+            bound = bound * (0.5 if softmax else 1.0)
+            frob = last_measured(cell["jacobian_frob_norm"].where(cell["diverged_at"] < 0))
+            spec = last_measured(cell["jacobian_spec_norm"].where(cell["diverged_at"] < 0))
+            b_end = bound.isel(step=-1).where(cell["diverged_at"] < 0)
+            row = {"width": int(width), "depth": int(depth),
+                   "‖J‖_F at init": fmt(float(cell["jacobian_frob_norm"].isel(step=0).median())),
+                   "‖J‖₂ at init": fmt(float(cell["jacobian_spec_norm"].isel(step=0).median())),
+                   "bound at init": fmt(float(bound.isel(step=0).median())),
+                   "‖J‖_F at end": fmt(float(frob.median())),
+                   "‖J‖₂ at end": fmt(float(spec.median())),
+                   "bound at end": fmt(float(b_end.median()))}
+            if not softmax:
+                row["√(2k)"] = fmt((2 * cfg.data.k) ** 0.5)
+            rows.append(row)
+    return pd.DataFrame(rows)
