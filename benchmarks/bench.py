@@ -226,7 +226,8 @@ def compile_ahead_grid(widths, depths, n, steps) -> str:
             'lr = [0.001, 0.002, 0.005, 0.01]\nseed = [0, 1]\n')
 
 
-PARTS = ("table", "precision", "record", "compilations", "memory", "ahead", "compile", "profile",
+PARTS = ("table", "precision", "record", "compilations", "memory", "ahead", "sweep", "compile",
+         "profile",
          "long")
 
 
@@ -260,12 +261,14 @@ def segment_group(stack: tuple[str, ...]) -> str:
 PRESETS = {
     "smoke": dict(n=64, matmul=256, widths=[32], steps={32: 20}, seeds=[2], repeat=3,
                   ahead=([8, 12], [2], 32, 5), compile=(32, 2, 20, [{"trace": True, "again": True}]),
-                  profile=[(32, 2, 6)], long=[(32, 60)]),
+                  profile=[(32, 2, 6)], long=[(32, 60)],
+                  sweep=("smoke", compile_ahead_grid([8, 12], [2], 32, 5))),
     "cpu": dict(n=1024, matmul=1024, widths=[64, 256, 512, 1024],
                 steps={64: 400, 256: 400, 512: 120, 1024: 40}, seeds=[2], repeat=10,
                 ahead=([64, 128, 256], [2, 3], 1024, 100),
                 compile=(256, 2, 400, [{}, {"unroll": 1}]), profile=[(256, 2, 100), (1024, 2, 24)],
-                long=[(256, 2000), (512, 1000), (1024, 400)]),
+                long=[(256, 2000), (512, 1000), (1024, 400)],
+                sweep=("quickstart", "sweeps/quickstart.toml")),
     # a GPU is launch-bound on 8 small networks: 64 networks per cohort as well
     # (4 η × 16 seeds), and enough steps that a cohort runs for about a second
     "gpu": dict(n=1024, matmul=8192, widths=[64, 256, 1024, 2048],
@@ -278,7 +281,8 @@ PRESETS = {
                 compile=(1024, 2, 100, [
                     {"trace": True, "again": True},
                     {"env": {"JAX_THREEFRY_GPU_KERNEL_LOWERING": "1"}},
-                    {"unroll": 1}]), profile=[(1024, 16, 100)], long=[(1024, 4000)])
+                    {"unroll": 1}]), profile=[(1024, 16, 100)], long=[(1024, 4000)],
+                sweep=("seed", "sweeps/seed.toml"))
 }
 
 
@@ -458,6 +462,27 @@ def main():
               f"cohort as it starts, {ahead:.1f} s compiling the next ones while one trains "
               f"(×{alone / ahead:.2f})")
 
+    def part_sweep():
+        # a whole launch in a fresh process (cache off), split by the wall
+        # times each cohort file records: how much of it was training
+        name, grid = cfg["sweep"]
+        if grid.endswith(".toml"):          # a file of the repository's
+            with open(os.path.join(os.path.dirname(__file__), "..", grid)) as f:
+                grid = f.read()
+        with tempfile.TemporaryDirectory() as tmp:
+            wall = launch_seconds(grid, f"{tmp}/sweep", "default", cache=smoke)
+            import xarray as xr
+            with xr.open_dataset(f"{tmp}/sweep/sweep.nc") as ds:
+                train_s = float(ds["train_seconds"].sum())
+                compile_s = float(ds["compile_seconds"].sum())
+                cohorts = int(ds["train_seconds"].notnull().sum())
+        res["sweep"] = {"grid": name, "cohorts": cohorts, "wall_s": wall, "train_s": train_s,
+                        "compile_s": compile_s, "training_share": train_s / wall}
+        print(f"launch of {name} ({cohorts} cohorts), no compilation cache: {wall:.1f} s wall, "
+              f"{train_s:.1f} s training ({train_s / wall:.0%}; records included), "
+              f"{compile_s:.1f} s compiling (ahead of training where it overlapped), the rest "
+              "waiting for compilations, writing and combining")
+
     def part_compile():
         # a cohort's compilation alone, then its first and second runs, in
         # fresh processes, under each set of XLA flags
@@ -543,7 +568,7 @@ def main():
 
     run = {"table": part_table, "precision": part_precision, "record": part_record,
            "compilations": part_compilations, "memory": part_memory, "ahead": part_ahead,
-           "compile": part_compile, "profile": part_profile, "long": part_long}
+           "compile": part_compile, "sweep": part_sweep, "profile": part_profile, "long": part_long}
     save()
     for part in parts:     # in the order asked for; each part's figures saved as it ends
         run[part]()

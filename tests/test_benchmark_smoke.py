@@ -20,6 +20,9 @@ def test_benchmark_smoke(tmp_path):
     assert figures["compilations_for_3_lr_cohorts"] == 2     # init and segment, once
     assert set(figures["compile_split"][0]["programs"]) == {"init", "segment"}
     assert figures["compile_ahead"]["seconds_with"] > 0 and figures["compile_ahead"]["cohorts"] == 2
+    whole = figures["sweep"]
+    assert whole["cohorts"] == 2 and 0 < whole["train_s"] < whole["wall_s"]
+    assert whole["compile_s"] > 0 and 0 < whole["training_share"] < 1
     assert "recording" in result.stdout and "peak memory" in result.stdout
     split = figures["compile_split"][0]
     assert split["compile_s"] > 0 and split["second_run_s"] > 0
