@@ -58,16 +58,24 @@ def init_member(program: Program, hp: Hyper, init_key: jax.Array, power_key: jax
 
 # -- compiled, over all members -------------------------------------------
 
+def per_member(x: jax.Array, members: int) -> jax.Array:
+    """The inputs broadcast to one copy per member, for `jax.vmap`. Shared
+    inputs (vmap's in_axes None) let XLA fuse the first layer's products of
+    all members into one matmul over their columns, which ran 1.66× slower on
+    a CPU at width 512 than a batched matmul per member (BENCHMARKS.md)."""
+    return jnp.broadcast_to(x, (members,) + x.shape)
+
+
 def recorded_step(program: Program, state: State, hp: Hyper, x, y, t, last):
     """Every member's step t, measured: (states at t+1, records of t). With
     `last` (traced) true, t is the final record: its step is measured and
     not taken (`step`'s `frozen`)."""
-    def one(s, h):
-        new, (loss, z, grads) = step(program, s, h, x, y, t, frozen=last)
-        return measured(program, s, new, (loss, z, gradient_sums(s.params, grads)), h, x, y,
+    def one(s, h, xi):
+        new, (loss, z, grads) = step(program, s, h, xi, y, t, frozen=last)
+        return measured(program, s, new, (loss, z, gradient_sums(s.params, grads)), h, xi, y,
                         t, last)
 
-    return jax.vmap(one)(state, hp)
+    return jax.vmap(one)(state, hp, per_member(x, hp.lr.shape[0]))
 
 
 def run_segment(program: Program, state: State, hp: Hyper, x, y, t, gap, valid):
@@ -80,10 +88,10 @@ def run_segment(program: Program, state: State, hp: Hyper, x, y, t, gap, valid):
     records with a leading record axis, then the member axis)."""
     members = hp.lr.shape[0]
 
-    def advance(s, h, t0, n):
+    def advance(s, h, xi, t0, n):
         # only the last step's update is read (by the next record)
         return jax.lax.fori_loop(
-            0, n, lambda i, s: step(program, s, h, x, y, t0 + i, keep_update=i == n - 1)[0], s)
+            0, n, lambda i, s: step(program, s, h, xi, y, t0 + i, keep_update=i == n - 1)[0], s)
 
     def skip(state):
         empty = jax.tree.map(lambda a: jnp.broadcast_to(a, (members,) + a.shape),
@@ -95,7 +103,8 @@ def run_segment(program: Program, state: State, hp: Hyper, x, y, t, gap, valid):
 
         def go(state):
             state, rec = recorded_step(program, state, hp, x, y, t_r, gap_r < 0)
-            return jax.vmap(advance, (0, 0, None, None))(state, hp, t_r + 1, gap_r), rec
+            return jax.vmap(advance, (0, 0, 0, None, None))(state, hp, per_member(x, members),
+                                                             t_r + 1, gap_r), rec
 
         return jax.lax.cond(valid_r, go, skip, state)
 

@@ -13,12 +13,15 @@ RTOL = 1e-5     # relative, against the largest magnitude of the record
 ATOL = 1e-6     # relative too: the floor for entries far below the largest
 
 
-def assert_record_close(got, want, name: str, rtol: float = RTOL) -> None:
+def assert_record_close(got, want, name: str, rtol: float = RTOL, scale: float | None = None
+                        ) -> None:
     """`got` equals `want` to rounding: same NaNs, values within rtol of each
-    entry, or within ATOL of the record's largest magnitude."""
+    entry, or within ATOL of `scale` (default: the record's largest magnitude;
+    λ_min of the NTK is accurate to a few ulp of λ_max, its scale)."""
     got, want = np.asarray(got), np.asarray(want)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{name}: NaNs")
-    scale = np.nanmax(np.abs(want)) if np.isfinite(want).any() else 1.0
+    if scale is None:
+        scale = np.nanmax(np.abs(want)) if np.isfinite(want).any() else 1.0
     np.testing.assert_allclose(got, want, rtol=rtol, atol=ATOL * scale, err_msg=name)
 
 
