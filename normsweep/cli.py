@@ -261,11 +261,12 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
         selections = launch_mod.parse_only(config, list(only)) if only else None
     except GridError as err:
         raise fail_usage(err) from None
+    command = launch_command(grid, out, memory_budget, scheduler, devices, quiet, overrides,
+                             only)
     if dry_run:
         try:
             print_preview(grid, config, launch_mod.preview(config, root, budget_bytes=budget),
-                          launch_command(grid, root, memory_budget, scheduler, devices, quiet,
-                                         overrides, only))
+                          command)
         except GridError as err:
             raise fail_usage(err) from None
         return
@@ -278,10 +279,7 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
             summary = launch_mod.launch(config, root, budget_bytes=budget,
                                         reporter=InterruptibleReporter(reporter, interrupt),
                                         scheduler=scheduler, devices=devices,
-                                        command=launch_command(grid, out, memory_budget,
-                                                               scheduler, devices, quiet,
-                                                               overrides, only),
-                                        only=selections)
+                                        command=command, only=selections)
     except GridError as err:
         raise fail_usage(err) from None
     except (RunError, OSError, RuntimeError) as err:

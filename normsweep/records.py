@@ -38,18 +38,17 @@ def run_attrs(config: Config) -> dict:
     """Global attributes: the grid text, the versions of normsweep (from git,
     by setuptools-scm), Python and the libraries that shape the numbers, the
     host, backend and device."""
-    version = package_version
     device = jax.devices()[0]
     return {
         "title": f"normsweep sweep {config.name}",
         "name": config.name,
         "config_toml": config.text,
         "config_fingerprint": config.fingerprint(),
-        "normsweep_version": version("normsweep"),
-        "jax_version": version("jax"), "jaxlib_version": version("jaxlib"),
-        "flax_version": version("flax"), "optax_version": version("optax"),
+        "normsweep_version": package_version("normsweep"),
+        "jax_version": package_version("jax"), "jaxlib_version": package_version("jaxlib"),
+        "flax_version": package_version("flax"), "optax_version": package_version("optax"),
         "xarray_version": xr.__version__, "numpy_version": np.__version__,
-        "netcdf4_version": version("netCDF4"), "python_version": platform.python_version(),
+        "netcdf4_version": package_version("netCDF4"), "python_version": platform.python_version(),
         "host": socket.gethostname(),
         "backend": jax.default_backend(),
         "device_kind": device.device_kind,

@@ -135,9 +135,9 @@ def by_member(da: xr.DataArray, held: Config, cohort: plan.Cohort) -> np.ndarray
 
 
 def held_members(config: Config, cohort: plan.Cohort, path: Path):
-    """(the file's dataset, the grid that wrote it, which of `cohort`'s
-    members it holds) for a cohort file of an earlier grid that `config`
-    extends; None when there is no such file."""
+    """(the file's dataset, the grid that wrote it, its `diverged_at` laid out
+    as `cohort`'s members, NaN for those it lacks) for a cohort file of an
+    earlier grid that `config` extends; None when there is no such file."""
     if not path.exists():
         return None
     ds = store.read_cohort(path)
@@ -146,9 +146,8 @@ def held_members(config: Config, cohort: plan.Cohort, path: Path):
     held = held_grid(config, ds)
     if held is None:
         return None
-    present = ~np.isnan(by_member(ds["diverged_at"].isel(width=0, depth=0).astype(np.float64),
-                                  held, cohort))
-    return ds, held, present
+    return ds, held, by_member(ds["diverged_at"].isel(width=0, depth=0).astype(np.float64),
+                               held, cohort)
 
 
 class Members:
@@ -225,7 +224,7 @@ def run_cohort(config: Config, root: Path, cohort: plan.Cohort, x, y, steps: np.
     the file is rewritten with all of them."""
     path = store.cohort_path(root, cohort)
     held = held_members(config, cohort, path)
-    subset = None if held is None else np.flatnonzero(~held[2])
+    subset = None if held is None else np.flatnonzero(np.isnan(held[2]))
     if compile_seconds is None or held is not None:
         compile_seconds = compile_cohort(config, cohort, x, y, steps, budget, devices, subset)
     started = time.perf_counter()
@@ -244,7 +243,7 @@ def merged(config: Config, cohort: plan.Cohort, held, subset: np.ndarray,
            new: train.Trajectory, seconds: dict, path: Path):
     """The whole cohort's trajectory: the held file's networks and the newly
     trained ones (`subset`), with the wall times of both runs added up."""
-    ds, grid, _ = held
+    ds, grid, diverged = held
     cell = ds.isel(width=0, depth=0)
     recs = {}
     for name, value in new.records.items():
@@ -253,7 +252,7 @@ def merged(config: Config, cohort: plan.Cohort, held, subset: np.ndarray,
             old = old[..., :cohort.depth]
         old[subset] = value
         recs[name] = old.astype(value.dtype)
-    diverged = by_member(cell["diverged_at"].astype(np.float64), grid, cohort)
+    diverged = diverged.copy()
     diverged[subset] = new.diverged_at
     weights = {}
     if config.record.weights:

@@ -246,11 +246,16 @@ def chosen_networks(ds: xr.Dataset, outcome: xr.DataArray) -> dict:
     return chosen
 
 
-def _fit_slice(ds: xr.Dataset, boot: int, seed: int, fit_accuracy: float) -> pd.DataFrame:
-    outcome = outcomes.classify(ds, fit_accuracy)
+def fitted_quantities(ds: xr.Dataset, fit_accuracy: float) -> tuple[xr.Dataset, dict]:
+    """What every fit of the slice `ds` reads: the derived metrics (in the
+    slice's trained coordinates) and, per metric, `chosen_networks`."""
     derived = derived_metrics(ds, slice_multipliers(ds))
+    return derived, chosen_networks(ds, outcomes.classify(ds, fit_accuracy))
+
+
+def _fit_slice(ds: xr.Dataset, boot: int, seed: int, fit_accuracy: float) -> pd.DataFrame:
+    derived, chosen = fitted_quantities(ds, fit_accuracy)
     lr_eff = ds["lr_effective"].transpose("lr", "width").values
-    chosen = chosen_networks(ds, outcome)
     rows = []
     rng = np.random.default_rng(seed)
     for depth in ds["depth"].values:
@@ -366,9 +371,7 @@ def regimes(ds: xr.Dataset, fit_accuracy: float = outcomes.FIT_ACCURACY
     """(metric, depth, layer, width exponents per η, η exponents per width)
     for `REGIME_METRICS` at the deepest depth's first hidden layer (the input
     layer of a depth-2 network), over the networks `fit_sweep` uses."""
-    outcome = outcomes.classify(ds, fit_accuracy)
-    derived = derived_metrics(ds)
-    chosen = chosen_networks(ds, outcome)
+    derived, chosen = fitted_quantities(ds, fit_accuracy)
     depth = int(ds["depth"].values[-1])
     layer = 1 if depth > 2 else 0
     lr = ds["lr_effective"].transpose("lr", "width").values
@@ -432,9 +435,7 @@ def depth_exponents(ds: xr.Dataset, fit_accuracy: float = outcomes.FIT_ACCURACY)
     metrics of `fit_sweep`. Empty with one depth."""
     if ds.sizes["depth"] < 2:
         return pd.DataFrame(columns=["metric", "layer_role", "depth_exponent", "lo", "hi", "n"])
-    outcome = outcomes.classify(ds, fit_accuracy)
-    derived = derived_metrics(ds, slice_multipliers(ds))
-    chosen = chosen_networks(ds, outcome)
+    derived, chosen = fitted_quantities(ds, fit_accuracy)
     rows = []
     for metric in ("rel_frob_dist", "rel_spec_dist", "early_update_norm", "rel_param_dist"):
         keep = chosen[metric][0]
