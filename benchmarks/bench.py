@@ -53,8 +53,8 @@ def member_args(lrs, seeds) -> tuple:
     return (np.repeat(lrs, len(seeds)), *plan.member_keys(np.tile(seeds, len(lrs))))
 
 
-def normsweep_run(dims, n, lrs, seeds, steps_array, x, y, precision="highest"):
-    prog = train.Program(dims=dims, precision=precision)
+def normsweep_run(dims, n, lrs, seeds, steps_array, x, y, precision="highest", **probes):
+    prog = train.Program(dims=dims, precision=precision, **probes)
     lr, ik, pk = member_args(lrs, seeds)
     t0 = time.perf_counter()
     train.train_members(prog, x, y, lr, ik, pk, steps_array)
@@ -378,10 +378,12 @@ def main():
     def interleaved(dims, seeds, schedules: dict) -> dict:
         # the schedules interleaved, best of 3 each: on a shared machine a single
         # timing of each drifts by more than the differences being measured
+        # (a schedule may come with Program settings: (steps, {setting: value}))
         best = {}
         for _ in range(1 if smoke else 3):
             for label, sched in schedules.items():
-                t, _ = normsweep_run(dims, n, lrs, seeds, sched, x, y)
+                sched, probes = sched if isinstance(sched, tuple) else (sched, {})
+                t, _ = normsweep_run(dims, n, lrs, seeds, sched, x, y, **probes)
                 best[label] = min(t, best.get(label, t))
         return best
 
@@ -391,13 +393,20 @@ def main():
         steps = 20 if smoke else 300
         seeds = np.arange(2)
         dims = (d, m, m, k)
-        timing = interleaved(dims, seeds, {"off": np.array([0, steps]),
-                                           "log": plan.record_steps(steps, "log", 64),
-                                           "all": plan.record_steps(steps, "all")})
+        log = plan.record_steps(steps, "log", 64)
+        timing = interleaved(dims, seeds, {"off": np.array([0, steps]), "log": log,
+                                           "all": plan.record_steps(steps, "all"),
+                                           # the defaults a grid file gets, and the spectra
+                                           "jacobian": (log, {"jacobian_every": "log"}),
+                                           "spectra": (log, {"spectra": True})})
         res["record_overhead_log"] = timing["log"] / timing["off"] - 1
         res["record_overhead_all"] = timing["all"] / timing["off"] - 1
+        res["jacobian_overhead"] = timing["jacobian"] / timing["log"] - 1
+        res["spectra_overhead"] = timing["spectra"] / timing["log"] - 1
         print(f"recording at width {m}: log {res['record_overhead_log']:+.1%}, "
-              f"all {res['record_overhead_all']:+.1%} against first+last only")
+              f"all {res['record_overhead_all']:+.1%} against first+last only; on top of log, "
+              f"the Jacobian at \"log\" (the default) {res['jacobian_overhead']:+.1%}, the "
+              f"spectra {res['spectra_overhead']:+.1%}")
 
     def part_compilations():
         # compilations for cohorts that differ only in η (a shape not compiled before)

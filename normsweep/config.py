@@ -49,6 +49,11 @@ MAX_LANCZOS_STEPS = 200
 SECTIONS = ("data", "model", "train", "record")     # Config's sections of `setting`s
 # keys renamed since results folders were first written: {new: old}
 ALIASES = {"record.lanczos_steps": "record.power_iters"}
+# what a results file holds beyond its settings: raised when normsweep records
+# more by default (the margin, the Jacobian at "log"), so that folders written
+# before hold other content under another fingerprint. Files store it as the
+# attribute `record_format`; files without it are format 1.
+RECORD_FORMAT = 2
 # the settings that choose which networks of a cohort exist, not what they are
 MEMBER_KEYS = ("grid.lr", "grid.seed", "grid.parametrization", "grid.weight_decay",
                "model.parametrization", "train.weight_decay")
@@ -103,23 +108,35 @@ class RecordConfig:
     `lanczos_steps`: Lanczos steps (products with WᵀW) per record and
     matrix, warm-started from the previous record (`power_iters` is accepted
     as its old name).
-    `sharpness`: 0 (off) or a stride s: the top Hessian eigenvalue is measured
-    at the recorded steps that are multiples of s and at the last step, with
-    `sharpness_iters` warm-started power iterations on Hessian-vector products.
-    `jacobian_norm`: 0 (off) or a stride, likewise: the mean Frobenius and
-    spectral norms of the input–output Jacobian ∂F(x_i)/∂x_i over the data.
-    `ntk_eigs`: 0 (off) or a stride, likewise: the largest and smallest
-    eigenvalues of the empirical NTK Gram matrix on the first `ntk_points`
-    training points."""
+    The probes below are each 0 (off), a stride s (the recorded steps that
+    are multiples of s, and the last step) or "log" (`probe_points` of the
+    recorded steps, spread evenly in log(step), step 0 and the last included;
+    all of them when there are no more):
+    `sharpness`: the top Hessian eigenvalue, by `sharpness_iters`
+    warm-started power iterations on Hessian-vector products.
+    `jacobian_norm`: the mean Frobenius and spectral norms of the
+    input–output Jacobian ∂F(x_i)/∂x_i over the first `jacobian_points`
+    training points (all of them when n is smaller). On by default: at
+    "log" it costs a few percent of a run.
+    `ntk_eigs`: the largest and smallest eigenvalues of the empirical NTK
+    Gram matrix on the first `ntk_points` training points.
+    `activations`: per layer, the mean |a_l(t) − a_l(0)| of the
+    preactivations over the data (the μP coordinate check).
+    `spectra`: the singular values of W_l and W_l − W_l(0) and the effective
+    rank of the gradient, at step 0 and the last step."""
     steps: str | int = setting("log", lambda p: p.schedule)
     weights: bool = setting(False, lambda p: p.boolean)
     lanczos_steps: int = setting(10, lambda p: p.integer(1, MAX_LANCZOS_STEPS))
     log_points: int = setting(256, lambda p: p.integer(2, 100_000))
-    sharpness: int = setting(0, lambda p: p.integer(0, 10**9))
+    sharpness: int | str = setting(0, lambda p: p.probe)
     sharpness_iters: int = setting(20, lambda p: p.integer(1, 1000))
-    jacobian_norm: int = setting(0, lambda p: p.integer(0, 10**9))
-    ntk_eigs: int = setting(0, lambda p: p.integer(0, 10**9))
+    jacobian_norm: int | str = setting("log", lambda p: p.probe)
+    jacobian_points: int = setting(256, lambda p: p.integer(1, 10**9))
+    ntk_eigs: int | str = setting(0, lambda p: p.probe)
     ntk_points: int = setting(32, lambda p: p.integer(1, 256))
+    activations: int | str = setting(0, lambda p: p.probe)
+    probe_points: int = setting(16, lambda p: p.integer(2, 100_000))
+    spectra: bool = setting(False, lambda p: p.boolean)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,16 +218,19 @@ class Config:
         return {k: v for k, v in self.settings().items() if k not in MEMBER_KEYS}
 
     def fingerprint(self) -> str:
-        """A short hash of `settings()`: equal fingerprints combine.
+        """A short hash of `settings()` and `RECORD_FORMAT`: equal
+        fingerprints combine.
 
         Settings at their default value are left out of the hash, so a setting
         added to normsweep later (with a default that keeps the old
-        behaviour) does not change the fingerprints of existing folders."""
+        behaviour) does not change the fingerprints of existing folders; a
+        change of what is recorded by default raises `RECORD_FORMAT`."""
         defaults = default_settings()
         # hashed under a key's first name, so a rename keeps old folders' fingerprints
-        kept = {ALIASES.get(k, k): v for k, v in self.settings().items()
-                if k not in defaults or defaults[k] != v}
-        return hashlib.sha256(repr(sorted(kept.items())).encode()).hexdigest()[:16]
+        kept = [(ALIASES.get(k, k), v) for k, v in self.settings().items()
+                if k not in defaults or defaults[k] != v]
+        kept.append(("record_format", RECORD_FORMAT))
+        return hashlib.sha256(repr(sorted(kept)).encode()).hexdigest()[:16]
 
 
 def default_settings() -> dict[str, Any]:
@@ -411,6 +431,13 @@ class _Parser:
         if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
             return value
         raise self.fail(key, value, 'must be "log", "all" or a stride (an integer ≥ 1)')
+
+    def probe(self, key: str, value: object) -> str | int:
+        if value == "log":
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10**9:
+            return value
+        raise self.fail(key, value, 'must be 0 (off), "log" or a stride (an integer ≥ 1)')
 
     # -- the grid --
     def grid(self, table: object, dtype: str = "float32") -> GridConfig:

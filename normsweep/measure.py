@@ -1,7 +1,9 @@
 """What a recorded step measures, per member: the norms of every layer
-(`measure`), and at their strides the sharpness, the input–output Jacobian
-and the NTK's extreme eigenvalues (`measured`). Every quantity is a pure
-function of the member's state; `train` vmaps them over members.
+and the margin (`measure`), and at the records their schedules pick the
+probes: sharpness, the input–output Jacobian, the NTK's extreme
+eigenvalues and the change of the preactivations (`measured`); at step 0
+and the last, the spectra (`spectra`). Every quantity is a pure function of
+the member's state; `train` vmaps them over members.
 """
 from __future__ import annotations
 
@@ -86,7 +88,60 @@ def measure(program: Program, state: State, loss, z, grad_sums, y):
     rec["update_norm"] = jnp.sqrt(state.update_sq)
     rec["loss"] = loss
     rec["accuracy"] = jnp.mean(jnp.argmax(z, -1) == jnp.argmax(y, -1)).astype(loss.dtype)
+    rec["margin"] = margin(z, y)
     return rec, tuple(spec_v), tuple(dist_v)
+
+
+def margin(z: jax.Array, y: jax.Array) -> jax.Array:
+    """min_i (z_i[y_i] − max_{j≠y_i} z_i[j]) of the logits z (n, k) against
+    one-hot targets y: positive when every point is classified right (the
+    margin of Lyu & Li 2019, normalised in the analysis by ‖θ‖^L)."""
+    right = jnp.sum(z * y, -1)
+    other = jnp.max(jnp.where(y > 0, -jnp.inf, z), -1)
+    return jnp.min(right - other)
+
+
+def preactivations(program: Program, ws, x: jax.Array) -> list[jax.Array]:
+    """a_l = h_l W_l of every layer at the weights `ws` (the logits last)."""
+    _, found = program.model().apply(with_kernels(None, ws), x, mutable="intermediates")
+    inputs = [found["intermediates"][f"input_{l}"][0] for l in range(program.depth)]
+    return [metrics.matmul(h, w) for h, w in zip(inputs, ws)]
+
+
+def activation_change(program: Program, params, ws0, x: jax.Array) -> jax.Array:
+    """Per layer, the mean over points and units of |a_l(t) − a_l(0)|: the
+    size of a coordinate's change, which the μP coordinate check plots
+    against width (Θ(1) in μP, vanishing in NTK, blowing up in standard)."""
+    now, then = preactivations(program, kernels(params), x), preactivations(program, ws0, x)
+    return jnp.stack([jnp.mean(jnp.abs(a - b)) for a, b in zip(now, then)])
+
+
+def effective_rank(s: jax.Array) -> jax.Array:
+    """exp of the entropy of the normalised singular values s/Σs (Roy &
+    Vetterli 2007): between 1 and the number of nonzero ones."""
+    p = s / jnp.sum(s)
+    return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1)), 0)))
+
+
+def spectra(program: Program, state: State, x, y, rank: int) -> dict:
+    """At W(t) in `state`: per layer the singular values of W_l and of
+    W_l − W_l(0), each padded with NaN to `rank` values, and the effective
+    rank of ∂L/∂W_l (that of the plain GD update −η·c_l·∂L/∂W_l; at most n).
+    NaN for a diverged member."""
+    grads = jax.grad(lambda p: loss_and_logits(program, p, x, y)[0])(state.params)
+    nan = jnp.full((rank,), jnp.nan, program.jdtype)
+
+    def values(a):
+        s = jnp.linalg.svd(a, compute_uv=False)
+        return nan.at[:s.shape[0]].set(s)
+
+    ws = kernels(state.params)
+    out = {"singular_values": jnp.stack([values(w) for w in ws]),
+           "change_singular_values": jnp.stack([values(w - w0)
+                                                for w, w0 in zip(ws, state.params0)]),
+           "gradient_effective_rank": jnp.stack([
+               effective_rank(jnp.linalg.svd(g, compute_uv=False)) for g in kernels(grads)])}
+    return {k: jnp.where(state.diverged_at >= 0, jnp.nan, v) for k, v in out.items()}
 
 
 def output(program: Program, params, x: jax.Array) -> jax.Array:
@@ -149,13 +204,11 @@ def ntk_eigs(program: Program, params, lr_mult, xs) -> tuple[jax.Array, jax.Arra
     return metrics.extreme_eigenvalues_psd(ntk_gram(program, params, lr_mult, xs))
 
 
-def measured(program: Program, state: State, new: State, out, hp: Hyper, x, y, t,
-             last=False):
+def measured(program: Program, state: State, new: State, out, hp: Hyper, x, y, t, due):
     """The records of step t, from the state before it, the state after it
     and the step's (loss, logits, `gradient_sums`) `out`: (state at t+1 with its
-    spectral-norm vectors advanced, records). Sharpness, Jacobian and NTK
-    are measured when t is a multiple of their strides or `last` (traced:
-    the final record)."""
+    spectral-norm vectors advanced, records). `due` {probe: traced bool}
+    says which of the program's probes measure this record."""
     loss, z, grad_sums = out
     rec, spec_v, dist_v = measure(program, state, loss, z, grad_sums, y)
     new = new._replace(spec_v=spec_v, dist_v=dist_v)
@@ -167,43 +220,43 @@ def measured(program: Program, state: State, new: State, out, hp: Hyper, x, y, t
     new = new._replace(
         params=jax.tree.map(lambda a, b: jnp.where(newly, a, b), state.params, new.params),
         diverged_at=jnp.where(newly, jnp.asarray(t, jnp.int32), new.diverged_at))
-    if program.sharpness_every:
-        due = jnp.logical_or(last, t % program.sharpness_every == 0)
+    nan = jnp.full((), jnp.nan, program.jdtype)
+    if "sharpness" in due:
         lam, hess_v = jax.lax.cond(
-            due, lambda v: sharpness(program, state.params, v, x, y, program.sharpness_iters,
-                                     hp.lr_mult),
-            lambda v: (jnp.full((), jnp.nan, program.jdtype), v), state.hess_v)
+            due["sharpness"],
+            lambda v: sharpness(program, state.params, v, x, y, program.sharpness_iters,
+                                hp.lr_mult),
+            lambda v: (nan, v), state.hess_v)
         rec["sharpness"] = lam
         new = new._replace(hess_v=hess_v)
-    if program.jacobian_every:
-        rec["jacobian_frob_norm"], rec["jacobian_spec_norm"] = _at_stride(
-            program, program.jacobian_every, t, last, state.params,
-            lambda p: jacobian_norms(program, p, x))
-    if program.ntk_every:
-        rec["ntk_max_eig"], rec["ntk_min_eig"] = _at_stride(
-            program, program.ntk_every, t, last, state.params,
-            lambda p: ntk_eigs(program, p, hp.lr_mult, x[:program.ntk_points]))
+    if "jacobian" in due:
+        rec["jacobian_frob_norm"], rec["jacobian_spec_norm"] = jax.lax.cond(
+            due["jacobian"], lambda p: jacobian_norms(program, p, x[:program.jacobian_points]),
+            lambda p: (nan, nan), state.params)
+    if "ntk" in due:
+        rec["ntk_max_eig"], rec["ntk_min_eig"] = jax.lax.cond(
+            due["ntk"], lambda p: ntk_eigs(program, p, hp.lr_mult, x[:program.ntk_points]),
+            lambda p: (nan, nan), state.params)
+    if "activations" in due:
+        rec["activation_change"] = jax.lax.cond(
+            due["activations"], lambda p: activation_change(program, p, state.params0, x),
+            lambda p: jnp.full((program.depth,), jnp.nan, program.jdtype), state.params)
     # every record is NaN from the member's divergence on
     dead = (new.diverged_at >= 0) & (new.diverged_at <= t)
     return new, {name: jnp.where(dead, jnp.nan, val) for name, val in rec.items()}
-
-
-def _at_stride(program: Program, every: int, t, last, params, measure_pair):
-    """measure_pair(params) at multiples of `every` and the last step; a pair
-    of NaNs otherwise (lax.cond: the work is skipped, not masked)."""
-    nan = jnp.full((), jnp.nan, program.jdtype)
-    due = jnp.logical_or(last, t % every == 0)
-    return jax.lax.cond(due, measure_pair, lambda p: (nan, nan), params)
 
 
 def empty_records(program: Program) -> dict:
     nan = jnp.full((program.depth,), jnp.nan, program.jdtype)
     rec = {name: nan for name in LAYER_METRICS}
     rec.update({name: nan[0] for name in NETWORK_METRICS})
-    if program.sharpness_every:
+    probes = program.probes()
+    if "sharpness" in probes:
         rec["sharpness"] = nan[0]
-    if program.jacobian_every:
+    if "jacobian" in probes:
         rec["jacobian_frob_norm"] = rec["jacobian_spec_norm"] = nan[0]
-    if program.ntk_every:
+    if "ntk" in probes:
         rec["ntk_max_eig"] = rec["ntk_min_eig"] = nan[0]
+    if "activations" in probes:
+        rec["activation_change"] = nan
     return rec

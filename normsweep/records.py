@@ -14,9 +14,10 @@ import jax
 import numpy as np
 import xarray as xr
 
+from normsweep import config as config_mod
 from normsweep.config import Config
 from normsweep.plan import Cohort
-from normsweep.schema import LAYER_METRICS, label, layer_dims
+from normsweep.schema import label, layer_dims
 
 if TYPE_CHECKING:
     from normsweep.train import Trajectory
@@ -44,6 +45,7 @@ def run_attrs(config: Config) -> dict:
         "name": config.name,
         "config_toml": config.text,
         "config_fingerprint": config.fingerprint(),
+        "record_format": config_mod.RECORD_FORMAT,
         "normsweep_version": package_version("normsweep"),
         "jax_version": package_version("jax"), "jaxlib_version": package_version("jaxlib"),
         "flax_version": package_version("flax"), "optax_version": package_version("optax"),
@@ -55,6 +57,14 @@ def run_attrs(config: Config) -> dict:
         "created": now(),
         "Conventions": "CF-1.8",
     }
+
+
+def sweep_spectral_rank(config: Config) -> int:
+    """The most singular values a layer of the sweep has: the length of the
+    `singular` dim, the same in every cohort so that they combine."""
+    d, k = config.data.d, config.data.k
+    return max(max(min(d, m), min(m, k), m if max(config.grid.depth) > 2 else 0)
+               for m in config.grid.width)
 
 
 def axis_coords(cohort: Cohort) -> dict:
@@ -72,6 +82,7 @@ def cohort_dataset(config: Config, cohort: Cohort, steps: np.ndarray, traj: Traj
     become variables over (width, depth), so that sweep.nc holds every
     cohort's."""
     n_layers = max(config.grid.depth)
+    spectral_rank = sweep_spectral_rank(config)
     LAYER_DIMS = layer_dims(cohort.axes)
     NET_DIMS = LAYER_DIMS[:-1]
 
@@ -84,9 +95,20 @@ def cohort_dataset(config: Config, cohort: Cohort, steps: np.ndarray, traj: Traj
         pad = np.full(a.shape[:-1] + (n_layers - a.shape[-1],), np.nan, a.dtype)
         return shaped(np.concatenate([a, pad], axis=-1))
 
-    data = {name: (LAYER_DIMS, padded(traj.records[name])) for name in LAYER_METRICS}
-    data.update({name: (NET_DIMS, shaped(value)) for name, value in traj.records.items()
-                 if name not in LAYER_METRICS})
+    # (member, record, layer) per layer, (member, record) per network
+    data = {name: (LAYER_DIMS, padded(value)) if value.ndim == 3 else (NET_DIMS, shaped(value))
+            for name, value in traj.records.items()}
+    for name, value in (traj.spectra or {}).items():
+        # (member, 2, layer[, rank]): layers and singular values padded with NaN
+        value = np.moveaxis(value, 2, -1) if value.ndim == 4 else value   # layer last
+        value = padded(value)
+        if value.ndim == len(NET_DIMS) + 2:
+            value = np.moveaxis(value, -1, -2)                            # (…, layer, rank)
+            pad = spectral_rank - value.shape[-1]
+            value = np.concatenate([value, np.full(value.shape[:-1] + (pad,), np.nan, value.dtype)], -1)
+            data[name] = (NET_DIMS[:-1] + ("spectrum_step", "layer", "singular"), value)
+        else:
+            data[name] = (NET_DIMS[:-1] + ("spectrum_step", "layer"), value)
     data["diverged_at"] = (NET_DIMS[:-1], shaped(traj.diverged_at.astype(np.int64)))
     for name, value in (seconds or {}).items():
         data[name] = (("width", "depth"), np.full((1, 1), value, np.float64))
@@ -95,6 +117,8 @@ def cohort_dataset(config: Config, cohort: Cohort, steps: np.ndarray, traj: Traj
         "targets": (("sample", "class"), np.asarray(targets)),
         "width": [cohort.width], "depth": [cohort.depth],
         **axis_coords(cohort), "step": np.asarray(steps, np.int64), "layer": np.arange(n_layers),
+        **({"spectrum_step": np.asarray([steps[0], steps[-1]], np.int64),
+            "singular": np.arange(spectral_rank)} if traj.spectra else {}),
         "lr_effective": (("width", "lr"), np.asarray(cohort.lr_effective, np.float64)[None]),
         "sample": np.arange(inputs.shape[0]), "feature": np.arange(inputs.shape[1]),
         "class": np.arange(targets.shape[1]),

@@ -8,7 +8,7 @@ import xarray as xr
 
 LAYER_METRICS = ("frob_norm", "spec_norm", "frob_dist", "spec_dist", "update_norm", "grad_norm",
                  "grad_dot_weight")
-NETWORK_METRICS = ("loss", "accuracy")
+NETWORK_METRICS = ("loss", "accuracy", "margin")
 
 LAYER_DIMS = ("width", "depth", "lr", "seed", "step", "layer")
 NET_DIMS = LAYER_DIMS[:-1]
@@ -31,6 +31,21 @@ VARIABLES = {
     "loss": ("training loss", "1", "training loss at W(t)"),
     "accuracy": ("training accuracy", "1",
                  "fraction of training points whose largest output is the target class"),
+    "margin": ("margin", "1",
+               "min over the training points of z_i[y_i] − max_{j≠y_i} z_i[j] of the logits z "
+               "(positive when every point is classified right)"),
+    "activation_change": ("mean |a(t) − a(0)|", "1",
+                          "mean over the data and units of |a_l(t) − a_l(0)|, a_l = h_l W_l the "
+                          "preactivations of layer l (the logits for the last; NaN where not "
+                          "measured)"),
+    "singular_values": ("singular value σ(W)", "1",
+                        "singular values of W_l, descending, NaN beyond min(fan_in, fan_out)"),
+    "change_singular_values": ("singular value σ(W − W(0))", "1",
+                               "singular values of W_l − W_l(0), descending, NaN beyond "
+                               "min(fan_in, fan_out)"),
+    "gradient_effective_rank": ("effective rank of ∇L", "1",
+                                "exp of the entropy of the normalised singular values of "
+                                "∂L/∂W_l (Roy & Vetterli), the effective rank of the GD update"),
     "jacobian_frob_norm": ("Jacobian norm ‖∂F/∂x‖_F", "1",
                            "mean over the data of the Frobenius norm of ∂F(x_i)/∂x_i "
                            "(NaN where not measured)"),
@@ -68,6 +83,8 @@ COORDS = {
                      "weight decay: each step also subtracts lr_effective · λ · W_l"),
     "step": ("step", None, "gradient-descent step; 0 is the initialisation"),
     "layer": ("layer l", None, "index of the weight matrix W_l (0 is the input layer)"),
+    "spectrum_step": ("step", None, "step at which the spectra were taken (0 and the last)"),
+    "singular": ("singular value index", None, "index of a singular value, largest first"),
     "sample": ("training point", None, "index of a training point"),
     "feature": ("input coordinate", None, "index of an input coordinate"),
     "class": ("class", None, "index of an output class"),

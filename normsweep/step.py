@@ -35,14 +35,27 @@ class Program:
     dtype: str = "float32"
     lanczos_steps: int = 10
     cold_iters: int = COLD_ITERS
-    sharpness_every: int = 0
+    # the probes' schedules (config.RecordConfig): 0, a stride or "log";
+    # which records they measure is an input (`train.segments`), so only
+    # whether each is on shapes the program
+    sharpness_every: int | str = 0
     sharpness_iters: int = 20
-    jacobian_every: int = 0
+    jacobian_every: int | str = 0
+    jacobian_points: int = 256
     parametrization: str = "standard"   # the default of train_members' `parametrization`
     precision: str = "highest"
     decay: bool = False                 # any member with weight decay > 0
-    ntk_every: int = 0
+    ntk_every: int | str = 0
     ntk_points: int = 32
+    activations_every: int | str = 0
+    probe_points: int = 16
+    spectra: bool = False           # singular values at step 0 and the last (`measure.spectra`)
+
+    def probes(self) -> dict[str, int | str]:
+        """The probes that are on, by name: {name: schedule}."""
+        named = {"sharpness": self.sharpness_every, "jacobian": self.jacobian_every,
+                 "ntk": self.ntk_every, "activations": self.activations_every}
+        return {name: every for name, every in named.items() if every}
 
     @property
     def depth(self) -> int:

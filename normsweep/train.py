@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from normsweep import metrics
+from normsweep import measure
 from normsweep.measure import tree_dot, tree_scale, empty_records, gradient_sums, measured
 from normsweep.model import kernels, normals, unit_kernels, with_kernels
 from normsweep.step import Hyper, Program, State, hyper, optimizer, step
@@ -66,23 +67,24 @@ def per_member(x: jax.Array, members: int) -> jax.Array:
     return jnp.broadcast_to(x, (members,) + x.shape)
 
 
-def recorded_step(program: Program, state: State, hp: Hyper, x, y, t, last):
+def recorded_step(program: Program, state: State, hp: Hyper, x, y, t, last, due):
     """Every member's step t, measured: (states at t+1, records of t). With
     `last` (traced) true, t is the final record: its step is measured and
-    not taken (`step`'s `frozen`)."""
+    not taken (`step`'s `frozen`). `due`: which probes measure it."""
     def one(s, h, xi):
         new, (loss, z, grads) = step(program, s, h, xi, y, t, frozen=last)
         return measured(program, s, new, (loss, z, gradient_sums(s.params, grads)), h, xi, y,
-                        t, last)
+                        t, due)
 
     return jax.vmap(one)(state, hp, per_member(x, hp.lr.shape[0]))
 
 
-def run_segment(program: Program, state: State, hp: Hyper, x, y, t, gap, valid):
+def run_segment(program: Program, state: State, hp: Hyper, x, y, t, gap, valid, due):
     """For each record r of the segment, for every member: measure step t[r],
     then advance 1 + gap[r] steps (to the next record); gap[r] = −1 marks the
     last record, which is measured and moves nothing. Entries with valid[r]
-    False are padding and do nothing. t, gap, valid are the same for every
+    False are padding and do nothing; due[probe][r] says whether the probe
+    measures record r. t, gap, valid, due are the same for every
     member. Members run batched (`jax.vmap`), which XLA partitions across
     devices as the member axis is placed (`shard_members`). Returns (state,
     records with a leading record axis, then the member axis)."""
@@ -99,16 +101,16 @@ def run_segment(program: Program, state: State, hp: Hyper, x, y, t, gap, valid):
         return state, empty
 
     def body(state, inp):
-        t_r, gap_r, valid_r = inp
+        t_r, gap_r, valid_r, due_r = inp
 
         def go(state):
-            state, rec = recorded_step(program, state, hp, x, y, t_r, gap_r < 0)
+            state, rec = recorded_step(program, state, hp, x, y, t_r, gap_r < 0, due_r)
             return jax.vmap(advance, (0, 0, 0, None, None))(state, hp, per_member(x, members),
                                                              t_r + 1, gap_r), rec
 
         return jax.lax.cond(valid_r, go, skip, state)
 
-    return jax.lax.scan(body, state, (t, gap, valid))
+    return jax.lax.scan(body, state, (t, gap, valid, due))
 
 
 def _placed_like_members(mesh: Mesh | None, state):
@@ -130,36 +132,84 @@ def init_cohort(program: Program, mesh: Mesh | None, hp: Hyper, init_keys, power
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=2)
-def segment_cohort(program: Program, mesh: Mesh | None, state, hp: Hyper, x, y, t, gap, valid):
+def segment_cohort(program: Program, mesh: Mesh | None, state, hp: Hyper, x, y, t, gap, valid,
+                   due):
     """`run_segment`, records (member, record, …). `mesh` is static so that
     a program is compiled per placement."""
     with jax.default_matmul_precision(program.precision):
-        state, rec = run_segment(program, state, hp, x, y, t, gap, valid)
+        state, rec = run_segment(program, state, hp, x, y, t, gap, valid, due)
     return _placed_like_members(mesh, state), jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), rec)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def spectra_cohort(program: Program, mesh: Mesh | None, rank: int, state, x, y):
+    """`measure.spectra` of every member: {name: (member, layer[, rank])}."""
+    with jax.default_matmul_precision(program.precision):
+        out = jax.vmap(lambda s, xi: measure.spectra(program, s, xi, y, rank))(
+            state, per_member(x, state.diverged_at.shape[0]))
+    return out
+
+
+def spectral_rank(program: Program) -> int:
+    """How many singular values the largest layer of `program` has."""
+    return max(min(a, b) for a, b in zip(program.dims[:-1], program.dims[1:]))
 
 
 @dataclasses.dataclass
 class Trajectory:
     """Host arrays of one run of members. Layer metrics (member, record, layer),
-    network metrics (member, record); weights (member, fan_in, fan_out) per layer."""
+    network metrics (member, record); weights (member, fan_in, fan_out) per
+    layer; `spectra` (with `program.spectra`) {name: (member, 2, layer[, rank])},
+    at step 0 and the last."""
     records: dict[str, np.ndarray]
     diverged_at: np.ndarray
     initial: list[np.ndarray] | None = None
     final: list[np.ndarray] | None = None
+    spectra: dict[str, np.ndarray] | None = None
 
 
-def segments(steps: np.ndarray, count: int = SEGMENTS):
+def probe_due(steps: np.ndarray, every: int | str, points: int) -> np.ndarray:
+    """Which of the recorded `steps` a probe with schedule `every` measures:
+    the multiples of a stride, or for "log" about `points` of them spread
+    evenly in log(step) (the recorded step nearest each of a geometric
+    sequence from 1 to the last step; all of them when there are no more);
+    step 0 and the last always."""
+    due = np.zeros(len(steps), bool)
+    if not every:
+        return due
+    if every == "log" and len(steps) <= points:
+        due[:] = True
+    elif every == "log":
+        if steps[-1] >= 1:
+            targets = np.log(np.geomspace(1, steps[-1], max(points - 1, 1)))
+            with np.errstate(divide="ignore"):
+                logs = np.log(np.asarray(steps, np.float64))      # step 0: −inf, never nearest
+            due[np.abs(logs[None, :] - targets[:, None]).argmin(axis=1)] = True
+    else:
+        due = np.asarray(steps) % int(every) == 0
+    due[0] = due[-1] = True
+    return due
+
+
+def segments(steps: np.ndarray, program: Program | None = None, count: int = SEGMENTS):
     """Splits the records into `count` equal segments (padded) of
-    (t, gap, valid) arrays (`run_segment`); the last record, the last step,
-    has gap −1: it is measured in the last segment, and nothing moves past it."""
+    (t, gap, valid, due) arrays (`run_segment`; due {probe: bool array} for
+    `program`'s probes); the last record, the last step, has gap −1: it is
+    measured in the last segment, and nothing moves past it."""
     t = steps
     gap = np.append(np.diff(steps) - 1, -1)
     size = max(1, math.ceil(len(t) / count))
     pad = size * math.ceil(len(t) / size) - len(t)
+    probes = program.probes() if program is not None else {}
+    due = {name: np.concatenate([probe_due(steps, every, program.probe_points),
+                                 np.zeros(pad, bool)])
+           for name, every in probes.items()}
     t = np.concatenate([t, np.zeros(pad, t.dtype)]).astype(np.int32)
     gap = np.concatenate([gap, np.zeros(pad, gap.dtype)]).astype(np.int32)
     valid = np.arange(len(t)) < len(steps)
-    return [(t[i:i + size], gap[i:i + size], valid[i:i + size]) for i in range(0, len(t), size)]
+    return [(t[i:i + size], gap[i:i + size], valid[i:i + size],
+             {name: d[i:i + size] for name, d in due.items()})
+            for i in range(0, len(t), size)]
 
 
 def member_mesh(devices: int | None) -> Mesh | None:
@@ -227,12 +277,17 @@ def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_ke
     # (the annotations name each program's compilation in a jax.profiler trace)
     with jax.profiler.TraceAnnotation("normsweep compile init"):
         compiled = {"init": init_cohort.lower(program, mesh, hp, init_keys, power_keys, x).compile()}
-    t, gap, valid = segments(steps)[0]          # every segment has the same shapes
+    t, gap, valid, due = segments(steps, program)[0]    # every segment has the same shapes
     # init_cohort places its output as segment_cohort does, so one program
     # serves every segment (tested on two devices)
+    state = like_outputs(compiled["init"])
     with jax.profiler.TraceAnnotation("normsweep compile segment"):
-        compiled["segment"] = segment_cohort.lower(program, mesh, like_outputs(compiled["init"]),
-                                                   hp, x, y, t, gap, valid).compile()
+        compiled["segment"] = segment_cohort.lower(program, mesh, state, hp, x, y, t, gap, valid,
+                                                   due).compile()
+    if program.spectra:
+        with jax.profiler.TraceAnnotation("normsweep compile spectra"):
+            compiled["spectra"] = spectra_cohort.lower(program, mesh, spectral_rank(program),
+                                                       state, x, y).compile()
     return compiled
 
 
@@ -256,12 +311,23 @@ def train_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys
     state = init_cohort(program, mesh, hp, init_keys, power_keys, x)
     # A copy, not a view: the state's buffers are donated to the next call.
     initial = [np.array(w, copy=True)[:members] for w in state.params0] if keep_weights else None
+    taken = []
+
+    def take_spectra(state):
+        if program.spectra:
+            out = spectra_cohort(program, mesh, spectral_rank(program), state, x, y)
+            taken.append({k: np.asarray(v)[:members] for k, v in out.items()})
+
+    take_spectra(state)
     chunks = []
-    for t, gap, valid in segments(steps):
-        state, rec = segment_cohort(program, mesh, state, hp, x, y, t, gap, valid)
+    for t, gap, valid, due in segments(steps, program):
+        state, rec = segment_cohort(program, mesh, state, hp, x, y, t, gap, valid, due)
         chunks.append({k: np.asarray(v)[:members, valid] for k, v in rec.items()})
         if on_steps is not None:
             on_steps(int(np.sum(gap[valid] + 1)))
     records = {k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0]}
     final = [np.asarray(w)[:members] for w in kernels(state.params)] if keep_weights else None
-    return Trajectory(records, np.asarray(state.diverged_at)[:members], initial, final)
+    take_spectra(state)
+    spectra = {k: np.stack([taken[0][k], taken[1][k]], axis=1) for k in taken[0]} \
+        if taken else None
+    return Trajectory(records, np.asarray(state.diverged_at)[:members], initial, final, spectra)

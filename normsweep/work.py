@@ -28,10 +28,13 @@ def program_for(config: Config, cohort: plan.Cohort) -> train.Program:
                          sharpness_every=config.record.sharpness,
                          sharpness_iters=config.record.sharpness_iters,
                          jacobian_every=config.record.jacobian_norm,
+                         jacobian_points=config.record.jacobian_points,
                          parametrization=config.model.parametrization,
                          precision=config.train.matmul_precision,
                          decay=any(wd > 0 for wd in config.weight_decays()),
-                         ntk_every=config.record.ntk_eigs, ntk_points=config.record.ntk_points)
+                         ntk_every=config.record.ntk_eigs, ntk_points=config.record.ntk_points,
+                         activations_every=config.record.activations,
+                         probe_points=config.record.probe_points, spectra=config.record.spectra)
 
 
 def training_data(config: Config):
@@ -94,6 +97,11 @@ def cohort_done(config: Config, cohort: plan.Cohort, path: Path,
                        f"depth={cohort.depth}; move it away to recompute it")
     if ds.attrs.get("config_fingerprint") == config.fingerprint():
         return True
+    held_format = int(ds.attrs.get("record_format", 1))
+    if held_format != config_mod.RECORD_FORMAT:
+        raise RunError(f"{path} was written by a normsweep that records other quantities "
+                       f"(record format {held_format}, this one {config_mod.RECORD_FORMAT}); "
+                       "launch into a new folder (--out), or move the file away to recompute it")
     if held_grid(config, ds) is not None:
         return False            # an earlier grid's networks: `run_cohort` adds the new ones
     raise RunError(f"{path} was written with other settings (fingerprint "
@@ -211,7 +219,10 @@ def train_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
         for which in ("initial", "final"):
             weights[which] = [cat([getattr(p, which)[l] for p in parts])
                               for l in range(cohort.depth)]
-    return train.Trajectory(records, cat([p.diverged_at for p in parts]), **weights)
+    spectra = {k: cat([p.spectra[k] for p in parts]) for k in parts[0].spectra} \
+        if parts[0].spectra else None
+    return train.Trajectory(records, cat([p.diverged_at for p in parts]), **weights,
+                            spectra=spectra)
 
 
 def run_cohort(config: Config, root: Path, cohort: plan.Cohort, x, y, steps: np.ndarray,
@@ -252,6 +263,15 @@ def merged(config: Config, cohort: plan.Cohort, held, subset: np.ndarray,
             old = old[..., :cohort.depth]
         old[subset] = value
         recs[name] = old.astype(value.dtype)
+    spectra = None
+    if new.spectra is not None:
+        spectra = {}
+        for name, value in new.spectra.items():
+            old = by_member(cell[name], grid, cohort)[:, :, :cohort.depth]
+            if value.ndim == 4:
+                old = old[..., :value.shape[-1]]
+            old[subset] = value
+            spectra[name] = old.astype(value.dtype)
     diverged = diverged.copy()
     diverged[subset] = new.diverged_at
     weights = {}
@@ -265,4 +285,4 @@ def merged(config: Config, cohort: plan.Cohort, held, subset: np.ndarray,
                     layers.append(old.astype(w.dtype))
                 weights[which] = layers
     seconds = {k: v + float(cell[k]) if k in cell else v for k, v in seconds.items()}
-    return train.Trajectory(recs, diverged.astype(np.int64), **weights), seconds
+    return train.Trajectory(recs, diverged.astype(np.int64), **weights, spectra=spectra), seconds

@@ -24,6 +24,8 @@ TINY = textwrap.dedent("""\
     [record]
     steps = "log"
     weights = true
+    spectra = true
+    activations = "log"
     [grid]
     width = [16, 24]
     depth = [2, 3]

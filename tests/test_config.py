@@ -61,6 +61,7 @@ def test_the_old_name_of_lanczos_steps_is_accepted_with_the_same_fingerprint():
     # hashed under the first name, as folders written before the rename were
     kept = [("record.power_iters" if k == "record.lanczos_steps" else k, v)
             for k, v in new.settings().items() if config.default_settings().get(k) != v]
+    kept.append(("record_format", config.RECORD_FORMAT))
     assert new.fingerprint() == hashlib.sha256(repr(sorted(kept)).encode()).hexdigest()[:16]
 
 
@@ -140,7 +141,10 @@ BAD = [
      "record.power_iters", "are both given"),
     ("ntk-points-zero", '[record]\nntk_points = 0\n' + GRID, "record.ntk_points", "between 1"),
     ("ntk-points-above-n", '[data]\nn = 8\n[record]\nntk_eigs = 5\nntk_points = 16\n' + GRID, "record.ntk_points", "data.n"),
-    ("ntk-eigs-negative", '[record]\nntk_eigs = -1\n' + GRID, "record.ntk_eigs", "between 0"),
+    ("ntk-eigs-negative", '[record]\nntk_eigs = -1\n' + GRID, "record.ntk_eigs", "0 (off), \"log\""),
+    ("jacobian-word", '[record]\njacobian_norm = "sparse"\n' + GRID, "record.jacobian_norm",
+     "a stride"),
+    ("spectra-not-bool", '[record]\nspectra = 1\n' + GRID, "record.spectra", "true or false"),
 ]
 
 

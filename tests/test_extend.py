@@ -22,6 +22,7 @@ steps = 12
 [record]
 steps = "all"
 weights = true
+spectra = true
 [grid]
 width = [8]
 depth = [2, 3]
@@ -90,3 +91,23 @@ def test_a_dry_run_counts_a_grown_cohort_as_still_to_train(tmp_path):
     assert "(2 already in" in run().output
     grown = run("--set", "grid.seed=[0, 1]")
     assert grown.exit_code == 0 and "(0 already in" in grown.output, grown.output
+
+
+def test_a_folder_written_with_an_older_record_format_is_refused_and_kept(tmp_path,
+                                                                          monkeypatch):
+    """Files of a normsweep that recorded less by default (no margin, no
+    Jacobian) must not pass for this version's: the launch stops with the
+    record formats named, exit status 1, and the files stay as they were."""
+    from click.testing import CliRunner
+    from normsweep import cli
+    grid = tmp_path / "grid.toml"
+    grid.write_text(SMALL.replace("depth = [2, 3]", "depth = [2]"))
+    root = tmp_path / "old"
+    monkeypatch.setattr(config, "RECORD_FORMAT", 1)
+    sweep.launch(config.load(grid), root)
+    before = {p: p.read_bytes() for p in root.rglob("*.nc")}
+    monkeypatch.undo()
+    result = CliRunner().invoke(cli.main, ["launch", str(grid), "--out", str(root)])
+    assert result.exit_code == 1
+    assert "record format 1, this one 2" in result.output and "new folder" in result.output
+    assert {p: p.read_bytes() for p in root.rglob("*.nc")} == before

@@ -38,16 +38,24 @@ def test_sharpness_matches_dense_hessian_along_training():
 
 
 def test_sharpness_is_off_by_default_and_recorded_when_asked(tmp_path):
+    """Sharpness is off unless asked for; the Jacobian is on by default at
+    "log" and off at 0; measuring either changes nothing else."""
     from normsweep import sweep
     text = ('name = "s"\n[data]\nn = 16\nd = 4\nk = 3\n[train]\nsteps = 10\n'
             '[record]\nsteps = "all"\nsharpness = 5\njacobian_norm = 5\n[grid]\nwidth = [6]\n'
             'depth = [2]\n'
             'lr = [0.1, 0.2]\n')
     sweep.launch(parse(text), tmp_path / "on")
-    sweep.launch(parse(text.replace("sharpness = 5\njacobian_norm = 5\n", "")), tmp_path / "off")
+    sweep.launch(parse(text.replace("sharpness = 5\njacobian_norm = 5\n", "")), tmp_path / "dflt")
+    sweep.launch(parse(text.replace("sharpness = 5\njacobian_norm = 5\n", "jacobian_norm = 0\n")),
+                 tmp_path / "off")
     import xarray as xr
     with xr.open_dataset(tmp_path / "on" / "sweep.nc") as on, \
-            xr.open_dataset(tmp_path / "off" / "sweep.nc") as off:
+            xr.open_dataset(tmp_path / "off" / "sweep.nc") as off, \
+            xr.open_dataset(tmp_path / "dflt" / "sweep.nc") as dflt:
+        assert "sharpness" not in dflt and "jacobian_frob_norm" in dflt
+        # 11 records: "log" measures all of them at probe_points = 16
+        assert dflt["jacobian_frob_norm"].notnull().all()
         for name in ("sharpness", "jacobian_frob_norm", "jacobian_spec_norm"):
             assert name not in off and name in on, name
             assert on[name].attrs["long_name"] and on[name].attrs["units"] == "1"

@@ -149,8 +149,8 @@ def test_a_member_whose_weights_or_norms_overflow_is_diverged(planted):
     ws[1] = ws[1].at[1].set(planted)          # member 1's hidden layer
     state = state._replace(params=model.with_kernels(state.params, ws))
     records, diverged = [], None
-    for t, gap, valid in train.segments(STEPS):
-        state, rec = train.segment_cohort(prog, mesh, state, hp, x, y, t, gap, valid)
+    for t, gap, valid, due in train.segments(STEPS, prog):
+        state, rec = train.segment_cohort(prog, mesh, state, hp, x, y, t, gap, valid, due)
         records.append({k: np.asarray(v)[:, valid] for k, v in rec.items()})
     diverged = np.asarray(state.diverged_at)[:2]
     loss = np.concatenate([r["loss"] for r in records], 1)
@@ -195,13 +195,23 @@ def test_spectral_norm_tracks_svd_at_every_record_at_width_1024():
 
 def test_segments_cover_every_record_once():
     steps = plan.record_steps(1000, "log", 50)
-    segs = train.segments(steps, count=7)
+    segs = train.segments(steps, train.Program(dims=(2, 3, 2), jacobian_every="log",
+                                               sharpness_every=100), count=7)
     t = np.concatenate([s[0][s[2]] for s in segs])
     gap = np.concatenate([s[1][s[2]] for s in segs])
     np.testing.assert_array_equal(t, steps)
     np.testing.assert_array_equal(t[:-1] + gap[:-1] + 1, steps[1:])
     assert gap[-1] == -1, "the last record moves nothing"
     assert len({len(s[0]) for s in segs}) == 1, "segments must share one shape"
+    due = {name: np.concatenate([s[3][name][s[2]] for s in segs]) for name in segs[0][3]}
+    assert set(due) == {"jacobian", "sharpness"}
+    np.testing.assert_array_equal(steps[due["sharpness"]],
+                                  np.union1d(steps[steps % 100 == 0], [1000]))
+    logged = steps[due["jacobian"]]
+    assert logged[0] == 0 and logged[-1] == 1000 and 12 <= len(logged) <= 16
+    # spread evenly in log(step): consecutive ratios within a factor 2 of 1000^(1/14)
+    ratios = logged[2:] / logged[1:-1]
+    assert np.all((ratios > 1000 ** (1 / 14) / 2) & (ratios < 1000 ** (1 / 14) * 2))
 
 
 def test_float64_runs_in_float64(tmp_path):

@@ -240,3 +240,152 @@ def fig_balance(moved: xr.DataArray, depth: int, out: Path) -> Path:
     ax.set_title(f"balance from init to the last step, depth {depth}", fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, out / "balance.png")
+
+
+def fig_jacobian(ds: xr.Dataset, outcome: xr.DataArray, softmax: bool, out: Path) -> Path:
+    """‖∂F/∂x‖₂ over the measured steps at the deepest depth, one panel per
+    width, one line per η (median over the seeds that fit or still train),
+    each beside its bound Π_l‖W_l‖₂ (halved for a softmax output), dashed."""
+    depth = int(ds["depth"].max())
+    widths = ds["width"].values
+    fig, axes = plt.subplots(1, len(widths), figsize=(3.4 * len(widths), 3.4), squeeze=False,
+                             sharey=True)
+    kept = ds.where(outcomes.usable(outcome)).sel(depth=depth)
+    bound = kept["spec_norm"].sel(layer=slice(0, depth - 1)).prod("layer", min_count=1)
+    bound = bound * (0.5 if softmax else 1.0)
+    for ax, width in zip(axes[0], widths):
+        for i, lr in enumerate(ds["lr"].values):
+            da = kept["jacobian_spec_norm"].sel(width=width, lr=lr).median("seed")
+            measured = da.notnull()
+            if not bool(measured.any()):
+                continue
+            steps = da["step"].values[measured.values]
+            ax.plot(np.maximum(steps, 0.5), da.values[measured.values], "o-", ms=3,
+                    color=f"C{i}", label=f"η₀ = {lr:.2g}")
+            b = bound.sel(width=width, lr=lr).median("seed").values[measured.values]
+            ax.plot(np.maximum(steps, 0.5), b, "--", lw=0.8, color=f"C{i}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("step (0 drawn at 0.5)")
+        ax.set_title(f"width {width}, depth {depth}", fontsize=9)
+    axes[0, 0].set_ylabel("‖∂F/∂x‖₂ (mean over points)")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("input–output Jacobian over training (dashed: the bound "
+                 + ("½Π‖W_l‖₂)" if softmax else "Π‖W_l‖₂)"), y=1.02)
+    return _save(fig, out / "jacobian.png")
+
+
+def fig_spectrum(ds: xr.Dataset, cfg, keep: xr.DataArray, out: Path) -> Path:
+    """Left: the singular values of one layer of the widest, deepest
+    networks at init and at the end (pooled over the seeds of the largest η₀
+    at which they all fit or still train) against the Marchenko–Pastur
+    density for the measured entry variance, the outlier threshold dotted.
+    Right: the largest singular values of the change W(T) − W(0)."""
+    from normsweep.analysis.tables import layer_shape, spectrum_layer
+    depth, layer = spectrum_layer(ds)
+    width = int(ds["width"].max())
+    p, q = layer_shape(cfg, width, depth, layer)
+    cell = ds.sel(width=width, depth=depth, layer=layer)
+    ok = keep.sel(width=width, depth=depth)
+    good = [lr for lr in ds["lr"].values if bool(ok.sel(lr=lr).all())]
+    lr = max(good) if good else ds["lr"].values[0]
+    cell = cell.sel(lr=lr)
+    s2 = float((cell["frob_norm"].isel(step=0) ** 2).mean()) / (p * q)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
+    sv = cell["singular_values"]
+    top = float(sv.max())
+    bins = np.linspace(0, top * 1.02, 50)
+    for i, (which, label) in enumerate(((0, "init"), (-1, "end"))):
+        vals = sv.isel(spectrum_step=which).values.ravel()
+        ax.hist(vals[np.isfinite(vals)], bins=bins, density=True, alpha=0.45, color=f"C{i}",
+                label=f"W at {label}")
+    grid = np.linspace(1e-6, top * 1.02, 400)
+    ax.plot(grid, theory.marchenko_pastur_singular(grid, p, q, s2), "k-", lw=1,
+            label="Marchenko–Pastur")
+    ax.axvline(theory.outlier_threshold(p, q, s2), color="k", ls=":", lw=1,
+               label="outlier threshold")
+    ax.set_xlabel("singular value σ")
+    ax.set_ylabel("density")
+    ax.set_title(f"layer {layer} ({p}×{q}), width {width}, depth {depth}, η₀ = {lr:.3g}",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    change = cell["change_singular_values"].isel(spectrum_step=-1)
+    for j, seed in enumerate(change[change.dims[0]].values if change.ndim > 1 else [None]):
+        vals = (change.sel({change.dims[0]: seed}) if seed is not None else change).values
+        vals = vals[np.isfinite(vals)][:30]
+        bx.plot(np.arange(1, len(vals) + 1), vals, "o-", ms=3, color=f"C{j}")
+    bx.set_yscale("log")
+    bx.set_xlabel("index i")
+    bx.set_ylabel("σ_i(W(T) − W(0))")
+    bx.set_title("the change's largest singular values (one line per seed)", fontsize=9)
+    return _save(fig, out / "spectrum.png")
+
+
+def fig_coordinates(ds: xr.Dataset, keep: xr.DataArray, lr: float, out: Path,
+                    steps: int = 3) -> Path:
+    """The μP coordinate check (as the mup package draws it): mean
+    |a_l(t) − a_l(0)| against width at the first `steps` measured steps,
+    one panel per parametrization, one colour per layer (median over
+    seeds, η₀ = `lr`)."""
+    from normsweep.analysis.tables import roles
+    depth = int(ds["depth"].max())
+    da = ds["activation_change"].sel(depth=depth, lr=lr).where(keep.sel(depth=depth, lr=lr))
+    params = list(ds["parametrization"].values) if "parametrization" in ds.dims else [None]
+    measured = [int(t) for t in ds["step"].values
+                if t > 0 and bool(da.sel(step=t).notnull().any())][:steps]
+    fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.6), squeeze=False)
+    widths = ds["width"].values
+    for ax, param in zip(axes[0], params):
+        cell = da.sel(parametrization=param) if param is not None else da
+        others = [d for d in cell.dims if d not in ("width", "step", "layer")]
+        for c, (layer, role) in enumerate(roles(depth)):
+            for k, t in enumerate(measured):
+                ax.plot(widths, cell.sel(step=t, layer=layer).median(others), "o-", ms=3,
+                        color=f"C{c}", alpha=0.4 + 0.6 * (k + 1) / len(measured),
+                        label=f"layer {layer} ({role})" if k == len(measured) - 1 else None)
+        _against_width(ax, "mean |a_l(t) − a_l(0)|",
+                       f"{param or 'this sweep'}: steps {', '.join(map(str, measured))} "
+                       "(darker later)")
+    fig.suptitle(f"coordinate check, depth {depth}, η₀ = {lr:.3g}", y=1.02)
+    return _save(fig, out / "coordinates.png")
+
+
+def fig_margin(ds: xr.Dataset, outcome: xr.DataArray, out: Path) -> Path:
+    """For the networks that fit, at the widest width of each depth: ‖θ(t)‖
+    against log t (log–log, where (log t)^{1/L} is a line of slope 1/L) and
+    the normalised margin q_min/‖θ‖^L over time."""
+    from normsweep.analysis.tables import param_norm
+    fit = outcome == outcomes.FIT
+    theta = param_norm(ds)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
+    steps = ds["step"].values
+    late = steps >= 3
+    for i, depth in enumerate(ds["depth"].values):
+        width = int(ds["width"].max())
+        mask = fit.sel(depth=depth, width=width)
+        if not bool(mask.any()):
+            continue
+        th = theta.sel(depth=depth, width=width).where(mask)
+        nm = (ds["margin"].sel(depth=depth, width=width) / th ** int(depth)).where(mask)
+        others = [d for d in th.dims if d != "step"]
+        med = th.median(others).values
+        ax.plot(np.log(steps[late]), med[late], "-", color=f"C{i}", label=f"depth {depth}")
+        ref = med[late][np.isfinite(med[late])]
+        if ref.size:
+            x = np.log(steps[late])
+            ax.plot(x, ref[-1] * (x / x[-1]) ** (1 / int(depth)), ":", color=f"C{i}", lw=1)
+        bx.plot(np.maximum(steps, 0.5), nm.median(others), "-", color=f"C{i}",
+                label=f"depth {depth}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("log t")
+    ax.set_ylabel("‖θ(t)‖ (median over networks that fit)")
+    ax.set_title(f"weight norm, width {int(ds['width'].max())} (dotted: (log t)^(1/L))",
+                 fontsize=9)
+    ax.legend(fontsize=7)
+    bx.set_xscale("log")
+    bx.set_xlabel("step")
+    bx.set_ylabel("normalised margin q_min / ‖θ‖^L")
+    bx.set_title("normalised margin of the networks that fit", fontsize=9)
+    bx.legend(fontsize=7)
+    return _save(fig, out / "margin.png")

@@ -23,14 +23,16 @@ import xarray as xr
 from normsweep import config as config_mod
 from normsweep import store
 from normsweep.analysis import fits, outcomes
-from normsweep.analysis.figures import (fig_balance, fig_comparison, fig_identity, fig_init,
-                                        fig_ntk,
-                                        fig_scaling, fig_sharpness, fig_stability,
-                                        fig_trajectories)
-from normsweep.analysis.tables import (balance, ci, fmt, identity_check, init_table,
-                                       layer_multipliers, stability_against_sharpness,
-                                       stable_ranks, jacobian_table,
-                                       ntk_change, sharpness_table, well_trained_table)
+from normsweep.analysis.figures import (fig_balance, fig_comparison, fig_coordinates,
+                                        fig_identity, fig_init, fig_jacobian, fig_margin,
+                                        fig_ntk, fig_scaling, fig_sharpness, fig_spectrum,
+                                        fig_stability, fig_trajectories)
+from normsweep.analysis.tables import (balance, ci, coordinate_lr, coordinate_slopes, fmt,
+                                       identity_check, init_table, jacobian_table,
+                                       layer_multipliers, local_width_slopes, norm_growth,
+                                       ntk_change, sharpness_table, spectra_table,
+                                       spectrum_layer, stability_against_sharpness,
+                                       stable_ranks, well_trained_table)
 from normsweep.analysis.theory import FIRST_STEP, PREDICTIONS
 from normsweep.errors import GridError, RunError
 
@@ -108,6 +110,12 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
         figures.append(fig_balance(moved["moved"], moved["depth"], out))
     if "sharpness" in ds:
         figures.append(fig_sharpness(ds, outcome, out))
+    if "jacobian_spec_norm" in ds:
+        figures.append(fig_jacobian(ds, outcome, cfg.model.output == "softmax", out))
+    if "singular_values" in ds:
+        figures.append(fig_spectrum(ds, cfg, keep, out))
+    if "margin" in ds and bool((outcome == outcomes.FIT).any()):
+        figures.append(fig_margin(ds, outcome, out))
     text = render(ds, cfg, table, outcome, check, fit_accuracy, root, param, moved, wd)
     if ref_labels:
         text += "\n".join(_comparison_section(full, full_table, ref_labels))
@@ -115,6 +123,12 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
     if "ntk_max_eig" in full:
         text += "\n".join(_ntk_section(full, full_outcome, cfg, boot, seed))
         figures.append(fig_ntk(full, full_outcome, out))
+    full_keep = outcomes.usable(full_outcome)
+    lr = coordinate_lr(full, full_keep)
+    coords = coordinate_slopes(full, full_keep, lr, cfg) if lr is not None else None
+    if coords is not None:
+        text += "\n".join(coordinate_section(coords, lr, cfg))
+        figures.append(fig_coordinates(full, full_keep, lr, out))
     store.write_text(out / "report.md", number_sections(text))
     return Analysis(full_table, out / "report.md", figures)
 
@@ -204,14 +218,7 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
               "![dist](trajectory_frob_dist.png)", ""]
 
     lines += balance_section(moved or {}, param, wd)
-    lines += [heading("spectra", "Spectra: stable ranks"), "",
-              "The stable rank ‖A‖_F²/‖A‖₂² of W at init (beside the random-matrix value: pq "
-              "over the finite-size squared edge, pq/(√p + √q)² in the limit), at the last step, and of the change W(T) − W(0), at depth "
-              f"{int(ds['depth'].values[-1])}, medians over the networks that fit or still "
-              "train. A change whose stable rank is a small number moved the weights along a "
-              "few directions, whatever the layer's size.", "",
-              _md(stable_ranks(ds, cfg, outcomes.usable(outcome))), ""]
-
+    lines += spectra_section(ds, cfg, outcome)
     jac = jacobian_table(ds, cfg)
     if jac is not None:
         output = ("softmax output F: the bound is ½Π_l‖W_l‖₂, as ‖diag(s) − ssᵀ‖₂ ≤ ½"
@@ -222,7 +229,9 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
                   "The mean over the data of ‖∂F(x_i)/∂x_i‖ (the question's motivation: how "
                   f"the weight norms bound the network's sensitivity), for the {output}. "
                   "Medians over seeds and η; the end is each network's last measurement:", "",
-                  _md(jac), ""]
+                  _md(jac), "",
+                  "Over training, at the deepest depth (medians over the seeds that fit or "
+                  "still train; the bound dashed):", "", "![jacobian](jacobian.png)", ""]
 
     lines += [heading("iteration", "Per iteration"), ""]
     if check:
@@ -252,6 +261,7 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
                   "norms up (for cross-entropy ‖θ_t‖ grows like (log t)^{1/L}, Lyu & Li 2019). "
                   "A 'well-trained norm' is therefore a function of the training time, not a "
                   "limit.", ""]
+    lines += margin_section(ds, cfg, outcome, fit_accuracy)
 
     lines += [heading("stability", "Stability"), "",
               f"Outcomes: {counts[outcomes.FIT]} fit, {counts[outcomes.TRAINING]} still training "
@@ -296,8 +306,101 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
               ["One width: no width exponent is identified and nothing is plotted against "
                "width; the η exponents above are fitted at that width.", ""])
     lines += ["The full table, with prefactors and counts, is in `fits.csv` and `fits.nc`.", ""]
+    lines += finite_width_section(ds, table, fit_accuracy)
     lines += regime_section(ds, table, fit_accuracy)
     return "\n".join(lines)
+
+
+def spectra_section(ds, cfg, outcome) -> list[str]:
+    """Stable ranks; with recorded spectra, the singular values against the
+    Marchenko–Pastur bulk, the outliers and the update's effective rank."""
+    keep = outcomes.usable(outcome)
+    lines = [heading("spectra", "Spectra"), "",
+             "The stable rank ‖A‖_F²/‖A‖₂² of W at init (beside the random-matrix value: pq "
+             "over the finite-size squared edge, pq/(√p + √q)² in the limit), at the last step, "
+             f"and of the change W(T) − W(0), at depth {int(ds['depth'].values[-1])}, medians "
+             "over the networks that fit or still train. A change whose stable rank is a small "
+             "number moved the weights along a few directions, whatever the layer's size.", "",
+             _md(stable_ranks(ds, cfg, keep)), ""]
+    table = spectra_table(ds, cfg, keep)
+    if table is None:
+        return lines + ["Record `[record] spectra = true` for the singular values themselves "
+                        "(Marchenko–Pastur bulk, outliers, the update's effective rank).", ""]
+    depth, layer = spectrum_layer(ds)
+    return lines + [
+        "The whole spectrum, at step 0 and the last. W(0) has i.i.d. entries, so its singular "
+        "values fill the Marchenko–Pastur bulk for its entry variance s² = ‖W(0)‖_F²/(pq); a "
+        "value beyond the bulk's edge s(√p + √q) by more than 4 Tracy–Widom scales is an "
+        "outlier (pure noise makes one with probability below 1e-3). Training adds a low-rank "
+        "change, and its large directions leave the bulk. The effective rank (the exponential "
+        "of the entropy of the normalised singular values) of ∂L/∂W_l is that of the plain GD "
+        "update, at most min(n, p, q): n outer products h_iδ_iᵀ make it. Medians over the "
+        "networks that fit or still train:", "", _md(table), "",
+        f"The spectrum of layer {layer} at depth {depth} and the change's largest singular "
+        "values:", "", "![spectrum](spectrum.png)", ""]
+
+
+def margin_section(ds, cfg, outcome, fit_accuracy: float) -> list[str]:
+    """Norms of the networks that fit against log t beside Lyu & Li's
+    (log t)^{1/L}, and their normalised margin (`tables.norm_growth`)."""
+    if "margin" not in ds or not bool((outcome == outcomes.FIT).any()):
+        return []
+    growth = norm_growth(ds, outcome, fit_accuracy)
+    if cfg.train.loss == "cross_entropy":
+        law = ("With cross-entropy the network is L-homogeneous and the loss exponential-"
+               "tailed: Lyu & Li (2019) prove that, once the data are separated, the "
+               "normalised margin q_min/‖θ‖^L rises and ‖θ(t)‖ grows like (log t)^{1/L}")
+    else:
+        law = ("Lyu & Li's theorem (‖θ(t)‖ ∝ (log t)^{1/L} once the data are separated, and a "
+               f"rising normalised margin) is for exponential-tailed losses such as "
+               f"cross-entropy; this sweep's loss `{cfg.train.loss}` is outside it, so the "
+               "exponent below is a measurement, with 1/L beside it for reference only")
+    return [f"{law}. Per (depth, width) over the networks that fit: the exponent a of "
+            "‖θ(t)‖ = (Σ_l‖W_l‖_F²)^½ ∝ (log t)^a, fitted on the records after each network "
+            "first fits (t ≥ 3; at least 4 records), and the normalised margin q_min/‖θ‖^L "
+            "(q_min: the smallest logit margin over the points) at the first fit and at the "
+            "end, medians. A finite run spans a short range of log log t: read a as the local "
+            "rate, not a limit.", "", _md(growth), "", "![margin](margin.png)", ""]
+
+
+def finite_width_section(ds, table: pd.DataFrame, fit_accuracy: float) -> list[str]:
+    """The width exponent between adjacent widths (`tables.local_width_slopes`):
+    where a measured exponent stands against its infinite-width limit."""
+    local = local_width_slopes(ds, fit_accuracy)
+    if not len(local):
+        return []
+    moving = local[np.abs(local["largest widths"] - local["first"]) > 0.1]
+    shown = local.drop(columns=["first", "largest widths"])
+    lines = ["**Finite width.** A width exponent is a statement about m → ∞; at finite width "
+             "the corrections shrink as m grows, so the slope between the two largest widths "
+             "is the best estimate of the limit, and a pooled fit, which weighs every width "
+             "alike, lies between it and the small-width slopes. The local slopes between "
+             "adjacent widths, at each η₀ (medians over seeds, deepest networks):", "",
+             _md(shown), ""]
+    if len(moving):
+        lines += [f"In {len(moving)} of {len(local)} rows the local slope still moves by more "
+                  "than 0.1 from the smallest to the largest widths (e.g. "
+                  + "; ".join(f"{r.metric} layer {r.layer} at η₀ {r['η₀']}: {r.first:+.2f} → "
+                              f"{r['largest widths']:+.2f}" for _, r in moving.head(3).iterrows())
+                  + "): there the exponent has not reached its limit, and wider networks would "
+                  "move it further.", ""]
+    else:
+        lines += ["Every local slope is within 0.1 of its value between the smallest widths: "
+                  "the exponents have settled at these widths.", ""]
+    return lines
+
+
+def coordinate_section(coords: pd.DataFrame, lr: float, cfg) -> list[str]:
+    """The μP coordinate check (`tables.coordinate_slopes`) in words."""
+    return [heading("coordinates", "Coordinate check"), "",
+            "How much a coordinate of each layer's preactivations moves, mean |a_l(t) − a_l(0)| "
+            "over the data and units, against width at the first measured steps, at "
+            f"η₀ = {lr:.3g} (the largest at which every network of the deepest depth fits or "
+            "still trains). μP keeps every layer's change Θ(1) in width (exponent 0); the "
+            "NTK parametrization, and the standard one with η ∝ 1/m, are lazy: the hidden and "
+            "output changes vanish like m^−½ (Yang & Hu 2021). Width exponents, least squares "
+            "over widths of the medians over seeds:", "", _md(coords), "",
+            "![coordinates](coordinates.png)", ""]
 
 
 def balance_section(moved: dict, param: str, wd: float) -> list[str]:

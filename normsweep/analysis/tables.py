@@ -324,3 +324,189 @@ def jacobian_table(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame | Non
                 row["√(2k)"] = fmt((2 * cfg.data.k) ** 0.5)
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def roles(depth: int) -> list[tuple[int, str]]:
+    """(layer, role) of the input, one hidden (when there is one) and the readout layer."""
+    return [(0, "input")] + ([(1, "hidden")] if depth > 2 else []) + [(depth - 1, "readout")]
+
+
+def local_width_slopes(ds: xr.Dataset, fit_accuracy: float = outcomes.FIT_ACCURACY
+                       ) -> pd.DataFrame:
+    """The width exponent between adjacent widths, at each η: the slope of
+    log(median over seeds) from m_i to m_{i+1}, for the relative distance
+    from init of the deepest networks' layers (and of the whole parameter
+    vector). Finite-width corrections shrink as m grows, so the slope
+    between the two largest widths is the best estimate of the limit; a
+    pooled fit weighs every width alike. Empty with fewer than 3 widths."""
+    from normsweep.analysis import fits
+    if ds.sizes["width"] < 3:
+        return pd.DataFrame()
+    derived, chosen = fits.fitted_quantities(ds, fit_accuracy)
+    depth = int(ds["depth"].max())
+    widths = ds["width"].values.astype(float)
+    rows = []
+    for metric in ("rel_frob_dist", "rel_spec_dist", "rel_param_dist"):
+        da = derived[metric].where(chosen[metric][0]).sel(depth=depth)
+        cells = [(-1, "all")] if "layer" not in da.dims else roles(depth)
+        for layer, role in cells:
+            for lr in ds["lr"].values:
+                cell = da.sel(lr=lr) if layer < 0 else da.sel(lr=lr, layer=layer)
+                med = cell.median("seed").values
+                slopes = np.diff(np.log(med)) / np.diff(np.log(widths))
+                if np.isfinite(slopes).sum() < 2:
+                    continue
+                rows.append({"metric": metric, "layer": f"{layer} ({role})" if layer >= 0
+                             else "all", "η₀": f"{lr:.3g}",
+                             "local slopes": ", ".join(
+                                 f"{widths[i]:.0f}→{widths[i + 1]:.0f}: {s:+.2f}"
+                                 for i, s in enumerate(slopes) if np.isfinite(s)),
+                             "first": float(slopes[np.isfinite(slopes)][0]),
+                             "largest widths": float(slopes[np.isfinite(slopes)][-1])})
+    return pd.DataFrame(rows)
+
+
+def param_norm(ds: xr.Dataset) -> xr.DataArray:
+    """‖θ(t)‖ = (Σ_l ‖W_l(t)‖_F²)^½, the norm of all the weights."""
+    return np.sqrt((ds["frob_norm"] ** 2).sum("layer", min_count=1))
+
+
+def norm_growth(ds: xr.Dataset, outcome: xr.DataArray,
+                fit_accuracy: float = outcomes.FIT_ACCURACY, min_records: int = 4
+                ) -> pd.DataFrame:
+    """Per (depth, width), over the networks that fit: the exponent a of
+    ‖θ(t)‖ ∝ (log t)^a once they fit (least squares of log‖θ‖ on log log t
+    over the records after the first fit with t ≥ 3, at least `min_records`
+    of them; median over networks), beside Lyu & Li's 1/L; and the
+    normalised margin q_min/‖θ‖^L at the first fit and at the end (medians;
+    it rises monotonically in Lyu & Li's setting)."""
+    fit = outcome == outcomes.FIT
+    t_fit = first_fit_step(ds, fit_accuracy)
+    theta = param_norm(ds)
+    steps = ds["step"].values.astype(float)
+    rows = []
+    for depth in ds["depth"].values:
+        for width in ds["width"].values:
+            sel = dict(depth=depth, width=width)
+            mask = fit.sel(sel)
+            if not bool(mask.any()):
+                continue
+            th = theta.sel(sel).where(mask)
+            norm_margin = (ds["margin"].sel(sel) / th ** int(depth)) if "margin" in ds else None
+            tf = t_fit.sel(sel)
+            exps, at_fit, at_end = [], [], []
+            for idx in zip(*np.nonzero(mask.values)):
+                point = dict(zip(mask.dims, idx))
+                start = float(tf.isel(point))
+                curve = th.isel(point).values
+                after = (steps >= max(start, 3)) & np.isfinite(curve)
+                if after.sum() >= min_records:
+                    x, y = np.log(np.log(steps[after])), np.log(curve[after])
+                    exps.append(np.polyfit(x, y, 1)[0])
+                if norm_margin is not None:
+                    nm = norm_margin.isel(point)
+                    at_fit.append(float(nm.sel(step=int(start))))
+                    at_end.append(float(nm.isel(step=-1)))
+            rows.append({"depth": int(depth), "width": int(width), "networks fit": int(mask.sum()),
+                         "a in ‖θ‖ ∝ (log t)^a": fmt(float(np.median(exps)), 2) if exps
+                         else "–",
+                         "1/L": fmt(theory.lyu_li_exponent(int(depth)), 2),
+                         "q/‖θ‖^L at first fit": fmt(float(np.median(at_fit)), 3) if at_fit
+                         else "–",
+                         "at the end": fmt(float(np.median(at_end)), 3) if at_end else "–"})
+    return pd.DataFrame(rows)
+
+
+def spectrum_layer(ds: xr.Dataset) -> tuple[int, int]:
+    """(depth, layer) whose spectra the report shows: a hidden layer of the
+    deepest networks, or their input layer at depth 2."""
+    depth = int(ds["depth"].max())
+    return depth, 1 if depth > 2 else 0
+
+
+def layer_shape(cfg: config_mod.Config, width: int, depth: int, layer: int) -> tuple[int, int]:
+    dims = (cfg.data.d,) + (int(width),) * (depth - 1) + (cfg.data.k,)
+    return dims[layer], dims[layer + 1]
+
+
+def outliers(sv: xr.DataArray, p: int, q: int, s2: xr.DataArray) -> xr.DataArray:
+    """How many singular values in `sv` (dim `singular`) lie above the
+    noise bulk of a p×q matrix with entry variance `s2` (`theory.outlier_threshold`)."""
+    edge = np.sqrt(s2) * (np.sqrt(p) + np.sqrt(q))
+    tw = np.sqrt(s2) * (1 / np.sqrt(p) + 1 / np.sqrt(q)) ** (1 / 3) / 2
+    return (sv > edge + 4 * tw).sum("singular").where(sv.notnull().any("singular"))
+
+
+def spectra_table(ds: xr.Dataset, cfg: config_mod.Config, keep: xr.DataArray
+                  ) -> pd.DataFrame | None:
+    """Per width and layer of the deepest networks, medians over the networks
+    that fit or still train: the singular values of W above the
+    Marchenko–Pastur bulk (outliers) at init and at the last step, the
+    entry variance s² = ‖W(0)‖_F²/(pq) the bulk is drawn for, and the
+    effective rank of the gradient (that of the GD update; at most n and
+    min(p, q)) at both steps. None without recorded spectra."""
+    if "singular_values" not in ds:
+        return None
+    depth = int(ds["depth"].max())
+    rows = []
+    for width in ds["width"].values:
+        cell = ds.sel(width=width, depth=depth)
+        ok = keep.sel(width=width, depth=depth)
+        for layer in range(depth):
+            p, q = layer_shape(cfg, width, depth, layer)
+            s2 = cell["frob_norm"].sel(layer=layer).isel(step=0) ** 2 / (p * q)
+            sv = cell["singular_values"].sel(layer=layer)
+            count = outliers(sv, p, q, s2).where(ok)
+            rank = cell["gradient_effective_rank"].sel(layer=layer).where(ok)
+            rows.append({"width": int(width), "layer": layer, "shape": f"{p}×{q}",
+                         "outliers at init": fmt(float(count.isel(spectrum_step=0).median())),
+                         "outliers at end": fmt(float(count.isel(spectrum_step=-1).median())),
+                         "max at end": fmt(float(count.isel(spectrum_step=-1).max())),
+                         "eff. rank ∇L at init": fmt(float(rank.isel(spectrum_step=0).median())),
+                         "at end": fmt(float(rank.isel(spectrum_step=-1).median())),
+                         "bound min(n, p, q)": min(cfg.data.n, p, q)})
+    return pd.DataFrame(rows)
+
+
+def coordinate_lr(ds: xr.Dataset, keep: xr.DataArray) -> float | None:
+    """The η₀ of the coordinate check: the largest at which every network of
+    the deepest depth fits or still trains (None if none)."""
+    depth = int(ds["depth"].max())
+    ok = keep.sel(depth=depth)
+    others = [d for d in ok.dims if d != "lr"]
+    good = [lr for lr in ds["lr"].values if bool(ok.sel(lr=lr).all(others))]
+    return float(max(good)) if good else None
+
+
+def coordinate_slopes(ds: xr.Dataset, keep: xr.DataArray, lr: float, cfg,
+                      steps: int = 3) -> pd.DataFrame | None:
+    """The μP coordinate check as numbers: at η₀ = `lr` and the first
+    `steps` measured steps, the width exponent of mean |a_l(t) − a_l(0)|
+    (least squares over widths of the median over seeds), per
+    parametrization and layer of the deepest networks, beside the
+    prediction (`theory.COORDINATES`). None without `activation_change` or
+    with fewer than 2 widths."""
+    if "activation_change" not in ds or ds.sizes["width"] < 2:
+        return None
+    depth = int(ds["depth"].max())
+    da = ds["activation_change"].sel(depth=depth, lr=lr).where(keep.sel(depth=depth, lr=lr))
+    measured = [int(t) for t in ds["step"].values
+                if t > 0 and bool(da.sel(step=t).notnull().any())][:steps]
+    params = list(ds["parametrization"].values) if "parametrization" in ds.dims else \
+        [cfg.model.parametrization]
+    logm = np.log(ds["width"].values.astype(float))
+    rows = []
+    for param in params:
+        cell = da.sel(parametrization=param) if "parametrization" in da.dims else da
+        predicted = theory.COORDINATES.get((str(param), float(cfg.grid.lr_width_exponent)), {})
+        others = [d for d in cell.dims if d not in ("width", "step", "layer")]
+        for layer, role in roles(depth):
+            row = {"parametrization": str(param), "layer": f"{layer} ({role})"}
+            for t in measured:
+                med = cell.sel(step=t, layer=layer).median(others).values
+                ok = np.isfinite(med) & (med > 0)
+                row[f"step {t}"] = (f"{np.polyfit(logm[ok], np.log(med[ok]), 1)[0]:+.2f}"
+                                    if ok.sum() >= 2 else "–")
+            row["predicted"] = f"{predicted[role]:+.1f}" if role in predicted else "–"
+            rows.append(row)
+    return pd.DataFrame(rows)

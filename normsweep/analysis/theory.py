@@ -64,3 +64,52 @@ PREDICTIONS = {
 # Bernstein 2023), by (parametrization, lr width_exponent)
 FIRST_STEP = {("standard", 0.0): 0.5, ("standard", -1.0): -0.5, ("ntk", 0.0): -0.5,
               ("mup", 0.0): 0.0}
+
+
+def edge_fluctuation(p: int, q: int, s2: float) -> float:
+    """The Tracy–Widom scale of the largest singular value of a p×q matrix
+    with i.i.d. N(0, s²) entries, s·(1/√p + 1/√q)^{1/3}/2 (the scale σ of
+    `spectral_finite`'s ‖W‖₂², divided by 2‖W‖₂)."""
+    return math.sqrt(s2) * (1 / math.sqrt(p) + 1 / math.sqrt(q)) ** (1 / 3) / 2
+
+
+def outlier_threshold(p: int, q: int, s2: float, scales: float = 4.0) -> float:
+    """A singular value above the bulk: beyond the Bai–Yin edge by `scales`
+    Tracy–Widom scales (the largest value of a pure noise matrix exceeds it
+    with probability below 1e-3: TW₁'s tail beyond 4)."""
+    return spectral_edge(p, q, s2) + scales * edge_fluctuation(p, q, s2)
+
+
+def marchenko_pastur_singular(sigma, p: int, q: int, s2: float):
+    """The Marchenko–Pastur density of the singular values of a p×q matrix
+    with i.i.d. N(0, s²) entries (normalised over its min(p, q) values):
+    with r = min/max and scale s²·max(p, q), the eigenvalues λ = σ² of the
+    smaller Gram matrix have density √((λ₊ − λ)(λ − λ₋))/(2π·scale·r·λ) on
+    [scale(1 − √r)², scale(1 + √r)²]; σ's density is that times 2σ."""
+    import numpy as np
+    big, small = max(p, q), min(p, q)
+    r, scale = small / big, s2 * big
+    lam = np.asarray(sigma, float) ** 2
+    lo, hi = scale * (1 - math.sqrt(r)) ** 2, scale * (1 + math.sqrt(r)) ** 2
+    inside = (lam > lo) & (lam < hi)
+    dens = np.where(inside, np.sqrt(np.clip((hi - lam) * (lam - lo), 0, None))
+                    / (2 * math.pi * scale * r * np.where(lam > 0, lam, 1)), 0.0)
+    return dens * 2 * np.asarray(sigma, float)
+
+
+# Lyu & Li 2019: for an L-homogeneous network trained by gradient descent on
+# an exponential-tailed classification loss (cross-entropy), once the data are
+# separated ‖θ(t)‖ grows like (log t)^{1/L} and the normalised margin
+# q_min/‖θ‖^L rises monotonically
+def lyu_li_exponent(depth: int) -> float:
+    return 1.0 / depth
+
+
+# how the size of a coordinate's change, mean |a_l(t) − a_l(0)|, scales with
+# width at fixed η₀ after a few steps, by (parametrization, lr width_exponent)
+# (Yang & Hu 2021): μP keeps every layer's Θ(1); the NTK parametrization and the
+# standard one with η ∝ 1/m are lazy, the hidden and output layers' changes
+# vanishing like m^(−1/2)
+COORDINATES = {("mup", 0.0): {"hidden": 0.0, "readout": 0.0, "input": 0.0},
+               ("ntk", 0.0): {"hidden": -0.5, "readout": -0.5},
+               ("standard", -1.0): {"hidden": -0.5, "readout": -0.5}}

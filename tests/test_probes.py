@@ -1,0 +1,196 @@
+"""The margin, the preactivation change, the spectra and the "log" probe
+schedule against independent computations; the analysis of them against
+planted laws."""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import xarray as xr
+
+from normsweep import plan, train
+from normsweep.analysis import tables, theory
+from normsweep.data import sphere_data
+from tests import reference, synthetic
+
+X, Y = sphere_data(jax.random.key(5), 24, 5, 3, jnp.float32)
+STEPS = np.arange(9)
+
+
+@pytest.fixture(scope="module")
+def probed():
+    prog = train.Program(dims=(5, 7, 7, 3), spectra=True, activations_every=4,
+                         jacobian_every="log", probe_points=4)
+    ik, pk = plan.member_keys(np.array([2, 3]))
+    return prog, train.train_members(prog, X, Y, np.array([0.3, 0.3]), ik, pk, STEPS,
+                                     keep_weights=True)
+
+
+def preactivations(ws, x):
+    out, h = [], np.asarray(x, np.float64)
+    for l, w in enumerate(ws):
+        a = h @ np.asarray(w, np.float64)
+        out.append(a)
+        h = np.maximum(a, 0)
+    return out
+
+
+def test_margin_is_the_smallest_logit_margin(probed):
+    _, traj = probed
+    for step, ws in ((0, traj.initial), (-1, traj.final)):
+        for member in range(2):
+            z = preactivations([w[member] for w in ws], X)[-1]
+            y = np.asarray(Y).argmax(1)
+            right = z[np.arange(len(y)), y]
+            other = np.where(np.asarray(Y) > 0, -np.inf, z).max(1)
+            assert traj.records["margin"][member, step] == pytest.approx(
+                np.min(right - other), rel=1e-4, abs=1e-5)
+
+
+def test_activation_change_is_the_mean_preactivation_move(probed):
+    _, traj = probed
+    change = traj.records["activation_change"]          # (member, record, layer)
+    measured = np.isfinite(change[0, :, 0])
+    np.testing.assert_array_equal(STEPS[measured], [0, 4, 8])
+    assert np.all(change[:, 0] == 0)
+    for member in range(2):
+        now = preactivations([w[member] for w in traj.final], X)
+        then = preactivations([w[member] for w in traj.initial], X)
+        want = [np.mean(np.abs(a - b)) for a, b in zip(now, then)]
+        np.testing.assert_allclose(change[member, -1], want, rtol=1e-4)
+
+
+def test_spectra_match_numpy_svd_and_the_gradient_rank(probed):
+    _, traj = probed
+    sv, dsv = traj.spectra["singular_values"], traj.spectra["change_singular_values"]
+    rank = traj.spectra["gradient_effective_rank"]
+    assert sv.shape == (2, 2, 3, 7) and rank.shape == (2, 2, 3)
+    for member in range(2):
+        ws0 = [w[member] for w in traj.initial]
+        ws = [w[member] for w in traj.final]
+        for l in range(3):
+            for i, w in enumerate((ws0[l], ws[l])):
+                want = np.linalg.svd(np.asarray(w, np.float64), compute_uv=False)
+                np.testing.assert_allclose(sv[member, i, l, :len(want)], want, rtol=1e-5,
+                                           atol=1e-6)
+                assert np.isnan(sv[member, i, l, len(want):]).all()
+            change = np.linalg.svd(np.asarray(ws[l], np.float64) - ws0[l], compute_uv=False)
+            np.testing.assert_allclose(dsv[member, 1, l, :len(change)], change, rtol=1e-4,
+                                       atol=1e-6)
+            assert np.all(dsv[member, 0, l, :len(change)] == 0)
+        grads = jax.grad(reference.loss)([jnp.asarray(w) for w in ws], X, Y)
+        for l, g in enumerate(grads):
+            s = np.linalg.svd(np.asarray(g, np.float64), compute_uv=False)
+            p = s / s.sum()
+            assert rank[member, 1, l] == pytest.approx(np.exp(-np.sum(p * np.log(p))), rel=1e-3)
+            assert 1 <= rank[member, 1, l] <= min(g.shape)
+
+
+def test_log_probes_measure_the_chosen_records(probed):
+    _, traj = probed
+    measured = np.isfinite(traj.records["jacobian_frob_norm"][0])
+    np.testing.assert_array_equal(STEPS[measured], STEPS[train.probe_due(STEPS, "log", 4)])
+    assert STEPS[measured][0] == 0 and STEPS[measured][-1] == 8 and 3 <= measured.sum() <= 4
+
+
+def test_marchenko_pastur_density_matches_monte_carlo():
+    rng = np.random.default_rng(0)
+    for p, q in ((200, 200), (200, 50), (30, 300)):
+        s2 = 2 / p
+        svs = np.concatenate([np.linalg.svd(rng.normal(0, math.sqrt(s2), (p, q)),
+                                            compute_uv=False) for _ in range(20)])
+        grid = np.linspace(0, svs.max() * 1.2, 40001)
+        dens = theory.marchenko_pastur_singular(grid, p, q, s2)
+        assert np.trapezoid(dens, grid) == pytest.approx(1, abs=2e-3)
+        assert np.trapezoid(grid * dens, grid) == pytest.approx(svs.mean(), rel=0.01)
+        assert np.trapezoid(grid ** 2 * dens, grid) == pytest.approx(np.mean(svs ** 2), rel=0.01)
+
+
+def test_outliers_count_a_planted_spike_and_nothing_in_noise():
+    rng = np.random.default_rng(1)
+    p, q, s2 = 128, 96, 2 / 128
+    counts = {0: [], 1: [], 2: []}
+    for _ in range(20):
+        w = rng.normal(0, math.sqrt(s2), (p, q))
+        u, v = rng.normal(size=p), rng.normal(size=q)
+        spike = 3 * theory.spectral_edge(p, q, s2) * np.outer(u / np.linalg.norm(u),
+                                                              v / np.linalg.norm(v))
+        for k in counts:
+            sv = np.linalg.svd(w + (spike if k else 0) + (k == 2) * spike[::-1, ::-1],
+                               compute_uv=False)
+            da = xr.DataArray(sv, dims=["singular"])
+            counts[k].append(int(tables.outliers(da, p, q, xr.DataArray(s2))))
+    assert counts[0] == [0] * 20 and counts[1] == [1] * 20 and counts[2] == [2] * 20
+
+
+def test_local_width_slopes_approach_a_planted_limit():
+    """rel_frob_dist ∝ m^−½ (1 + 4/√m): the local slope between adjacent
+    widths is exact, and moves toward −½ as the widths grow."""
+    widths = (16, 64, 256, 1024)
+    ds = synthetic.planted(0.0, -0.5, widths=widths, noise=0.0)
+    corr = np.array([1 + 4 / math.sqrt(m) for m in widths])
+    ds["frob_dist"] = ds["frob_dist"] * xr.DataArray(corr, coords={"width": list(widths)})
+    ds["accuracy"][:] = 1.0
+    local = tables.local_width_slopes(ds)
+    row = local[(local.metric == "rel_frob_dist") & (local.layer == "1 (hidden)")].iloc[0]
+    law = np.array(widths) ** -0.5 * corr
+    want = np.diff(np.log(law)) / np.diff(np.log(widths))
+    assert row["first"] == pytest.approx(want[0]) and row["largest widths"] == pytest.approx(
+        want[-1])
+    assert abs(row["largest widths"] + 0.5) < abs(row["first"] + 0.5)
+
+
+def growth_dataset(a: float, depth: int, fit_from: int = 20) -> xr.Dataset:
+    """‖W_l(t)‖_F = c_l·(log t)^a for t ≥ 3 in every layer, accuracy 1 from `fit_from`."""
+    steps = np.unique(np.geomspace(1, 3000, 60).astype(int))
+    steps = np.concatenate([[0], steps])
+    t = np.maximum(steps, 3).astype(float)
+    base = np.log(t) ** a
+    frob = np.stack([base * (l + 1) for l in range(depth)], -1)[None, None, None, None]
+    dims = ("width", "depth", "lr", "seed", "step", "layer")
+    acc = np.where(steps >= fit_from, 1.0, 0.5)[None, None, None, None]
+    loss = np.linspace(10, 1, len(steps))[None, None, None, None]
+    return xr.Dataset(
+        {"frob_norm": (dims, frob), "accuracy": (dims[:-1], acc), "loss": (dims[:-1], loss),
+         "margin": (dims[:-1], np.ones_like(acc)),
+         "diverged_at": (dims[:4], -np.ones((1, 1, 1, 1), np.int64))},
+        coords={"width": [32], "depth": [depth], "lr": [0.1], "seed": [0], "step": steps,
+                "layer": np.arange(depth)})
+
+
+@pytest.mark.parametrize("depth", [2, 4])
+def test_norm_growth_recovers_a_planted_log_t_exponent(depth):
+    from normsweep.analysis import outcomes
+    ds = growth_dataset(1 / depth, depth)
+    table = tables.norm_growth(ds, outcomes.classify(ds))
+    assert float(table["a in ‖θ‖ ∝ (log t)^a"].iloc[0]) == pytest.approx(1 / depth, abs=0.01)
+    assert float(table["1/L"].iloc[0]) == pytest.approx(1 / depth, abs=0.01)
+    # margin 1 over ‖θ‖^L: smaller at the end than at the first fit, as ‖θ‖ grew
+    assert float(table["at the end"].iloc[0]) < float(table["q/‖θ‖^L at first fit"].iloc[0])
+
+
+def test_coordinate_slopes_recover_a_planted_width_exponent():
+    """mean |Δa_l| = 0.1·m^b_l·t: the check's exponent per layer at every step."""
+    import types
+    widths, steps = np.array([32, 64, 128, 256]), np.arange(5)
+    b = np.array([0.0, -0.5, 0.5])
+    vals = 0.1 * widths[:, None, None] ** b[None, None, :] * steps[None, :, None]
+    vals = np.broadcast_to(vals[:, None, None, None], (4, 1, 1, 2, 5, 3)).copy()
+    dims = ("width", "depth", "lr", "seed", "step", "layer")
+    ds = xr.Dataset({"activation_change": (dims, vals)},
+                    coords={"width": widths, "depth": [3], "lr": [0.1], "seed": [0, 1],
+                            "step": steps, "layer": np.arange(3)})
+    keep = xr.DataArray(np.ones((4, 1, 1, 2), bool), dims=dims[:4], coords={
+        "width": widths, "depth": [3], "lr": [0.1], "seed": [0, 1]})
+    cfg = types.SimpleNamespace(model=types.SimpleNamespace(parametrization="mup"),
+                                grid=types.SimpleNamespace(lr_width_exponent=0.0))
+    table = tables.coordinate_slopes(ds, keep, 0.1, cfg)
+    assert list(table.columns) == ["parametrization", "layer", "step 1", "step 2", "step 3",
+                                   "predicted"]
+    for (_, row), want in zip(table.iterrows(), b):
+        assert [float(row[f"step {t}"]) for t in (1, 2, 3)] == pytest.approx([want] * 3,
+                                                                           abs=1e-6)
+        assert float(row["predicted"]) == 0.0
