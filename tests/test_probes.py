@@ -168,8 +168,25 @@ def test_norm_growth_recovers_a_planted_log_t_exponent(depth):
     table = tables.norm_growth(ds, outcomes.classify(ds))
     assert float(table["a in ‖θ‖ ∝ (log t)^a"].iloc[0]) == pytest.approx(1 / depth, abs=0.01)
     assert float(table["1/L"].iloc[0]) == pytest.approx(1 / depth, abs=0.01)
-    # margin 1 over ‖θ‖^L: smaller at the end than at the first fit, as ‖θ‖ grew
-    assert float(table["at the end"].iloc[0]) < float(table["q/‖θ‖^L at first fit"].iloc[0])
+    # separated (margin > 0) from step 0 on: a planted margin 1 over ‖θ‖^L
+    # is smaller at the end than at separation, as ‖θ‖ grew
+    assert table["separated at step"].iloc[0] == "0"
+    assert float(table["at the end"].iloc[0]) < float(table["q/‖θ‖^L at separation"].iloc[0])
+
+
+def test_separation_is_the_record_from_which_every_point_stays_right():
+    from normsweep.analysis import outcomes
+    ds = growth_dataset(0.5, 2)
+    margin = np.where(ds["step"].values >= 40, 1.0, -1.0)
+    margin[ds["step"].values == 5] = 1.0         # a passing moment before: not separation
+    ds["margin"][:] = margin
+    want = int(ds["step"].values[ds["step"].values >= 40][0])
+    assert int(tables.separated_at(ds, 0.99).squeeze()) == want
+    table = tables.norm_growth(ds, outcomes.classify(ds))
+    assert table["separated at step"].iloc[0] == str(want)
+    ds["margin"][..., -1] = -1.0                 # ends misclassified: never separated
+    assert tables.separated_at(ds, 0.99).isnull().all()
+    assert not len(tables.norm_growth(ds, outcomes.classify(ds)))
 
 
 def test_coordinate_slopes_recover_a_planted_width_exponent():
@@ -194,3 +211,25 @@ def test_coordinate_slopes_recover_a_planted_width_exponent():
         assert [float(row[f"step {t}"]) for t in (1, 2, 3)] == pytest.approx([want] * 3,
                                                                            abs=1e-6)
         assert float(row["predicted"]) == 0.0
+
+
+def test_cross_entropy_networks_separate_and_their_normalised_margin_rises(tmp_path):
+    """Lyu & Li's setting (cross-entropy, a homogeneous ReLU network): once
+    GD separates the data its normalised margin rises and ‖θ‖ keeps growing;
+    the margin record and `norm_growth` must show both."""
+    import normsweep
+    from normsweep import config, sweep
+    from normsweep.analysis import outcomes
+    text = ('name = "ce"\n[data]\nn = 16\nd = 8\nk = 3\n[train]\nloss = "cross_entropy"\n'
+            'steps = 3000\n[record]\njacobian_norm = 0\n[grid]\nwidth = [32]\ndepth = [2]\n'
+            'lr = [0.05]\nseed = [0, 1]\n')
+    sweep.launch(config.parse(text), tmp_path / "ce")
+    ds = normsweep.open_sweep(tmp_path / "ce").load()
+    outcome = outcomes.classify(ds)
+    assert (outcome == outcomes.FIT).all()
+    table = tables.norm_growth(ds, outcome)
+    row = table.iloc[0]
+    assert row["networks separated"] == 2
+    assert float(row["at the end"]) > 2 * float(row["q/‖θ‖^L at separation"]) > 0
+    # (log t)^{1/L}: measured 0.55 against 1/L = 0.5 over 3000 steps
+    assert float(row["a in ‖θ‖ ∝ (log t)^a"]) == pytest.approx(0.5, abs=0.2)

@@ -350,12 +350,12 @@ def fig_coordinates(ds: xr.Dataset, keep: xr.DataArray, lr: float, out: Path,
     return _save(fig, out / "coordinates.png")
 
 
-def fig_margin(ds: xr.Dataset, outcome: xr.DataArray, out: Path) -> Path:
-    """For the networks that fit, at the widest width of each depth: ‖θ(t)‖
-    against log t (log–log, where (log t)^{1/L} is a line of slope 1/L) and
-    the normalised margin q_min/‖θ‖^L over time."""
-    from normsweep.analysis.tables import param_norm
-    fit = outcome == outcomes.FIT
+def fig_margin(ds: xr.Dataset, outcome: xr.DataArray, fit_accuracy: float, out: Path) -> Path:
+    """For the networks that fit and separate the data, at the widest width
+    of each depth: ‖θ(t)‖ against log t (log–log, where (log t)^{1/L} is a
+    line of slope 1/L) and the normalised margin q_min/‖θ‖^L over time."""
+    from normsweep.analysis.tables import param_norm, separated_at
+    fit = (outcome == outcomes.FIT) & separated_at(ds, fit_accuracy).notnull()
     theta = param_norm(ds)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
     steps = ds["step"].values
@@ -379,13 +379,13 @@ def fig_margin(ds: xr.Dataset, outcome: xr.DataArray, out: Path) -> Path:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("log t")
-    ax.set_ylabel("‖θ(t)‖ (median over networks that fit)")
+    ax.set_ylabel("‖θ(t)‖ (median over networks that separate)")
     ax.set_title(f"weight norm, width {int(ds['width'].max())} (dotted: (log t)^(1/L))",
                  fontsize=9)
     ax.legend(fontsize=7)
     bx.set_xscale("log")
     bx.set_xlabel("step")
     bx.set_ylabel("normalised margin q_min / ‖θ‖^L")
-    bx.set_title("normalised margin of the networks that fit", fontsize=9)
+    bx.set_title("normalised margin of the networks that separate the data", fontsize=9)
     bx.legend(fontsize=7)
     return _save(fig, out / "margin.png")

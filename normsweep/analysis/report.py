@@ -114,8 +114,8 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
         figures.append(fig_jacobian(ds, outcome, cfg.model.output == "softmax", out))
     if "singular_values" in ds:
         figures.append(fig_spectrum(ds, cfg, keep, out))
-    if "margin" in ds and bool((outcome == outcomes.FIT).any()):
-        figures.append(fig_margin(ds, outcome, out))
+    if "margin" in ds and len(norm_growth(ds, outcome, fit_accuracy)):
+        figures.append(fig_margin(ds, outcome, fit_accuracy, out))
     text = render(ds, cfg, table, outcome, check, fit_accuracy, root, param, moved, wd)
     if ref_labels:
         text += "\n".join(_comparison_section(full, full_table, ref_labels))
@@ -355,12 +355,16 @@ def margin_section(ds, cfg, outcome, fit_accuracy: float) -> list[str]:
                f"rising normalised margin) is for exponential-tailed losses such as "
                f"cross-entropy; this sweep's loss `{cfg.train.loss}` is outside it, so the "
                "exponent below is a measurement, with 1/L beside it for reference only")
-    return [f"{law}. Per (depth, width) over the networks that fit: the exponent a of "
-            "‖θ(t)‖ = (Σ_l‖W_l‖_F²)^½ ∝ (log t)^a, fitted on the records after each network "
-            "first fits (t ≥ 3; at least 4 records), and the normalised margin q_min/‖θ‖^L "
-            "(q_min: the smallest logit margin over the points) at the first fit and at the "
-            "end, medians. A finite run spans a short range of log log t: read a as the local "
-            "rate, not a limit.", "", _md(growth), "", "![margin](margin.png)", ""]
+    if not len(growth):
+        return [f"{law}. No network that fit ends with every point classified right "
+                "(q_min > 0), so there is no separated phase to measure.", ""]
+    return [f"{law}. Per (depth, width) over the networks that fit and separate the data "
+            "(every point classified right from some record on: q_min > 0, q_min the smallest "
+            "logit margin over the points): the exponent a of ‖θ(t)‖ = (Σ_l‖W_l‖_F²)^½ ∝ "
+            "(log t)^a, fitted on the records from separation (t ≥ 3; at least 4 records), and "
+            "the normalised margin q_min/‖θ‖^L at separation and at the end, medians. A finite "
+            "run spans a short range of log log t: read a as the local rate, not a limit.", "",
+            _md(growth), "", "![margin](margin.png)", ""]
 
 
 def finite_width_section(ds, table: pd.DataFrame, fit_accuracy: float) -> list[str]:

@@ -336,7 +336,8 @@ def local_width_slopes(ds: xr.Dataset, fit_accuracy: float = outcomes.FIT_ACCURA
     """The width exponent between adjacent widths, at each η: the slope of
     log(median over seeds) from m_i to m_{i+1}, for the relative distance
     from init of the deepest networks' layers (and of the whole parameter
-    vector). Finite-width corrections shrink as m grows, so the slope
+    vector; a hidden layer, or the input layer at depth 2). Finite-width
+    corrections shrink as m grows, so the slope
     between the two largest widths is the best estimate of the limit; a
     pooled fit weighs every width alike. Empty with fewer than 3 widths."""
     from normsweep.analysis import fits
@@ -348,7 +349,8 @@ def local_width_slopes(ds: xr.Dataset, fit_accuracy: float = outcomes.FIT_ACCURA
     rows = []
     for metric in ("rel_frob_dist", "rel_spec_dist", "rel_param_dist"):
         da = derived[metric].where(chosen[metric][0]).sel(depth=depth)
-        cells = [(-1, "all")] if "layer" not in da.dims else roles(depth)
+        cells = [(-1, "all")] if "layer" not in da.dims else roles(depth)[1:2] if depth > 2 \
+            else roles(depth)[:1]
         for layer, role in cells:
             for lr in ds["lr"].values:
                 cell = da.sel(lr=lr) if layer < 0 else da.sel(lr=lr, layer=layer)
@@ -371,17 +373,32 @@ def param_norm(ds: xr.Dataset) -> xr.DataArray:
     return np.sqrt((ds["frob_norm"] ** 2).sum("layer", min_count=1))
 
 
+def separated_at(ds: xr.Dataset, fit_accuracy: float) -> xr.DataArray:
+    """Per network, the first recorded step from which every later record
+    classifies every point right (margin > 0); without a recorded margin,
+    the first step at `fit_accuracy`. NaN if never."""
+    if "margin" not in ds:
+        return first_fit_step(ds, fit_accuracy)
+    wrong = ~(ds["margin"] > 0)
+    # the last step with a point misclassified, +1 record: the margins stay positive after it
+    steps = ds["step"].broadcast_like(wrong)
+    last_wrong = steps.where(wrong).max("step")
+    after = steps.where(steps > last_wrong.fillna(-1)).min("step")
+    return after.where(ds["margin"].isel(step=-1) > 0)
+
+
 def norm_growth(ds: xr.Dataset, outcome: xr.DataArray,
                 fit_accuracy: float = outcomes.FIT_ACCURACY, min_records: int = 4
                 ) -> pd.DataFrame:
-    """Per (depth, width), over the networks that fit: the exponent a of
-    ‖θ(t)‖ ∝ (log t)^a once they fit (least squares of log‖θ‖ on log log t
-    over the records after the first fit with t ≥ 3, at least `min_records`
+    """Per (depth, width), over the networks that fit and end with every
+    point classified right: the exponent a of ‖θ(t)‖ ∝ (log t)^a from
+    when they separate the data (`separated_at`; least squares of log‖θ‖ on
+    log log t over the records from then with t ≥ 3, at least `min_records`
     of them; median over networks), beside Lyu & Li's 1/L; and the
-    normalised margin q_min/‖θ‖^L at the first fit and at the end (medians;
+    normalised margin q_min/‖θ‖^L at separation and at the end (medians;
     it rises monotonically in Lyu & Li's setting)."""
-    fit = outcome == outcomes.FIT
-    t_fit = first_fit_step(ds, fit_accuracy)
+    t_sep = separated_at(ds, fit_accuracy)
+    fit = (outcome == outcomes.FIT) & t_sep.notnull()
     theta = param_norm(ds)
     steps = ds["step"].values.astype(float)
     rows = []
@@ -393,11 +410,11 @@ def norm_growth(ds: xr.Dataset, outcome: xr.DataArray,
                 continue
             th = theta.sel(sel).where(mask)
             norm_margin = (ds["margin"].sel(sel) / th ** int(depth)) if "margin" in ds else None
-            tf = t_fit.sel(sel)
-            exps, at_fit, at_end = [], [], []
+            ts = t_sep.sel(sel)
+            exps, at_sep, at_end = [], [], []
             for idx in zip(*np.nonzero(mask.values)):
                 point = dict(zip(mask.dims, idx))
-                start = float(tf.isel(point))
+                start = float(ts.isel(point))
                 curve = th.isel(point).values
                 after = (steps >= max(start, 3)) & np.isfinite(curve)
                 if after.sum() >= min_records:
@@ -405,13 +422,15 @@ def norm_growth(ds: xr.Dataset, outcome: xr.DataArray,
                     exps.append(np.polyfit(x, y, 1)[0])
                 if norm_margin is not None:
                     nm = norm_margin.isel(point)
-                    at_fit.append(float(nm.sel(step=int(start))))
+                    at_sep.append(float(nm.sel(step=int(start))))
                     at_end.append(float(nm.isel(step=-1)))
-            rows.append({"depth": int(depth), "width": int(width), "networks fit": int(mask.sum()),
+            rows.append({"depth": int(depth), "width": int(width),
+                         "networks separated": int(mask.sum()),
+                         "separated at step": fmt(float(ts.where(mask).median())),
                          "a in ‖θ‖ ∝ (log t)^a": fmt(float(np.median(exps)), 2) if exps
                          else "–",
                          "1/L": fmt(theory.lyu_li_exponent(int(depth)), 2),
-                         "q/‖θ‖^L at first fit": fmt(float(np.median(at_fit)), 3) if at_fit
+                         "q/‖θ‖^L at separation": fmt(float(np.median(at_sep)), 3) if at_sep
                          else "–",
                          "at the end": fmt(float(np.median(at_end)), 3) if at_end else "–"})
     return pd.DataFrame(rows)
