@@ -233,3 +233,28 @@ def test_cross_entropy_networks_separate_and_their_normalised_margin_rises(tmp_p
     assert float(row["at the end"]) > 2 * float(row["q/‖θ‖^L at separation"]) > 0
     # (log t)^{1/L}: measured 0.55 against 1/L = 0.5 over 3000 steps
     assert float(row["a in ‖θ‖ ∝ (log t)^a"]) == pytest.approx(0.5, abs=0.2)
+
+
+def test_stored_spectra_are_those_of_the_stored_weights(tiny_sweep):
+    """sweep.nc's singular values (one `singular` dim for every cohort, NaN
+    past a layer's rank) against numpy's SVD of the weights load_weights reads."""
+    import normsweep
+    ds = normsweep.open_sweep(tiny_sweep).load()
+    assert ds.sizes["singular"] == 24 and list(ds["spectrum_step"].values) == [0, 30]
+    checked = 0
+    for width, depth in ((16, 2), (24, 3)):
+        for lr, seed in ((float(ds["lr"][0]), 1), (float(ds["lr"][-1]), 0)):
+            cell = ds.sel(width=width, depth=depth, lr=lr, seed=seed)
+            if int(cell["diverged_at"]) >= 0:
+                continue
+            for i, which in enumerate(("initial", "final")):
+                ws = normsweep.load_weights(tiny_sweep, width=width, depth=depth, lr=lr,
+                                            seed=seed, which=which)
+                for l, w in enumerate(ws):
+                    want = np.linalg.svd(np.asarray(w, np.float64), compute_uv=False)
+                    got = cell["singular_values"].isel(spectrum_step=i).sel(layer=l).values
+                    np.testing.assert_allclose(got[:len(want)], want, rtol=1e-5, atol=1e-6)
+                    assert np.isnan(got[len(want):]).all()
+                    checked += 1
+            assert cell["singular_values"].sel(layer=slice(depth, None)).isnull().all()
+    assert checked >= 10

@@ -105,6 +105,7 @@ def fig_scaling(ds: xr.Dataset, table: pd.DataFrame, out: Path, keep: xr.DataArr
 def _against_width(ax, ylabel: str, title: str) -> None:
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("width m")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
@@ -314,7 +315,7 @@ def fig_spectrum(ds: xr.Dataset, cfg, keep: xr.DataArray, out: Path) -> Path:
         vals = (change.sel({change.dims[0]: seed}) if seed is not None else change).values
         vals = vals[np.isfinite(vals)][:30]
         bx.plot(np.arange(1, len(vals) + 1), vals, "o-", ms=3, color=f"C{j}")
-    bx.set_yscale("log")
+    bx.set_ylim(bottom=0)
     bx.set_xlabel("index i")
     bx.set_ylabel("σ_i(W(T) − W(0))")
     bx.set_title("the change's largest singular values (one line per seed)", fontsize=9)
@@ -333,7 +334,8 @@ def fig_coordinates(ds: xr.Dataset, keep: xr.DataArray, lr: float, out: Path,
     params = list(ds["parametrization"].values) if "parametrization" in ds.dims else [None]
     measured = [int(t) for t in ds["step"].values
                 if t > 0 and bool(da.sel(step=t).notnull().any())][:steps]
-    fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(params), figsize=(4.4 * len(params), 3.6), squeeze=False,
+                             layout="constrained")
     widths = ds["width"].values
     for ax, param in zip(axes[0], params):
         cell = da.sel(parametrization=param) if param is not None else da
@@ -378,6 +380,8 @@ def fig_margin(ds: xr.Dataset, outcome: xr.DataArray, fit_accuracy: float, out: 
                 label=f"depth {depth}")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("log t")
     ax.set_ylabel("‖θ(t)‖ (median over networks that separate)")
     ax.set_title(f"weight norm, width {int(ds['width'].max())} (dotted: (log t)^(1/L))",

@@ -400,9 +400,12 @@ def coordinate_section(coords: pd.DataFrame, lr: float, cfg) -> list[str]:
             "How much a coordinate of each layer's preactivations moves, mean |a_l(t) − a_l(0)| "
             "over the data and units, against width at the first measured steps, at "
             f"η₀ = {lr:.3g} (the largest at which every network of the deepest depth fits or "
-            "still trains). μP keeps every layer's change Θ(1) in width (exponent 0); the "
-            "NTK parametrization, and the standard one with η ∝ 1/m, are lazy: the hidden and "
-            "output changes vanish like m^−½ (Yang & Hu 2021). Width exponents, least squares "
+            "still trains). After the first step, from ΔW_l = −η·c_l·h_lᵀδ_l (Yang & Hu "
+            "2021): μP keeps every layer's change Θ(1) in width (exponent 0); the NTK "
+            "parametrization is lazy, its features (input and hidden layers) moving like m^−½ "
+            "and its logits Θ(1); the standard one at fixed η blows the logits up like m and "
+            "the hidden preactivations like m^½, and η ∝ 1/m makes every exponent 1 smaller. "
+            "Later steps add the feedback of the earlier ones. Width exponents, least squares "
             "over widths of the medians over seeds:", "", _md(coords), "",
             "![coordinates](coordinates.png)", ""]
 

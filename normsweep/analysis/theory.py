@@ -105,11 +105,14 @@ def lyu_li_exponent(depth: int) -> float:
     return 1.0 / depth
 
 
-# how the size of a coordinate's change, mean |a_l(t) − a_l(0)|, scales with
-# width at fixed η₀ after a few steps, by (parametrization, lr width_exponent)
-# (Yang & Hu 2021): μP keeps every layer's Θ(1); the NTK parametrization and the
-# standard one with η ∝ 1/m are lazy, the hidden and output layers' changes
-# vanishing like m^(−1/2)
-COORDINATES = {("mup", 0.0): {"hidden": 0.0, "readout": 0.0, "input": 0.0},
-               ("ntk", 0.0): {"hidden": -0.5, "readout": -0.5},
-               ("standard", -1.0): {"hidden": -0.5, "readout": -0.5}}
+# the width exponent of a coordinate's change after the first step, mean
+# |a_l(1) − a_l(0)|, at fixed η₀, by (parametrization, lr width_exponent): from
+# ΔW_l = −η·c_l·h_lᵀδ_l with Θ(1) coordinates of h_l, ‖h_l‖² ∝ fan_in and δ
+# backpropagated through He-scaled weights (Yang & Hu 2021). μP keeps every
+# layer Θ(1); the NTK parametrization moves the features like m^−½ and the
+# logits Θ(1) (lazy); the standard one at fixed η blows the logits up like m,
+# which η ∝ 1/m cures by making everything m times smaller
+COORDINATES = {("mup", 0.0): {"input": 0.0, "hidden": 0.0, "readout": 0.0},
+               ("ntk", 0.0): {"input": -0.5, "hidden": -0.5, "readout": 0.0},
+               ("standard", 0.0): {"input": -0.5, "hidden": 0.5, "readout": 1.0},
+               ("standard", -1.0): {"input": -1.5, "hidden": -0.5, "readout": 0.0}}
