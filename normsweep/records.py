@@ -59,6 +59,13 @@ def run_attrs(config: Config) -> dict:
     }
 
 
+def pad_to(a: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """`a` padded with NaN along `axis` to `size`."""
+    shape = list(a.shape)
+    shape[axis] = size - a.shape[axis]
+    return np.concatenate([a, np.full(shape, np.nan, a.dtype)], axis=axis)
+
+
 def sweep_spectral_rank(config: Config) -> int:
     """The most singular values a layer of the sweep has: the length of the
     `singular` dim, the same in every cohort so that they combine."""
@@ -92,23 +99,18 @@ def cohort_dataset(config: Config, cohort: Cohort, steps: np.ndarray, traj: Traj
 
     def padded(a: np.ndarray) -> np.ndarray:
         # layers beyond this cohort's depth are NaN, so every cohort has one layer axis
-        pad = np.full(a.shape[:-1] + (n_layers - a.shape[-1],), np.nan, a.dtype)
-        return shaped(np.concatenate([a, pad], axis=-1))
+        return shaped(pad_to(a, -1, n_layers))
 
     # (member, record, layer) per layer, (member, record) per network
     data = {name: (LAYER_DIMS, padded(value)) if value.ndim == 3 else (NET_DIMS, shaped(value))
             for name, value in traj.records.items()}
     for name, value in (traj.spectra or {}).items():
-        # (member, 2, layer[, rank]): layers and singular values padded with NaN
-        value = np.moveaxis(value, 2, -1) if value.ndim == 4 else value   # layer last
-        value = padded(value)
-        if value.ndim == len(NET_DIMS) + 2:
-            value = np.moveaxis(value, -1, -2)                            # (…, layer, rank)
-            pad = spectral_rank - value.shape[-1]
-            value = np.concatenate([value, np.full(value.shape[:-1] + (pad,), np.nan, value.dtype)], -1)
-            data[name] = (NET_DIMS[:-1] + ("spectrum_step", "layer", "singular"), value)
-        else:
-            data[name] = (NET_DIMS[:-1] + ("spectrum_step", "layer"), value)
+        # (member, 2, layer[, rank]): the layers, and the singular values to the
+        # sweep's most, padded with NaN
+        value, dims = pad_to(value, 2, n_layers), NET_DIMS[:-1] + ("spectrum_step", "layer")
+        if value.ndim == 4:
+            value, dims = pad_to(value, 3, spectral_rank), dims + ("singular",)
+        data[name] = (dims, shaped(value))
     data["diverged_at"] = (NET_DIMS[:-1], shaped(traj.diverged_at.astype(np.int64)))
     for name, value in (seconds or {}).items():
         data[name] = (("width", "depth"), np.full((1, 1), value, np.float64))
