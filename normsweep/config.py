@@ -117,7 +117,7 @@ class RecordConfig:
     `jacobian_norm`: the mean Frobenius and spectral norms of the
     input–output Jacobian ∂F(x_i)/∂x_i over the first `jacobian_points`
     training points (all of them when n is smaller). On by default: at
-    "log" it costs a few percent of a run.
+    "log" it adds about 6% to a cohort's training (BENCHMARKS.md).
     `ntk_eigs`: the largest and smallest eigenvalues of the empirical NTK
     Gram matrix on the first `ntk_points` training points.
     `activations`: per layer, the mean |a_l(t) − a_l(0)| of the
@@ -131,7 +131,7 @@ class RecordConfig:
     sharpness: int | str = setting(0, lambda p: p.probe)
     sharpness_iters: int = setting(20, lambda p: p.integer(1, 1000))
     jacobian_norm: int | str = setting("log", lambda p: p.probe)
-    jacobian_points: int = setting(256, lambda p: p.integer(1, 10**9))
+    jacobian_points: int = setting(64, lambda p: p.integer(1, 10**9))
     ntk_eigs: int | str = setting(0, lambda p: p.probe)
     ntk_points: int = setting(32, lambda p: p.integer(1, 256))
     activations: int | str = setting(0, lambda p: p.probe)

@@ -41,7 +41,7 @@ class Program:
     sharpness_every: int | str = 0
     sharpness_iters: int = 20
     jacobian_every: int | str = 0
-    jacobian_points: int = 256
+    jacobian_points: int = 64
     parametrization: str = "standard"   # the default of train_members' `parametrization`
     precision: str = "highest"
     decay: bool = False                 # any member with weight decay > 0

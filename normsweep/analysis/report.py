@@ -219,7 +219,7 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
 
     lines += balance_section(moved or {}, param, wd)
     lines += spectra_section(ds, cfg, outcome)
-    jac = jacobian_table(ds, cfg)
+    jac = jacobian_table(ds, cfg, outcomes.usable(outcome))
     if jac is not None:
         output = ("softmax output F: the bound is ½Π_l‖W_l‖₂, as ‖diag(s) − ssᵀ‖₂ ≤ ½"
                   if cfg.model.output == "softmax" else
@@ -228,7 +228,9 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
         lines += [heading("jacobian", "The input–output Jacobian"), "",
                   "The mean over the data of ‖∂F(x_i)/∂x_i‖ (the question's motivation: how "
                   f"the weight norms bound the network's sensitivity), for the {output}. "
-                  "Medians over seeds and η; the end is each network's last measurement:", "",
+                  "Medians over seeds and η, at the end over the networks that fit or still "
+                  "train (a failed network's saturated softmax has ‖J‖ → 0), at each one's last "
+                  "measurement:", "",
                   _md(jac), "",
                   "Over training, at the deepest depth (medians over the seeds that fit or "
                   "still train; the bound dashed):", "", "![jacobian](jacobian.png)", ""]

@@ -293,9 +293,12 @@ def stable_ranks(ds: xr.Dataset, cfg: config_mod.Config, keep: xr.DataArray) -> 
     return pd.DataFrame(rows)
 
 
-def jacobian_table(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame | None:
+def jacobian_table(ds: xr.Dataset, cfg: config_mod.Config,
+                   keep: xr.DataArray | None = None) -> pd.DataFrame | None:
     """Per (width, depth), medians over seeds and η of the input–output
-    Jacobian's norms at init and at the last step (where measured) beside
+    Jacobian's norms at init and at the last step (where measured; at the
+    end over the networks `keep` marks, by default those not diverged: a
+    softmax saturated by a failed network has ‖J‖ → 0) beside
     what bounds or predicts them: ‖J‖₂ ≤ Π_l ‖W_l‖₂ for the logits (ReLU
     masks have norm ≤ 1), half that for a softmax output (‖diag(s) − ssᵀ‖₂
     ≤ ½); and for the logits at He init E‖J‖_F² ≈ 2k (each layer keeps the
@@ -310,9 +313,11 @@ def jacobian_table(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame | Non
             cell = ds.sel(width=width, depth=depth)
             bound = cell["spec_norm"].sel(layer=slice(0, int(depth) - 1)).prod("layer")
             bound = bound * (0.5 if softmax else 1.0)
-            frob = last_measured(cell["jacobian_frob_norm"].where(cell["diverged_at"] < 0))
-            spec = last_measured(cell["jacobian_spec_norm"].where(cell["diverged_at"] < 0))
-            b_end = bound.isel(step=-1).where(cell["diverged_at"] < 0)
+            kept = (cell["diverged_at"] < 0) if keep is None else keep.sel(width=width,
+                                                                          depth=depth)
+            frob = last_measured(cell["jacobian_frob_norm"].where(kept))
+            spec = last_measured(cell["jacobian_spec_norm"].where(kept))
+            b_end = bound.isel(step=-1).where(kept)
             row = {"width": int(width), "depth": int(depth),
                    "‖J‖_F at init": fmt(float(cell["jacobian_frob_norm"].isel(step=0).median())),
                    "‖J‖₂ at init": fmt(float(cell["jacobian_spec_norm"].isel(step=0).median())),
