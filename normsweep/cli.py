@@ -505,6 +505,14 @@ def sweep_folders(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def probes(record) -> list[tuple[str, object]]:
+    """The probes `record` turns on, and the spectra: what `show` lists
+    beside the record schedule."""
+    on = [(key, getattr(record, key)) for key in ("sharpness", "jacobian_norm", "ntk_eigs",
+                                                   "activations") if getattr(record, key)]
+    return on + ([("spectra", "true")] if record.spectra else [])
+
+
 def print_config(console, config, where: Path) -> None:
     """The settings and axes of a grid, as `show` prints them."""
     g = config.grid
@@ -518,7 +526,8 @@ def print_config(console, config, where: Path) -> None:
              else "")
     console.print(escape(f"  model: init={config.model.init}, output={config.model.output}, "
                          f"{param}; train: loss={config.train.loss}, steps={config.train.steps}, "
-                         f"{config.train.dtype}{decay}; record: steps={config.record.steps}"))
+                         f"{config.train.dtype}{decay}; record: steps={config.record.steps}"
+                         + "".join(f", {key}={value}" for key, value in probes(config.record))))
     scaled = f" × width^{g.lr_width_exponent:g}" if g.lr_width_exponent else ""
     console.print(escape(f"  width {list(g.width)}  depth {list(g.depth)}  seed {list(g.seed)}"))
     console.print(escape(f"  lr {[float(f'{v:.4g}') for v in g.lr]}{scaled}"))

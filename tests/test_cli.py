@@ -202,6 +202,9 @@ def test_show_accepts_a_grid_file(tmp_path, monkeypatch):
     result = invoke("show", grid)
     assert result.exit_code == 0, result.output
     assert "width [16, 24]" in result.output and "not launched" in result.output
+    # the probes TINY turns on, and the default Jacobian
+    flat = " ".join(result.output.split())
+    assert "jacobian_norm=log, activations=log, spectra=true" in flat
     bad = write_grid(tmp_path, TINY.replace("width = [16, 24]", "widht = [16]"), "bad.toml")
     result = invoke("show", bad)
     assert result.exit_code == 2 and "grid.widht" in result.output
