@@ -77,6 +77,12 @@ class Cohort:
         return (d,) + (self.width,) * (self.depth - 1) + (k,)
 
 
+def spectral_rank(dims) -> int:
+    """How many singular values the largest layer of a network with layer
+    sizes `dims` has: max_l min(dims[l], dims[l+1])."""
+    return max(min(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+
 def cohorts(config: Config) -> list[Cohort]:
     """The cohorts of a grid, by width then depth."""
     g = config.grid

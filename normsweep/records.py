@@ -15,6 +15,7 @@ import numpy as np
 import xarray as xr
 
 from normsweep import config as config_mod
+from normsweep import plan
 from normsweep.config import Config
 from normsweep.plan import Cohort
 from normsweep.schema import label, layer_dims
@@ -69,9 +70,8 @@ def pad_to(a: np.ndarray, axis: int, size: int) -> np.ndarray:
 def sweep_spectral_rank(config: Config) -> int:
     """The most singular values a layer of the sweep has: the length of the
     `singular` dim, the same in every cohort so that they combine."""
-    d, k = config.data.d, config.data.k
-    return max(max(min(d, m), min(m, k), m if max(config.grid.depth) > 2 else 0)
-               for m in config.grid.width)
+    return max(plan.spectral_rank(c.dims(config.data.d, config.data.k))
+               for c in plan.cohorts(config))
 
 
 def axis_coords(cohort: Cohort) -> dict:

@@ -19,8 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from normsweep import metrics
-from normsweep import measure
+from normsweep import measure, metrics, plan
 from normsweep.measure import tree_dot, tree_scale, empty_records, gradient_sums, measured
 from normsweep.model import kernels, normals, unit_kernels, with_kernels
 from normsweep.step import Hyper, Program, State, hyper, optimizer, step
@@ -148,11 +147,6 @@ def spectra_cohort(program: Program, mesh: Mesh | None, rank: int, state, x, y):
         out = jax.vmap(lambda s, xi: measure.spectra(program, s, xi, y, rank))(
             state, per_member(x, state.diverged_at.shape[0]))
     return out
-
-
-def spectral_rank(program: Program) -> int:
-    """How many singular values the largest layer of `program` has."""
-    return max(min(a, b) for a, b in zip(program.dims[:-1], program.dims[1:]))
 
 
 @dataclasses.dataclass
@@ -286,7 +280,7 @@ def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_ke
                                                    due).compile()
     if program.spectra:
         with jax.profiler.TraceAnnotation("normsweep compile spectra"):
-            compiled["spectra"] = spectra_cohort.lower(program, mesh, spectral_rank(program),
+            compiled["spectra"] = spectra_cohort.lower(program, mesh, plan.spectral_rank(program.dims),
                                                        state, x, y).compile()
     return compiled
 
@@ -315,7 +309,7 @@ def train_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys
 
     def take_spectra(state):
         if program.spectra:
-            out = spectra_cohort(program, mesh, spectral_rank(program), state, x, y)
+            out = spectra_cohort(program, mesh, plan.spectral_rank(program.dims), state, x, y)
             taken.append({k: np.asarray(v)[:members] for k, v in out.items()})
 
     take_spectra(state)

@@ -86,7 +86,6 @@ def test_spectra_match_numpy_svd_and_the_gradient_rank(probed):
             s = np.linalg.svd(np.asarray(g, np.float64), compute_uv=False)
             p = s / s.sum()
             assert rank[member, 1, l] == pytest.approx(np.exp(-np.sum(p * np.log(p))), rel=1e-3)
-            assert 1 <= rank[member, 1, l] <= min(g.shape)
 
 
 def test_log_probes_measure_the_chosen_records(probed):

@@ -282,14 +282,13 @@ def fig_spectrum(ds: xr.Dataset, cfg, keep: xr.DataArray, out: Path) -> Path:
     at which they all fit or still train) against the Marchenko–Pastur
     density for the measured entry variance, the outlier threshold dotted.
     Right: the largest singular values of the change W(T) − W(0)."""
-    from normsweep.analysis.tables import layer_shape, spectrum_layer
+    from normsweep.analysis.tables import largest_usable_lr, layer_shape, spectrum_layer
     depth, layer = spectrum_layer(ds)
     width = int(ds["width"].max())
     p, q = layer_shape(cfg, width, depth, layer)
     cell = ds.sel(width=width, depth=depth, layer=layer)
-    ok = keep.sel(width=width, depth=depth)
-    good = [lr for lr in ds["lr"].values if bool(ok.sel(lr=lr).all())]
-    lr = max(good) if good else ds["lr"].values[0]
+    lr = largest_usable_lr(keep.sel(width=width, depth=depth))
+    lr = ds["lr"].values[0] if lr is None else lr
     cell = cell.sel(lr=lr)
     s2 = float((cell["frob_norm"].isel(step=0) ** 2).mean()) / (p * q)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -328,12 +327,11 @@ def fig_coordinates(ds: xr.Dataset, keep: xr.DataArray, lr: float, out: Path,
     |a_l(t) − a_l(0)| against width at the first `steps` measured steps,
     one panel per parametrization, one colour per layer (median over
     seeds, η₀ = `lr`)."""
-    from normsweep.analysis.tables import roles
+    from normsweep.analysis.tables import measured_steps, roles
     depth = int(ds["depth"].max())
     da = ds["activation_change"].sel(depth=depth, lr=lr).where(keep.sel(depth=depth, lr=lr))
     params = list(ds["parametrization"].values) if "parametrization" in ds.dims else [None]
-    measured = [int(t) for t in ds["step"].values
-                if t > 0 and bool(da.sel(step=t).notnull().any())][:steps]
+    measured = measured_steps(da, steps)
     fig, axes = plt.subplots(1, len(params), figsize=(4.4 * len(params), 3.6), squeeze=False,
                              layout="constrained")
     widths = ds["width"].values

@@ -30,7 +30,7 @@ from normsweep.analysis.figures import (fig_balance, fig_comparison, fig_coordin
 from normsweep.analysis.tables import (balance, ci, coordinate_lr, coordinate_slopes, fmt,
                                        identity_check, init_table, jacobian_table,
                                        layer_multipliers, local_width_slopes, norm_growth,
-                                       ntk_change, sharpness_table, spectra_table,
+                                       ntk_change, separated_at, sharpness_table, spectra_table,
                                        spectrum_layer, stability_against_sharpness,
                                        stable_ranks, well_trained_table)
 from normsweep.analysis.theory import FIRST_STEP, PREDICTIONS
@@ -114,7 +114,8 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
         figures.append(fig_jacobian(ds, outcome, cfg.model.output == "softmax", out))
     if "singular_values" in ds:
         figures.append(fig_spectrum(ds, cfg, keep, out))
-    if "margin" in ds and len(norm_growth(ds, outcome, fit_accuracy)):
+    if "margin" in ds and bool(((outcome == outcomes.FIT)
+                                & separated_at(ds, fit_accuracy).notnull()).any()):
         figures.append(fig_margin(ds, outcome, fit_accuracy, out))
     text = render(ds, cfg, table, outcome, check, fit_accuracy, root, param, moved, wd)
     if ref_labels:
@@ -127,7 +128,7 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
     lr = coordinate_lr(full, full_keep)
     coords = coordinate_slopes(full, full_keep, lr, cfg) if lr is not None else None
     if coords is not None:
-        text += "\n".join(coordinate_section(coords, lr, cfg))
+        text += "\n".join(coordinate_section(coords, lr))
         figures.append(fig_coordinates(full, full_keep, lr, out))
     store.write_text(out / "report.md", number_sections(text))
     return Analysis(full_table, out / "report.md", figures)
@@ -308,7 +309,7 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
               ["One width: no width exponent is identified and nothing is plotted against "
                "width; the η exponents above are fitted at that width.", ""])
     lines += ["The full table, with prefactors and counts, is in `fits.csv` and `fits.nc`.", ""]
-    lines += finite_width_section(ds, table, fit_accuracy)
+    lines += finite_width_section(ds, fit_accuracy)
     lines += regime_section(ds, table, fit_accuracy)
     return "\n".join(lines)
 
@@ -369,7 +370,7 @@ def margin_section(ds, cfg, outcome, fit_accuracy: float) -> list[str]:
             _md(growth), "", "![margin](margin.png)", ""]
 
 
-def finite_width_section(ds, table: pd.DataFrame, fit_accuracy: float) -> list[str]:
+def finite_width_section(ds, fit_accuracy: float) -> list[str]:
     """The width exponent between adjacent widths (`tables.local_width_slopes`):
     where a measured exponent stands against its infinite-width limit."""
     local = local_width_slopes(ds, fit_accuracy)
@@ -396,7 +397,7 @@ def finite_width_section(ds, table: pd.DataFrame, fit_accuracy: float) -> list[s
     return lines
 
 
-def coordinate_section(coords: pd.DataFrame, lr: float, cfg) -> list[str]:
+def coordinate_section(coords: pd.DataFrame, lr: float) -> list[str]:
     """The μP coordinate check (`tables.coordinate_slopes`) in words."""
     return [heading("coordinates", "Coordinate check"), "",
             "How much a coordinate of each layer's preactivations moves, mean |a_l(t) − a_l(0)| "

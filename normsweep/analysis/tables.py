@@ -281,9 +281,8 @@ def stable_ranks(ds: xr.Dataset, cfg: config_mod.Config, keep: xr.DataArray) -> 
     moved = srank(last["frob_dist"], last["spec_dist"])
     rows = []
     for width in ds["width"].values:
-        dims = (cfg.data.d,) + (int(width),) * (depth - 1) + (cfg.data.k,)
         for layer in range(depth):
-            p, q = dims[layer], dims[layer + 1]
+            p, q = layer_shape(cfg, width, depth, layer)
             cell = dict(width=width, layer=layer)
             rows.append({"width": int(width), "layer": layer, "shape": f"{p}×{q}",
                          "theory W(0)": fmt(p * q / theory.spectral_finite(p, q, 1.0) ** 2),
@@ -336,6 +335,26 @@ def roles(depth: int) -> list[tuple[int, str]]:
     return [(0, "input")] + ([(1, "hidden")] if depth > 2 else []) + [(depth - 1, "readout")]
 
 
+def shown_layer(depth: int) -> tuple[int, str]:
+    """The (layer, role) a one-layer table or figure shows: the first hidden
+    layer, or the input layer at depth 2."""
+    return roles(depth)[1] if depth > 2 else roles(depth)[0]
+
+
+def largest_usable_lr(ok: xr.DataArray) -> float | None:
+    """The largest η₀ at which every network `ok` marks over its other dims
+    fits or still trains (None if none)."""
+    others = [d for d in ok.dims if d != "lr"]
+    good = [lr for lr in ok["lr"].values if bool(ok.sel(lr=lr).all(others))]
+    return float(max(good)) if good else None
+
+
+def measured_steps(da: xr.DataArray, count: int) -> list[int]:
+    """The first `count` steps after 0 at which `da` was measured anywhere."""
+    return [int(t) for t in da["step"].values
+            if t > 0 and bool(da.sel(step=t).notnull().any())][:count]
+
+
 def local_width_slopes(ds: xr.Dataset, fit_accuracy: float = outcomes.FIT_ACCURACY
                        ) -> pd.DataFrame:
     """The width exponent between adjacent widths, at each η: the slope of
@@ -354,8 +373,7 @@ def local_width_slopes(ds: xr.Dataset, fit_accuracy: float = outcomes.FIT_ACCURA
     rows = []
     for metric in ("rel_frob_dist", "rel_spec_dist", "rel_param_dist"):
         da = derived[metric].where(chosen[metric][0]).sel(depth=depth)
-        cells = [(-1, "all")] if "layer" not in da.dims else roles(depth)[1:2] if depth > 2 \
-            else roles(depth)[:1]
+        cells = [(-1, "all")] if "layer" not in da.dims else [shown_layer(depth)]
         for layer, role in cells:
             for lr in ds["lr"].values:
                 cell = da.sel(lr=lr) if layer < 0 else da.sel(lr=lr, layer=layer)
@@ -445,7 +463,7 @@ def spectrum_layer(ds: xr.Dataset) -> tuple[int, int]:
     """(depth, layer) whose spectra the report shows: a hidden layer of the
     deepest networks, or their input layer at depth 2."""
     depth = int(ds["depth"].max())
-    return depth, 1 if depth > 2 else 0
+    return depth, shown_layer(depth)[0]
 
 
 def layer_shape(cfg: config_mod.Config, width: int, depth: int, layer: int) -> tuple[int, int]:
@@ -456,9 +474,8 @@ def layer_shape(cfg: config_mod.Config, width: int, depth: int, layer: int) -> t
 def outliers(sv: xr.DataArray, p: int, q: int, s2: xr.DataArray) -> xr.DataArray:
     """How many singular values in `sv` (dim `singular`) lie above the
     noise bulk of a p×q matrix with entry variance `s2` (`theory.outlier_threshold`)."""
-    edge = np.sqrt(s2) * (np.sqrt(p) + np.sqrt(q))
-    tw = np.sqrt(s2) * (1 / np.sqrt(p) + 1 / np.sqrt(q)) ** (1 / 3) / 2
-    return (sv > edge + 4 * tw).sum("singular").where(sv.notnull().any("singular"))
+    return (sv > theory.outlier_threshold(p, q, s2)).sum("singular").where(
+        sv.notnull().any("singular"))
 
 
 def spectra_table(ds: xr.Dataset, cfg: config_mod.Config, keep: xr.DataArray
@@ -495,11 +512,7 @@ def spectra_table(ds: xr.Dataset, cfg: config_mod.Config, keep: xr.DataArray
 def coordinate_lr(ds: xr.Dataset, keep: xr.DataArray) -> float | None:
     """The η₀ of the coordinate check: the largest at which every network of
     the deepest depth fits or still trains (None if none)."""
-    depth = int(ds["depth"].max())
-    ok = keep.sel(depth=depth)
-    others = [d for d in ok.dims if d != "lr"]
-    good = [lr for lr in ds["lr"].values if bool(ok.sel(lr=lr).all(others))]
-    return float(max(good)) if good else None
+    return largest_usable_lr(keep.sel(depth=int(ds["depth"].max())))
 
 
 def coordinate_slopes(ds: xr.Dataset, keep: xr.DataArray, lr: float, cfg,
@@ -514,8 +527,7 @@ def coordinate_slopes(ds: xr.Dataset, keep: xr.DataArray, lr: float, cfg,
         return None
     depth = int(ds["depth"].max())
     da = ds["activation_change"].sel(depth=depth, lr=lr).where(keep.sel(depth=depth, lr=lr))
-    measured = [int(t) for t in ds["step"].values
-                if t > 0 and bool(da.sel(step=t).notnull().any())][:steps]
+    measured = measured_steps(da, steps)
     params = list(ds["parametrization"].values) if "parametrization" in ds.dims else \
         [cfg.model.parametrization]
     logm = np.log(ds["width"].values.astype(float))

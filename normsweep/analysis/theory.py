@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 TW1_MEAN = -1.2065
 
 
@@ -26,8 +28,9 @@ def frobenius(p: int, q: int, s2: float) -> float:
     return math.sqrt(s2) * math.sqrt(p * q) * (1 - 1 / (4 * p * q))
 
 
-def spectral_edge(p: int, q: int, s2: float) -> float:
-    return math.sqrt(s2) * (math.sqrt(p) + math.sqrt(q))
+def spectral_edge(p: int, q: int, s2):
+    """s(√p + √q); `s2` may be an array."""
+    return np.sqrt(s2) * (math.sqrt(p) + math.sqrt(q))
 
 
 def spectral_finite(p: int, q: int, s2: float) -> float:
@@ -66,14 +69,14 @@ FIRST_STEP = {("standard", 0.0): 0.5, ("standard", -1.0): -0.5, ("ntk", 0.0): -0
               ("mup", 0.0): 0.0}
 
 
-def edge_fluctuation(p: int, q: int, s2: float) -> float:
+def edge_fluctuation(p: int, q: int, s2):
     """The Tracy–Widom scale of the largest singular value of a p×q matrix
     with i.i.d. N(0, s²) entries, s·(1/√p + 1/√q)^{1/3}/2 (the scale σ of
     `spectral_finite`'s ‖W‖₂², divided by 2‖W‖₂)."""
-    return math.sqrt(s2) * (1 / math.sqrt(p) + 1 / math.sqrt(q)) ** (1 / 3) / 2
+    return np.sqrt(s2) * (1 / math.sqrt(p) + 1 / math.sqrt(q)) ** (1 / 3) / 2
 
 
-def outlier_threshold(p: int, q: int, s2: float, scales: float = 4.0) -> float:
+def outlier_threshold(p: int, q: int, s2, scales: float = 4.0):
     """A singular value above the bulk: beyond the Bai–Yin edge by `scales`
     Tracy–Widom scales (the largest value of a pure noise matrix exceeds it
     with probability below 1e-3: TW₁'s tail beyond 4)."""
@@ -86,7 +89,6 @@ def marchenko_pastur_singular(sigma, p: int, q: int, s2: float):
     with r = min/max and scale s²·max(p, q), the eigenvalues λ = σ² of the
     smaller Gram matrix have density √((λ₊ − λ)(λ − λ₋))/(2π·scale·r·λ) on
     [scale(1 − √r)², scale(1 + √r)²]; σ's density is that times 2σ."""
-    import numpy as np
     big, small = max(p, q), min(p, q)
     r, scale = small / big, s2 * big
     lam = np.asarray(sigma, float) ** 2
