@@ -70,19 +70,17 @@ def gradient_sums(params, grads) -> tuple[jax.Array, jax.Array]:
 def measure(program: Program, state: State, loss, z, grad_sums, y):
     """The records of a step from W(t) (in `state`), its loss, logits and
     `gradient_sums`. Returns (records, spec_v, dist_v)."""
-    rec = {name: [] for name in ("frob_norm", "spec_norm", "frob_dist", "spec_dist")}
-    spec_v, dist_v = [], []
-    for w, w0, v, dv in zip(kernels(state.params), state.params0, state.spec_v, state.dist_v):
-        d = w - w0
-        s, v = metrics.spectral(w, v, program.lanczos_steps)
-        ds, dv = metrics.spectral(d, dv, program.lanczos_steps)
-        spec_v.append(v)
-        dist_v.append(dv)
-        rec["frob_norm"].append(metrics.frobenius(w))
-        rec["spec_norm"].append(s)
-        rec["frob_dist"].append(metrics.frobenius(d))
-        rec["spec_dist"].append(ds)
-    rec = {name: jnp.stack(vals) for name, vals in rec.items()}
+    ws = list(kernels(state.params))
+    ds = [w - w0 for w, w0 in zip(ws, state.params0)]
+    # the norms of W and of W − W(0) of every layer, solved together (`spectral_norms`)
+    norms, vectors = metrics.spectral_norms(ws + ds, list(state.spec_v) + list(state.dist_v),
+                                            program.lanczos_steps)
+    depth = len(ws)
+    spec_v, dist_v = vectors[:depth], vectors[depth:]
+    rec = {"frob_norm": jnp.stack([metrics.frobenius(w) for w in ws]),
+           "spec_norm": jnp.stack(norms[:depth]),
+           "frob_dist": jnp.stack([metrics.frobenius(d) for d in ds]),
+           "spec_dist": jnp.stack(norms[depth:])}
     rec["grad_norm"] = jnp.sqrt(grad_sums[0])
     rec["grad_dot_weight"] = grad_sums[1]
     rec["update_norm"] = jnp.sqrt(state.update_sq)

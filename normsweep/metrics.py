@@ -134,6 +134,15 @@ def lanczos(w: jax.Array, v: jax.Array, steps: int, rolled: bool = False, trips=
     `trips` (traced, optional) runs only the first min(trips, k) steps of
     the same program: one compiled program checks every step count.
     """
+    basis, tri = lanczos_basis(w, v, steps, rolled, trips)
+    return ritz(w, v, basis, top_eigenpair_psd(tri)[1])
+
+
+def lanczos_basis(w: jax.Array, v: jax.Array, steps: int, rolled: bool = False, trips=None
+                  ) -> tuple[jax.Array, jax.Array]:
+    """`lanczos`' recursion: (the basis (size, fan_out), the tridiagonal
+    T (size, size)), size = min(steps, `krylov_dim`), the rows and columns
+    past the steps taken zero."""
     n = v.shape[0]
     size = min(steps, krylov_dim(w.shape))
     tol = n * jnp.finfo(v.dtype).eps
@@ -163,7 +172,13 @@ def lanczos(w: jax.Array, v: jax.Array, steps: int, rolled: bool = False, trips=
     basis, alpha, beta, _ = carry
     # T is k×k: the last step's β couples to no basis vector
     off = jnp.diag(jnp.where(jnp.arange(size - 1) < k - 1, beta[:-1], 0), 1)
-    _, y = top_eigenpair_psd(jnp.diag(alpha) + off + off.T)
+    return basis, jnp.diag(alpha) + off + off.T
+
+
+def ritz(w: jax.Array, v: jax.Array, basis: jax.Array, y: jax.Array
+         ) -> tuple[jax.Array, jax.Array]:
+    """(‖Wu‖, u) for the Ritz vector u = basisᵀy of T's top eigenvector y
+    (`lanczos`); `v` where u vanishes."""
     u = matmul(basis.T, y)
     norm = frobenius(u)
     u = jnp.where(norm > 0, u / jnp.where(norm > 0, norm, 1), v)
@@ -178,3 +193,43 @@ def spectral(w: jax.Array, v: jax.Array, iters: int, rolled: bool = False
         return lanczos(w, v, iters, rolled)
     return spectral_exact(w), v
 
+
+
+def spectral_norms(ws: list[jax.Array], vs: list[jax.Array], iters: int, rolled: bool = False
+                   ) -> tuple[list[jax.Array], list[jax.Array]]:
+    """`spectral` of every (W, v) pair, solved together: one vmapped Lanczos
+    recursion per distinct shape, then every small eigenproblem (the Gram
+    matrices of the exact matrices and Lanczos' tridiagonal T's, zero-padded
+    to the largest) in one batched `top_eigenpair_psd`. A record's dozen
+    spectral norms then compile to a few sets of kernels instead of one set
+    per matrix, which on an accelerator is most of a program's compilation
+    (BENCHMARKS.md). Zero padding leaves a PSD matrix's top eigenpair as it
+    is, so the values are `spectral`'s to rounding (tested)."""
+    shapes: dict[tuple[int, int], list[int]] = {}
+    for i, w in enumerate(ws):
+        shapes.setdefault(w.shape, []).append(i)
+    small, finish = [], []          # the small PSD matrices; how to finish each group
+    for shape, idx in shapes.items():
+        if uses_lanczos(shape):
+            parts = [lanczos_basis(ws[i], vs[i], iters, rolled) for i in idx]
+            small.append(jnp.stack([tri for _, tri in parts]))
+            finish.append((idx, [b for b, _ in parts]))
+        else:
+            p, q = shape
+            small.append(jnp.stack([matmul(ws[i], ws[i].T) if p <= q else matmul(ws[i].T, ws[i])
+                                    for i in idx]))
+            finish.append((idx, None))
+    size = max(a.shape[-1] for a in small)
+    padded = jnp.concatenate([jnp.pad(a, ((0, 0), (0, size - a.shape[-1]),
+                                          (0, size - a.shape[-1]))) for a in small])
+    lam, vec = jax.vmap(top_eigenpair_psd)(padded)
+    norms, vectors = [None] * len(ws), list(vs)
+    start = 0
+    for (idx, bases), a in zip(finish, small):
+        for j, i in enumerate(idx):
+            if bases is None:
+                norms[i] = jnp.sqrt(jnp.maximum(lam[start + j], 0.0))
+            else:
+                norms[i], vectors[i] = ritz(ws[i], vs[i], bases[j], vec[start + j, :a.shape[-1]])
+        start += len(idx)
+    return norms, vectors

@@ -43,8 +43,8 @@ def init_member(program: Program, hp: Hyper, init_key: jax.Array, power_key: jax
     starts = [v / jnp.linalg.norm(v) for v in starts]
     # rolled: a cold start's loop, unrolled on an accelerator, is most of a
     # GPU cohort's compilation (BENCHMARKS.md)
-    spec_v = [metrics.spectral(w, v, program.cold_iters, rolled=True)[1]
-              for w, v in zip(ws, starts)]
+    spec_v = metrics.spectral_norms(list(ws), starts[:program.depth], program.cold_iters,
+                                    rolled=True)[1]
     dist_v = starts[program.depth:]
     nan = jnp.full((program.depth,), jnp.nan, dt)
     hess_v = ()

@@ -145,3 +145,20 @@ def test_nan_matrix_gives_nan_and_returns():
     assert np.isnan(float(metrics.spectral_exact(w)))
     v = unit_vector(jax.random.key(1), 100, jnp.float32)
     assert np.isnan(float(metrics.lanczos(jnp.full((100, 100), jnp.nan), v, 5)[0]))
+
+
+def test_spectral_norms_together_equal_each_alone():
+    # a record's mix: exact matrices of two shapes (a Gram of 16 and of 10),
+    # Lanczos on two shapes (one a zero matrix, whose vector is kept), with
+    # T's smaller than the largest Gram: every small problem is zero-padded
+    shapes = [(16, 100), (100, 100), (100, 10), (100, 100), (100, 80), (16, 100)]
+    ws = [gaussian(*s, seed=i) for i, s in enumerate(shapes)]
+    ws[3] = np.zeros((100, 100), np.float32)
+    vs = [unit_vector(jax.random.key(i), s[1], jnp.float32) for i, s in enumerate(shapes)]
+    together = jax.jit(lambda ws, vs: metrics.spectral_norms(ws, vs, 8))(ws, vs)
+    for w, v, got, got_v in zip(ws, vs, *together):
+        want, want_v = jax.jit(metrics.spectral, static_argnums=2)(w, v, 8)
+        assert float(got) == pytest.approx(float(want), rel=1e-5, abs=1e-6)
+        np.testing.assert_allclose(got_v, want_v, atol=1e-4)
+        assert float(got) == pytest.approx(np.linalg.norm(w, 2), rel=0.05, abs=1e-6)
+    assert float(together[0][3]) == 0.0 and np.array_equal(together[1][3], vs[3])
