@@ -37,9 +37,10 @@ def init_member(program: Program, hp: Hyper, init_key: jax.Array, power_key: jax
     params = with_kernels(None, ws)
     dt = program.jdtype
     # the start vectors: unit normals of keys (power_key, l) and (power_key, 1000 + l)
-    starts = normals([jax.random.fold_in(power_key, i) for i in range(program.depth)]
-                     + [jax.random.fold_in(power_key, 1000 + i) for i in range(program.depth)],
-                     [(w.shape[1],) for w in ws] * 2, dt)
+    # (the keys folded in one batched call: one loop in the program at any depth)
+    folds = np.concatenate([np.arange(program.depth), 1000 + np.arange(program.depth)])
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(power_key, jnp.asarray(folds, jnp.uint32))
+    starts = normals(list(keys), [(w.shape[1],) for w in ws] * 2, dt)
     starts = [v / jnp.linalg.norm(v) for v in starts]
     # rolled: a cold start's loop, unrolled on an accelerator, is most of a
     # GPU cohort's compilation (BENCHMARKS.md)
@@ -252,7 +253,7 @@ def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_ke
     the same arguments runs, so that its calls find them compiled (in JAX's
     in-memory cache; the persistent cache too, where enabled). The state is
     never built: each program is lowered against the shapes and placements
-    the previous one outputs. `launch` calls this on a background thread to
+    the previous one outputs. `launch` calls this on its compile threads to
     compile the next cohort while one trains (on an accelerator the device
     would otherwise idle for the whole compilation). Thread-safe. Returns
     the compiled programs by name ("init", "segment"), for

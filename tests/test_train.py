@@ -258,3 +258,20 @@ def test_members_agree_at_the_reference_size():
         part = train.train_members(prog, x, y, lrs[:count], *plan.member_keys(seeds[:count]), steps)
         for name, value in part.records.items():
             equal.assert_record_close(value, nine.records[name][:count], f"{count}: {name}")
+
+
+def test_the_programs_loops_do_not_grow_with_depth(monkeypatch):
+    # hidden layers of width 20 measured by Lanczos, as wide ones are: each
+    # matrix's recursion is a loop of its own unless the matrices of one shape
+    # share one loop, which is what keeps a deep network's program small.
+    # (A shape no other test compiles: jit's cache does not see EXACT_MAX.)
+    monkeypatch.setattr(metrics, "EXACT_MAX", 8)
+    lr, ik, pk = members([0.05], [0])
+    loops = {}
+    for depth in (4, 6):
+        program = train.Program(dims=(D,) + (20,) * (depth - 1) + (K,), lanczos_steps=7)
+        compiled = train.compile_members(program, X, Y, lr, ik, pk, STEPS)
+        loops[depth] = {name: c.as_text().count(" while(") for name, c in compiled.items()}
+    assert loops[4]["segment"] == loops[6]["segment"], loops
+    # at init, the model draws each layer's weights from a key of its own
+    assert loops[6]["init"] - loops[4]["init"] <= 2, loops
