@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from normsweep import config as config_mod
 from normsweep import plan, train
 from normsweep.data import sphere_data
 
@@ -113,12 +114,35 @@ def peak_rss(steps: int) -> int:
 
 
 LAUNCH = """\
-import sys, time
-from normsweep import config, sweep
-cfg = config.parse(sys.argv[1], source="bench.toml")
+import collections, json, sys, threading, time
+from normsweep import config, records, store, sweep, work
+cfg = config.parse(sys.argv[1], source="bench.toml", overrides=json.loads(sys.argv[4]))
+spent, lock = collections.defaultdict(float), threading.Lock()
+
+def timed(owner, name, part):
+    # wall seconds in owner.name, per part and per thread (the launching one, or ahead)
+    original = getattr(owner, name)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            ahead = threading.current_thread() is not threading.main_thread()
+            with lock:
+                spent[part + ("_ahead" if ahead else "")] += time.perf_counter() - start
+    setattr(owner, name, wrapper)
+
+timed(work, "compile_cohort", "compile")         # the programs of a cohort, running nothing
+timed(work, "train_cohort", "train")             # its training, records included
+timed(records, "cohort_dataset", "write")        # its dataset built, then written
+timed(store, "write_netcdf", "write")
+timed(sweep.CompileAhead, "next", "wait")        # the launching thread waiting for a compilation
 t0 = time.perf_counter()
-sweep.launch(cfg, sys.argv[2], prefetch=None if sys.argv[3] == "default" else int(sys.argv[3]))
-print(time.perf_counter() - t0)
+sweep.launch(cfg, sys.argv[2], compile_workers=None if sys.argv[3] == "default" else int(sys.argv[3]))
+spent["wall"] = time.perf_counter() - t0
+spent["workers"] = sweep.default_compile_workers(len(sweep.plan.cohorts(cfg))) \\
+    if sys.argv[3] == "default" else int(sys.argv[3])
+print(json.dumps(spent))
 """
 
 
@@ -208,16 +232,26 @@ def compile_split(m: int, seeds: int, steps: int, n: int, xla_flags: str = "",
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def launch_seconds(grid: str, root: str, prefetch: str, cache: bool = False) -> float:
-    """Wall seconds of `normsweep launch` of `grid` in a fresh process,
-    import excluded, with the persistent compilation cache off (or on, for
-    the smoke run, which times nothing)."""
+def launch_split(grid: str, root: str, workers: str, cache: bool = False,
+                 overrides: tuple[str, ...] = ()) -> dict:
+    """`normsweep launch` of `grid` (with `--set` `overrides`) in a fresh
+    process, the persistent compilation cache off (or on, for the smoke run,
+    which times nothing): wall seconds from the call (import excluded), and
+    the seconds its launching thread spent compiling, waiting for a
+    compilation ahead, training (records included) and building and writing
+    files; "compile_ahead" sums the compile threads' seconds, which overlap
+    the rest."""
     env = dict(os.environ)
     if not cache:
         env["NORMSWEEP_JAX_CACHE"] = "off"
-    out = subprocess.run([sys.executable, "-c", LAUNCH, grid, root, prefetch], env=env,
-                         capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    out = subprocess.run([sys.executable, "-c", LAUNCH, grid, root, workers,
+                          json.dumps(list(overrides))], env=env, capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def launch_seconds(grid: str, root: str, workers: str, cache: bool = False) -> float:
+    return launch_split(grid, root, workers, cache)["wall"]
 
 
 def compile_ahead_grid(widths, depths, n, steps) -> str:
@@ -456,7 +490,7 @@ def main():
                   f"matmul over the whole run ({t:.1f} s)")
 
     def part_ahead():
-        # compiling the next cohorts while one trains (launch's prefetch), against
+        # compiling the next cohorts while one trains (launch's compile workers), against
         # compiling each as it starts: whole launches in fresh processes
         widths, depths, n_ahead, steps = cfg["ahead"]
         grid = compile_ahead_grid(widths, depths, n_ahead, steps)
@@ -472,25 +506,40 @@ def main():
               f"(×{alone / ahead:.2f})")
 
     def part_sweep():
-        # a whole launch in a fresh process (cache off), split by the wall
-        # times each cohort file records: how much of it was training
+        # a whole launch in a fresh process (cache off), split into what its
+        # launching thread did; then the same launch recording only the first
+        # and last steps with no probes, whose training is the steps alone:
+        # the difference is the records' cost
         name, grid = cfg["sweep"]
         if grid.endswith(".toml"):          # a file of the repository's
             with open(os.path.join(os.path.dirname(__file__), "..", grid)) as f:
                 grid = f.read()
+        parsed = config_mod.parse(grid, source=name)
+        steps = parsed.train.steps
+        bare = (f"record.steps={steps}", "record.jacobian_norm=0", "record.sharpness=0",
+                "record.ntk_eigs=0", "record.activations=0", "record.spectra=false")
         with tempfile.TemporaryDirectory() as tmp:
-            wall = launch_seconds(grid, f"{tmp}/sweep", "default", cache=smoke)
-            import xarray as xr
-            with xr.open_dataset(f"{tmp}/sweep/sweep.nc") as ds:
-                train_s = float(ds["train_seconds"].sum())
-                compile_s = float(ds["compile_seconds"].sum())
-                cohorts = int(ds["train_seconds"].notnull().sum())
-        res["sweep"] = {"grid": name, "cohorts": cohorts, "wall_s": wall, "train_s": train_s,
-                        "compile_s": compile_s, "training_share": train_s / wall}
-        print(f"launch of {name} ({cohorts} cohorts), no compilation cache: {wall:.1f} s wall, "
-              f"{train_s:.1f} s training ({train_s / wall:.0%}; records included), "
-              f"{compile_s:.1f} s compiling (ahead of training where it overlapped), the rest "
-              "waiting for compilations, writing and combining")
+            full = launch_split(grid, f"{tmp}/sweep", "default", cache=smoke)
+            steps_only = launch_split(grid, f"{tmp}/bare", "default", cache=smoke, overrides=bare)
+        wall = full["wall"]
+        split = {"compile": full.get("compile", 0.0), "wait for compile": full.get("wait", 0.0),
+                 "train (steps)": steps_only.get("train", 0.0),
+                 "record": full.get("train", 0.0) - steps_only.get("train", 0.0),
+                 "write": full.get("write", 0.0)}
+        split["rest"] = wall - sum(split.values())
+        res["sweep"] = {"grid": name, "cohorts": len(plan.cohorts(parsed)), "wall_s": wall,
+                        "split_s": split,
+                        "compile_ahead_s": full.get("compile_ahead", 0.0),
+                        "compile_workers": full["workers"], "steps_only_wall_s": steps_only["wall"],
+                        "training_share": full.get("train", 0.0) / wall}
+        print(f"launch of {name}, {'cache on (smoke)' if smoke else 'no compilation cache'}, "
+              f"{full['workers']} compile thread(s): "
+              f"{wall:.1f} s wall; the launching thread's time:")
+        for part, sec in split.items():
+            print(f"    {sec:8.1f} s  {sec / wall:5.0%}  {part}")
+        print(f"  the compile threads compiled for {full.get('compile_ahead', 0.0):.1f} s "
+              f"(overlapping the above); the same launch recording only the first and last "
+              f"steps, no probes: {steps_only['wall']:.1f} s wall")
 
     def part_compile():
         # a cohort's compilation alone, then its first and second runs, in

@@ -32,7 +32,7 @@ def launch(grid: "str | os.PathLike | Config", out: "str | os.PathLike | None" =
     file, TOML text, or a `config.Config`) not yet in `out` (default
     results/<name>), writes the results folder and returns its `Summary`.
     `overrides` are `--set`'s "KEY=VALUE"; `options` are `sweep.launch`'s
-    (budget_bytes, scheduler, devices, prefetch, reporter). Bad input
+    (budget_bytes, scheduler, devices, compile_workers, reporter). Bad input
     raises `GridError` (as the command line's exit status 2), failures
     `RunError` (exit status 1)."""
     from pathlib import Path

@@ -211,6 +211,10 @@ def main() -> None:
 @click.option("--devices", type=click.IntRange(1), metavar="N",
               help="Shard each cohort's networks across at most N local devices "
                    "(default: all of them).")
+@click.option("--compile-workers", type=click.IntRange(0), metavar="N",
+              help="Threads compiling the next cohorts while one trains; 0 compiles each as "
+                   "it starts (default: 1 on a CPU; on an accelerator one per host core but "
+                   "one, as host memory allows).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display; print only the summary.")
 @click.option("--dry-run", is_flag=True,
               help="Print the cohorts, networks, steps, records, and estimates of memory, disk "
@@ -223,8 +227,8 @@ def main() -> None:
               help="Train only the cohorts that match (repeatable: any match); the rest of "
                    "the grid stays to do, and sweep.nc is written once it is all done.")
 def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: str | None,
-           devices: int | None, quiet: bool, dry_run: bool, overrides: tuple[str, ...],
-           only: tuple[str, ...]) -> None:
+           devices: int | None, compile_workers: int | None, quiet: bool, dry_run: bool,
+           overrides: tuple[str, ...], only: tuple[str, ...]) -> None:
     """Train every point of GRID and record norm trajectories.
 
     Writes OUT/cohorts/<cohort>.nc as each (width, depth) cohort finishes and
@@ -261,8 +265,8 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
         selections = launch_mod.parse_only(config, list(only)) if only else None
     except GridError as err:
         raise fail_usage(err) from None
-    command = launch_command(grid, out, memory_budget, scheduler, devices, quiet, overrides,
-                             only)
+    command = launch_command(grid, out, memory_budget, scheduler, devices, compile_workers,
+                             quiet, overrides, only)
     if dry_run:
         try:
             print_preview(grid, config, launch_mod.preview(config, root, budget_bytes=budget),
@@ -279,7 +283,8 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
             summary = launch_mod.launch(config, root, budget_bytes=budget,
                                         reporter=InterruptibleReporter(reporter, interrupt),
                                         scheduler=scheduler, devices=devices,
-                                        command=command, only=selections)
+                                        compile_workers=compile_workers, command=command,
+                                        only=selections)
     except GridError as err:
         raise fail_usage(err) from None
     except (RunError, OSError, RuntimeError) as err:
@@ -301,20 +306,22 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
     if summary.left:
         click.echo(f"{len(summary.left)} cohorts still to do ({', '.join(summary.left)}); "
                    f"sweep.nc is written when they are done")
-        rest = launch_command(grid, out, memory_budget, scheduler, devices, quiet, overrides, ())
+        rest = launch_command(grid, out, memory_budget, scheduler, devices, compile_workers,
+                              quiet, overrides, ())
         click.echo(f"next: {rest}")
         return
     click.echo(f"results: {summary.root / 'sweep.nc'}")
     click.echo(f"next: normsweep analyze {summary.root}")
 
 
-def launch_command(grid, out, memory_budget, scheduler, devices, quiet, overrides,
-                   only) -> str:
+def launch_command(grid, out, memory_budget, scheduler, devices, compile_workers, quiet,
+                   overrides, only) -> str:
     """The `normsweep launch` command line that asks for this launch, as
     sweep.nc records it (its options in a fixed order)."""
     words = ["normsweep", "launch", str(grid)]
     for flag, value in (("--out", out), ("--memory-budget", memory_budget),
-                        ("--scheduler", scheduler), ("--devices", devices)):
+                        ("--scheduler", scheduler), ("--devices", devices),
+                        ("--compile-workers", compile_workers)):
         if value is not None:
             words += [flag, str(value)]
     words += ["--quiet"] if quiet else []

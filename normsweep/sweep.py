@@ -9,17 +9,19 @@ skipped on a relaunch. `DIR/sweep.nc` is combined at the end.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
+import queue
 import shlex
 import shutil
 import sys
 import threading
 import time
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import jax
 import numpy as np
@@ -197,15 +199,15 @@ def remove_created(created: list[Path]) -> None:
 
 def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
            reporter: Reporter | None = None, scheduler: str | None = None,
-           devices: int | None = None, prefetch: int | None = None,
+           devices: int | None = None, compile_workers: int | None = None,
            command: str | None = None, only: list[dict[str, int]] | None = None) -> Summary:
     """Trains every cohort of `config` not yet in `root`, then writes sweep.nc.
 
     `scheduler`: None trains here; "local[:N]" or a Dask scheduler address
     sends one task per cohort (see `executors`). `devices`: shard each
     cohort's members across this many local devices (None: all).
-    `prefetch`: how many cohorts compile ahead while one trains (`train_here`;
-    None: `default_prefetch()`, 0: none). `command`: how the launch was
+    `compile_workers`: threads compiling cohorts ahead while one trains
+    (`train_here`; None: `default_compile_workers`, 0: none). `command`: how the launch was
     asked for, recorded in sweep.nc's `command` and `history` (default:
     this process's command line). `only` (`parse_only`): train just the
     cohorts that match one of its selections; sweep.nc is written once every
@@ -233,7 +235,7 @@ def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
                 steps = plan.record_steps(config.train.steps, config.record.steps,
                                           config.record.log_points)
                 return _launch_locked(config, root, cohorts, steps, budget, reporter, started,
-                                      client, devices, prefetch, created,
+                                      client, devices, compile_workers, created,
                                       command or shlex.join(sys.argv), only)
         except BaseException:
             if created and not store.is_sweep_folder(root):
@@ -319,63 +321,109 @@ def estimate_seconds(p: Preview, rate: float) -> float:
     return share * p.train_flop / (TRAIN_EFFICIENCY * rate) + left * compile_seconds()
 
 
-COMPILE_THREAD = "normsweep-compile"     # the name prefix of train_here's threads
+COMPILE_THREAD = "normsweep-compile"     # the name prefix of the compile-ahead threads
+# host memory one compilation may take at its peak: a CPU's measured 170–240
+# MiB (widths 256–1024) with room for an accelerator's code generation
+COMPILE_BYTES = 1 << 30
+
+
+class CompileAhead:
+    """Compiles cohorts' programs (`compile(i)` for i in range(count)) on
+    `workers` threads, in order, while the launching thread trains those
+    already compiled: `next()` hands out a cohort whose programs are ready,
+    or, when none is, one that no thread has started (which the caller
+    compiles itself), or else waits for the first thread to finish.
+
+    XLA compiles a program on one host core with the GIL released, so an
+    accelerator, or a CPU's other cores, keep training meanwhile, and several
+    cohorts compile at once on a host with cores to spare. A compilation
+    that fails ahead hands out its cohort as not compiled: the cohort's own
+    run meets the error again and reports it. `close()` starts no new
+    compilation; those in flight finish on their threads (XLA cannot be
+    stopped mid-compilation; on a GPU one can take a minute)."""
+
+    def __init__(self, count: int, compile: Callable[[int], float], workers: int):
+        self._compile = compile
+        self._pending = collections.deque(range(count))
+        self._lock = threading.Lock()
+        self._ready: queue.SimpleQueue = queue.SimpleQueue()
+        for i in range(min(workers, count)):
+            threading.Thread(target=self._work, name=f"{COMPILE_THREAD}-{i}").start()
+
+    def _take(self) -> int | None:
+        with self._lock:
+            if not self._pending:
+                return None
+            return self._pending.popleft()
+
+    def _work(self) -> None:
+        while (i := self._take()) is not None:
+            try:
+                self._ready.put((i, self._compile(i)))
+            except Exception:           # noqa: BLE001 -- the cohort's own run reports it
+                self._ready.put((i, None))
+
+    def next(self) -> tuple[int, float | None]:
+        """(cohort, its compile seconds, or None when the caller must compile it)."""
+        try:
+            return self._ready.get_nowait()
+        except queue.Empty:
+            pass
+        i = self._take()
+        return (i, None) if i is not None else self._ready.get()
+
+    def close(self) -> None:
+        with self._lock:
+            self._pending.clear()
 
 
 def train_here(config: Config, root: Path, todo: list[plan.Cohort], steps: np.ndarray,
-               budget: int, reporter: Reporter, devices: int | None, prefetch: int) -> None:
-    """Trains the cohorts `todo` in this process, one after another, each
-    written as it finishes.
-
-    With `prefetch` = p > 0, p background threads compile the programs of
-    the next p cohorts (`work.compile_cohort`) while one trains: XLA compiles a
-    program on one host core, so an accelerator, or the other cores, keep
-    training meanwhile, and a cohort starts with nothing left to compile.
-    The results are those of a launch without it (the same programs run;
-    tested). A failed compilation ahead is not reported: the cohort's own
-    run meets the error again and reports it. On an error or Ctrl-C this
-    returns at once: compilations in flight finish on their threads (XLA
-    cannot be stopped mid-compilation; on a GPU one can take a minute), and
-    none not yet started begins.
-    """
+               budget: int, reporter: Reporter, devices: int | None, workers: int) -> None:
+    """Trains the cohorts `todo` in this process, each written as it
+    finishes, in the order their programs become ready: `workers` threads
+    compile them ahead (`CompileAhead`, `work.compile_cohort`), and the
+    launching thread compiles one itself when none is ready and trains it.
+    The results are those of a launch compiling each cohort as it starts
+    (the same programs run; tested). On an error or Ctrl-C this returns at
+    once, starting no new compilation."""
     x, y = work.training_data(config)
-    ahead = ThreadPoolExecutor(prefetch, thread_name_prefix=COMPILE_THREAD) \
-        if prefetch > 0 else None
-    compiling: dict[int, Future] = {}
+    ahead = CompileAhead(len(todo), lambda j: work.compile_cohort(
+        config, todo[j], x, y, steps, budget, devices), workers) if workers > 0 else None
     try:
-        for i, cohort in enumerate(todo):
-            for j in range(i + 1, min(i + 1 + prefetch, len(todo))):
-                if j not in compiling:
-                    compiling[j] = ahead.submit(work.compile_cohort, config, todo[j], x, y, steps,
-                                                budget, devices)
-            compiled = None
-            if i in compiling:
-                # before this cohort's calls, which would otherwise compile it a second time
-                with contextlib.suppress(Exception):
-                    compiled = compiling.pop(i).result()
+        for i in range(len(todo)):
+            index, compiled = ahead.next() if ahead is not None else (i, None)
+            cohort = todo[index]
             n_chunks = plan.chunking(config, cohort, len(steps), budget).count
             reporter.cohort(cohort.name, config.train.steps * n_chunks)
             work.run_cohort(config, root, cohort, x, y, steps, budget, reporter.advance, devices,
                             compiled)
             reporter.done(cohort.name)
     finally:
-        if ahead is not None:       # on success nothing is in flight: each cohort waited for its own
-            ahead.shutdown(wait=False, cancel_futures=True)
+        if ahead is not None:       # on success nothing is in flight: every cohort was handed out
+            ahead.close()
 
 
 def compiling_ahead() -> int:
-    """How many of `train_here`'s compile threads are still alive (each may be
-    in a compilation that cannot be stopped)."""
+    """How many compile-ahead threads are still alive (each may be in a
+    compilation that cannot be stopped)."""
     return sum(t.name.startswith(COMPILE_THREAD) and t.is_alive()
                for t in threading.enumerate())
 
 
-def default_prefetch() -> int:
-    """How many cohorts compile ahead: one on a CPU, whose cores train too;
-    on an accelerator up to 4, one per two host cores."""
+def default_compile_workers(cohorts: int) -> int:
+    """Threads compiling ahead: one on a CPU, whose cores train too; on an
+    accelerator one per host core but the launching thread's, no more than
+    the host's available memory holds at `COMPILE_BYTES` each, nor than
+    there are cohorts."""
     if jax.default_backend() == "cpu":
         return 1
-    return max(1, min(4, (os.cpu_count() or 2) // 2))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count() or 2
+    try:
+        memory = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // COMPILE_BYTES
+    except (ValueError, OSError):
+        memory = cores
+    return max(1, min(cores - 1, memory, cohorts))
 
 
 def earlier_history(path: Path) -> str:
@@ -419,7 +467,7 @@ def selected(cohort: plan.Cohort, only: list[dict[str, int]] | None) -> bool:
 
 
 def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
-                   client, devices, prefetch, created, command, only) -> Summary:
+                   client, devices, compile_workers, created, command, only) -> Summary:
     if store.is_sweep_folder(root):
         store.remove_stale_temporaries(root)
     known = {store.cohort_path(root, c).name for c in cohorts}
@@ -442,7 +490,8 @@ def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
                            [(cohorts.index(c), c) for c in todo], budget, reporter.done)
     elif todo:
         train_here(config, root, todo, steps, budget, reporter, devices,
-                   default_prefetch() if prefetch is None else prefetch)
+                   default_compile_workers(len(todo)) if compile_workers is None
+                   else compile_workers)
 
     store.remove_stale_temporaries(root)   # left by Dask workers killed mid-write
     left = [c for c in cohorts if not selected(c, only) and not work.cohort_done(

@@ -21,8 +21,10 @@ def test_benchmark_smoke(tmp_path):
     assert set(figures["compile_split"][0]["programs"]) == {"init", "segment"}
     assert figures["compile_ahead"]["seconds_with"] > 0 and figures["compile_ahead"]["cohorts"] == 2
     whole = figures["sweep"]
-    assert whole["cohorts"] == 2 and 0 < whole["train_s"] < whole["wall_s"]
-    assert whole["compile_s"] > 0 and 0 < whole["training_share"] < 1
+    assert whole["cohorts"] == 2 and 0 < whole["split_s"]["train (steps)"] < whole["wall_s"]
+    assert whole["split_s"]["compile"] + whole["compile_ahead_s"] > 0
+    assert whole["split_s"]["write"] > 0        # each cohort's file
+    assert 0 < whole["training_share"] < 1 and whole["steps_only_wall_s"] > 0
     assert "recording" in result.stdout and "peak memory" in result.stdout
     split = figures["compile_split"][0]
     assert split["compile_s"] > 0 and split["second_run_s"] > 0
