@@ -29,6 +29,11 @@ from normsweep.data import sphere_data
 import xprof
 
 
+# the instructions of an optimised HLO module that launch work: on a GPU each
+# fusion is a kernel compiled of its own
+LAUNCHES = ("fusion(", "custom-call(", "dot(", "convolution(", "while(", "conditional(")
+
+
 def best_of(fn, repeat):
     times = []
     for _ in range(repeat):
@@ -146,6 +151,46 @@ print(json.dumps(spent))
 """
 
 
+PROGRAMS = """\
+import json, sys, time
+import jax
+from normsweep import config, metrics, plan, sweep, train, work
+from bench import LAUNCHES
+if sys.argv[2] == "1":      # an accelerator's unrolling of the small loops, on this CPU
+    metrics._unroll = lambda trips: trips if trips < 2 * metrics.UNROLL else metrics.UNROLL
+cfg = config.parse(sys.argv[1], source="bench.toml")
+work.enable_dtype(cfg)
+x, y = work.training_data(cfg)
+steps = plan.record_steps(cfg.train.steps, cfg.record.steps, cfg.record.log_points)
+budget = sweep.default_budget()
+rows = []
+for cohort in plan.cohorts(cfg):
+    members = work.Members(cfg, cohort, len(steps), budget)
+    args, kwargs = members.arguments(members.chunks[0])
+    start = time.perf_counter()
+    compiled = train.compile_members(members.program, x, y, *args, steps, 1, **kwargs)
+    rows.append({"cohort": cohort.name, "width": cohort.width, "depth": cohort.depth,
+                 "compile_s": time.perf_counter() - start,
+                 "kernels": {name: sum(c.as_text().count(op) for op in LAUNCHES)
+                             for name, c in compiled.items()}})
+print(json.dumps(rows))
+"""
+
+
+def program_sizes(grid: str, unrolled: bool) -> list[dict]:
+    """Every cohort of `grid` compiled in a fresh process (cache off, running
+    nothing): per cohort its compile seconds and the kernels (fusions,
+    library calls, loops) of each program's optimised HLO; `unrolled`
+    unrolls the small loops as an accelerator does, so that a CPU counts
+    about the kernels a GPU compiles one by one."""
+    env = dict(os.environ, NORMSWEEP_JAX_CACHE="off")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(os.path.abspath(__file__)),
+                                                      env.get("PYTHONPATH")]))
+    out = subprocess.run([sys.executable, "-c", PROGRAMS, grid, str(int(unrolled))], env=env,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 COMPILE = """\
 import contextlib, json, sys, tempfile, time, collections
 import numpy as np, jax, jax.numpy as jnp
@@ -176,7 +221,7 @@ with tempfile.TemporaryDirectory() as tmp:
         t1 = time.perf_counter()
     if trace:
         events = xprof.host_event_seconds(tmp, windows="normsweep compile ")
-LAUNCHES = ("fusion(", "custom-call(", "dot(", "convolution(", "while(", "conditional(")
+from bench import LAUNCHES
 programs = {name: {"trace_s": seconds[name, "jaxpr_trace"],
                    "lower_s": seconds[name, "jaxpr_to_mlir_module"],
                    "compile_s": seconds[name, "backend_compile"],
@@ -260,8 +305,8 @@ def compile_ahead_grid(widths, depths, n, steps) -> str:
             'lr = [0.001, 0.002, 0.005, 0.01]\nseed = [0, 1]\n')
 
 
-PARTS = ("table", "precision", "record", "compilations", "memory", "ahead", "sweep", "compile",
-         "profile",
+PARTS = ("table", "precision", "record", "compilations", "memory", "ahead", "sweep", "programs",
+         "compile", "profile",
          "long")
 
 
@@ -330,6 +375,8 @@ def main():
                     help=f"the parts to run, comma-separated, in the order given (default: "
                          f"{','.join(PARTS)})")
     ap.add_argument("--widths", help="the table's widths, comma-separated (default: the preset's)")
+    ap.add_argument("--grid", help="the grid file of the sweep and programs parts (default: the "
+                                   "preset's: sweeps/quickstart.toml, sweeps/seed.toml on a GPU)")
     args = ap.parse_args()
     preset = args.preset or ("smoke" if args.smoke else "cpu")
     smoke = preset == "smoke"
@@ -510,10 +557,7 @@ def main():
         # launching thread did; then the same launch recording only the first
         # and last steps with no probes, whose training is the steps alone:
         # the difference is the records' cost
-        name, grid = cfg["sweep"]
-        if grid.endswith(".toml"):          # a file of the repository's
-            with open(os.path.join(os.path.dirname(__file__), "..", grid)) as f:
-                grid = f.read()
+        name, grid = sweep_grid()
         parsed = config_mod.parse(grid, source=name)
         steps = parsed.train.steps
         bare = (f"record.steps={steps}", "record.jacobian_norm=0", "record.sharpness=0",
@@ -540,6 +584,36 @@ def main():
         print(f"  the compile threads compiled for {full.get('compile_ahead', 0.0):.1f} s "
               f"(overlapping the above); the same launch recording only the first and last "
               f"steps, no probes: {steps_only['wall']:.1f} s wall")
+
+    def sweep_grid():
+        name, grid = (os.path.basename(args.grid).removesuffix(".toml"), args.grid) \
+            if args.grid else cfg["sweep"]
+        if grid.endswith(".toml"):          # a file of the repository's, or --grid
+            path = grid if args.grid else os.path.join(os.path.dirname(__file__), "..", grid)
+            with open(path) as f:
+                grid = f.read()
+        return name, grid
+
+    def part_programs():
+        # what each cohort of the sweep compiles: kernels per program, counted
+        # with the accelerator's unrolling where this is a CPU
+        name, grid = sweep_grid()
+        unrolled = jax.default_backend() == "cpu"
+        rows = program_sizes(grid, unrolled)
+        totals = {}
+        for row in rows:
+            for program, count in row["kernels"].items():
+                totals[program] = totals.get(program, 0) + count
+        res["programs"] = {"grid": name, "unrolled_as_accelerator": unrolled, "cohorts": rows,
+                           "kernels": totals,
+                           "compile_s": sum(r["compile_s"] for r in rows)}
+        how = " with an accelerator's unrolling" if unrolled else ""
+        print(f"programs of {name} ({len(rows)} cohorts, kernels{how}): "
+              + ", ".join(f"{p} {c:,}" for p, c in totals.items())
+              + f"; compiled one after another in {res['programs']['compile_s']:.1f} s")
+        for row in rows:
+            print(f"    {row['cohort']:>22s}  {row['compile_s']:5.1f} s  "
+                  + "  ".join(f"{p} {c}" for p, c in row["kernels"].items()))
 
     def part_compile():
         # a cohort's compilation alone, then its first and second runs, in
@@ -626,7 +700,8 @@ def main():
 
     run = {"table": part_table, "precision": part_precision, "record": part_record,
            "compilations": part_compilations, "memory": part_memory, "ahead": part_ahead,
-           "compile": part_compile, "sweep": part_sweep, "profile": part_profile, "long": part_long}
+           "compile": part_compile, "sweep": part_sweep, "programs": part_programs,
+           "profile": part_profile, "long": part_long}
     save()
     for part in parts:     # in the order asked for; each part's figures saved as it ends
         run[part]()

@@ -24,6 +24,10 @@ def test_benchmark_smoke(tmp_path):
     assert whole["cohorts"] == 2 and 0 < whole["split_s"]["train (steps)"] < whole["wall_s"]
     assert whole["split_s"]["compile"] + whole["compile_ahead_s"] > 0
     assert whole["split_s"]["write"] > 0        # each cohort's file
+    programs = figures["programs"]
+    assert [c["width"] for c in programs["cohorts"]] == [8, 12]
+    assert programs["kernels"]["segment"] == sum(c["kernels"]["segment"]
+                                                 for c in programs["cohorts"]) > 0
     assert 0 < whole["training_share"] < 1 and whole["steps_only_wall_s"] > 0
     assert "recording" in result.stdout and "peak memory" in result.stdout
     split = figures["compile_split"][0]
