@@ -53,7 +53,8 @@ def _unroll(trips: int) -> int:
     return trips if trips < 2 * UNROLL else UNROLL
 
 
-def top_eigenvalue_psd(gram: jax.Array, squarings: int = SQUARINGS) -> jax.Array:
+def top_eigenvalue_psd(gram: jax.Array, squarings: int = SQUARINGS, rolled: bool = False
+                       ) -> jax.Array:
     """The largest eigenvalue of a symmetric positive semi-definite matrix.
 
     G^(2^s), renormalised after each squaring, is (to rounding) the projector
@@ -63,18 +64,22 @@ def top_eigenvalue_psd(gram: jax.Array, squarings: int = SQUARINGS) -> jax.Array
     the two gives λ₁ to within the tie). Pure XLA: LAPACK's eigvalsh, called
     from inside the training loop, can deadlock the CPU runtime. The loop is
     unrolled by UNROLL: on a GPU each trip of a rolled loop costs a host round
-    trip (a rolled loop made a record 3–4× dearer on an H100).
+    trip (a rolled loop made a record 3–4× dearer on an H100). `rolled` keeps
+    it rolled, for what runs rarely (a cold start, a probe): unrolled copies
+    would only lengthen the compilation.
     """
-    return top_eigenpair_psd(gram, squarings)[0]
+    return top_eigenpair_psd(gram, squarings, rolled)[0]
 
 
-def top_eigenpair_psd(gram: jax.Array, squarings: int = SQUARINGS) -> tuple[jax.Array, jax.Array]:
+def top_eigenpair_psd(gram: jax.Array, squarings: int = SQUARINGS, rolled: bool = False
+                      ) -> tuple[jax.Array, jax.Array]:
     """(λ₁, v): `top_eigenvalue_psd` and its eigenvector v (not normalised;
     zero for G = 0)."""
     def square(_, a):
         return _rescale(matmul(a, a))
 
-    a = jax.lax.fori_loop(0, squarings, square, _rescale(gram), unroll=min(UNROLL, squarings))
+    a = jax.lax.fori_loop(0, squarings, square, _rescale(gram),
+                          unroll=1 if rolled else min(UNROLL, squarings))
     v = a[:, jnp.argmax(jnp.sum(jnp.square(a), axis=0))]
     norm = sum_squares(v)
     return inner(v, matmul(gram, v)) / jnp.where(norm > 0, norm, 1), v
@@ -87,19 +92,21 @@ def _rescale(a: jax.Array) -> jax.Array:
     return a * jnp.ldexp(jnp.ones((), a.dtype), -exponent)
 
 
-def extreme_eigenvalues_psd(gram: jax.Array) -> tuple[jax.Array, jax.Array]:
+def extreme_eigenvalues_psd(gram: jax.Array, rolled: bool = False
+                            ) -> tuple[jax.Array, jax.Array]:
     """(λ_max, λ_min) of a symmetric PSD matrix: λ_min = λ_max − λ_max(λ_max·I − G).
     λ_min carries an absolute error of a few ulp of λ_max."""
-    top = top_eigenvalue_psd(gram)
+    top = top_eigenvalue_psd(gram, rolled=rolled)
     shifted = top * jnp.eye(gram.shape[0], dtype=gram.dtype) - gram
-    return top, jnp.maximum(top - top_eigenvalue_psd(shifted), 0.0)
+    return top, jnp.maximum(top - top_eigenvalue_psd(shifted, rolled=rolled), 0.0)
 
 
-def spectral_exact(w: jax.Array, squarings: int = SQUARINGS) -> jax.Array:
+def spectral_exact(w: jax.Array, squarings: int = SQUARINGS, rolled: bool = False
+                   ) -> jax.Array:
     """‖W‖₂ = √λ_max of the Gram matrix of the smaller side of W."""
     p, q = w.shape
     gram = matmul(w, w.T) if p <= q else matmul(w.T, w)
-    return jnp.sqrt(jnp.maximum(top_eigenvalue_psd(gram, squarings), 0.0))
+    return jnp.sqrt(jnp.maximum(top_eigenvalue_psd(gram, squarings, rolled), 0.0))
 
 
 def krylov_dim(shape: tuple[int, int]) -> int:
@@ -135,7 +142,7 @@ def lanczos(w: jax.Array, v: jax.Array, steps: int, rolled: bool = False, trips=
     the same program: one compiled program checks every step count.
     """
     basis, tri = lanczos_basis(w, v, steps, rolled, trips)
-    return ritz(w, v, basis, top_eigenpair_psd(tri)[1])
+    return ritz(w, v, basis, top_eigenpair_psd(tri, rolled=rolled)[1])
 
 
 def lanczos_basis(w: jax.Array, v: jax.Array, steps: int, rolled: bool = False, trips=None
@@ -197,14 +204,16 @@ def spectral(w: jax.Array, v: jax.Array, iters: int, rolled: bool = False
 
 def spectral_norms(ws: list[jax.Array], vs: list[jax.Array], iters: int, rolled: bool = False
                    ) -> tuple[list[jax.Array], list[jax.Array]]:
-    """`spectral` of every (W, v) pair, solved together: one vmapped Lanczos
-    recursion per distinct shape, then every small eigenproblem (the Gram
+    """`spectral` of every (W, v) pair, solved together: the Lanczos
+    recursions of the matrices of one shape in one loop over them (compiled
+    once, whatever the depth), then every small eigenproblem (the Gram
     matrices of the exact matrices and Lanczos' tridiagonal T's, zero-padded
-    to the largest) in one batched `top_eigenpair_psd`. A record's dozen
-    spectral norms then compile to a few sets of kernels instead of one set
-    per matrix, which on an accelerator is most of a program's compilation
+    to the largest) in one batched `top_eigenpair_psd`. A record's spectral
+    norms then compile to a few sets of kernels instead of one set per
+    matrix, which on an accelerator was most of a program's kernels
     (BENCHMARKS.md). Zero padding leaves a PSD matrix's top eigenpair as it
-    is, so the values are `spectral`'s to rounding (tested)."""
+    is, so the values are `spectral`'s to rounding (tested). `rolled`: every
+    loop stays rolled (see `lanczos`)."""
     shapes: dict[tuple[int, int], list[int]] = {}
     for i, w in enumerate(ws):
         shapes.setdefault(w.shape, []).append(i)
@@ -225,7 +234,7 @@ def spectral_norms(ws: list[jax.Array], vs: list[jax.Array], iters: int, rolled:
     size = max(a.shape[-1] for a in small)
     padded = jnp.concatenate([jnp.pad(a, ((0, 0), (0, size - a.shape[-1]),
                                           (0, size - a.shape[-1]))) for a in small])
-    lam, vec = jax.vmap(top_eigenpair_psd)(padded)
+    lam, vec = jax.vmap(lambda g: top_eigenpair_psd(g, rolled=rolled))(padded)
     norms, vectors = [None] * len(ws), list(vs)
     start = 0
     for (idx, lanczos_group), a in zip(finish, small):
