@@ -152,7 +152,7 @@ print(json.dumps(spent))
 
 
 PROGRAMS = """\
-import json, sys, time
+import collections, json, sys, time
 import jax
 from normsweep import config, metrics, plan, sweep, train, work
 from bench import LAUNCHES
@@ -163,14 +163,23 @@ work.enable_dtype(cfg)
 x, y = work.training_data(cfg)
 steps = plan.record_steps(cfg.train.steps, cfg.record.steps, cfg.record.log_points)
 budget = sweep.default_budget()
-rows = []
+rows, python = [], collections.defaultdict(float)
+
+def listener(event, duration, **_):
+    # tracing and lowering run Python, under the GIL: the part of a compilation
+    # that compile threads cannot overlap with each other
+    if event.endswith(("jaxpr_trace_duration", "jaxpr_to_mlir_module_duration")):
+        python["s"] += duration
+
+jax.monitoring.register_event_duration_secs_listener(listener)
 for cohort in plan.cohorts(cfg):
+    python["s"] = 0.0
     members = work.Members(cfg, cohort, len(steps), budget)
     args, kwargs = members.arguments(members.chunks[0])
     start = time.perf_counter()
     compiled = train.compile_members(members.program, x, y, *args, steps, 1, **kwargs)
     rows.append({"cohort": cohort.name, "width": cohort.width, "depth": cohort.depth,
-                 "compile_s": time.perf_counter() - start,
+                 "compile_s": time.perf_counter() - start, "trace_lower_s": python["s"],
                  "kernels": {name: sum(c.as_text().count(op) for op in LAUNCHES)
                              for name, c in compiled.items()}})
 print(json.dumps(rows))
@@ -606,13 +615,17 @@ def main():
                 totals[program] = totals.get(program, 0) + count
         res["programs"] = {"grid": name, "unrolled_as_accelerator": unrolled, "cohorts": rows,
                            "kernels": totals,
-                           "compile_s": sum(r["compile_s"] for r in rows)}
+                           "compile_s": sum(r["compile_s"] for r in rows),
+                           "trace_lower_s": sum(r["trace_lower_s"] for r in rows)}
         how = " with an accelerator's unrolling" if unrolled else ""
         print(f"programs of {name} ({len(rows)} cohorts, kernels{how}): "
               + ", ".join(f"{p} {c:,}" for p, c in totals.items())
-              + f"; compiled one after another in {res['programs']['compile_s']:.1f} s")
+              + f"; compiled one after another in {res['programs']['compile_s']:.1f} s, of "
+              f"which {res['programs']['trace_lower_s']:.1f} s tracing and lowering (Python, "
+              "under the GIL)")
         for row in rows:
-            print(f"    {row['cohort']:>22s}  {row['compile_s']:5.1f} s  "
+            print(f"    {row['cohort']:>22s}  {row['compile_s']:5.1f} s "
+                  f"({row['trace_lower_s']:4.1f} s traced and lowered)  "
                   + "  ".join(f"{p} {c}" for p, c in row["kernels"].items()))
 
     def part_compile():

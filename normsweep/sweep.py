@@ -419,11 +419,26 @@ def default_compile_workers(cohorts: int) -> int:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
         else os.cpu_count() or 2
-    try:
-        memory = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // COMPILE_BYTES
-    except (ValueError, OSError):
-        memory = cores
+    free = available_memory()
+    memory = cores if free is None else free // COMPILE_BYTES
     return max(1, min(cores - 1, memory, cohorts))
+
+
+def available_memory() -> int | None:
+    """Bytes of host memory available to a new allocation: Linux's
+    MemAvailable (free memory and what the page cache would give back),
+    else the free pages; None where neither is known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
 
 
 def earlier_history(path: Path) -> str:

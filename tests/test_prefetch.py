@@ -201,6 +201,12 @@ def test_the_compile_pool_is_sized_to_the_host(monkeypatch, cores, free_gib, coh
     monkeypatch.setattr(sweep.jax, "default_backend", lambda: "gpu")
     monkeypatch.setattr(sweep.os, "sched_getaffinity", lambda pid: set(range(cores)),
                         raising=False)
-    pages = {"SC_PAGE_SIZE": 4096, "SC_AVPHYS_PAGES": free_gib * sweep.COMPILE_BYTES // 4096}
-    monkeypatch.setattr(sweep.os, "sysconf", lambda name: pages[name])
+    monkeypatch.setattr(sweep, "available_memory", lambda: free_gib * sweep.COMPILE_BYTES)
     assert sweep.default_compile_workers(cohorts) == want
+
+
+def test_available_memory_is_what_the_host_reports():
+    free = sweep.available_memory()
+    with open("/proc/meminfo") as f:
+        total = int(next(line for line in f if line.startswith("MemTotal:")).split()[1]) * 1024
+    assert 0 < free <= total
