@@ -573,26 +573,29 @@ def main():
                 "record.ntk_eigs=0", "record.activations=0", "record.spectra=false")
         with tempfile.TemporaryDirectory() as tmp:
             full = launch_split(grid, f"{tmp}/sweep", "default", cache=smoke)
+            wall = full["wall"]
+            res["sweep"] = {"grid": name, "cohorts": len(plan.cohorts(parsed)), "wall_s": wall,
+                            "launching_thread_s": {k: full.get(k, 0.0) for k in
+                                                   ("compile", "wait", "train", "write")},
+                            "compile_ahead_s": full.get("compile_ahead", 0.0),
+                            "compile_workers": full["workers"],
+                            "training_share": full.get("train", 0.0) / wall}
+            save()          # the launch's own figures, should the second launch run out of time
+            print(f"launch of {name}, {'cache on (smoke)' if smoke else 'no compilation cache'}"
+                  f", {full['workers']} compile thread(s): {wall:.1f} s wall; the compile "
+                  f"threads compiled for {full.get('compile_ahead', 0.0):.1f} s beside it")
             steps_only = launch_split(grid, f"{tmp}/bare", "default", cache=smoke, overrides=bare)
-        wall = full["wall"]
         split = {"compile": full.get("compile", 0.0), "wait for compile": full.get("wait", 0.0),
                  "train (steps)": steps_only.get("train", 0.0),
                  "record": full.get("train", 0.0) - steps_only.get("train", 0.0),
                  "write": full.get("write", 0.0)}
         split["rest"] = wall - sum(split.values())
-        res["sweep"] = {"grid": name, "cohorts": len(plan.cohorts(parsed)), "wall_s": wall,
-                        "split_s": split,
-                        "compile_ahead_s": full.get("compile_ahead", 0.0),
-                        "compile_workers": full["workers"], "steps_only_wall_s": steps_only["wall"],
-                        "training_share": full.get("train", 0.0) / wall}
-        print(f"launch of {name}, {'cache on (smoke)' if smoke else 'no compilation cache'}, "
-              f"{full['workers']} compile thread(s): "
-              f"{wall:.1f} s wall; the launching thread's time:")
+        res["sweep"].update(split_s=split, steps_only_wall_s=steps_only["wall"])
+        print("  the launching thread's time:")
         for part, sec in split.items():
             print(f"    {sec:8.1f} s  {sec / wall:5.0%}  {part}")
-        print(f"  the compile threads compiled for {full.get('compile_ahead', 0.0):.1f} s "
-              f"(overlapping the above); the same launch recording only the first and last "
-              f"steps, no probes: {steps_only['wall']:.1f} s wall")
+        print(f"  the same launch recording only the first and last steps, no probes: "
+              f"{steps_only['wall']:.1f} s wall")
 
     def sweep_grid():
         name, grid = (os.path.basename(args.grid).removesuffix(".toml"), args.grid) \
