@@ -186,16 +186,24 @@ print(json.dumps(rows))
 """
 
 
+def fresh_env(extra: dict | None = None) -> dict:
+    """The environment of a measurement in a fresh process: the compilation
+    cache off, this folder importable (the scripts import `bench`), `extra`
+    added."""
+    env = {**os.environ, "NORMSWEEP_JAX_CACHE": "off", **(extra or {})}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(os.path.abspath(__file__)),
+                                                      env.get("PYTHONPATH")]))
+    return env
+
+
 def program_sizes(grid: str, unrolled: bool) -> list[dict]:
     """Every cohort of `grid` compiled in a fresh process (cache off, running
     nothing): per cohort its compile seconds and the kernels (fusions,
     library calls, loops) of each program's optimised HLO; `unrolled`
     unrolls the small loops as an accelerator does, so that a CPU counts
     about the kernels a GPU compiles one by one."""
-    env = dict(os.environ, NORMSWEEP_JAX_CACHE="off")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(os.path.abspath(__file__)),
-                                                      env.get("PYTHONPATH")]))
-    out = subprocess.run([sys.executable, "-c", PROGRAMS, grid, str(int(unrolled))], env=env,
+    out = subprocess.run([sys.executable, "-c", PROGRAMS, grid, str(int(unrolled))],
+                         env=fresh_env(),
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -273,11 +281,8 @@ def compile_split(m: int, seeds: int, steps: int, n: int, xla_flags: str = "",
     exclusive host time, summed over threads. A variant that fails (an XLA
     flag this jaxlib does not know, say) returns {"error": ...}. `env` adds
     environment variables (JAX_* ones set jax.config options)."""
-    extra, env = env or {}, dict(os.environ, NORMSWEEP_JAX_CACHE="off")
-    env.update(extra)
+    env = fresh_env(env)
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(os.path.abspath(__file__)),
-                                                      env.get("PYTHONPATH")]))
     out = subprocess.run([sys.executable, "-c", COMPILE, str(m), str(seeds), str(steps), str(n),
                           str(unroll), str(int(trace)), str(int(again))], env=env,
                          capture_output=True, text=True)

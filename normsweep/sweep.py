@@ -334,9 +334,9 @@ class CompileAhead:
     or, when none is, one that no thread has started (which the caller
     compiles itself), or else waits for the first thread to finish.
 
-    XLA compiles a program on one host core with the GIL released, so an
-    accelerator, or a CPU's other cores, keep training meanwhile, and several
-    cohorts compile at once on a host with cores to spare. A compilation
+    XLA compiles with the GIL released (only tracing and lowering hold it),
+    so an accelerator, or a CPU's other cores, keep training meanwhile, and
+    several cohorts compile at once on a host with cores to spare. A compilation
     that fails ahead hands out its cohort as not compiled: the cohort's own
     run meets the error again and reports it. `close()` starts no new
     compilation; those in flight finish on their threads (XLA cannot be

@@ -256,8 +256,8 @@ def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_ke
     the previous one outputs. `launch` calls this on its compile threads to
     compile the next cohort while one trains (on an accelerator the device
     would otherwise idle for the whole compilation). Thread-safe. Returns
-    the compiled programs by name ("init", "segment"), for
-    inspection (the benchmark counts their kernels)."""
+    the compiled programs by name ("init", "segment", and "spectra" when
+    recorded), for inspection (the benchmark counts their kernels)."""
     mesh, hp, init_keys, power_keys, x, y = placed(program, x, y, lrs, init_keys, power_keys,
                                                     steps, devices, weight_decay, parametrization)
 
