@@ -42,12 +42,13 @@ def uses_lanczos(shape: tuple[int, int]) -> bool:
 
 
 def _unroll(trips: int) -> int:
-    """Steps per trip of the Lanczos loop: UNROLL on an accelerator, where
-    each trip of a rolled loop costs a host round trip; none on a CPU, where
-    unrolling only lengthened the compilation (6.0 against 9.2 s per cohort
-    at width 1024) and made records no faster. Fewer than 2·UNROLL steps
-    (the default 10) are unrolled whole: UNROLL steps and the remainder
-    would be as many copies of the body, plus a loop."""
+    """Bodies per trip of the small spectral loops (Lanczos' steps, the
+    squarings): UNROLL on an accelerator, where each trip of a rolled loop
+    costs a host round trip; none on a CPU, where unrolling only lengthened
+    the compilation (Lanczos: 6.0 against 9.2 s per cohort at width 1024)
+    and made records no faster. Fewer than 2·UNROLL trips (Lanczos' default
+    10) are unrolled whole: UNROLL bodies and the remainder would be as many
+    copies of the body, plus a loop."""
     if jax.default_backend() == "cpu":
         return 1
     return trips if trips < 2 * UNROLL else UNROLL
@@ -62,11 +63,12 @@ def top_eigenvalue_psd(gram: jax.Array, squarings: int = SQUARINGS, rolled: bool
     is then a top eigenvector v, and λ₁ = vᵀGv (a Rayleigh quotient, whose
     error is quadratic in the error of v; for a near-tie λ₁ ≈ λ₂ any mix of
     the two gives λ₁ to within the tie). Pure XLA: LAPACK's eigvalsh, called
-    from inside the training loop, can deadlock the CPU runtime. The loop is
-    unrolled by UNROLL: on a GPU each trip of a rolled loop costs a host round
-    trip (a rolled loop made a record 3–4× dearer on an H100). `rolled` keeps
-    it rolled, for what runs rarely (a cold start, a probe): unrolled copies
-    would only lengthen the compilation.
+    from inside the training loop, can deadlock the CPU runtime. On an
+    accelerator the loop is unrolled by UNROLL (`_unroll`): on a GPU each trip
+    of a rolled loop costs a host round trip (a rolled loop made a record 3–4×
+    dearer on an H100). `rolled` keeps it rolled on every backend, for what
+    runs rarely (a cold start, a probe): unrolled copies would only lengthen
+    the compilation.
     """
     return top_eigenpair_psd(gram, squarings, rolled)[0]
 
@@ -79,7 +81,7 @@ def top_eigenpair_psd(gram: jax.Array, squarings: int = SQUARINGS, rolled: bool 
         return _rescale(matmul(a, a))
 
     a = jax.lax.fori_loop(0, squarings, square, _rescale(gram),
-                          unroll=1 if rolled else min(UNROLL, squarings))
+                          unroll=1 if rolled else _unroll(squarings))
     v = a[:, jnp.argmax(jnp.sum(jnp.square(a), axis=0))]
     norm = sum_squares(v)
     return inner(v, matmul(gram, v)) / jnp.where(norm > 0, norm, 1), v
