@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from normsweep import config as config_mod
-from normsweep import plan, train
+from normsweep import metrics, plan, train
 from normsweep.data import sphere_data
 
 import xprof
@@ -118,7 +118,16 @@ def peak_rss(steps: int) -> int:
     return int(out.stdout.strip().splitlines()[-1]) * 1024
 
 
-LAUNCH = """\
+# the first lines of every script measured in a process of its own: --unroll
+# reaches it through the environment
+UNROLL = """\
+import os
+from normsweep import metrics
+metrics.UNROLL = int(os.environ.get("NORMSWEEP_BENCH_UNROLL", metrics.UNROLL))
+"""
+
+
+LAUNCH = UNROLL + """\
 import collections, json, sys, threading, time
 from normsweep import config, records, store, sweep, work
 cfg = config.parse(sys.argv[1], source="bench.toml", overrides=json.loads(sys.argv[4]))
@@ -151,7 +160,7 @@ print(json.dumps(spent))
 """
 
 
-PROGRAMS = """\
+PROGRAMS = UNROLL + """\
 import collections, json, sys, time
 import jax
 from normsweep import config, metrics, plan, sweep, train, work
@@ -208,7 +217,7 @@ def program_sizes(grid: str, unrolled: bool) -> list[dict]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-COMPILE = """\
+COMPILE = UNROLL + """\
 import contextlib, json, sys, tempfile, time, collections
 import numpy as np, jax, jax.numpy as jnp
 from normsweep import metrics, plan, train
@@ -391,7 +400,15 @@ def main():
     ap.add_argument("--widths", help="the table's widths, comma-separated (default: the preset's)")
     ap.add_argument("--grid", help="the grid file of the sweep and programs parts (default: the "
                                    "preset's: sweeps/quickstart.toml, sweeps/seed.toml on a GPU)")
+    ap.add_argument("--unroll", type=int, help="loop bodies per trip of the small spectral "
+                    "loops (metrics.UNROLL) in every part, fresh processes included; 1 keeps "
+                    f"them rolled (default: the package's, {metrics.UNROLL})")
     args = ap.parse_args()
+    if args.unroll is not None:
+        if args.unroll < 1:
+            ap.error(f"--unroll: {args.unroll} is not a positive integer")
+        metrics.UNROLL = args.unroll
+        os.environ["NORMSWEEP_BENCH_UNROLL"] = str(args.unroll)
     preset = args.preset or ("smoke" if args.smoke else "cpu")
     smoke = preset == "smoke"
     cfg = dict(PRESETS[preset])
@@ -412,7 +429,7 @@ def main():
     x, y = sphere_data(jax.random.key(0), n, d, k, jnp.float32)
     lrs = np.geomspace(1e-3, 1e-2, 4)
     res = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
-           "preset": preset, "jax": jax.__version__}
+           "preset": preset, "jax": jax.__version__, "unroll": metrics.UNROLL}
     res["matmul_flops"] = matmul_rate(cfg["matmul"], cfg["repeat"])
     res["matmul_flops_default_precision"] = matmul_rate(cfg["matmul"], cfg["repeat"], "default")
     print(f"device: {res['device']} ({res['backend']}), jax {jax.__version__}")
@@ -421,6 +438,9 @@ def main():
           f"{res['matmul_flops_default_precision'] / 1e9:.1f} at XLA's default precision")
     print(f"cohorts: n = {n}, depth 3, 4 η × {'/'.join(map(str, cfg['seeds']))} seeds, "
           "record = log (64 points); baselines train one network at a time")
+    if args.unroll is not None:
+        print(f"--unroll {args.unroll}: {args.unroll} loop bodies per trip of the small spectral "
+              "loops in every part")
 
     def save():
         if args.json:

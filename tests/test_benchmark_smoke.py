@@ -138,3 +138,25 @@ def test_host_events_are_timed_exclusive_of_their_children_and_cut_into_windows(
     assert windows["window a"]["inner"]["seconds"] >= 0.1
     assert 0.02 <= windows["window b"]["inner"]["seconds"] < 0.08
     assert "outer" not in windows["window b"]
+
+
+def test_unroll_reaches_the_processes_it_measures(tmp_path):
+    # the programs part compiles in a fresh process: rolled loops there
+    # (--unroll 1) are fewer kernels than the package's unrolling
+    from normsweep import metrics
+    bench = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--smoke", "--parts",
+             "programs"]
+    kernels = {}
+    for unroll in (None, 1):
+        out = tmp_path / f"bench-{unroll}.json"
+        flags = ["--unroll", str(unroll)] if unroll else []
+        result = subprocess.run(bench + flags + ["--json", str(out)], capture_output=True,
+                                text=True, timeout=600, cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        figures = json.loads(out.read_text())
+        kernels[unroll] = figures["programs"]["kernels"]
+        assert figures["unroll"] == (unroll or metrics.UNROLL)
+    assert kernels[1]["segment"] < kernels[None]["segment"]
+    bad = subprocess.run(bench + ["--unroll", "0"], capture_output=True, text=True, timeout=600,
+                         cwd=ROOT)
+    assert bad.returncode == 2 and "--unroll: 0" in bad.stderr
