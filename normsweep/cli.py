@@ -30,6 +30,19 @@ def fail_usage(err: GridError) -> click.UsageError:
     return click.UsageError(str(err))
 
 
+OWN_PROCESS = False      # set by `run`: the command owns its process (see `exit_now`)
+
+
+def exit_now(code: int) -> None:
+    """Ends the command's process without waiting for the compilations
+    still running ahead (`sweep.compiling_ahead`): Python's exit would wait
+    for each to finish, up to a minute on a GPU, and what a launch keeps is
+    already on disk. Only where the command owns its process (`run`)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 class RichReporter:
     """Progress of the sweep and of the cohort in training, each with its time
     left, updated between compiled segments. The sweep's bar counts FLOPs
@@ -288,17 +301,17 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
     except GridError as err:
         raise fail_usage(err) from None
     except (RunError, OSError, RuntimeError) as err:
-        raise click.ClickException(str(err)) from None
+        error = click.ClickException(str(err))
+        if OWN_PROCESS and launch_mod.compiling_ahead():
+            error.show()
+            exit_now(error.exit_code)
+        raise error from None
     except KeyboardInterrupt:
         done = len(list((root / "cohorts").glob("*.nc"))) if (root / "cohorts").exists() else 0
         click.echo(f"interrupted: {done} cohort file(s) are complete in {root}/cohorts; "
                    f"run the same command again to resume", err=True)
-        if launch_mod.compiling_ahead():
-            # Python's exit would wait for each compilation ahead to finish (up
-            # to a minute on a GPU); everything worth keeping is already on disk
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(130)
+        if OWN_PROCESS and launch_mod.compiling_ahead():
+            exit_now(130)
         sys.exit(130)
     click.echo(f"{summary.cohorts} cohorts ({len(summary.trained)} trained, "
                f"{len(summary.skipped)} already done), {summary.networks} networks, "
@@ -596,5 +609,15 @@ def show(target: Path) -> None:
         console.print("  sweep.nc: not yet written (launch again to finish)")
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `normsweep` command (its console script, `python -m normsweep.cli`):
+    `main` in a process of its own, which it may end without waiting for
+    compilations ahead. `main` called from Python (a notebook, a test's
+    CliRunner) leaves them to finish in the background instead."""
+    global OWN_PROCESS
+    OWN_PROCESS = True
     main()
+
+
+if __name__ == "__main__":
+    run()

@@ -171,6 +171,40 @@ def test_write_failure_exits_1_and_keeps_finished_cohorts(tmp_path, monkeypatch)
     assert not temporaries(out)
 
 
+FAILS_WHILE_COMPILING_AHEAD = """\
+import sys, threading, time
+from normsweep import cli, store, work
+from normsweep.errors import RunError
+real = work.compile_cohort
+
+def slow(*args, **kwargs):
+    if threading.current_thread() is not threading.main_thread():
+        time.sleep(600)         # a compilation ahead that outlasts the test
+    return real(*args, **kwargs)
+
+def full(path, ds, groups=None):
+    raise RunError(f"cannot write {path}: No space left on device")
+
+work.compile_cohort, store.write_netcdf = slow, full
+sys.argv = ["normsweep", "launch", *sys.argv[1:]]
+cli.run()
+"""
+
+
+def test_a_failure_exits_1_without_waiting_for_compilations_ahead(tmp_path):
+    # a compile thread is still in a compilation (on a GPU it can take a
+    # minute) when the launching thread fails: the error is reported and the
+    # launch exits at once, as it does on Ctrl-C
+    out = tmp_path / "full"
+    proc = subprocess.run([sys.executable, "-c", FAILS_WHILE_COMPILING_AHEAD,
+                           str(write_grid(tmp_path, TINY)), "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Error: cannot write" in proc.stderr and "No space left on device" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not temporaries(out) and not list(out.glob("cohorts/*.nc"))
+
+
 def test_grid_too_large_for_memory_is_a_usage_error(tmp_path):
     out = tmp_path / "big"
     result = invoke("launch", write_grid(tmp_path, TINY), "--out", out, "--memory-budget", "1KiB",
