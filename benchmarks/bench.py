@@ -151,8 +151,16 @@ timed(work, "train_cohort", "train")             # its training, records include
 timed(records, "cohort_dataset", "write")        # its dataset built, then written
 timed(store, "write_netcdf", "write")
 timed(sweep.CompileAhead, "next", "wait")        # the launching thread waiting for a compilation
+
+class Lines(sweep.Reporter):
+    # each cohort as it is written, on stderr, which the benchmark passes
+    # through: what a launch stopped by a time limit had done
+    def done(self, name, where=""):
+        print(f"  {time.perf_counter() - t0:7.1f} s  {name} written", file=sys.stderr, flush=True)
+
 t0 = time.perf_counter()
-sweep.launch(cfg, sys.argv[2], compile_workers=None if sys.argv[3] == "default" else int(sys.argv[3]))
+sweep.launch(cfg, sys.argv[2], reporter=Lines(),
+             compile_workers=None if sys.argv[3] == "default" else int(sys.argv[3]))
 spent["wall"] = time.perf_counter() - t0
 spent["workers"] = sweep.default_compile_workers(len(sweep.plan.cohorts(cfg))) \\
     if sys.argv[3] == "default" else int(sys.argv[3])
@@ -308,13 +316,14 @@ def launch_split(grid: str, root: str, workers: str, cache: bool = False,
     the seconds its launching thread spent compiling, waiting for a
     compilation ahead, training (records included) and building and writing
     files; "compile_ahead" sums the compile threads' seconds, which overlap
-    the rest."""
+    the rest. Its stderr passes through: a line as each cohort is written,
+    and any error."""
     env = dict(os.environ)
     if not cache:
         env["NORMSWEEP_JAX_CACHE"] = "off"
     out = subprocess.run([sys.executable, "-c", LAUNCH, grid, root, workers,
-                          json.dumps(list(overrides))], env=env, capture_output=True, text=True,
-                         check=True)
+                          json.dumps(list(overrides))], env=env, stdout=subprocess.PIPE,
+                         text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
