@@ -386,13 +386,17 @@ PRESETS = {
                 steps={64: 4000, 256: 2000, 1024: 400, 2048: 200}, seeds=[2, 16], repeat=20,
                 fast_precision=(2048, 16), ahead=([256, 1024], [2, 3], 1024, 200),
                 # where a GPU cohort's 40-113 s go: XLA's defaults under the profiler
-                # (its phases and passes per program), then with JAX's threefry
-                # kernel for the random draws (which JAX says compiles faster), then
-                # with every small loop rolled
+                # (its phases and passes per program); then XLA's LLVM module split
+                # and compiled on its thread pool (off by default: a program's kernels
+                # are generated one after another); with every small loop rolled; and
+                # with JAX's threefry kernel for the random draws (which JAX says
+                # compiles faster)
                 compile=(1024, 2, 100, [
                     {"trace": True, "again": True},
-                    {"env": {"JAX_THREEFRY_GPU_KERNEL_LOWERING": "1"}},
-                    {"unroll": 1}]), profile=[(1024, 16, 100)], long=[(1024, 4000)],
+                    {"xla_flags": "--xla_gpu_enable_llvm_module_compilation_parallelism=true"},
+                    {"unroll": 1},
+                    {"env": {"JAX_THREEFRY_GPU_KERNEL_LOWERING": "1"}}]),
+                profile=[(1024, 16, 100)], long=[(1024, 4000)],
                 sweep=("seed", "sweeps/seed.toml"))
 }
 

@@ -7,10 +7,13 @@
 # the compile times per program, then the table and the record cost:
 #   BENCH_TIMEOUT=300 QUICKSTART=0 TESTS=0 NAME=compile bash benchmarks/gpu.sh --parts compile
 #   BENCH_TIMEOUT=240 QUICKSTART=0 TESTS=0 bash benchmarks/gpu.sh --parts table,record --widths 1024
-# and the whole seed sweep split into compile, wait, train, record and write,
-# then the same with the record's small loops rolled (fewer kernels to compile,
-# a host round trip per trip of them when it runs):
+# and the whole seed sweep split into compile, wait, train, record and write;
+# then the same with XLA compiling each program's kernels on its thread pool
+# (off by default), or with the record's small loops rolled (fewer kernels to
+# compile, a host round trip per trip of them when it runs):
 #   BENCH_TIMEOUT=540 QUICKSTART=0 TESTS=0 NAME=sweep bash benchmarks/gpu.sh --parts sweep
+#   XLA_FLAGS=--xla_gpu_enable_llvm_module_compilation_parallelism=true \
+#   BENCH_TIMEOUT=300 QUICKSTART=0 TESTS=0 NAME=sweep-llvm bash benchmarks/gpu.sh --parts sweep
 #   BENCH_TIMEOUT=300 QUICKSTART=0 TESTS=0 NAME=sweep-rolled bash benchmarks/gpu.sh --parts sweep --unroll 1
 # Each part's figures reach $OUT/$NAME.json (NAME: bench-gpu unless set) as
 # soon as it finishes; BENCH=0, QUICKSTART=0 and TESTS=0 leave a stage out.
