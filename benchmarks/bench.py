@@ -321,6 +321,9 @@ def launch_split(grid: str, root: str, workers: str, cache: bool = False,
     env = dict(os.environ)
     if not cache:
         env["NORMSWEEP_JAX_CACHE"] = "off"
+    # an accelerator's memory as a user's launch has it: preallocated (gpu.sh
+    # turns preallocation off for the benchmark's own process)
+    env.pop("XLA_PYTHON_CLIENT_PREALLOCATE", None)
     out = subprocess.run([sys.executable, "-c", LAUNCH, grid, root, workers,
                           json.dumps(list(overrides))], env=env, stdout=subprocess.PIPE,
                          text=True, check=True)
