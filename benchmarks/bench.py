@@ -416,6 +416,9 @@ def main():
     ap.add_argument("--widths", help="the table's widths, comma-separated (default: the preset's)")
     ap.add_argument("--grid", help="the grid file of the sweep and programs parts (default: the "
                                    "preset's: sweeps/quickstart.toml, sweeps/seed.toml on a GPU)")
+    ap.add_argument("--one-launch", action="store_true",
+                    help="the sweep part's first launch only, without the second that "
+                         "splits training from records (for comparing variants)")
     ap.add_argument("--unroll", type=int, help="loop bodies per trip of the small spectral "
                     "loops (metrics.UNROLL) in every part, fresh processes included; 1 keeps "
                     f"them rolled (default: the package's, {metrics.UNROLL})")
@@ -625,6 +628,11 @@ def main():
             print(f"launch of {name}, {'cache on (smoke)' if smoke else 'no compilation cache'}"
                   f", {full['workers']} compile thread(s): {wall:.1f} s wall; the compile "
                   f"threads compiled for {full.get('compile_ahead', 0.0):.1f} s beside it")
+            if args.one_launch:
+                print("  the launching thread's time (training includes the records):")
+                for part, sec in res["sweep"]["launching_thread_s"].items():
+                    print(f"    {sec:8.1f} s  {sec / wall:5.0%}  {part}")
+                return
             steps_only = launch_split(grid, f"{tmp}/bare", "default", cache=smoke, overrides=bare)
         split = {"compile": full.get("compile", 0.0), "wait for compile": full.get("wait", 0.0),
                  "train (steps)": steps_only.get("train", 0.0),

@@ -13,8 +13,8 @@
 # compile, a host round trip per trip of them when it runs):
 #   BENCH_TIMEOUT=540 QUICKSTART=0 TESTS=0 NAME=sweep bash benchmarks/gpu.sh --parts sweep
 #   XLA_FLAGS=--xla_gpu_enable_llvm_module_compilation_parallelism=true \
-#   BENCH_TIMEOUT=300 QUICKSTART=0 TESTS=0 NAME=sweep-llvm bash benchmarks/gpu.sh --parts sweep
-#   BENCH_TIMEOUT=300 QUICKSTART=0 TESTS=0 NAME=sweep-rolled bash benchmarks/gpu.sh --parts sweep --unroll 1
+#   BENCH_TIMEOUT=300 QUICKSTART=0 TESTS=0 NAME=sweep-llvm bash benchmarks/gpu.sh --parts sweep --one-launch
+#   BENCH_TIMEOUT=300 QUICKSTART=0 TESTS=0 NAME=sweep-rolled bash benchmarks/gpu.sh --parts sweep --one-launch --unroll 1
 # Each part's figures reach $OUT/$NAME.json (NAME: bench-gpu unless set) as
 # soon as it finishes; BENCH=0, QUICKSTART=0 and TESTS=0 leave a stage out.
 # On a machine with a package registry it installs jax[cuda12] and normsweep.
