@@ -421,7 +421,8 @@ def main():
                          "splits training from records (for comparing variants)")
     ap.add_argument("--unroll", type=int, help="loop bodies per trip of the small spectral "
                     "loops (metrics.UNROLL) in every part, fresh processes included; 1 keeps "
-                    f"them rolled (default: the package's, {metrics.UNROLL})")
+                    f"them rolled (default: the package's, {metrics.UNROLL}). It acts on an "
+                    "accelerator and on the programs part's count: a CPU keeps them rolled")
     args = ap.parse_args()
     if args.unroll is not None:
         if args.unroll < 1:
