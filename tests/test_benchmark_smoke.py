@@ -6,16 +6,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_benchmark_smoke(tmp_path):
-    out = tmp_path / "bench.json"
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """Every part of the benchmark at its smoke sizes: (its output, its figures)."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--smoke",
                              "--json", str(out)], capture_output=True, text=True, timeout=600,
                             cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
-    figures = json.loads(out.read_text())
+    return result, json.loads(out.read_text())
+
+
+def test_benchmark_smoke(smoke):
+    result, figures = smoke
     assert figures["matmul_flops"] > 0 and figures["cohorts"][0]["net_steps_per_s"] > 0
     assert figures["compilations_for_3_lr_cohorts"] == 2     # init and segment, once
     assert set(figures["compile_split"][0]["programs"]) == {"init", "segment"}
@@ -47,11 +55,13 @@ def test_benchmark_smoke(tmp_path):
     assert long["seconds"] > 0 and long["fraction_of_matmul"] > 0 and "long run" in result.stdout
 
 
-def test_benchmark_runs_the_parts_asked_for(tmp_path):
+def test_benchmark_runs_the_parts_asked_for(tmp_path, smoke):
+    from normsweep import metrics
+
     bench = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--smoke"]
     out = tmp_path / "bench.json"
-    result = subprocess.run(bench + ["--parts", "compilations,memory,sweep", "--one-launch",
-                                     "--json", str(out)],
+    result = subprocess.run(bench + ["--parts", "compilations,memory,sweep,programs",
+                                     "--one-launch", "--unroll", "1", "--json", str(out)],
                             capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(out.read_text())
@@ -63,10 +73,18 @@ def test_benchmark_runs_the_parts_asked_for(tmp_path):
     assert "split_s" not in figures["sweep"] and "recording only the first" not in result.stdout
     # each cohort of the launch, logged as it is written
     assert result.stderr.count(" written") == figures["sweep"]["cohorts"]
+    # --unroll reaches the processes it measures: the programs part compiles
+    # in one of its own, and rolled loops there are fewer kernels than the
+    # package's unrolling (the full smoke run's)
+    assert figures["unroll"] == 1 and smoke[1]["unroll"] == metrics.UNROLL > 1
+    assert figures["programs"]["kernels"]["segment"] < smoke[1]["programs"]["kernels"]["segment"]
     bad = subprocess.run(bench + ["--parts", "table,memroy"], capture_output=True, text=True,
                          timeout=600, cwd=ROOT)
     assert bad.returncode == 2
     assert "memroy" in bad.stderr and "allowed: table, precision, record" in bad.stderr
+    bad = subprocess.run(bench + ["--unroll", "0"], capture_output=True, text=True, timeout=600,
+                         cwd=ROOT)
+    assert bad.returncode == 2 and "--unroll: 0" in bad.stderr
 
 
 def _xprof():
@@ -144,25 +162,3 @@ def test_host_events_are_timed_exclusive_of_their_children_and_cut_into_windows(
     assert windows["window a"]["inner"]["seconds"] >= 0.1
     assert 0.02 <= windows["window b"]["inner"]["seconds"] < 0.08
     assert "outer" not in windows["window b"]
-
-
-def test_unroll_reaches_the_processes_it_measures(tmp_path):
-    # the programs part compiles in a fresh process: rolled loops there
-    # (--unroll 1) are fewer kernels than the package's unrolling
-    from normsweep import metrics
-    bench = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--smoke", "--parts",
-             "programs"]
-    kernels = {}
-    for unroll in (None, 1):
-        out = tmp_path / f"bench-{unroll}.json"
-        flags = ["--unroll", str(unroll)] if unroll else []
-        result = subprocess.run(bench + flags + ["--json", str(out)], capture_output=True,
-                                text=True, timeout=600, cwd=ROOT)
-        assert result.returncode == 0, result.stderr[-3000:]
-        figures = json.loads(out.read_text())
-        kernels[unroll] = figures["programs"]["kernels"]
-        assert figures["unroll"] == (unroll or metrics.UNROLL)
-    assert kernels[1]["segment"] < kernels[None]["segment"]
-    bad = subprocess.run(bench + ["--unroll", "0"], capture_output=True, text=True, timeout=600,
-                         cwd=ROOT)
-    assert bad.returncode == 2 and "--unroll: 0" in bad.stderr
