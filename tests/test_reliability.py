@@ -171,40 +171,6 @@ def test_write_failure_exits_1_and_keeps_finished_cohorts(tmp_path, monkeypatch)
     assert not temporaries(out)
 
 
-FAILS_WHILE_COMPILING_AHEAD = """\
-import sys, threading, time
-from normsweep import cli, store, work
-from normsweep.errors import RunError
-real = work.compile_cohort
-
-def slow(*args, **kwargs):
-    if threading.current_thread() is not threading.main_thread():
-        time.sleep(600)         # a compilation ahead that outlasts the test
-    return real(*args, **kwargs)
-
-def full(path, ds, groups=None):
-    raise RunError(f"cannot write {path}: No space left on device")
-
-work.compile_cohort, store.write_netcdf = slow, full
-sys.argv = ["normsweep", "launch", *sys.argv[1:]]
-cli.run()
-"""
-
-
-def test_a_failure_exits_1_without_waiting_for_compilations_ahead(tmp_path):
-    # a compile thread is still in a compilation (on a GPU it can take a
-    # minute) when the launching thread fails: the error is reported and the
-    # launch exits at once, as it does on Ctrl-C
-    out = tmp_path / "full"
-    proc = subprocess.run([sys.executable, "-c", FAILS_WHILE_COMPILING_AHEAD,
-                           str(write_grid(tmp_path, TINY)), "--out", str(out), "--quiet"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "Error: cannot write" in proc.stderr and "No space left on device" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert not temporaries(out) and not list(out.glob("cohorts/*.nc"))
-
-
 def test_grid_too_large_for_memory_is_a_usage_error(tmp_path):
     out = tmp_path / "big"
     result = invoke("launch", write_grid(tmp_path, TINY), "--out", out, "--memory-budget", "1KiB",
@@ -277,13 +243,18 @@ def test_results_folder_removed_mid_run_exits_1(tmp_path, monkeypatch):
 
 SLOW_COMPILE_AHEAD = """\
 import runpy, sys, threading, time
-from normsweep import work
+from normsweep import store, work
+from normsweep.errors import RunError
 compile_here = work.compile_cohort
 def compile_for_ten_minutes(*args, **kwargs):      # ahead: a GPU compilation, only longer
     if threading.current_thread() is not threading.main_thread():
         time.sleep(600)
     return compile_here(*args, **kwargs)
+def disk_full(path, ds, groups=None):
+    raise RunError(f"cannot write {path}: No space left on device")
 work.compile_cohort = compile_for_ten_minutes
+if sys.argv[3:] == ["full"]:            # and every write fails
+    store.write_netcdf = disk_full
 sys.argv = ["normsweep", "launch", sys.argv[1], "--out", sys.argv[2], "--quiet"]
 runpy.run_module("normsweep.cli", run_name="__main__")
 """
@@ -302,3 +273,17 @@ def test_sigint_does_not_wait_for_a_compilation_ahead(tmp_path):
     assert "interrupted: 1 cohort file(s) are complete" in err and "Traceback" not in err
     assert not temporaries(out)
     assert invoke("launch", grid, "--out", out, "--quiet").exit_code == 0    # and it resumes
+
+
+def test_a_failure_does_not_wait_for_a_compilation_ahead(tmp_path):
+    """A run-time failure while the next cohort compiles in the background
+    reports its error and exits 1 at once, as Ctrl-C exits, with nothing
+    half-written."""
+    out = tmp_path / "full"
+    proc = subprocess.run([sys.executable, "-c", SLOW_COMPILE_AHEAD,
+                           str(write_grid(tmp_path, TINY)), str(out), "full"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Error: cannot write" in proc.stderr and "No space left on device" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not temporaries(out) and not list(out.glob("cohorts/*.nc"))
