@@ -174,7 +174,7 @@ import jax
 from normsweep import config, metrics, plan, sweep, train, work
 from bench import LAUNCHES
 if sys.argv[2] == "1":      # an accelerator's unrolling of the small loops, on this CPU
-    metrics._unroll = lambda trips: trips if trips < 2 * metrics.UNROLL else metrics.UNROLL
+    metrics._unroll = metrics.accelerator_unroll
 cfg = config.parse(sys.argv[1], source="bench.toml")
 work.enable_dtype(cfg)
 x, y = work.training_data(cfg)
@@ -630,9 +630,8 @@ def main():
                   f", {full['workers']} compile thread(s): {wall:.1f} s wall; the compile "
                   f"threads compiled for {full.get('compile_ahead', 0.0):.1f} s beside it")
             if args.one_launch:
-                print("  the launching thread's time (training includes the records):")
-                for part, sec in res["sweep"]["launching_thread_s"].items():
-                    print(f"    {sec:8.1f} s  {sec / wall:5.0%}  {part}")
+                print_split("  the launching thread's time (training includes the records):",
+                            res["sweep"]["launching_thread_s"], wall)
                 return
             steps_only = launch_split(grid, f"{tmp}/bare", "default", cache=smoke, overrides=bare)
         split = {"compile": full.get("compile", 0.0), "wait for compile": full.get("wait", 0.0),
@@ -641,11 +640,14 @@ def main():
                  "write": full.get("write", 0.0)}
         split["rest"] = wall - sum(split.values())
         res["sweep"].update(split_s=split, steps_only_wall_s=steps_only["wall"])
-        print("  the launching thread's time:")
-        for part, sec in split.items():
-            print(f"    {sec:8.1f} s  {sec / wall:5.0%}  {part}")
+        print_split("  the launching thread's time:", split, wall)
         print(f"  the same launch recording only the first and last steps, no probes: "
               f"{steps_only['wall']:.1f} s wall")
+
+    def print_split(title, seconds, wall):
+        print(title)
+        for part, sec in seconds.items():
+            print(f"    {sec:8.1f} s  {sec / wall:5.0%}  {part}")
 
     def sweep_grid():
         name, grid = (os.path.basename(args.grid).removesuffix(".toml"), args.grid) \

@@ -30,17 +30,21 @@ def fail_usage(err: GridError) -> click.UsageError:
     return click.UsageError(str(err))
 
 
-OWN_PROCESS = False      # set by `run`: the command owns its process (see `exit_now`)
+OWN_PROCESS = False      # set by `run`: the command owns its process (see `end_launch`)
 
 
-def exit_now(code: int) -> None:
-    """Ends the command's process without waiting for the compilations
-    still running ahead (`sweep.compiling_ahead`): Python's exit would wait
-    for each to finish, up to a minute on a GPU, and what a launch keeps is
-    already on disk. Only where the command owns its process (`run`)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+def end_launch(code: int) -> None:
+    """Exits a launch that stopped early with `code`. Where the command owns
+    its process (`run`) and compilations still run ahead
+    (`sweep.compiling_ahead`), at once: Python's exit would wait for each
+    to finish, up to a minute on a GPU, and what a launch keeps is already
+    on disk."""
+    from normsweep import sweep
+    if OWN_PROCESS and sweep.compiling_ahead():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 class RichReporter:
@@ -302,17 +306,13 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
         raise fail_usage(err) from None
     except (RunError, OSError, RuntimeError) as err:
         error = click.ClickException(str(err))
-        if OWN_PROCESS and launch_mod.compiling_ahead():
-            error.show()
-            exit_now(error.exit_code)
-        raise error from None
+        error.show()
+        end_launch(error.exit_code)
     except KeyboardInterrupt:
         done = len(list((root / "cohorts").glob("*.nc"))) if (root / "cohorts").exists() else 0
         click.echo(f"interrupted: {done} cohort file(s) are complete in {root}/cohorts; "
                    f"run the same command again to resume", err=True)
-        if OWN_PROCESS and launch_mod.compiling_ahead():
-            exit_now(130)
-        sys.exit(130)
+        end_launch(130)
     click.echo(f"{summary.cohorts} cohorts ({len(summary.trained)} trained, "
                f"{len(summary.skipped)} already done), {summary.networks} networks, "
                f"{summary.diverged} diverged, {summary.seconds:.1f} s")
