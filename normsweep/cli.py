@@ -369,6 +369,9 @@ def analyze(dir: Path, boot: int, fit_accuracy: float) -> None:
     """
     if not dir.is_dir():
         raise click.BadParameter(f"{dir}: no such folder", param_hint="DIR")
+    if not (dir / "grid.toml").exists() and not (dir / "sweep.nc").exists():
+        raise click.BadParameter(f"{dir}: not a normsweep results folder (no grid.toml and no "
+                                 "sweep.nc)", param_hint="DIR")
     try:
         from normsweep.analysis import report
     except ImportError as err:

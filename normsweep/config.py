@@ -42,6 +42,10 @@ PRECISIONS = ("highest", "high", "default")
 NAME_RE = re.compile(r"[A-Za-z0-9._-]+")     # matched whole (fullmatch)
 MAX_NAME = 128          # a folder name, with room for the files normsweep writes in it
 MAX_GRID_BYTES = 1 << 20        # a grid file is copied into every results file
+MAX_NESTING = 8         # tables and lists in one --set value (a grid needs 3)
+# control characters (line breaks among them) in a --set item: the effective
+# grid is recorded as TOML text, where a line break would end a comment early
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 MAX_SEED = 2**31 - 1
 # a record's Lanczos basis holds this many vectors, and its tridiagonal matrix
 # is squared 24 times; 100 steps already reach 2e-8 of an SVD from a cold start
@@ -262,11 +266,18 @@ def override_value(source: str, item: str) -> tuple[list[str], Any]:
     """"KEY=VALUE" as (the key's parts, the value): VALUE is a TOML value
     (`100`, `[0.01, 0.1]`, `"mup"`, `{ geomspace = [1e-3, 1, 4] }`); a bare
     word (`mup`) is taken as a string."""
+    bad = CONTROL_RE.search(item)
+    if bad:
+        raise GridError(source, "--set", item, f"holds the control character {bad.group()!r}: "
+                                               "a key or value is one line of printable text")
     key, sep, value = item.partition("=")
     key, value = key.strip(), value.strip()
     if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key):
         raise GridError(source, "--set", item, "must be KEY=VALUE with a dotted key, "
                                                "e.g. train.steps=100 or grid.lr='[0.01, 0.1]'")
+    if key.count(".") >= MAX_NESTING or _nesting(value) > MAX_NESTING:
+        raise GridError(source, "--set", item, f"is nested more than {MAX_NESTING} deep: a "
+                                               "grid's keys and values nest at most 3 deep")
     try:
         return key.split("."), tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
@@ -277,12 +288,30 @@ def override_value(source: str, item: str) -> tuple[list[str], Any]:
             from None
 
 
+def _nesting(value: str) -> int:
+    """The deepest bracket nesting of a TOML value's text (brackets inside
+    strings count too: this only bounds the parser's recursion)."""
+    depth = deepest = 0
+    for char in value:
+        depth += char in "[{"
+        depth -= char in "]}"
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def apply_overrides(raw: dict, overrides: Sequence[str], source: str) -> dict:
     """`raw` (a parsed grid file) with each "KEY=VALUE" of `overrides` set,
-    in order. A new list of learning rates keeps the file's width_exponent."""
+    in order. A new list of learning rates keeps the file's width_exponent.
+    A key given twice is refused: which one was meant is not known."""
     raw = copy.deepcopy(raw)
+    given: dict[str, str] = {}
     for item in overrides:
         parts, value = override_value(source, item)
+        key = ".".join(parts)
+        if key in given:
+            raise GridError(source, key, item, f"is set twice (--set {given[key]} and --set "
+                                               f"{item}): give each key once")
+        given[key] = item
         table = raw
         for i, part in enumerate(parts[:-1]):
             inner = table.setdefault(part, {})
@@ -323,7 +352,9 @@ def parse(text: str, source: str = "<string>", default_name: str | None = None,
         raw = apply_overrides(raw, overrides, source)
         raw.setdefault("name", default_name)
         try:
-            text = f"# {source} {shlex.join(overrides)}\n" + tomli_w.dumps(raw)
+            comment = CONTROL_RE.sub(lambda m: ascii(m.group())[1:-1],
+                                     f"{source} {shlex.join(overrides)}")
+            text = f"# {comment}\n" + tomli_w.dumps(raw)
         except (TypeError, ValueError) as err:
             raise GridError(source, "--set", " ".join(overrides), f"gives no valid grid: {err}") \
                 from None

@@ -61,9 +61,16 @@ LEGACY_TEMP_RE = re.compile(r"\.(grid\.toml|sweep\.nc|report\.md|fits\.nc|fits\.
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yields a hidden temporary path beside `path`; renames it to `path` if
     the block succeeds, removes it otherwise. The temporary's name
-    (`TEMP_RE`) is one that only normsweep makes."""
+    (`TEMP_RE`) is one that only normsweep makes; it is created here, empty,
+    as a new regular file (whatever had its name is removed first, a planted
+    link included), so the block writes to no file reached through a link.
+    The rename replaces a link at `path` itself, never its target."""
     tmp = path.with_name(f".{path.name}.normsweep-tmp-{os.getpid()}")
     try:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o644))
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -79,7 +86,9 @@ def write_failure(path: Path, err: BaseException) -> RunError:
     disk or a vanished folder only as "NetCDF: HDF error", and a vanished
     folder can surface as a permission error: look at the folder instead."""
     folder = path.parent
-    if not folder.is_dir():
+    if getattr(err, "errno", None) == errno.ENOTDIR or file_on_path(folder):
+        cause = f"{file_on_path(folder) or folder} is a file, not a folder"
+    elif not folder.is_dir():
         cause = f"the folder {folder} no longer exists"
     else:
         try:
@@ -90,6 +99,12 @@ def write_failure(path: Path, err: BaseException) -> RunError:
             cause = "No space left on the device"
         elif getattr(err, "errno", None) == errno.EDQUOT:
             cause = "disk quota exceeded"
+        elif getattr(err, "errno", None) == errno.EFBIG or (
+                not isinstance(err, OSError) and _file_size_limit() is not None):
+            # HDF5 reports the limit only as "NetCDF: HDF error"
+            limit = _file_size_limit()
+            cause = ("the file is larger than this process may write" if limit is None else
+                     f"the process's file-size limit ({size_text(limit)}, ulimit -f) stops it")
         elif isinstance(err, OSError):
             cause = err.strerror or str(err)
         else:
@@ -97,6 +112,48 @@ def write_failure(path: Path, err: BaseException) -> RunError:
         if free is not None and free < (1 << 30):
             cause += f" ({size_text(free)} free on its device)"
     return RunError(f"cannot write {path}: {cause}")
+
+
+def file_on_path(folder: Path) -> Path | None:
+    """The first part of `folder`'s path that is an existing file (not a
+    folder), or None."""
+    for part in reversed([folder, *folder.parents]):
+        if part.exists() and not part.is_dir():
+            return part
+    return None
+
+
+def _file_size_limit() -> int | None:
+    """The soft RLIMIT_FSIZE in bytes, or None when there is none."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def real_folder(root: Path, name: str, *, create: bool = True) -> Path:
+    """`root/name`, a folder of the results folder, checked to be a real
+    folder and not a symbolic link (which would send normsweep's writes and
+    renames to files outside `root`); created when missing and `create`.
+    Raises `RunError` naming the path otherwise."""
+    path = Path(root) / name
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        if not create:
+            return path
+        try:
+            path.mkdir()
+        except OSError as err:
+            raise write_failure(path / ".", err) from None
+        return path
+    if stat.S_ISLNK(info.st_mode):
+        raise RunError(f"{path} is a symbolic link: normsweep writes only into real folders "
+                       "inside the results folder; remove the link (or replace it by a folder) "
+                       "and try again")
+    if not stat.S_ISDIR(info.st_mode):
+        raise RunError(f"{path} is not a folder; move it away and try again")
+    return path
 
 
 def size_text(n: int) -> str:
@@ -164,7 +221,7 @@ def folder_lock(root: Path) -> Iterator[None]:
     it is a regular file with no other name (so that no file elsewhere can
     be reached through it); only then, locked, does it take the holder's pid."""
     path = Path(root) / ".lock"
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
         fd = os.open(path, flags, 0o644)
     except OSError as err:
@@ -172,13 +229,14 @@ def folder_lock(root: Path) -> Iterator[None]:
             raise RunError(f"{path} is a symbolic link, not normsweep's lock file; remove it "
                            "and launch again") from None
         raise write_failure(path, err) from None
+    info = os.fstat(fd)         # before fdopen, which refuses a FIFO with its own words
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(info.st_mode) else \
+            f"a file with {info.st_nlink} names (a hard link)"
+        raise RunError(f"{path} is {what}, not normsweep's lock file; remove it and "
+                       "launch again")
     with os.fdopen(fd, "r+") as f:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-            what = "not a regular file" if not stat.S_ISREG(info.st_mode) else \
-                f"a file with {info.st_nlink} names (a hard link)"
-            raise RunError(f"{path} is {what}, not normsweep's lock file; remove it and "
-                           "launch again")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:

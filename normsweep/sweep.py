@@ -73,6 +73,10 @@ def precheck_folder(root: Path) -> None:
     """Refuses, before anything is written, an --out that cannot be a results
     folder: a file, or a folder with other content and no normsweep marker."""
     if not root.exists() and not root.is_symlink():
+        blocked = store.file_on_path(root.parent)
+        if blocked is not None:
+            raise GridError("--out", "DIR", str(root), f"cannot be made: {blocked} is a file, "
+                                                       "not a folder")
         return
     if not root.is_dir():
         raise GridError("--out", "DIR", str(root), "exists and is not a folder")
@@ -472,6 +476,10 @@ def parse_only(config: Config, items: list[str]) -> list[dict[str, int]]:
             if number not in axis:
                 raise GridError("--only", f"grid.{key}", value.strip(),
                                 f"must be one of the grid's values {list(axis)}")
+            if key in selection:
+                raise GridError("--only", key, item,
+                                f"names {key} twice: a cohort has one {key}; give each "
+                                "selection its own --only (--only width=8 --only width=12)")
             selection[key] = number
         out.append(selection)
     return out
@@ -483,6 +491,7 @@ def selected(cohort: plan.Cohort, only: list[dict[str, int]] | None) -> bool:
 
 def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
                    client, devices, compile_workers, created, command, only) -> Summary:
+    store.real_folder(root, "cohorts", create=False)    # a link would send writes elsewhere
     if store.is_sweep_folder(root):
         store.remove_stale_temporaries(root)
     known = {store.cohort_path(root, c).name for c in cohorts}
@@ -493,7 +502,7 @@ def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
             and not work.cohort_done(config, c, store.cohort_path(root, c), reporter.warn)]
     skipped = [c.name for c in cohorts if selected(c, only) and c not in todo]
     check_disk(config, root, cohorts, todo, len(steps))
-    (root / "cohorts").mkdir(exist_ok=True)
+    store.real_folder(root, "cohorts")
     store.mark_folder(root)
     store.write_text(root / "grid.toml", config.text)
     work.enable_compilation_cache()

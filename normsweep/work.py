@@ -91,8 +91,8 @@ def cohort_done(config: Config, cohort: plan.Cohort, path: Path,
         os.replace(path, damaged)
         warn(f"{err}; moved to {damaged.name} and recomputing")
         return False
-    if ds.sizes.get("width") != 1 or int(ds["width"][0]) != cohort.width \
-            or int(ds["depth"][0]) != cohort.depth:
+    if ds.sizes.get("width") != 1 or ds.sizes.get("depth") != 1 \
+            or int(ds["width"][0]) != cohort.width or int(ds["depth"][0]) != cohort.depth:
         raise RunError(f"{path} does not hold the cohort width={cohort.width}, "
                        f"depth={cohort.depth}; move it away to recompute it")
     if ds.attrs.get("config_fingerprint") == config.fingerprint():

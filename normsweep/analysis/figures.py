@@ -18,8 +18,17 @@ from normsweep.analysis import fits, outcomes, theory  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    """Writes `fig` to `path` as `store` writes every file: a temporary
+    beside it, renamed into place (never a partial PNG, never through a link)."""
+    from normsweep import store
+
+    try:
+        with store.atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    except OSError as err:
+        raise store.write_failure(path, err) from None
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -74,8 +74,7 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
         raise RunError(f"{root}: the dataset has no config_toml attribute") from None
     except GridError as err:
         raise RunError(f"{root}: the dataset's config_toml is not a valid grid ({err})") from None
-    out = root / "analysis"
-    out.mkdir(parents=True, exist_ok=True)
+    out = store.real_folder(root, "analysis")
     # the first sections describe one slice (standard, no weight decay where
     # the sweep has those axes); the comparison section and those after it
     # cover all slices
