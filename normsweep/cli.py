@@ -347,11 +347,9 @@ def launch_command(grid, out, memory_budget, scheduler, devices, compile_workers
 
 @main.command()
 @click.argument("dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--boot", default=400, show_default=True, type=click.IntRange(10, 100_000),
-              help="Bootstrap replicates for the 95% intervals.")
 @click.option("--fit-accuracy", default=0.99, show_default=True,
               type=click.FloatRange(0, 1), help="Training accuracy at which a network counts as fit.")
-def analyze(dir: Path, boot: int, fit_accuracy: float) -> None:
+def analyze(dir: Path, fit_accuracy: float) -> None:
     """Fit scaling laws of the norm changes against η and width; write a report.
 
     Writes DIR/analysis/report.md, fits.csv, fits.nc and PNG figures, and
@@ -364,7 +362,7 @@ def analyze(dir: Path, boot: int, fit_accuracy: float) -> None:
     \b
     Example:
       normsweep analyze results/quickstart
-      normsweep analyze results/seed --boot 1000
+      normsweep analyze results/seed --fit-accuracy 0.95
       normsweep analyze results/lazy-vs-mup
     """
     if not dir.is_dir():
@@ -379,16 +377,18 @@ def analyze(dir: Path, boot: int, fit_accuracy: float) -> None:
                                    f"({err})") from None
     try:
         with sweep_warnings():
-            result = report.analyze(dir, boot=boot, fit_accuracy=fit_accuracy)
+            result = report.analyze(dir, fit_accuracy=fit_accuracy)
     except (RunError, GridError) as err:
         raise click.ClickException(str(err)) from None
     t = result.table
     slices = [c for c in ("parametrization", "weight_decay") if c in t.columns]
     table = Table(*slices, "metric", "depth", "layer", "η exponent", "width exponent", "r²", "n",
-                  title="metric ≈ C·η^a·m^b (95% bootstrap intervals)")
+                  title="metric ≈ C·η^a·m^b (95% intervals over seeds)")
     for _, r in t.iterrows():
         def ci(v, lo, hi):
-            return "–" if v != v else f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+            if v != v:
+                return "–"
+            return f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]" if lo == lo else f"{v:+.2f} (no interval)"
         table.add_row(*[f"{r[c]:g}" if c == "weight_decay" else str(r[c]) for c in slices],
                       r.metric, str(r.depth), f"{r.layer} ({r.layer_role})",
                       ci(r.lr_exponent, r.lr_exponent_lo, r.lr_exponent_hi),
@@ -431,8 +431,8 @@ def print_preview(grid: Path, config, p, command: str) -> None:
 
 def folder_status(root: Path):
     """(config, done cohort names, all cohort names, networks trained) of a
-    results folder: a cohort is done when its file carries this grid's
-    fingerprint; the networks trained are counted in the readable cohort
+    results folder: a cohort is done when its file holds every network of
+    the grid (`store.holds`); the networks trained are counted in the readable cohort
     files of the grid, those of an earlier, smaller grid included."""
     import xarray as xr
 
@@ -447,11 +447,13 @@ def folder_status(root: Path):
         if not path.exists():
             continue
         try:
-            with xr.open_dataset(path, engine="netcdf4") as ds:
-                trained += int(ds["diverged_at"].size)
-                if ds.attrs.get("config_fingerprint") == config.fingerprint():
+            with store.open_checked(path) as ds:
+                if store.holds(config, ds.attrs):
                     done.append(c.name)
-        except (OSError, ValueError, RuntimeError, KeyError):
+                    trained += c.size       # a grown file's extra networks are not this grid's
+                else:
+                    trained += int(ds["diverged_at"].size)
+        except RunError:
             continue        # damaged: the next launch moves it aside and recomputes it
     return config, done, [c.name for c in cohorts], trained
 
@@ -461,16 +463,14 @@ def sweep_summary(path: Path) -> dict:
     RunError when it cannot be read."""
     if not path.exists():
         return {}
-    import xarray as xr
-    try:
-        with xr.open_dataset(path, engine="netcdf4") as ds:
-            at = ds["diverged_at"].values
-            return {"networks": int(at.size), "diverged": int((at >= 0).sum()),
-                    "steps": int(ds.sizes["step"]), "created": str(ds.attrs.get("created", "")),
-                    "backend": str(ds.attrs.get("backend")),
-                    "device_kind": str(ds.attrs.get("device_kind"))}
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
-        raise RunError(f"{path}: not a readable sweep file ({err})") from None
+    from normsweep import store
+
+    with store.open_checked(path, what="sweep file") as ds:
+        at = ds["diverged_at"].values
+        return {"networks": int(at.size), "diverged": int((at >= 0).sum()),
+                "steps": int(ds.sizes["step"]), "created": str(ds.attrs.get("created", "")),
+                "backend": str(ds.attrs.get("backend")),
+                "device_kind": str(ds.attrs.get("device_kind"))}
 
 
 @main.command(name="ls")
@@ -594,9 +594,9 @@ def show(target: Path) -> None:
     except GridError as err:
         raise click.ClickException(f"{dir}/grid.toml is damaged: {err}") from None
     try:
-        summary = sweep_summary(dir / "sweep.nc")
+        summary, damaged = sweep_summary(dir / "sweep.nc"), ""
     except RunError as err:
-        raise click.ClickException(str(err)) from None
+        summary, damaged = {}, str(err)
     console = Console()
     print_config(console, config, dir)
     console.print(f"  cohorts: {len(done)}/{len(names)} done, {trained}/{config.grid.size} "
@@ -608,8 +608,21 @@ def show(target: Path) -> None:
             f"  sweep.nc: {summary['networks']} networks, {summary['diverged']} diverged, "
             f"{summary['steps']} recorded steps, created {summary['created']}, "
             f"{summary['backend']} ({summary['device_kind']})"))
+    elif damaged:
+        console.print(escape(f"  sweep.nc: {damaged}; launch again to rewrite it from the cohort "
+                             "files (open_sweep and analyze combine them meanwhile)"))
     else:
         console.print("  sweep.nc: not yet written (launch again to finish)")
+    pending = dir / store.GROW_FILE
+    if pending.exists():
+        try:
+            grown = config_mod.load(pending)
+            axes = ", ".join(f"{axis} = {list(values)}" for axis, values in
+                             grown.member_values().items() if values != config.member_values()[axis])
+        except GridError:
+            axes = "an unreadable grid"
+        console.print(escape(f"  a grow to {axes} is not finished ({pending}): the folder reads as "
+                             "the grid above until it is; launch the grown grid again to finish it"))
 
 
 def run() -> None:

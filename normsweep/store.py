@@ -51,6 +51,67 @@ def _encoding(ds: xr.Dataset) -> dict:
     return out
 
 
+DIGEST = "attrs_sha256"
+
+
+def attrs_digest(ds: xr.Dataset) -> str:
+    """SHA-256 of every attribute of `ds` and of its variables (values as
+    text), but `DIGEST`: HDF5's checksums cover the data, not the attributes,
+    where the grid, the fingerprint and the units live."""
+    import hashlib
+    import json
+
+    def text(attrs):
+        return sorted((str(k), str(v.tolist() if hasattr(v, "tolist") else v))
+                      for k, v in attrs.items() if k != DIGEST)
+    blob = json.dumps([text(ds.attrs)] + [[str(n), text(v.attrs)]
+                                          for n, v in sorted(ds.variables.items())])
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def with_digest(ds: xr.Dataset) -> xr.Dataset:
+    out = ds.copy(deep=False)
+    out.attrs = {k: v for k, v in ds.attrs.items() if k != DIGEST}
+    out.attrs[DIGEST] = attrs_digest(out)
+    return out
+
+
+def check_digest(ds: xr.Dataset, path: Path) -> xr.Dataset:
+    """`ds` read from `path`, after checking its attributes against their
+    digest (files of earlier versions have none and pass); `RunError` names
+    the file otherwise."""
+    if DIGEST in ds.attrs and ds.attrs[DIGEST] != attrs_digest(ds):
+        raise RunError(f"{path}: its attributes do not match their checksum: the file is "
+                       "damaged")
+    return ds
+
+
+@contextlib.contextmanager
+def open_checked(path: Path, group: str | None = None,
+                 what: str = "netCDF file") -> Iterator[xr.Dataset]:
+    """A netCDF file (or its `group`) opened lazily, attributes checked
+    (`check_digest`); whatever a damaged file raises, opening or reading it
+    in the block, becomes a `RunError` that names it as a `what`."""
+    where = f"{path}" if group is None else f"{path} (group {group})"
+    try:
+        ds = xr.open_dataset(path, group=group, engine="netcdf4")
+    except DAMAGE as err:
+        raise RunError(f"{where}: not a readable {what} ({type(err).__name__}: {err})") \
+            from None
+    try:
+        yield check_digest(ds, path)
+    except DAMAGE as err:
+        raise RunError(f"{where}: not a readable {what} ({type(err).__name__}: {err})") \
+            from None
+    finally:
+        ds.close()
+
+
+# what reading a damaged netCDF file can raise: HDF5's checksum and format
+# errors, and from a damaged attribute or header, anything decoding them does
+DAMAGE = (OSError, ValueError, RuntimeError, AttributeError, KeyError, IndexError, TypeError,
+          UnicodeError, OverflowError)
+
 TEMP_RE = re.compile(r"\.(.+)\.normsweep-tmp-\d+")
 # the temporaries of earlier versions, which named only these files
 LEGACY_TEMP_RE = re.compile(r"\.(grid\.toml|sweep\.nc|report\.md|fits\.nc|fits\.csv"
@@ -168,10 +229,10 @@ def write_netcdf(path: Path, ds: xr.Dataset, groups: dict[str, xr.Dataset] | Non
     """Writes `ds` (and extra groups) to `path` atomically."""
     try:
         with atomic_path(path) as tmp:
-            ds.to_netcdf(tmp, engine="netcdf4", encoding=_encoding(ds))
+            with_digest(ds).to_netcdf(tmp, engine="netcdf4", encoding=_encoding(ds))
             for group, gds in (groups or {}).items():
-                gds.to_netcdf(tmp, mode="a", group=group, engine="netcdf4",
-                              encoding=_encoding(gds))
+                with_digest(gds).to_netcdf(tmp, mode="a", group=group, engine="netcdf4",
+                                           encoding=_encoding(gds))
     except (OSError, RuntimeError) as err:
         raise write_failure(path, err) from None
 
@@ -182,6 +243,19 @@ def write_text(path: Path, text: str) -> None:
             tmp.write_text(text, encoding="utf-8")
     except OSError as err:
         raise write_failure(path, err) from None
+
+
+GROW_FILE = "grow.toml"      # the grid of a grow not yet finished (see `sweep.launch`)
+
+
+def recorded_fingerprint(grid_file: Path) -> str | None:
+    """The fingerprint of a grid file (None if missing or unreadable)."""
+    from normsweep import config as config_mod
+
+    try:
+        return config_mod.load(grid_file).fingerprint()
+    except GridError:
+        return None
 
 
 MARKER = ".normsweep"
@@ -276,22 +350,92 @@ def cohort_path(root: Path, cohort: Cohort) -> Path:
     return Path(root) / "cohorts" / f"{cohort.name}.nc"
 
 
-def read_cohort(path: Path) -> xr.Dataset:
-    """A cohort file, fully loaded (the file is closed afterwards)."""
-    try:
-        with xr.open_dataset(path, engine="netcdf4") as ds:
-            return ds.load()
-    except (OSError, ValueError, RuntimeError) as err:
-        raise RunError(f"{path}: not a readable cohort file ({err})") from None
+def read_cohort(path: Path, *, weights: bool = False) -> xr.Dataset:
+    """A cohort file, fully loaded (the file is closed afterwards); with
+    `weights`, its "weights" group is read through too, so that its
+    checksums are verified (a damaged group raises here, naming the file)."""
+    with open_checked(path, what="cohort file") as ds:
+        out = ds.load()
+    if "width" not in out.dims or "depth" not in out.dims:
+        raise RunError(f"{path}: not a cohort file (no width and depth)")
+    if weights:
+        with open_checked(path, "weights", "cohort file") as group:
+            group.load()
+    return out
 
 
-def cohort_fingerprint(path: Path) -> str | None:
-    """The `config_fingerprint` of the cohort file at `path` (None when it is
-    missing or unreadable)."""
+def extended_grid(config: Config, attrs: dict) -> Config | None:
+    """The grid that wrote a cohort file (its attributes `attrs`) when that
+    grid extends `config`: the same core settings and every member axis a
+    superset (a grow that was interrupted, failed or limited by --only
+    leaves such files, beside a grid.toml that still records `config`).
+    None otherwise."""
+    from normsweep import config as config_mod
+
+    if int(attrs.get("record_format", 1)) != config_mod.RECORD_FORMAT:
+        return None             # records other quantities: never this grid's
     try:
-        with xr.open_dataset(path, engine="netcdf4") as ds:
-            return ds.attrs.get("config_fingerprint")
-    except (OSError, ValueError, RuntimeError):
+        held = config_mod.parse(str(attrs.get("config_toml", "")), source="cohort file")
+    except GridError:
+        return None
+    if held.core_settings() != config.core_settings():
+        return None
+    # an axis of `config` must be one of the file's too (a fixed setting that
+    # became a one-value axis changes the layout: the file is rewritten)
+    if any(getattr(config.grid, axis) and not getattr(held.grid, axis)
+           for axis in ("parametrization", "weight_decay")):
+        return None
+    have = held.member_values()
+    if any(v not in have[axis] for axis, values in config.member_values().items()
+           for v in values):
+        return None
+    return held
+
+
+def holds(config: Config, attrs: dict) -> bool:
+    """The one rule for "done": a cohort file (its attributes `attrs`) holds
+    every network of `config`'s cohort of that name when this grid wrote it
+    (its fingerprint) or a grid that extends this one did (`extended_grid`)."""
+    return attrs.get("config_fingerprint") == config.fingerprint() \
+        or extended_grid(config, attrs) is not None
+
+
+def narrowed(ds: xr.Dataset, config: Config) -> xr.Dataset:
+    """A cohort Dataset that `holds` the networks of `config`, cut to them
+    and labelled as `config` wrote it: a grown file's extra networks and
+    axes left out."""
+    if ds.attrs.get("config_fingerprint") == config.fingerprint():
+        return ds
+    want = config.member_values()
+    out = ds
+    for axis, values in want.items():
+        if axis not in out.dims:
+            continue
+        as_axis = axis in ("lr", "seed") or bool(getattr(config.grid, axis))
+        have = out[axis].values
+        if have.dtype.kind in "fc":
+            idx = [int(np.flatnonzero(np.isclose(have, v, rtol=1e-12, atol=0))[0])
+                   for v in values]
+        else:
+            idx = [int(np.flatnonzero(have == v)[0]) for v in values]
+        out = out.isel({axis: idx}) if as_axis else out.isel({axis: idx[0]}, drop=True)
+    out.attrs = {**ds.attrs, "config_toml": config.text,
+                 "config_fingerprint": config.fingerprint()}
+    return out
+
+
+def read_cohort_of(config: Config, path: Path) -> xr.Dataset:
+    """`read_cohort`, `narrowed` to the networks of `config`."""
+    return narrowed(read_cohort(path), config)
+
+
+def cohort_attrs(path: Path) -> dict | None:
+    """The attributes of the cohort file at `path` (None when it is missing
+    or unreadable)."""
+    try:
+        with open_checked(path) as ds:
+            return dict(ds.attrs)
+    except RunError:
         return None
 
 
@@ -333,9 +477,14 @@ def combine(datasets: list[xr.Dataset], missing: list[str] = ()) -> xr.Dataset:
 
 def _read_sweep(path: Path) -> xr.Dataset:
     try:
-        return xr.open_dataset(path, engine="netcdf4")
-    except (OSError, ValueError, RuntimeError) as err:
+        ds = xr.open_dataset(path, engine="netcdf4")
+    except DAMAGE as err:
         raise RunError(f"{path}: not a readable sweep file ({err})") from None
+    try:
+        return check_digest(ds, path)
+    except RunError:
+        ds.close()
+        raise
 
 
 def open_sweep(root: str | os.PathLike, *, partial: bool = False) -> xr.Dataset:
@@ -377,14 +526,14 @@ def open_sweep(root: str | os.PathLike, *, partial: bool = False) -> xr.Dataset:
             missing.append(c.name)
             continue
         try:
-            with xr.open_dataset(path, engine="netcdf4") as ds:
+            with open_checked(path) as ds:
                 attrs, name = dict(ds.attrs), cohort_name(ds)
-        except (OSError, ValueError, RuntimeError, KeyError) as err:
+        except RunError as err:
             warnings.warn(f"{path}: not a readable cohort file ({err}): left out (launch again "
                           "to recompute it)", SweepWarning, stacklevel=2)
             missing.append(c.name)
             continue
-        if attrs.get("config_fingerprint") != config.fingerprint() or name != c.name:
+        if not holds(config, attrs) or name != c.name:
             warnings.warn(f"{path} was written with other settings than {grid_file} "
                           f"(fingerprint {attrs.get('config_fingerprint')}, grid "
                           f"{config.fingerprint()}): left out", SweepWarning, stacklevel=2)
@@ -398,23 +547,29 @@ def open_sweep(root: str | os.PathLike, *, partial: bool = False) -> xr.Dataset:
     if not present:
         raise RunError(f"{root}: none of the {len(expected)} cohorts is on disk yet")
     if sweep.exists() and not missing:
-        ds = _read_sweep(sweep)
-        ids = " ".join(f"{name}:{attrs.get('cohort_id', '')}" for _, name, attrs in present)
-        if "cohorts" in ds.attrs:
-            fresh = ds.attrs["cohorts"] == ids
-        else:   # written by an earlier version: newer than every cohort file
-            fresh = all(sweep.stat().st_mtime >= p.stat().st_mtime for p, _, _ in present)
-        if fresh and ds.attrs.get("config_fingerprint") == config.fingerprint():
-            return ds
-        ds.close()
-        warnings.warn(f"{sweep} does not hold the cohort files now on disk (it is older): "
-                      "combining them afresh; launch again to rewrite it", SweepWarning,
-                      stacklevel=2)
+        try:
+            ds = _read_sweep(sweep)
+        except RunError as err:     # damaged: the intact cohort files rebuild it
+            ds = None
+            warnings.warn(f"{err}; combining the cohort files afresh (launch again to rewrite "
+                          "it)", SweepWarning, stacklevel=2)
+        if ds is not None:
+            ids = " ".join(f"{name}:{attrs.get('cohort_id', '')}" for _, name, attrs in present)
+            if "cohorts" in ds.attrs:
+                fresh = ds.attrs["cohorts"] == ids
+            else:   # written by an earlier version: newer than every cohort file
+                fresh = all(sweep.stat().st_mtime >= p.stat().st_mtime for p, _, _ in present)
+            if fresh and ds.attrs.get("config_fingerprint") == config.fingerprint():
+                return ds
+            ds.close()
+            warnings.warn(f"{sweep} does not hold the cohort files now on disk (it is older): "
+                          "combining them afresh; launch again to rewrite it", SweepWarning,
+                          stacklevel=2)
     if missing:
         warnings.warn(f"{root} is partial: {len(missing)} of {len(expected)} cohorts are not "
                       f"on disk ({', '.join(missing)}); their networks are NaN", SweepWarning,
                       stacklevel=2)
-    out = combine([read_cohort(path) for path, _, _ in present], missing)
+    out = combine([read_cohort_of(config, path) for path, _, _ in present], missing)
     if missing:
         out = _with_missing(out, config, expected)
     return out
@@ -466,6 +621,9 @@ def load_weights(root: str | os.PathLike, *, width: int, depth: int, lr: float, 
     except OSError as err:
         raise FileNotFoundError(f"{path} holds no weights; launch with [record] weights = true "
                                 f"({err})") from None
+    except (RuntimeError, ValueError) as err:
+        raise RunError(f"{path}: its weights cannot be read ({err}): the file is damaged; "
+                       "launch again to move it aside and recompute it") from None
 
 
 def _match(ds: xr.Dataset, name: str, value, path: Path) -> int:

@@ -281,10 +281,11 @@ def preview(config: Config, root: Path, *, budget_bytes: int | None = None) -> P
                      "per_chunk": chunks.size,
                      "memory": chunks.size * plan.member_bytes(config, c, n_records)})
         flop += plan.train_flop(config, c)
-    # done: a file of this grid; a file of an earlier grid this one extends
-    # still has networks to train
+    # done: a file that holds every network of this grid (`store.holds`); a
+    # file of an earlier grid this one extends still has networks to train
     done = [c.name for c in cohorts
-            if store.cohort_fingerprint(store.cohort_path(root, c)) == config.fingerprint()]
+            if (attrs := store.cohort_attrs(store.cohort_path(root, c))) is not None
+            and store.holds(config, attrs)]
     todo = [c for c in cohorts if c.name not in done]
     return Preview(root, rows, config.grid.size, config.train.steps, n_records, done,
                    max(r["memory"] for r in rows), budget,
@@ -449,9 +450,9 @@ def earlier_history(path: Path) -> str:
     """The `history` of the sweep.nc a launch is about to replace ("" if none
     or unreadable): each launch into a folder adds its line."""
     try:
-        with xr.open_dataset(path, engine="netcdf4") as ds:
+        with store.open_checked(path) as ds:
             return str(ds.attrs.get("history", ""))
-    except (OSError, ValueError, RuntimeError):
+    except RunError:
         return ""
 
 
@@ -504,7 +505,11 @@ def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
     check_disk(config, root, cohorts, todo, len(steps))
     store.real_folder(root, "cohorts")
     store.mark_folder(root)
-    store.write_text(root / "grid.toml", config.text)
+    # a grow changes grid.toml only once every grown network is on disk; until
+    # then GROW_FILE records it, and the folder reads as the grid it held
+    grid_file, pending = root / "grid.toml", root / store.GROW_FILE
+    growing = grid_file.exists() and store.recorded_fingerprint(grid_file) != config.fingerprint()
+    store.write_text(pending if growing else grid_file, config.text)
     work.enable_compilation_cache()
     # work in FLOPs (`plan.train_flop`), so that the time left weighs each cohort by its cost
     reporter.start(len(cohorts), len(skipped), {c.name: plan.train_flop(config, c) for c in todo})
@@ -521,17 +526,24 @@ def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
     left = [c for c in cohorts if not selected(c, only) and not work.cohort_done(
         config, c, store.cohort_path(root, c), reporter.warn)]
     if left:            # a part of the grid, by `only`: the rest stays to do
-        files = [store.read_cohort(store.cohort_path(root, c)) for c in cohorts if c not in left]
+        files = [store.read_cohort_of(config, store.cohort_path(root, c))
+                 for c in cohorts if c not in left]
         at = np.concatenate([ds["diverged_at"].values.ravel() for ds in files])
         return Summary(root, len(cohorts), [c.name for c in todo], skipped, len(at),
                        int((at >= 0).sum()), time.perf_counter() - started,
                        [c.name for c in left])
-    sweep = store.combine([store.read_cohort(store.cohort_path(root, c)) for c in cohorts])
+    sweep = store.combine([store.read_cohort_of(config, store.cohort_path(root, c))
+                           for c in cohorts])
+    if growing:                 # every grown network is on disk: the grow is done
+        store.write_text(grid_file, config.text)
     sweep.attrs["command"] = command
     sweep.attrs["history"] = "\n".join(filter(None, [
         earlier_history(root / "sweep.nc"),
         f"{records.now()} normsweep {records.package_version('normsweep')}: {command}"]))
     store.write_netcdf(root / "sweep.nc", sweep)
+    if growing or store.recorded_fingerprint(pending) == config.fingerprint():
+        with contextlib.suppress(FileNotFoundError):
+            pending.unlink()
     diverged = int((sweep["diverged_at"] >= 0).sum())
     networks = int(sweep["diverged_at"].size)
     return Summary(root, len(cohorts), [c.name for c in todo], skipped, networks, diverged,

@@ -19,6 +19,7 @@ from normsweep import plan, records, store, train
 from normsweep.config import Config
 from normsweep.data import sphere_data
 from normsweep.errors import GridError, RunError
+from normsweep.measure import empty_records
 
 
 def program_for(config: Config, cohort: plan.Cohort) -> train.Program:
@@ -85,7 +86,7 @@ def cohort_done(config: Config, cohort: plan.Cohort, path: Path,
     if not path.exists():
         return False
     try:
-        ds = store.read_cohort(path)
+        ds = store.read_cohort(path, weights=config.record.weights)
     except RunError as err:
         damaged = damaged_name(path)
         os.replace(path, damaged)
@@ -95,7 +96,7 @@ def cohort_done(config: Config, cohort: plan.Cohort, path: Path,
             or int(ds["width"][0]) != cohort.width or int(ds["depth"][0]) != cohort.depth:
         raise RunError(f"{path} does not hold the cohort width={cohort.width}, "
                        f"depth={cohort.depth}; move it away to recompute it")
-    if ds.attrs.get("config_fingerprint") == config.fingerprint():
+    if store.holds(config, ds.attrs):
         return True
     held_format = int(ds.attrs.get("record_format", 1))
     if held_format != config_mod.RECORD_FORMAT:
@@ -236,11 +237,19 @@ def run_cohort(config: Config, root: Path, cohort: plan.Cohort, x, y, steps: np.
     path = store.cohort_path(root, cohort)
     held = held_members(config, cohort, path)
     subset = None if held is None else np.flatnonzero(np.isnan(held[2]))
-    if compile_seconds is None or held is not None:
-        compile_seconds = compile_cohort(config, cohort, x, y, steps, budget, devices, subset)
-    started = time.perf_counter()
-    traj = train_cohort(config, cohort, x, y, steps, budget, on_steps, devices, subset)
-    seconds = {"train_seconds": time.perf_counter() - started, "compile_seconds": compile_seconds}
+    if subset is not None and not len(subset):
+        # every network is held (a fixed setting became a one-value axis, say):
+        # nothing to train, only the file's layout to rewrite
+        traj, seconds = none_trained(config, cohort, held), {"train_seconds": 0.0,
+                                                              "compile_seconds": 0.0}
+    else:
+        if compile_seconds is None or held is not None:
+            compile_seconds = compile_cohort(config, cohort, x, y, steps, budget, devices,
+                                             subset)
+        started = time.perf_counter()
+        traj = train_cohort(config, cohort, x, y, steps, budget, on_steps, devices, subset)
+        seconds = {"train_seconds": time.perf_counter() - started,
+                   "compile_seconds": compile_seconds}
     if held is not None:
         traj, seconds = merged(config, cohort, held, subset, traj, seconds, path)
     ds = records.cohort_dataset(config, cohort, steps, traj, np.asarray(x), np.asarray(y),
@@ -248,6 +257,31 @@ def run_cohort(config: Config, root: Path, cohort: plan.Cohort, x, y, steps: np.
     groups = {"weights": records.weights_dataset(cohort, traj)} if config.record.weights else None
     store.write_netcdf(path, ds, groups)
     return int((traj.diverged_at[subset if subset is not None else slice(None)] >= 0).sum())
+
+
+def none_trained(config: Config, cohort: plan.Cohort, held) -> train.Trajectory:
+    """A trajectory of no members with the names, dtypes and trailing shapes
+    of the held file's, for `merged` to fill from that file alone."""
+    ds, grid, _ = held
+    cell = ds.isel(width=0, depth=0)
+
+    def empty(name: str, depth_axis: int | None) -> np.ndarray:
+        value = by_member(cell[name], grid, cohort)[:0]
+        if depth_axis is not None:
+            value = value[(slice(None),) * depth_axis + (slice(0, cohort.depth),)]
+        return value
+
+    names = empty_records(program_for(config, cohort))
+    recs = {name: empty(name, 2 if "layer" in cell[name].dims else None) for name in names}
+    spectra = {name: empty(name, 2) for name in ("singular_values", "change_singular_values",
+                                                 "gradient_effective_rank") if name in cell} \
+        if config.record.spectra else None
+    weights = {}
+    if config.record.weights:
+        dims = cohort.dims(config.data.d, config.data.k)
+        weights = {which: [np.zeros((0, p, q), cell["frob_norm"].dtype)
+                           for p, q in zip(dims[:-1], dims[1:])] for which in ("initial", "final")}
+    return train.Trajectory(recs, np.zeros(0, np.int64), **weights, spectra=spectra)
 
 
 def merged(config: Config, cohort: plan.Cohort, held, subset: np.ndarray,

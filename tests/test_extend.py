@@ -71,8 +71,9 @@ def test_added_seeds_lrs_and_weight_decays_train_only_the_new_networks(whole, tm
 def test_dropping_a_value_or_changing_a_setting_is_refused(whole):
     for override, key in (("grid.seed=[1]", "grid.seed"), ("train.steps=13", "train.steps"),
                           ("grid.lr=[0.05]", "grid.lr")):
-        changed = config.parse(SMALL, overrides=["grid.lr=[0.05, 0.1]", "grid.seed=[0, 1]",
-                                                 "grid.weight_decay=[0.0, 0.01]", override])
+        base = {"grid.lr": "[0.05, 0.1]", "grid.seed": "[0, 1]", "grid.weight_decay": "[0.0, 0.01]"}
+        base[override.split("=")[0]] = override.split("=")[1]      # each key given once
+        changed = config.parse(SMALL, overrides=[f"{k}={v}" for k, v in base.items()])
         with pytest.raises(GridError, match=key) as info:
             sweep.launch(changed, whole)
         assert "another --out" in str(info.value)
@@ -111,3 +112,63 @@ def test_a_folder_written_with_an_older_record_format_is_refused_and_kept(tmp_pa
     assert result.exit_code == 1
     assert "record format 1, this one 2" in result.output and "new folder" in result.output
     assert {p: p.read_bytes() for p in root.rglob("*.nc")} == before
+
+
+@pytest.mark.parametrize("axis", ["grid.parametrization=standard", "grid.weight_decay=[0.0]"])
+def test_a_fixed_setting_made_a_one_value_axis_rewrites_the_layout(tmp_path, axis):
+    """Nothing new to train: the folder then holds what a fresh launch of
+    the grid with that axis gives, bit for bit."""
+    small = SMALL.replace("steps = 12", "steps = 4").replace("depth = [2, 3]", "depth = [2]")
+    root, fresh = tmp_path / "grown", tmp_path / "fresh"
+    sweep.launch(config.parse(small, default_name="grow"), root)
+    grown = config.parse(small, default_name="grow", overrides=[axis])
+    summary = sweep.launch(grown, root)
+    assert summary.networks == 1
+    sweep.launch(grown, fresh)
+    with xr.open_dataset(root / "sweep.nc") as a, xr.open_dataset(fresh / "sweep.nc") as b:
+        assert a["frob_norm"].dims == b["frob_norm"].dims and len(a["frob_norm"].dims) == 7
+        for name in ("frob_norm", "spec_norm", "loss", "grad_norm", "singular_values"):
+            np.testing.assert_array_equal(a[name].values, b[name].values)
+    name = axis.split("=")[0].split(".")[1]
+    point = {name: "standard" if name == "parametrization" else 0.0}
+    ws = normsweep.load_weights(root, width=8, depth=2, lr=0.05, seed=0, **point)
+    ref = normsweep.load_weights(fresh, width=8, depth=2, lr=0.05, seed=0, **point)
+    for a, b in zip(ws, ref):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_grow_cut_short_leaves_the_earlier_sweep_whole(tmp_path):
+    """A grow limited by --only (as one interrupted or failed part-way would
+    leave it): grid.toml still records the earlier grid, which reads,
+    relaunches and shows as before; the grow finishes later."""
+    from click.testing import CliRunner
+
+    from normsweep.cli import main
+    small = SMALL.replace("steps = 12", "steps = 4")
+    first = config.parse(small, default_name="grow")
+    grown = config.parse(small, default_name="grow", overrides=["grid.seed=[0, 1]"])
+    root = tmp_path / "grow"
+    sweep.launch(first, root)
+    with xr.open_dataset(root / "sweep.nc") as ds:
+        before = ds.load()
+    part = sweep.launch(grown, root, only=[{"depth": 2}])
+    assert part.left == ["width8_depth3"]
+    assert config.load(root / "grid.toml").fingerprint() == first.fingerprint()
+    assert config.load(root / "grow.toml").fingerprint() == grown.fingerprint()
+    for partial in (False, True):
+        with pytest.warns(normsweep.errors.SweepWarning, match="combining them afresh"):
+            ds = normsweep.open_sweep(root, partial=partial).load()
+        assert ds.attrs.get("partial") is None and list(ds["seed"].values) == [0]
+        np.testing.assert_array_equal(ds["frob_norm"].values, before["frob_norm"].values)
+    again = sweep.launch(first, root)              # the earlier grid: nothing to do
+    assert again.trained == [] and len(again.skipped) == 2
+    with xr.open_dataset(root / "sweep.nc") as ds:
+        np.testing.assert_array_equal(ds["frob_norm"].values, before["frob_norm"].values)
+    shown = " ".join(CliRunner().invoke(main, ["show", str(root)]).output.split())
+    assert "2/2 done, 2/2 networks trained" in shown and "a grow to seed = [0, 1]" in shown
+    done = sweep.launch(grown, root)
+    assert done.trained == ["width8_depth3"] and not (root / "grow.toml").exists()
+    assert config.load(root / "grid.toml").fingerprint() == grown.fingerprint()
+    ds = normsweep.open_sweep(root)
+    assert list(ds["seed"].values) == [0, 1]
+    np.testing.assert_array_equal(ds["frob_norm"].sel(seed=[0]).values, before["frob_norm"].values)

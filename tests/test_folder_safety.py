@@ -7,12 +7,14 @@ import os
 import resource
 import shutil
 
+import numpy as np
 import pytest
+import xarray as xr
 from click.testing import CliRunner
 
 from normsweep import config, store
 from normsweep.cli import main
-from normsweep.errors import GridError
+from normsweep.errors import GridError, RunError
 from tests.conftest import TINY, write_grid
 
 
@@ -38,7 +40,7 @@ def analyzed_copy(tiny_sweep, tmp_path_factory):
     for name in names:
         (outside / name).write_text("precious")
         (root / "analysis" / name).symlink_to(outside / name)
-    result = invoke("analyze", root, "--boot", "20")
+    result = invoke("analyze", root)
     return root, outside, names, result
 
 
@@ -55,7 +57,7 @@ def test_analyze_refuses_a_linked_analysis_folder(tiny_copy, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (tiny_copy / "analysis").symlink_to(elsewhere)
-    result = invoke("analyze", tiny_copy, "--boot", "20")
+    result = invoke("analyze", tiny_copy)
     assert result.exit_code == 1
     assert "analysis is a symbolic link" in result.output and "Traceback" not in result.output
     assert list(elsewhere.iterdir()) == []
@@ -65,7 +67,7 @@ def test_a_file_size_limit_leaves_no_truncated_figure(tiny_copy):
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, hard))
     try:
-        result = invoke("analyze", tiny_copy, "--boot", "20")
+        result = invoke("analyze", tiny_copy)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert result.exit_code == 1, result.output
@@ -79,12 +81,12 @@ def test_a_file_size_limit_leaves_no_truncated_figure(tiny_copy):
 def test_analyze_of_a_read_only_folder_exits_1_naming_it(tiny_copy):
     if os.geteuid() == 0:       # root writes anyway: make analysis/ a file instead
         (tiny_copy / "analysis").write_text("not a folder")
-        result = invoke("analyze", tiny_copy, "--boot", "20")
+        result = invoke("analyze", tiny_copy)
         assert result.exit_code == 1 and "analysis is not a folder" in result.output
         return
     tiny_copy.chmod(0o555)
     try:
-        result = invoke("analyze", tiny_copy, "--boot", "20")
+        result = invoke("analyze", tiny_copy)
     finally:
         tiny_copy.chmod(0o755)
     assert result.exit_code == 1 and "cannot write" in result.output
@@ -159,11 +161,99 @@ def test_a_fifo_lock_is_refused_by_name(tiny_copy, tmp_path):
     assert result.exit_code == 1 and ".lock is not a regular file" in result.output
 
 
-def test_a_foreign_netcdf_under_a_cohorts_name_is_named(tiny_copy, tmp_path):
-    import xarray as xr
+def test_a_foreign_netcdf_under_a_cohorts_name_is_named_and_kept(tiny_copy, tmp_path):
     victim = tiny_copy / "cohorts" / "width16_depth2.nc"
     victim.unlink()
     xr.Dataset({"x": ("width", [1.0])}, coords={"width": [16]}).to_netcdf(victim)
+    foreign = victim.read_bytes()
     result = invoke("launch", write_grid(tmp_path, TINY), "--out", tiny_copy, "--quiet")
-    assert result.exit_code == 1 and "width16_depth2.nc does not hold the cohort" in result.output
+    said = " ".join(result.output.split())           # unwrapped
+    assert result.exit_code == 0, result.output
+    assert "width16_depth2.nc: not a cohort file" in said
+    assert (tiny_copy / "cohorts" / "width16_depth2.nc.damaged").read_bytes() == foreign
     assert "Traceback" not in result.output
+
+
+def flip(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_attribute_byte_is_caught_moved_aside_and_recomputed(tiny_sweep, tiny_copy,
+                                                                      tmp_path):
+    """HDF5 refuses the damaged attribute (AttributeError from netCDF4):
+    every command names the file instead of a traceback."""
+    import normsweep
+    victim = tiny_copy / "cohorts" / "width16_depth2.nc"
+    flip(victim, victim.read_bytes().index(b"normsweep sweep tiny") + 2)
+    for args in (["show", tiny_copy], ["ls", tiny_copy.parent]):
+        result = invoke(*args)
+        assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    with pytest.warns(Warning, match="width16_depth2.nc"):
+        with pytest.raises(RunError, match="cohorts are not on disk"):
+            normsweep.open_sweep(tiny_copy)
+    result = invoke("launch", write_grid(tmp_path, TINY), "--out", tiny_copy, "--quiet")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "moved to width16_depth2.nc.damaged and recomputing" in said
+    with xr.open_dataset(tiny_copy / "sweep.nc") as a, xr.open_dataset(tiny_sweep / "sweep.nc") as b:
+        np.testing.assert_array_equal(a["frob_norm"].values, b["frob_norm"].values)
+
+
+def test_an_altered_attribute_fails_its_checksum(tiny_sweep, tiny_copy, tmp_path):
+    """An attribute changed in place (HDF5 checks no attribute values): the
+    grid recorded in the file no longer matches its digest."""
+    import netCDF4
+    victim = tiny_copy / "cohorts" / "width24_depth2.nc"
+    with netCDF4.Dataset(victim, "a") as nc:
+        nc.setncattr("config_toml", nc.getncattr("config_toml").replace("steps = 30",
+                                                                          "steps = 31"))
+    with pytest.raises(RunError, match="do not match their checksum"):
+        store.read_cohort(victim)
+    result = invoke("launch", write_grid(tmp_path, TINY), "--out", tiny_copy, "--quiet")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "checksum" in said and "width24_depth2.nc.damaged" in said
+    with xr.open_dataset(tiny_copy / "sweep.nc") as a, xr.open_dataset(tiny_sweep / "sweep.nc") as b:
+        np.testing.assert_array_equal(a["frob_norm"].values, b["frob_norm"].values)
+
+
+def test_damaged_weights_are_named_and_recomputed(tiny_sweep, tiny_copy, tmp_path):
+    import normsweep
+    victim = tiny_copy / "cohorts" / "width24_depth3.nc"
+    original = victim.read_bytes()
+    point = dict(width=24, depth=3, lr=0.5, seed=0)
+    damaged = False
+    for offset in range(len(original) - 1, len(original) // 2, -97):   # the group is written last
+        flip(victim, offset)
+        try:
+            store.read_cohort(victim)
+            normsweep.load_weights(tiny_copy, **point)
+            store.read_cohort(victim, weights=True)
+        except RunError:
+            try:
+                store.read_cohort(victim)       # the trajectories still read: only weights hit
+                damaged = True
+                break
+            except RunError:
+                pass
+        victim.write_bytes(original)
+    assert damaged, "no single flip damaged the weights alone"
+    with pytest.raises(RunError, match="width24_depth3.nc"):
+        store.read_cohort(victim, weights=True)
+    result = invoke("launch", write_grid(tmp_path, TINY), "--out", tiny_copy, "--quiet")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "width24_depth3.nc.damaged" in said, result.output
+    for a, b in zip(normsweep.load_weights(tiny_copy, **point),
+                    normsweep.load_weights(tiny_sweep, **point)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_damaged_sweep_nc_is_rebuilt_from_intact_cohorts(tiny_sweep, tiny_copy):
+    import normsweep
+    victim = tiny_copy / "sweep.nc"
+    flip(victim, victim.read_bytes().index(b"normsweep sweep tiny") + 2)
+    with pytest.warns(Warning, match="sweep.nc"):
+        ds = normsweep.open_sweep(tiny_copy).load()
+    with xr.open_dataset(tiny_sweep / "sweep.nc") as ref:
+        np.testing.assert_array_equal(ds["frob_norm"].values, ref["frob_norm"].values)
