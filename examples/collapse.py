@@ -26,7 +26,7 @@ args = p.parse_args()
 
 ds = xr.open_dataset(f"{args.dir}/sweep.nc").load()
 depth = args.depth if args.depth is not None else int(ds.depth.max())
-table = fits.fit_sweep(ds.sel(depth=[depth]), boot=50)
+table = fits.fit_sweep(ds.sel(depth=[depth]))
 row = table[(table.metric == "rel_frob_dist") & (table.layer == args.layer)].iloc[0]
 keep = outcomes.classify(ds).isin([outcomes.FIT, outcomes.TRAINING])
 rel = (ds.frob_dist / ds.frob_norm.isel(step=0)).where(keep).sel(depth=depth, layer=args.layer)

@@ -17,16 +17,17 @@ from normsweep.analysis import fits
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("dir")
 p.add_argument("--metric", default="rel_frob_dist", choices=list(fits.METRICS))
-p.add_argument("--boot", type=int, default=200)
 args = p.parse_args()
 
 ds = xr.open_dataset(f"{args.dir}/sweep.nc").load()
-table = fits.fit_sweep(ds, boot=args.boot)
+table = fits.fit_sweep(ds)
 t = table[table.metric == args.metric]
 
 
 def ci(v, lo, hi):
-    return "–" if v != v else f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+    if v != v:
+        return "–"
+    return f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]" if lo == lo else f"{v:+.2f} (one seed: no interval)"
 
 
 t = t.assign(b=[ci(*v) for v in zip(t.width_exponent, t.width_exponent_lo, t.width_exponent_hi)],

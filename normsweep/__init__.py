@@ -55,7 +55,7 @@ def launch(grid: "str | os.PathLike | Config", out: "str | os.PathLike | None" =
 def analyze(root: "str | os.PathLike", **options) -> "Analysis":
     """`normsweep analyze` from Python: fits, figures and report.md in
     ROOT/analysis; returns the fit table, the report's path and the
-    figures' paths. `options`: boot, fit_accuracy, seed. Needs the
+    figures' paths. `options`: fit_accuracy. Needs the
     analysis extra (matplotlib, pandas)."""
     from normsweep.analysis.report import analyze as run
 

@@ -5,11 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
 from click.testing import CliRunner
 
+import normsweep
 from normsweep.analysis import fits, outcomes, tables, theory
 from normsweep.cli import main
 from tests import synthetic
@@ -25,7 +27,7 @@ def analyzed(tiny_sweep, tmp_path_factory):
     import shutil
     root = tmp_path_factory.mktemp("an") / "tiny"
     shutil.copytree(tiny_sweep, root)
-    result = CliRunner().invoke(main, ["analyze", str(root), "--boot", "50"],
+    result = CliRunner().invoke(main, ["analyze", str(root)],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return root, result.output
@@ -128,7 +130,7 @@ def one_width_sweep(tmp_path_factory):
 @pytest.mark.parametrize("script,args", [
     ("trajectories.py", ["--depth", "3", "--layer", "1"]),
     ("init_vs_theory.py", []),
-    ("exponent_table.py", ["--boot", "20"]),
+    ("exponent_table.py", []),
     ("collapse.py", ["--depth", "3", "--layer", "1"]),
 ])
 def test_example_scripts_run(request, tmp_path, script, args, one_width):
@@ -154,7 +156,7 @@ def test_python_api_launches_with_overrides_and_analyzes(tmp_path):
     assert summary.cohorts == 1 and summary.networks == 6 and summary.trained == ["width8_depth3"]
     ds = normsweep.open_sweep(summary.root)
     assert ds.sizes["step"] == 13 and ds.attrs["config_toml"].startswith("# <string> with --set")
-    result = normsweep.analyze(summary.root, boot=20)
+    result = normsweep.analyze(summary.root)
     assert result.report.exists() and "## 1." in result.report.read_text()
     assert {"metric", "width_exponent"} <= set(result.table.columns)
     with pytest.raises(normsweep.GridError, match="grid.width"):
@@ -228,7 +230,57 @@ def test_a_one_width_sweep_gets_no_plot_against_width(one_width_sweep, tmp_path)
     import normsweep
     root = tmp_path / "onew"
     shutil.copytree(one_width_sweep, root)
-    result = normsweep.analyze(root, boot=20)
+    result = normsweep.analyze(root)
     assert not (root / "analysis" / "scaling_rel_frob_dist.png").exists()
     assert "One width: no width exponent is identified" in result.report.read_text()
     assert all(p.exists() for p in result.figures)
+
+
+def test_the_layer_that_moves_most_is_the_largest_move_either_way(tiny_sweep):
+    """When every layer shrinks, the largest relative move is the largest
+    shrink, not (as a signed argmax would say) the smallest."""
+    ds = normsweep.open_sweep(tiny_sweep).load()
+    depth = int(ds["depth"].max())
+    shrink = xr.DataArray([0.9, 0.5, 0.99], dims="layer", coords={"layer": [0, 1, 2]})
+    last = ds["frob_norm"].isel(step=0) * shrink.reindex(layer=ds["layer"], fill_value=1.0)
+    ds["frob_norm"].loc[dict(step=ds["step"].values[-1])] = last
+    keep = xr.ones_like(ds["diverged_at"], dtype=bool)
+    moved = tables.balance(ds, 1.0, keep)
+    assert moved["depth"] == depth == 3
+    assert moved["moves_most"] == 1 and moved["moves_most_change"] == pytest.approx(-0.5)
+
+
+def test_identity_figure_pairs_each_change_with_its_own_prediction(tiny_sweep):
+    from normsweep.analysis import figures
+    ds = normsweep.open_sweep(tiny_sweep).load()
+    keep = outcomes.usable(outcomes.classify(ds))
+    check = tables.identity_check(ds.where(keep))
+    assert check["measured"].dims != check["predicted"].dims      # broadcasting reorders
+    measured, predicted = figures.identity_pairs(check)
+    ok = np.isfinite(measured) & np.isfinite(predicted)
+    scale = np.abs(measured[ok]).max()
+    assert ok.sum() > 100
+    assert np.median(np.abs(measured[ok] - predicted[ok])) < 1e-4 * scale
+
+
+def test_a_recorded_coordinate_check_that_cannot_be_shown_is_explained(tiny_copy, monkeypatch):
+    from normsweep.analysis import report
+    monkeypatch.setattr(report, "coordinate_lr", lambda ds, keep: None)
+    text = report.analyze(tiny_copy).report.read_text()
+    assert "Coordinate check" in text and "at no η₀ does every network of depth 3" in text
+
+
+def test_first_step_terms_beside_their_closed_form(tiny_sweep):
+    """⟨W_l, ∇L⟩ at init is the same in every layer (Euler) and the closed
+    form is the theory's (tested against simulation in test_theory)."""
+    from normsweep import config
+    ds = normsweep.open_sweep(tiny_sweep).load()
+    cfg = config.parse(ds.attrs["config_toml"])
+    table = tables.first_step_terms(ds, cfg)
+    assert list(table.width) == [16, 16, 16, 24, 24, 24]
+    for width, rows in table.groupby("width"):
+        means = [float(v.split(" ± ")[0]) for v in rows["⟨W_l, ∇L⟩ measured"]]
+        assert max(means) - min(means) < 1e-3 * max(abs(v) for v in means)
+        dims = (cfg.data.d, width, width, cfg.data.k)
+        closed = theory.first_order_init("mse", "softmax", "standard", "he", dims, cfg.data.n)
+        assert float(rows["closed form"].iloc[0]) == pytest.approx(closed, rel=1e-3)

@@ -189,7 +189,7 @@ def test_identity_holds_with_lr_multipliers_and_weight_decay(axes_sweep):
 
 
 def test_analyze_fits_each_slice_and_compares_them(axes_sweep):
-    result = report.analyze(axes_sweep, boot=20)
+    result = report.analyze(axes_sweep)
     table = result.table
     assert {"parametrization", "weight_decay"} <= set(table.columns)
     per_slice = table.groupby(["parametrization", "weight_decay"]).size()
@@ -236,3 +236,17 @@ def test_the_parametrization_script_runs_on_an_axes_sweep(axes_sweep, tmp_path):
     assert out.stat().st_size > 1000
     # one line per (parametrization, weight decay) slice, each with its fitted slope
     assert sum("∝ m^" in line for line in run.stdout.splitlines()) == 6
+
+
+def test_mup_init_norms_are_compared_with_mups_own_init(axes_sweep):
+    """μP draws the readout with s² = 2k/m², not He's 2/m: the reference
+    value is μP's, and the measured norms sit within a few per cent of it."""
+    full = normsweep.open_sweep(axes_sweep).load()
+    cfg = parse(full.attrs["config_toml"])
+    ds = full.sel(parametrization="mup", weight_decay=0.0)
+    table = tables.init_table(ds, cfg)
+    for _, row in table.iterrows():
+        assert abs(float(row["rel. err F"].rstrip("%"))) < 15, row.to_dict()
+    readout = table[table.layer == "readout"].iloc[0]
+    m, k = int(readout.width), cfg.data.k
+    assert float(readout["‖W‖_F theory"]) == pytest.approx(k * (2 / m) ** 0.5, rel=0.02)

@@ -201,7 +201,7 @@ def test_coordinate_slopes_recover_a_planted_width_exponent():
                             "step": steps, "layer": np.arange(3)})
     keep = xr.DataArray(np.ones((4, 1, 1, 2), bool), dims=dims[:4], coords={
         "width": widths, "depth": [3], "lr": [0.1], "seed": [0, 1]})
-    cfg = types.SimpleNamespace(model=types.SimpleNamespace(parametrization="mup"),
+    cfg = types.SimpleNamespace(model=types.SimpleNamespace(parametrization="mup", init="he"),
                                 grid=types.SimpleNamespace(lr_width_exponent=0.0))
     table = tables.coordinate_slopes(ds, keep, 0.1, cfg)
     assert list(table.columns) == ["parametrization", "layer", "step 1", "step 2", "step 3",

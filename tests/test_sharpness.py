@@ -73,7 +73,7 @@ def test_report_has_an_edge_of_stability_section(tmp_path):
             '[record]\nsharpness = 4\n[grid]\nwidth = [6, 8]\ndepth = [2, 3]\n'
             'lr = [0.1, 0.3]\nseed = [0, 1]\n')
     sweep.launch(parse(text), tmp_path / "eos")
-    result = report.analyze(tmp_path / "eos", boot=20)
+    result = report.analyze(tmp_path / "eos")
     text = result.report.read_text()
     assert "Edge of stability" in text and "λ·η/2" in text
     assert (tmp_path / "eos" / "analysis" / "sharpness.png").stat().st_size > 1000

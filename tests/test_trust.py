@@ -227,7 +227,7 @@ def test_a_partial_sweep_is_refused_or_opened_as_partial(tiny_copy):
 def test_analyze_on_a_partial_sweep_says_what_is_missing(tiny_copy):
     (tiny_copy / "sweep.nc").unlink()
     (tiny_copy / "cohorts" / "width24_depth3.nc").unlink()
-    result = CliRunner().invoke(main, ["analyze", str(tiny_copy), "--boot", "10"])
+    result = CliRunner().invoke(main, ["analyze", str(tiny_copy)])
     assert result.exit_code == 0, result.output
     assert "warning:" in result.output and "partial" in result.output
     text = (tiny_copy / "analysis" / "report.md").read_text()
@@ -281,10 +281,10 @@ def test_a_fresh_sweep_file_is_opened_as_is(tiny_sweep):
 def test_first_step_fits_keep_networks_that_failed_only_later(tiny_sweep):
     with xr.open_dataset(tiny_sweep / "sweep.nc") as ds:
         ds = ds.load()
-    before = fits.fit_sweep(ds, boot=10)
+    before = fits.fit_sweep(ds)
     late = ds.copy(deep=True)
     late["diverged_at"].loc[dict(width=16, depth=3, seed=0)] = 20    # diverged after step 10
-    after = fits.fit_sweep(late, boot=10)
+    after = fits.fit_sweep(late)
     key = ["metric", "depth", "layer"]
     b, a = before.set_index(key), after.set_index(key)
     for metric in fits.WINDOWS:
@@ -300,9 +300,15 @@ def test_first_step_fits_keep_networks_that_failed_only_later(tiny_sweep):
 
 # -- the report follows the parametrization -------------------------------------------
 
-def fit_rows(roles):
-    rows = [{"metric": m, "depth": 3, "layer": i, "layer_role": r, "lr_exponent": np.nan,
-             "width_exponent": -0.5, "width_exponent_lo": -0.6, "width_exponent_hi": -0.4}
+def fit_rows(roles, param="standard", p=0.0):
+    """Fit rows as `fits.fit_sweep` gives them: a measured −0.5 [−0.6, −0.4]
+    everywhere, beside the table's own prediction column."""
+    from normsweep.analysis import theory
+    rows = [{"metric": m, "depth": 3, "layer": i, "layer_role": r, "lr_exponent": 1.0,
+             "width_exponent": -0.5, "width_exponent_lo": -0.6, "width_exponent_hi": -0.4,
+             "width_exponent_at_lr0": -0.5, "width_exponent_at_lr0_lo": -0.6,
+             "width_exponent_at_lr0_hi": -0.4,
+             "theory_width_exponent": theory.predict(m, r, param, "he", p, 3)}
             for m in ("rel_frob_dist", "rel_spec_dist", "first_update_spec")
             for i, r in enumerate(roles)]
     import pandas as pd
@@ -311,18 +317,20 @@ def fit_rows(roles):
 
 @pytest.mark.parametrize("param,p,expect,absent", [
     ("standard", -1.0, ["standard parametrization", "lazy training"], ["implied"]),
-    ("standard", 0.0, ["implied under η ∝ 1/m"], []),
+    ("standard", 0.0, ["implied under η ∝ 1/m", "leaves the stable range"], []),
     ("ntk", 0.0, ["NTK parametrization", "| rel_frob_dist | 3 | 0 (input) | -0.50 [-0.60, -0.40] "
                   "| -0.5 | yes |"], ["-1.5"]),
-    ("mup", 0.0, ["μP", "spectral condition", "| rel_spec_dist | 3 | 1 (hidden) | -0.50 [-0.60, "
+    ("mup", 0.0, ["μP", "feature learning", "| rel_spec_dist | 3 | 1 (hidden) | -0.50 [-0.60, "
                   "-0.40] | +0.0 | no |"], []),
-    ("mup", -1.0, ["No width-exponent predictions"], ["|"]),
+    ("mup", -1.0, ["training slows with width", "| rel_frob_dist | 3 | 1 (hidden) | -0.50 "
+                   "[-0.60, -0.40] | -1.5 | no |"], ["implied"]),
 ])
 def test_the_report_compares_with_the_predictions_of_its_parametrization(param, p, expect,
                                                                           absent):
     cfg = config.parse(TINY.replace("lr = { geomspace = [0.5, 8.0, 3] }",
                                     f"lr = {{ values = [0.1], width_exponent = {p} }}"))
-    text = "\n".join(report.lazy_section(fit_rows(["input", "hidden", "readout"]), cfg, param))
+    rows = fit_rows(["input", "hidden", "readout"], param, p)
+    text = "\n".join(report.lazy_section(rows, cfg, param))
     for fragment in expect:
         assert fragment in text, (fragment, text)
     for fragment in absent:
@@ -339,8 +347,9 @@ def test_the_per_step_prose_names_what_is_equal_across_layers():
         text = "\n".join(report.identity_prose(check, param))
         assert "Δ‖W_l‖_F²/c_l is the same for every layer" in text
         assert "same amount" not in text
-    first = report.first_step_prose(fit_rows(["input", "hidden", "readout"]), "ntk", 0.0)
+    first = report.first_step_prose(fit_rows(["input", "hidden", "readout"], "ntk"), "ntk", 0.0)
     assert "Prediction for the NTK parametrization at width_exponent = 0: -0.5" in first[0]
+    assert "layer 1: -0.50 [-0.60, -0.40]" in first[0]
 
 
 # -- clear errors for bad input ---------------------------------------------------------
@@ -381,19 +390,32 @@ def test_an_unreachable_scheduler_exits_1_and_writes_nothing(tmp_path, monkeypat
     assert not out.exists()
 
 
-def test_show_ls_and_analyze_on_a_garbage_sweep_file_exit_1(tiny_copy):
+def test_show_ls_and_analyze_on_a_garbage_sweep_file(tiny_copy):
+    """A damaged sweep.nc is named; analyze rebuilds it from the cohorts."""
     (tiny_copy / "sweep.nc").write_bytes(b"not a netCDF file")
-    for args in (["show", tiny_copy], ["analyze", tiny_copy, "--boot", "10"]):
-        result = invoke(*args)
-        assert result.exit_code == 1 and "not a readable sweep file" in result.output, args
+    result = invoke("show", tiny_copy)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "not a readable sweep file" in said, result.output
+    assert "launch again to rewrite it from the cohort files" in said
+    result = invoke("analyze", tiny_copy)
+    assert result.exit_code == 0 and "combining the cohort files afresh" in \
+        " ".join(result.output.split()), result.output
     result = invoke("ls", tiny_copy.parent)
     assert result.exit_code == 0 and "unreadable" in result.output
 
 
 def test_analyze_on_a_bad_config_toml_exits_1(tiny_copy):
+    """An altered config_toml fails its checksum, and the cohorts rebuild
+    the sweep; in a file without the checksum (an earlier version's) it is
+    named."""
     with netCDF4.Dataset(tiny_copy / "sweep.nc", "a") as nc:
         nc.setncattr("config_toml", "name = [[[")
-    result = invoke("analyze", tiny_copy, "--boot", "10")
+    result = invoke("analyze", tiny_copy)
+    assert result.exit_code == 0 and "checksum" in " ".join(result.output.split())
+    with netCDF4.Dataset(tiny_copy / "sweep.nc", "a") as nc:
+        nc.setncattr("config_toml", "name = [[[")
+        nc.delncattr("attrs_sha256")
+    result = invoke("analyze", tiny_copy)
     assert result.exit_code == 1 and "config_toml is not a valid grid" in result.output
 
 

@@ -49,7 +49,11 @@ def fig_init(ds: xr.Dataset, cfg, out: Path) -> Path:
             for m in widths:
                 p = cfg.data.d if role == "input" else int(m)
                 q = cfg.data.k if role == "readout" else int(m)
-                s2 = theory.init_variance(cfg.model.init, p, int(m))
+                s2 = theory.init_variance(cfg.model.init, p, int(m),
+                                          str(ds["parametrization"].item())
+                                          if "parametrization" in ds.coords
+                                          and ds["parametrization"].size == 1
+                                          else cfg.model.parametrization, q)
                 th.append(theory.frobenius(p, q, s2) if var == "frob_norm"
                           else theory.spectral_finite(p, q, s2))
             ax.plot(widths, th, "--", color=color, label=f"{role} (theory)")
@@ -166,9 +170,18 @@ def fig_sharpness(ds: xr.Dataset, outcome: xr.DataArray, out: Path) -> Path:
     return _save(fig, out / "sharpness.png")
 
 
+def identity_pairs(check: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(measured, predicted) per-step changes of `tables.identity_check`, one
+    pair per network, step and layer: the predicted array is laid out in the
+    measured one's dims first (broadcasting orders them differently)."""
+    measured = check["measured"]
+    predicted = check["predicted"].broadcast_like(measured).transpose(*measured.dims)
+    return measured.values.ravel(), predicted.values.ravel()
+
+
 def fig_identity(check: dict, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(4.5, 4.2))
-    m, p = check["measured"].values.ravel(), check["predicted"].values.ravel()
+    m, p = identity_pairs(check)
     ok = np.isfinite(m) & np.isfinite(p)
     ax.scatter(np.abs(p[ok]), np.abs(m[ok]), s=3, alpha=0.4)
     lo = max(np.abs(p[ok]).min(), 1e-12)

@@ -8,10 +8,11 @@ parametrization and weight decay when the sweep has those axes.
 Least squares in log space over the networks kept: for the last-step
 metrics those not diverged, not failed and trained (`outcomes.classify`);
 for the first-step metrics (`WINDOWS`) those not diverged by the last step
-the metric reads, whatever became of them later. 95% intervals come from
-a bootstrap over seeds:
-each replicate resamples, within every (η, m) cell, that cell's seeds with
-replacement and refits. η is the learning rate actually used (`lr_effective`).
+the metric reads, whatever became of them later. 95% intervals treat the
+seeds as the independent replicates (`fit_power_law`): a seed's networks
+share W(0) at every η. η is the learning rate actually used (`lr_effective`).
+Each row also carries the exponent at fixed η₀ along the sweep's η scaling
+and the width and η exponents `theory.predict` derives (NaN where none).
 Only what the data identify is fitted: with one η value the η exponent is
 NaN, with one width the width exponent is NaN, and when η is scaled with
 width from a single η₀ (η and m collinear) only the exponent along that path
@@ -31,7 +32,7 @@ from normsweep.errors import GridError
 EARLY_STEPS = 10
 # metrics read from the first steps only, by the last step each reads: a
 # network is used for them if it had not diverged by then, whatever came later
-WINDOWS = {"first_update_spec": 1, "early_update_norm": EARLY_STEPS}
+WINDOWS = {"first_update_spec": 1, "rel_first_step": 1, "early_update_norm": EARLY_STEPS}
 METRICS = {
     "rel_frob_dist": "‖W(T) − W(0)‖_F / ‖W(0)‖_F",
     "rel_spec_dist": "‖W(T) − W(0)‖₂ / ‖W(0)‖₂",
@@ -39,6 +40,7 @@ METRICS = {
     "rel_spec_change": "(‖W(T)‖₂ − ‖W(0)‖₂) / ‖W(0)‖₂ (fitted on its magnitude)",
     "early_update_norm": f"mean ‖W(t) − W(t−1)‖_F over steps 1..{EARLY_STEPS}",
     "first_update_spec": "‖W(1) − W(0)‖₂, the spectral size of the first step",
+    "rel_first_step": "‖W(1) − W(0)‖_F / ‖W(0)‖_F, the first step relative to the init",
     "rel_param_dist": "‖θ(T) − θ(0)‖ / ‖θ(0)‖, every weight together, in the trained "
                       "coordinates θ_l = W_l/√c_l (Lee et al. 2019; one fit per depth, layer −1)",
 }
@@ -46,7 +48,9 @@ NETWORK_METRICS = ("rel_param_dist",)       # one value per network, not per lay
 EXTRA_DIMS = ("parametrization", "weight_decay")
 COLUMNS = ["metric", "layer", "depth", "layer_role", "lr_exponent", "lr_exponent_lo",
            "lr_exponent_hi", "width_exponent", "width_exponent_lo", "width_exponent_hi",
-           "prefactor", "r2", "n", "sign", "fitted", "excluded_diverged", "excluded_failed"]
+           "prefactor", "r2", "n", "sign", "fitted", "excluded_diverged", "excluded_failed",
+           "width_exponent_at_lr0", "width_exponent_at_lr0_lo", "width_exponent_at_lr0_hi",
+           "n_seeds", "theory_width_exponent", "theory_lr_exponent"]
 
 
 def layer_role(layer: int, depth: int) -> str:
@@ -111,6 +115,7 @@ def derived_metrics(ds: xr.Dataset, mult: xr.DataArray | float = 1.0) -> xr.Data
     extra = {}
     if 1 in ds["step"].values:
         extra["first_update_spec"] = ds["spec_dist"].sel(step=1, drop=True)
+        extra["rel_first_step"] = ds["frob_dist"].sel(step=1, drop=True) / first["frob_norm"]
     return xr.Dataset({
         **extra,
         "rel_frob_dist": last["frob_dist"] / first["frob_norm"],
@@ -136,6 +141,10 @@ class Fit:
     r2: float
     n: int
     fitted: str
+    c: float = float("nan")         # the width exponent at fixed η₀, b + p·a
+    c_lo: float = float("nan")
+    c_hi: float = float("nan")
+    n_seeds: int = 0                # the independent replicates behind the interval
 
 
 def _solve(design: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -146,21 +155,30 @@ def _solve(design: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.linalg.solve(a, c[..., None])[..., 0]
 
 
-def fit_power_law(y: np.ndarray, lr: np.ndarray, width: np.ndarray, *, boot: int = 400,
-                  rng: np.random.Generator | int = 0) -> Fit:
+def fit_power_law(y: np.ndarray, lr: np.ndarray, width: np.ndarray, *,
+                  lr_width_exponent: float = 0.0) -> Fit:
     """Fits y ≈ C·lr^a·width^b.
 
     Args:
       y: values of shape (n_lr, n_width, n_seed); NaN, ≤ 0 or inf are left out.
       lr: (n_lr,) or (n_lr, n_width) learning rates actually used.
       width: (n_width,) widths.
-      boot: bootstrap replicates (seeds resampled within each (lr, width) cell).
-      rng: a Generator or a seed.
+      lr_width_exponent: p of the sweep's η = η₀·m^p, for the exponent along
+        it at fixed η₀ (`Fit.c`, b + p·a).
 
     Returns:
       A `Fit`; exponents the data cannot identify are NaN.
+
+    The 95% intervals treat seeds as the independent replicates: a seed fixes
+    W(0) for every η of the sweep (and the data are the grid's), so networks
+    of one seed at different η are not independent draws (at the first step
+    they are exact copies, scaled by η). The law is refitted on each seed's
+    networks alone, and the interval is the pooled estimate ± t_{S−1}·sd/√S
+    over the S seeds that identify it: exact for normal per-seed errors,
+    whatever they share across η. One seed gives no interval (NaN).
     """
-    rng = np.random.default_rng(rng)
+    from scipy import stats
+
     y = np.asarray(y, np.float64)
     n_lr, n_w, n_s = y.shape
     lr = np.broadcast_to(np.asarray(lr, np.float64).reshape(n_lr, -1), (n_lr, n_w))
@@ -177,7 +195,7 @@ def fit_power_law(y: np.ndarray, lr: np.ndarray, width: np.ndarray, *, boot: int
         collinear = np.linalg.matrix_rank(both, tol=1e-9) < 3
         use_lr = use_lr and not collinear
     cols = [np.ones_like(logy)] + ([log_lr] if use_lr else []) + ([log_w] if use_w else [])
-    design = np.stack(cols, -1).reshape(1, -1, len(cols))
+    design = np.stack(cols, -1)                     # (n_lr, n_w, n_s, k)
     k = len(cols)
     n = int(ok.sum())
     nan = float("nan")
@@ -186,31 +204,42 @@ def fit_power_law(y: np.ndarray, lr: np.ndarray, width: np.ndarray, *, boot: int
         fitted = "width (η scaled with width: one law along η ∝ m^p)"
     if n <= k:
         return Fit(nan, nan, nan, nan, nan, nan, nan, nan, n, "none (too few points)")
-    beta = _solve(design, logy.reshape(1, -1), ok.reshape(1, -1).astype(float))[0]
-    pred = design[0] @ beta
+    flat = design.reshape(1, -1, k)
+    beta = _solve(flat, logy.reshape(1, -1), ok.reshape(1, -1).astype(float))[0]
+    pred = flat[0] @ beta
     resid = (logy.ravel() - pred)[ok.ravel()]
     total = logy.ravel()[ok.ravel()] - logy.ravel()[ok.ravel()].mean()
     r2 = 1 - (resid @ resid) / (total @ total) if total @ total > 0 else 1.0
-    # bootstrap: resample seeds within each cell
-    idx = rng.integers(0, n_s, size=(boot, n_lr, n_w, n_s))
-    by = np.take_along_axis(np.broadcast_to(logy, (boot,) + y.shape), idx, -1)
-    bw = np.take_along_axis(np.broadcast_to(ok, (boot,) + y.shape), idx, -1).astype(float)
-    bd = np.broadcast_to(design, (boot,) + design.shape[1:])
-    enough = bw.reshape(boot, -1).sum(1) > k
-    betas = _solve(bd[enough], by.reshape(boot, -1)[enough], bw.reshape(boot, -1)[enough])
+    # each seed alone, where its networks identify every fitted coefficient
+    per_design = np.moveaxis(design, 2, 0).reshape(n_s, -1, k)
+    per_ok = np.moveaxis(ok, 2, 0).reshape(n_s, -1)
+    usable = [s for s in range(n_s) if per_ok[s].sum() > k
+              and np.linalg.matrix_rank(per_design[s][per_ok[s]], tol=1e-9) == k]
+    per = _solve(per_design[usable], np.moveaxis(logy, 2, 0).reshape(n_s, -1)[usable],
+                 per_ok[usable].astype(float)) if usable else np.zeros((0, k))
+    n_seeds = len(usable)
+
+    def interval(estimate: float, replicates: np.ndarray) -> tuple[float, float, float]:
+        if n_seeds < 2:
+            return estimate, nan, nan
+        half = stats.t.ppf(0.975, n_seeds - 1) * replicates.std(ddof=1) / np.sqrt(n_seeds)
+        return estimate, estimate - half, estimate + half
 
     def coef(j: int | None) -> tuple[float, float, float]:
-        if j is None:
-            return nan, nan, nan
-        lo, hi = np.percentile(betas[:, j], [2.5, 97.5]) if len(betas) else (nan, nan)
-        return float(beta[j]), float(lo), float(hi)
+        return (nan, nan, nan) if j is None else interval(float(beta[j]), per[:, j])
 
-    a = coef(1 if use_lr else None)
-    b = coef((2 if use_lr else 1) if use_w else None)
-    return Fit(*a, *b, float(np.exp(beta[0])), float(r2), n, fitted)
+    ja = 1 if use_lr else None
+    jb = (2 if use_lr else 1) if use_w else None
+    a, b = coef(ja), coef(jb)
+    c = (nan, nan, nan)
+    if jb is not None:       # along η = η₀·m^p: b + p·a (just b where a is not fitted)
+        pa = lr_width_exponent if ja is not None else 0.0
+        along = per[:, jb] + pa * (per[:, ja] if ja is not None else 0.0)
+        c = interval(float(beta[jb] + pa * (beta[ja] if ja is not None else 0.0)), along)
+    return Fit(*a, *b, float(np.exp(beta[0])), float(r2), n, fitted, *c, n_seeds)
 
 
-def fit_sweep(ds: xr.Dataset, *, boot: int = 400, seed: int = 0,
+def fit_sweep(ds: xr.Dataset, *,
               fit_accuracy: float = outcomes.FIT_ACCURACY) -> pd.DataFrame:
     """One row per (metric, layer, depth), and per parametrization and weight
     decay where the sweep has them as axes (leading columns of those names):
@@ -223,7 +252,7 @@ def fit_sweep(ds: xr.Dataset, *, boot: int = 400, seed: int = 0,
     """
     tables = []
     for labels in slices(ds):
-        table = _fit_slice(ds.sel(labels) if labels else ds, boot, seed, fit_accuracy)
+        table = _fit_slice(ds.sel(labels) if labels else ds, fit_accuracy)
         for i, (name, value) in enumerate(labels.items()):
             table.insert(i, name, value)
         tables.append(table)
@@ -253,11 +282,28 @@ def fitted_quantities(ds: xr.Dataset, fit_accuracy: float) -> tuple[xr.Dataset, 
     return derived, chosen_networks(ds, outcomes.classify(ds, fit_accuracy))
 
 
-def _fit_slice(ds: xr.Dataset, boot: int, seed: int, fit_accuracy: float) -> pd.DataFrame:
+def slice_setting(ds: xr.Dataset) -> tuple[str, str, float] | None:
+    """(parametrization, init, lr width exponent) of the slice `ds` (one
+    parametrization), from its grid; None without a readable grid."""
+    from normsweep import config as config_mod
+
+    try:
+        cfg = config_mod.parse(ds.attrs["config_toml"])
+    except (KeyError, GridError):
+        return None
+    param = str(ds["parametrization"].item()) if "parametrization" in ds.coords \
+        and ds["parametrization"].size == 1 else cfg.model.parametrization
+    return param, cfg.model.init, float(cfg.grid.lr_width_exponent)
+
+
+def _fit_slice(ds: xr.Dataset, fit_accuracy: float) -> pd.DataFrame:
+    from normsweep.analysis import theory
+
     derived, chosen = fitted_quantities(ds, fit_accuracy)
     lr_eff = ds["lr_effective"].transpose("lr", "width").values
+    setting = slice_setting(ds)
+    p = setting[2] if setting else 0.0
     rows = []
-    rng = np.random.default_rng(seed)
     for depth in ds["depth"].values:
         for layer in [-1] + list(range(int(depth))):
             for metric in METRICS:
@@ -268,11 +314,16 @@ def _fit_slice(ds: xr.Dataset, boot: int, seed: int, fit_accuracy: float) -> pd.
                 da = da if layer < 0 else da.sel(layer=layer)
                 values = da.transpose("lr", "width", "seed").values
                 sign = float(np.sign(np.nanmedian(values))) if np.isfinite(values).any() else 0.0
-                fit = fit_power_law(np.abs(values), lr_eff, ds["width"].values, boot=boot, rng=rng)
-                rows.append([metric, layer, int(depth), layer_role(layer, int(depth)),
+                fit = fit_power_law(np.abs(values), lr_eff, ds["width"].values,
+                                    lr_width_exponent=p)
+                role = layer_role(layer, int(depth))
+                th_m = theory.predict(metric, role, *setting, int(depth)) if setting else np.nan
+                rows.append([metric, layer, int(depth), role,
                              fit.a, fit.a_lo, fit.a_hi, fit.b, fit.b_lo, fit.b_hi,
                              fit.prefactor, fit.r2, fit.n, sign, fit.fitted,
-                             int(div.sel(depth=depth).sum()), int(fail.sel(depth=depth).sum())])
+                             int(div.sel(depth=depth).sum()), int(fail.sel(depth=depth).sum()),
+                             fit.c, fit.c_lo, fit.c_hi, fit.n_seeds, th_m,
+                             theory.predict_lr(metric)])
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -286,7 +337,8 @@ def to_dataset(table: pd.DataFrame) -> xr.Dataset:
     ds["layer_role"] = ds["layer_role"].where(ds["layer_role"] != "nan", "")
     ds["fitted"] = ds["fitted"].where(ds["fitted"] != "nan", "")
     ds.attrs["model"] = "metric = prefactor * lr_effective**lr_exponent * width**width_exponent"
-    ds.attrs["interval"] = "95% bootstrap over seeds within each (lr, width) cell"
+    ds.attrs["interval"] = ("95%: pooled estimate ± t(S−1)·sd/√S over the exponents fitted on "
+                            "each of the S seeds alone (seeds are the independent replicates)")
     return ds
 
 
@@ -311,7 +363,8 @@ class Local:
         return bool(np.isfinite(self.p) and self.p < HOMOGENEITY_P)
 
 
-def local_exponents(y: np.ndarray, lr: np.ndarray, width: np.ndarray, along: str) -> Local:
+def local_exponents(y: np.ndarray, lr: np.ndarray, width: np.ndarray, along: str,
+                    lr0: np.ndarray | None = None) -> Local:
     """log y = c_s + e_s·log x within each slice s: along "width" the width
     exponent at each η (x = m), along "lr" the η exponent at each width
     (x = η), with least-squares 95% intervals, and the p-value of the F test
@@ -319,7 +372,9 @@ def local_exponents(y: np.ndarray, lr: np.ndarray, width: np.ndarray, along: str
     that one power law does not describe the sweep: the exponent drifts
     across slices (lazy at small η, larger near the edge of stability), and
     a pooled exponent averages regimes. `y` (n_lr, n_width, n_seed); NaN,
-    ≤ 0 or inf left out; slices with fewer than 3 points or one x skipped."""
+    ≤ 0 or inf left out; slices with fewer than 3 points or one x skipped.
+    `lr0`: the grid's η₀ of each row, which label the slices along "width"
+    (by default the first column of `lr`, the rate at the smallest width)."""
     from scipy import stats
 
     y = np.asarray(y, np.float64)
@@ -329,7 +384,7 @@ def local_exponents(y: np.ndarray, lr: np.ndarray, width: np.ndarray, along: str
         if along == "width" else np.log(lr)
     if along != "width":                       # slices are widths: put them first
         y, x = y.transpose(1, 0, 2), x.T
-    at = list(np.asarray(lr[:, 0] if along == "width" else width))
+    at = list(np.asarray((lr[:, 0] if lr0 is None else lr0) if along == "width" else width))
     ok = np.isfinite(y) & (y > 0)
     logy = np.log(np.where(ok, y, 1.0))
     xs = np.broadcast_to(x[..., None], y.shape)
@@ -379,7 +434,8 @@ def regimes(ds: xr.Dataset, fit_accuracy: float = outcomes.FIT_ACCURACY
     for metric in REGIME_METRICS:
         y = np.abs(derived[metric].where(chosen[metric][0]).sel(depth=depth, layer=layer)
                    .transpose("lr", "width", "seed").values)
-        out.append((metric, depth, layer, local_exponents(y, lr, ds["width"].values, "width"),
+        out.append((metric, depth, layer,
+                    local_exponents(y, lr, ds["width"].values, "width", ds["lr"].values),
                     local_exponents(y, lr, ds["width"].values, "lr")))
     return out
 
@@ -392,7 +448,7 @@ def schedule_gaps(steps: np.ndarray) -> list[str]:
     have = set(int(t) for t in steps)
     gaps = []
     if 1 not in have:
-        gaps.append("first_update_spec (needs step 1 recorded)")
+        gaps.append("first_update_spec and rel_first_step (need step 1 recorded)")
     missing = [t for t in range(1, EARLY_STEPS + 1) if t not in have]
     if missing:
         gaps.append(f"early_update_norm (averages {EARLY_STEPS - len(missing)} of steps "

@@ -27,13 +27,13 @@ from normsweep.analysis.figures import (fig_balance, fig_comparison, fig_coordin
                                         fig_identity, fig_init, fig_jacobian, fig_margin,
                                         fig_ntk, fig_scaling, fig_sharpness, fig_spectrum,
                                         fig_stability, fig_trajectories)
-from normsweep.analysis.tables import (balance, ci, coordinate_lr, coordinate_slopes, fmt,
+from normsweep.analysis.tables import (balance, ci, coordinate_lr, coordinate_slopes,
+                                       first_step_terms, fmt,
                                        identity_check, init_table, jacobian_table,
                                        layer_multipliers, local_width_slopes, norm_growth,
                                        ntk_change, separated_at, sharpness_table, spectra_table,
                                        spectrum_layer, stability_against_sharpness,
                                        stable_ranks, well_trained_table)
-from normsweep.analysis.theory import FIRST_STEP, PREDICTIONS
 from normsweep.errors import GridError, RunError
 
 PARAMETRIZATION_NAMES = {"standard": "the standard parametrization",
@@ -56,8 +56,7 @@ def _md(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes.FIT_ACCURACY,
-            seed: int = 0) -> Analysis:
+def analyze(root: str | Path, *, fit_accuracy: float = outcomes.FIT_ACCURACY) -> Analysis:
     """Fits, figures and report.md for the results folder `root`."""
     root = Path(root)
     sweep = store.open_sweep(root, partial=True)      # warns what is missing
@@ -85,7 +84,7 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
     full_outcome = outcomes.classify(full, fit_accuracy)
     outcome = full_outcome.sel(ref_labels) if ref_labels else full_outcome
     keep = outcomes.usable(outcome)
-    full_table = fits.fit_sweep(full, boot=boot, seed=seed, fit_accuracy=fit_accuracy)
+    full_table = fits.fit_sweep(full, fit_accuracy=fit_accuracy)
     table = full_table
     for name, value in ref_labels.items():
         table = table[table[name] == value]
@@ -121,7 +120,7 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
         text += "\n".join(_comparison_section(full, full_table, ref_labels))
         figures.append(fig_comparison(full, out))
     if "ntk_max_eig" in full:
-        text += "\n".join(_ntk_section(full, full_outcome, cfg, boot, seed))
+        text += "\n".join(_ntk_section(full, full_outcome, cfg))
         figures.append(fig_ntk(full, full_outcome, out))
     full_keep = outcomes.usable(full_outcome)
     lr = coordinate_lr(full, full_keep)
@@ -129,6 +128,8 @@ def analyze(root: str | Path, *, boot: int = 400, fit_accuracy: float = outcomes
     if coords is not None:
         text += "\n".join(coordinate_section(coords, lr))
         figures.append(fig_coordinates(full, full_keep, lr, out))
+    elif "activation_change" in full and full.sizes["width"] > 1:
+        text += "\n".join(no_coordinate_section(full, full_outcome))
     store.write_text(out / "report.md", number_sections(text))
     return Analysis(full_table, out / "report.md", figures)
 
@@ -223,8 +224,12 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
     if jac is not None:
         output = ("softmax output F: the bound is ½Π_l‖W_l‖₂, as ‖diag(s) − ssᵀ‖₂ ≤ ½"
                   if cfg.model.output == "softmax" else
-                  "the logits: the bound is Π_l‖W_l‖₂, and at He init E‖J‖_F² ≈ 2k, so "
-                  "‖J‖_F ≈ √(2k)")
+                  "the logits: the bound is Π_l‖W_l‖₂")
+        output += (". The theory column is E‖J‖_F at init for this parametrization, "
+                   "d·Π_l s_l²·fan_out_l·2^−(L−1) under the square root (half the units of a "
+                   "ReLU layer pass; √(2k) for the logits under He init, k√(2/m) under μP)"
+                   + (", times √((k − 1)/k³) for the softmax at small logits"
+                      if cfg.model.output == "softmax" else ""))
         lines += [heading("jacobian", "The input–output Jacobian"), "",
                   "The mean over the data of ‖∂F(x_i)/∂x_i‖ (the question's motivation: how "
                   f"the weight norms bound the network's sensitivity), for the {output}. "
@@ -241,6 +246,17 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
     else:
         lines += ["No consecutive recorded steps (or no grad_dot_weight): record with "
                   "steps = \"log\" or \"all\" to check the per-step identity.", ""]
+    terms = first_step_terms(ds, cfg)
+    if terms is not None:
+        lines += ["**The first step, in closed form.** Every layer's ⟨W_l, ∇L⟩ equals "
+                  "Σ_i⟨∂ℓ/∂z_i, z_i⟩ (Euler), whose expectation at init has a closed form for "
+                  "random one-hot targets: n·k·σ² for a linear output, n(k − 1)σ²/k² for "
+                  "softmax with ½‖s − y‖², n(k − 1)σ²/k for cross-entropy, σ² the logits' "
+                  "variance at init (leading order in σ² for the softmax losses). So at the "
+                  "first step every layer's ‖W_l‖_F² falls by the same 2η·c_l·(closed form), "
+                  "plus the η² term η²c_l²‖∇_l L‖², which differs by layer (Du, Hu & Lee "
+                  "2018). Measured at init over seeds, at the deepest depth:", "",
+                  _md(terms), ""]
     upd = table[table.metric == "early_update_norm"]
     if len(upd):
         lines += [f"The expected change per iteration, mean ‖W(t) − W(t−1)‖_F over steps "
@@ -298,8 +314,10 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
                   _md(sharpness_table(ds, outcome)), "", "![sharpness](sharpness.png)", ""]
     lines += [heading("scaling", "Scaling laws"), "",
               "metric ≈ C·η^a·m^b, least squares in log space over the networks that fit or are "
-              "still training (diverged and failed ones are left out and counted), 95% intervals "
-              "from a bootstrap over seeds within each (η, m) cell.", ""]
+              "still training (diverged and failed ones are left out and counted). The 95% "
+              "intervals treat seeds as the independent replicates: one seed fixes W(0) at "
+              "every η, so the law is refitted on each seed's networks alone and the interval "
+              "is the pooled estimate ± t·sd/√S over the S seeds (column `S`).", ""]
     main = table[table.metric.isin(["rel_frob_dist", "rel_spec_dist", "rel_frob_change",
                                     "rel_spec_change"])]
     lines += [_md(_exponents(main)), ""]
@@ -412,6 +430,19 @@ def coordinate_section(coords: pd.DataFrame, lr: float) -> list[str]:
             "![coordinates](coordinates.png)", ""]
 
 
+def no_coordinate_section(ds: xr.Dataset, outcome: xr.DataArray) -> list[str]:
+    """Why a sweep that recorded the coordinate check shows none: no η₀ at
+    which every network of the deepest depth fits or still trains."""
+    depth = int(ds["depth"].max())
+    counts = outcomes.counts(outcome.sel(depth=depth))
+    said = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
+    return [heading("coordinates", "Coordinate check"), "",
+            f"The sweep recorded the coordinate check (`activation_change`), but at no η₀ does "
+            f"every network of depth {depth} fit or still train ({said}), so no width exponent "
+            "is shown: a failed or diverged network's activations say nothing about how a "
+            "coordinate scales. Add smaller learning rates to the grid to see it.", ""]
+
+
 def balance_section(moved: dict, param: str, wd: float) -> list[str]:
     """The signed change of each layer's norm from init to the end, and the
     balance the exact per-step identity implies (`tables.balance`)."""
@@ -431,8 +462,12 @@ def balance_section(moved: dict, param: str, wd: float) -> list[str]:
             f"and Δ‖W_l‖_F²/c_l{factor} (medians).", "",
             _md(moved["table"]), "",
             f"{expect}. Per network, the spread of Δ‖W_l‖_F²/c_l across layers (max − min over "
-            f"the largest), median by learning rate: {spread}. Equal squared changes make the "
-            f"smallest layer grow most in relative terms: here layer {moved['grows_most']}.", "",
+            f"the largest), median by learning rate: {spread}. Equal squared changes move the "
+            f"layer of smallest norm most in relative terms (here layer "
+            f"{moved['smallest_at_init']}); the largest relative move, either way, is layer "
+            f"{moved['moves_most']}'s, which "
+            f"{'grew' if moved['moves_most_change'] > 0 else 'shrank'} by "
+            f"{abs(moved['moves_most_change']):.1%} (median).", "",
             "![balance](balance.png)", ""]
 
 
@@ -493,19 +528,21 @@ def regime_section(ds, table: pd.DataFrame, fit_accuracy: float) -> list[str]:
 
 
 def first_step_prose(table: pd.DataFrame, param: str, p: float) -> list[str]:
-    """The hidden layers' first-step width exponent beside its prediction for
-    this parametrization and η scaling (`FIRST_STEP`), when both exist."""
+    """The hidden layers' first-step width exponent beside its prediction
+    (the table's `theory_width_exponent`), when both exist."""
     first = table[(table.metric == "first_update_spec") & (table.layer_role == "hidden")]
-    first = first[np.isfinite(first.width_exponent)]
-    if not len(first) or (param, p) not in FIRST_STEP:
+    first = first[np.isfinite(first.width_exponent_at_lr0)
+                  & np.isfinite(first.theory_width_exponent)]
+    if not len(first):
         return []
-    pred = FIRST_STEP[(param, p)]
-    found = "; ".join(f"depth {r.depth} layer {r.layer}: {r.width_exponent:+.2f} "
-                      f"[{r.width_exponent_lo:+.2f}, {r.width_exponent_hi:+.2f}]"
+    pred = first.theory_width_exponent.iloc[0]
+    found = "; ".join(f"depth {r.depth} layer {r.layer}: "
+                      f"{ci(r.width_exponent_at_lr0, r.width_exponent_at_lr0_lo, r.width_exponent_at_lr0_hi)}"
                       for _, r in first.iterrows())
-    return [f"The first step's spectral size ‖W(1) − W(0)‖₂ of a hidden layer against width: "
-            f"{found}. Prediction for {PARAMETRIZATION_NAMES[param]} at width_exponent = "
-            f"{p:g}: {pred:+.1f} (Yang, Simon & Bernstein 2023).", ""]
+    return [f"The first step's spectral size ‖W(1) − W(0)‖₂ of a hidden layer against width "
+            f"at fixed η₀: {found}. Prediction for {PARAMETRIZATION_NAMES[param]} at "
+            f"width_exponent = {p:g}: {pred:+.1f} (one step ‖ΔW‖₂ = η·c_l·‖∇L‖₂; Yang, Simon & "
+            "Bernstein 2023).", ""]
 
 
 def identity_prose(check: dict, param: str) -> list[str]:
@@ -537,62 +574,86 @@ def identity_prose(check: dict, param: str) -> list[str]:
 
 
 def _exponents(t: pd.DataFrame) -> pd.DataFrame:
-    def ci(v, lo, hi):
-        return "–" if not np.isfinite(v) else f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]"
-    return pd.DataFrame({
-        "metric": t.metric, "depth": t.depth, "layer": [f"{l} ({r})" for l, r in zip(t.layer, t.layer_role)],
+    """The fit rows `t` as the report's table: the exponents, the width
+    exponent at fixed η₀ where η scales with width, the prediction, and the
+    sample (n networks, S independent seeds)."""
+    scaled = bool(np.any(np.abs(t.width_exponent_at_lr0 - t.width_exponent) > 1e-12))
+    out = pd.DataFrame({
+        "metric": t.metric, "depth": t.depth,
+        "layer": [f"{l} ({r})" for l, r in zip(t.layer, t.layer_role)],
         "sign": [{1.0: "+", -1.0: "−"}.get(s, "0") for s in t.sign],
         "η exponent a": [ci(*v) for v in zip(t.lr_exponent, t.lr_exponent_lo, t.lr_exponent_hi)],
         "width exponent b": [ci(*v) for v in zip(t.width_exponent, t.width_exponent_lo,
-                                                 t.width_exponent_hi)],
-        "r²": [fmt(v, 2) for v in t.r2], "n": t.n})
+                                                 t.width_exponent_hi)]})
+    if scaled:
+        out["at fixed η₀ (b + p·a)"] = [ci(*v) for v in zip(
+            t.width_exponent_at_lr0, t.width_exponent_at_lr0_lo, t.width_exponent_at_lr0_hi)]
+    out["theory"] = [f"{v:+.1f}" if np.isfinite(v) else "–" for v in t.theory_width_exponent]
+    out["r²"] = [fmt(v, 2) for v in t.r2]
+    out["n"] = t.n
+    out["S"] = t.n_seeds
+    return out
+
+
+THEORY_METRICS = ("rel_frob_dist", "rel_spec_dist", "rel_param_dist", "rel_first_step",
+                  "first_update_spec")
+
+
+def verdict(value: float, lo: float, hi: float, predicted: float) -> str:
+    """Whether `predicted` lies in the interval [lo, hi] of `value`."""
+    if not np.isfinite(value):
+        return "–"
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "no interval (one seed)"
+    return "yes" if lo <= predicted <= hi else "no"
 
 
 def lazy_section(table: pd.DataFrame, cfg, param: str = "standard") -> list[str]:
-    """The measured width exponents of the relative distance from init beside
-    the predictions for this sweep's parametrization and η scaling
-    (`PREDICTIONS`); a sentence, and no numbers, where there are none."""
+    """The measured width exponents at fixed η₀ beside the table's
+    `theory_width_exponent` (`theory.predict`, for this sweep's
+    parametrization, η scaling and depth), each with its verdict; for a
+    standard sweep at fixed η, whose end-of-training laws are not predicted,
+    the fitted joint law followed along η ∝ 1/m beside the lazy prediction."""
+    from normsweep.analysis import theory
+
     p = float(cfg.grid.lr_width_exponent)
     name = PARAMETRIZATION_NAMES[param]
-    matched = (param, p) in PREDICTIONS     # else: standard's lazy law, extrapolated along η ∝ 1/m
-    if matched:
-        regime, predictions = PREDICTIONS[(param, p)]
-    elif param == "standard":
-        regime, predictions = PREDICTIONS[("standard", -1.0)]
-    else:
-        return [f"No width-exponent predictions are shown for {name} with "
-                f"width_exponent = {p:g}: the lazy (NTK) and μP predictions hold for "
-                "width_exponent = 0 under that parametrization.", ""]
     rows = []
-    for (metric, role), pred in predictions.items():
-        sel = table[(table.metric == metric) & (table.layer_role == role)]
+    for metric in THEORY_METRICS:
+        sel = table[(table.metric == metric) & np.isfinite(table.theory_width_exponent)]
         for _, r in sel.iterrows():
-            b, lo, hi = r.width_exponent, r.width_exponent_lo, r.width_exponent_hi
-            # with η = η₀·m^p the exponent at fixed η₀ is b + p·a
-            if p and np.isfinite(r.lr_exponent):
-                b, lo, hi = b + p * r.lr_exponent, lo + p * r.lr_exponent, hi + p * r.lr_exponent
-            row = {"metric": metric, "depth": r.depth, "layer": f"{r.layer} ({role})",
-                   "measured m-exponent": f"{b:+.2f} [{lo:+.2f}, {hi:+.2f}]"
-                   if np.isfinite(b) else "–"}
-            if not matched:
-                # the fitted joint law C·η^a·m^b, followed along η = η₀/m
-                row["implied under η ∝ 1/m (b − a)"] = fmt(r.width_exponent - r.lr_exponent, 2)
-            row["prediction"] = f"{pred:+.1f}"
-            if matched:
-                row["within interval"] = "yes" if np.isfinite(b) and lo <= pred <= hi else "no"
-            rows.append(row)
-    if matched:
-        head = (f"This sweep used {name} with width_exponent = {p:g}: the setting of "
-                f"{regime}. The width exponent of the relative distance from init at fixed η₀ "
-                "(b + p·a) against its predictions:")
-    else:
-        head = (f"The lazy-training predictions for {name} hold for η ∝ 1/m (width_exponent "
-                f"= −1); this sweep used width_exponent = {p:g}, so the measured exponent "
-                "(at fixed η) is not comparable with them. The column b − a follows the fitted "
-                "joint law along η ∝ 1/m: an extrapolation (a point estimate, valid only as far "
-                "as the law holds jointly), not a measurement; sweep with width_exponent = −1 "
-                "to test the predictions directly:")
-    return [head, "", _md(pd.DataFrame(rows)), ""] if rows else []
+            c, lo, hi = r.width_exponent_at_lr0, r.width_exponent_at_lr0_lo, \
+                r.width_exponent_at_lr0_hi
+            rows.append({"metric": metric, "depth": r.depth, "layer": f"{r.layer} ({r.layer_role})",
+                         "measured m-exponent": ci(c, lo, hi),
+                         "prediction": f"{r.theory_width_exponent:+.1f}",
+                         "within interval": verdict(c, lo, hi, r.theory_width_exponent)})
+    head = (f"This sweep used {name} with width_exponent = {p:g}: "
+            f"{theory.regime(param, cfg.model.init, p)}. The width exponent at fixed η₀ "
+            "(b + p·a) against the prediction derived for this parametrization, η scaling and "
+            "depth (`theory.predict`; the columns `width_exponent_at_lr0` and "
+            "`theory_width_exponent` of fits.csv):")
+    out = [head, "", _md(pd.DataFrame(rows)), ""] if rows else \
+        [head.rsplit(". ", 1)[0] + ". No prediction applies to the fitted metrics.", ""]
+    if param == "standard" and not theory.width_exponents(param, cfg.model.init, p, 3).stable:
+        lazy = []
+        for metric in ("rel_frob_dist", "rel_spec_dist", "rel_param_dist"):
+            for _, r in table[table.metric == metric].iterrows():
+                pred = theory.predict(metric, r.layer_role, param, cfg.model.init, -1.0,
+                                      int(r.depth))
+                if np.isfinite(pred) and np.isfinite(r.lr_exponent):
+                    lazy.append({"metric": metric, "depth": r.depth,
+                                 "layer": f"{r.layer} ({r.layer_role})",
+                                 "implied under η ∝ 1/m (b − a)":
+                                     fmt(r.width_exponent - r.lr_exponent, 2),
+                                 "lazy prediction": f"{pred:+.1f}"})
+        if lazy:
+            out += ["The lazy-training laws hold for η ∝ 1/m (width_exponent = −1). The "
+                    "column b − a follows the fitted joint law C·η^a·m^b along η ∝ 1/m: an "
+                    "extrapolation (a point estimate, valid only as far as the law holds "
+                    "jointly), not a measurement; sweep with width_exponent = −1 to test them "
+                    "directly:", "", _md(pd.DataFrame(lazy)), ""]
+    return out
 
 
 # -- parametrizations, weight decay and the NTK --------------------------------
@@ -631,10 +692,10 @@ def _comparison_section(ds: xr.Dataset, table: pd.DataFrame, ref_labels: dict) -
                 parts.append(f"{name} {b.min():+.2f}" if b.min() == b.max() else
                              f"{name} {b.min():+.2f}…{b.max():+.2f}")
         if parts:
-            p = float(ds.attrs.get("lr_width_exponent", 0.0))
-            theory_parts = [f"{name} {FIRST_STEP[(name, p)]:+.1f}"
-                            for name in hidden.parametrization.unique()
-                            if (name, p) in FIRST_STEP]
+            p = float(config_mod.parse(ds.attrs["config_toml"]).grid.lr_width_exponent)
+            theory_parts = [f"{name} {g.theory_width_exponent.dropna().iloc[0]:+.1f}"
+                            for name, g in hidden.groupby("parametrization", sort=False)
+                            if g.theory_width_exponent.notna().any()]
             mup = ("The width exponent of a hidden layer's first step ‖W(1) − W(0)‖₂, over "
                    "its depths, weight decays and fits: " + "; ".join(parts) + ". "
                    + (f"Theory at width_exponent = {p:g} (Yang, Simon & Bernstein 2023; μP's "
@@ -644,13 +705,12 @@ def _comparison_section(ds: xr.Dataset, table: pd.DataFrame, ref_labels: dict) -
     return ["", heading("compare", "Parametrizations and weight decay side by side"), "",
             f"Sections {ref('init')}–{ref('regimes')} describe the slice "
             f"{fits.slice_name(ref_labels)}. Width exponents b "
-            "of metric ≈ C·η^a·m^b per slice (95% bootstrap intervals); the η exponents and "
+            "of metric ≈ C·η^a·m^b per slice (95% intervals over seeds); the η exponents and "
             "prefactors are in fits.csv.", "", _md(pd.DataFrame(rows)), "", mup, "",
             "![comparison](parametrizations.png)", ""]
 
 
-def _ntk_section(ds: xr.Dataset, outcome: xr.DataArray, cfg, boot: int,
-                 seed: int) -> list[str]:
+def _ntk_section(ds: xr.Dataset, outcome: xr.DataArray, cfg) -> list[str]:
     rows = []
     lr_eff = ds["lr_effective"].transpose("lr", "width").values
     keep = outcomes.usable(outcome)
@@ -659,7 +719,7 @@ def _ntk_section(ds: xr.Dataset, outcome: xr.DataArray, cfg, boot: int,
             for name, label in (("ntk_max_eig", "λ_max"), ("ntk_min_eig", "λ_min")):
                 y = ntk_change(ds, name).where(keep).sel(lab).sel(depth=depth)
                 fit = fits.fit_power_law(y.transpose("lr", "width", "seed").values, lr_eff,
-                                         ds["width"].values, boot=boot, rng=seed)
+                                         ds["width"].values)
                 lam0 = ds[name].isel(step=0).sel(lab).sel(depth=depth)
                 rows.append({"slice": fits.slice_name(lab), "depth": int(depth),
                              "eigenvalue": label,

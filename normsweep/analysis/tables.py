@@ -10,7 +10,7 @@ import pandas as pd
 import xarray as xr
 
 from normsweep import config as config_mod
-from normsweep import model
+from normsweep import parametrization as param_maths
 from normsweep.analysis import outcomes, theory
 
 
@@ -20,8 +20,18 @@ def fmt(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
+def slice_parametrization(ds: xr.Dataset, cfg: config_mod.Config) -> str:
+    """The parametrization of the slice `ds`: its own coordinate where the
+    sweep has that axis (and `ds` one value of it), else the grid's."""
+    if "parametrization" in ds.coords and ds["parametrization"].size == 1:
+        return str(ds["parametrization"].item())
+    return cfg.model.parametrization
+
+
 def init_table(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame:
-    """Measured mean ± sd of ‖W_l(0)‖ per layer shape against theory."""
+    """Measured mean ± sd of ‖W_l(0)‖ per layer shape against theory, for
+    the init of the slice's parametrization (μP sets its own)."""
+    param = slice_parametrization(ds, cfg)
     rows = []
     first = ds.isel(step=0, lr=0)
     for width in ds["width"].values:
@@ -41,7 +51,7 @@ def init_table(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame:
                 continue
             p = cfg.data.d if role == "input" else int(width)
             q = cfg.data.k if role == "readout" else int(width)
-            s2 = theory.init_variance(cfg.model.init, p, int(width))
+            s2 = theory.init_variance(cfg.model.init, p, int(width), param, q)
             f_th, s_edge, s_fin = (theory.frobenius(p, q, s2), theory.spectral_edge(p, q, s2),
                                    theory.spectral_finite(p, q, s2))
             f_m, s_m = pairs[:, 0], pairs[:, 1]
@@ -66,7 +76,8 @@ def layer_multipliers(ds: xr.Dataset, cfg, parametrization: str) -> xr.DataArray
     for i, m in enumerate(ds["width"].values):
         for j, L in enumerate(ds["depth"].values):
             dims = (cfg.data.d,) + (int(m),) * (int(L) - 1) + (cfg.data.k,)
-            out.values[i, j, :int(L)] = model.lr_multipliers(parametrization, cfg.model.init, dims)
+            out.values[i, j, :int(L)] = param_maths.lr_multipliers(
+                parametrization, cfg.model.init, dims)
     return out
 
 
@@ -109,6 +120,46 @@ def identity_check(ds: xr.Dataset, mult: xr.DataArray | float = 1.0,
         "measured": measured, "predicted": predicted,
         "max_step": int(steps[consecutive[-1] + 1]),
     }
+
+
+def first_step_terms(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame | None:
+    """The two terms of the first step's Δ‖W_l‖_F² = −2η·c_l⟨W_l, ∇L⟩ +
+    η²c_l²‖∇_l L‖² at init, per width and layer of the deepest networks:
+    ⟨W_l, ∇L⟩ measured (mean ± sd over seeds; W(0) is the same at every η)
+    beside its closed form `theory.first_order_init` (the same for every
+    layer), ‖∇_l L‖_F² measured (the η² coefficient), and at the smallest η
+    the measured Δ‖W_l‖_F² of step 1 beside the sum of the two terms with the
+    closed-form first one. None without grad_dot_weight or step 1."""
+    steps = ds["step"].values
+    if "grad_dot_weight" not in ds or 1 not in steps or steps[0] != 0:
+        return None
+    param = slice_parametrization(ds, cfg)
+    depth = int(ds["depth"].values[-1])
+    rows = []
+    for width in ds["width"].values:
+        cell = ds.sel(width=width, depth=depth)
+        dims = (cfg.data.d,) + (int(width),) * (depth - 1) + (cfg.data.k,)
+        mult = param_maths.lr_multipliers(param, cfg.model.init, dims)
+        closed = theory.first_order_init(cfg.train.loss, cfg.model.output, param,
+                                         cfg.model.init, dims, cfg.data.n)
+        init = cell.isel(step=0, lr=0)
+        eta = float(cell["lr_effective"].isel(lr=0))
+        for layer, role in roles(depth):
+            at = init.sel(layer=layer)
+            gdw, g2 = at["grad_dot_weight"].values, at["grad_norm"].values ** 2
+            c = mult[layer]
+            f0 = cell["frob_norm"].isel(lr=0).sel(layer=layer)
+            moved = (f0.sel(step=1) ** 2 - f0.sel(step=0) ** 2).values
+            rows.append({
+                "width": int(width), "layer": f"{layer} ({role})",
+                "⟨W_l, ∇L⟩ measured": f"{fmt(gdw.mean())} ± {fmt(gdw.std(ddof=1), 2)}"
+                if len(gdw) > 1 else fmt(gdw.mean()),
+                "closed form": fmt(closed),
+                "‖∇_l L‖_F² measured": fmt(g2.mean()),
+                f"Δ‖W_l‖_F², step 1, η = {eta:.3g}": fmt(moved.mean()),
+                "−2ηc·closed + η²c²‖∇‖²": fmt(-2 * eta * c * closed + (eta * c) ** 2 * g2.mean()),
+            })
+    return pd.DataFrame(rows)
 
 
 def last_measured(da: xr.DataArray) -> xr.DataArray:
@@ -193,7 +244,11 @@ def ntk_change(ds: xr.Dataset, name: str = "ntk_max_eig") -> xr.DataArray:
 
 
 def ci(v, lo, hi) -> str:
-    return "–" if not np.isfinite(v) else f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+    """An estimate and its interval; the estimate alone where there is none."""
+    if not np.isfinite(v):
+        return "–"
+    return f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) and np.isfinite(hi) \
+        else f"{v:+.2f} (no interval)"
 
 
 def balance(ds: xr.Dataset, mult: xr.DataArray | float, keep: xr.DataArray) -> dict:
@@ -231,7 +286,13 @@ def balance(ds: xr.Dataset, mult: xr.DataArray | float, keep: xr.DataArray) -> d
             "spread_by_lr": {float(lr): float(v) for lr, v in zip(by_lr["lr"].values, by_lr.values)},
             "spread_median": float(spread.median()), "spread_p90": float(spread.quantile(0.9)),
             "networks": int(np.isfinite(spread.values).sum()),
-            "grows_most": int(rel.fillna(-np.inf).argmax("layer")),
+            # the largest relative move, either way (a signed argmax would name the
+            # layer that shrank least), and the layer of smallest norm at init
+            "moves_most": int(np.abs(rel).fillna(-np.inf).argmax("layer")),
+            "moves_most_change": float(rel.isel(layer=int(np.abs(rel).fillna(-np.inf)
+                                                          .argmax("layer")))),
+            "smallest_at_init": int(f0.where(layers).median(
+                [d for d in f0.dims if d != "layer"]).fillna(np.inf).argmin("layer")),
             "moved": moved}
 
 
@@ -300,12 +361,13 @@ def jacobian_table(ds: xr.Dataset, cfg: config_mod.Config,
     softmax saturated by a failed network has ‖J‖ → 0) beside
     what bounds or predicts them: ‖J‖₂ ≤ Π_l ‖W_l‖₂ for the logits (ReLU
     masks have norm ≤ 1), half that for a softmax output (‖diag(s) − ssᵀ‖₂
-    ≤ ½); and for the logits at He init E‖J‖_F² ≈ 2k (each layer keeps the
-    squared norm, the readout maps it to 2k/m per unit), so ‖J‖_F ≈ √(2k).
+    ≤ ½); and E‖J‖_F at init for the slice's parametrization
+    (`theory.jacobian_frob_init`: √(2k) for the logits under He init).
     None when the sweep did not record the Jacobian."""
     if "jacobian_frob_norm" not in ds:
         return None
     softmax = cfg.model.output == "softmax"
+    param = slice_parametrization(ds, cfg)
     rows = []
     for width in ds["width"].values:
         for depth in ds["depth"].values:
@@ -324,8 +386,9 @@ def jacobian_table(ds: xr.Dataset, cfg: config_mod.Config,
                    "‖J‖_F at end": fmt(float(frob.median())),
                    "‖J‖₂ at end": fmt(float(spec.median())),
                    "bound at end": fmt(float(b_end.median()))}
-            if not softmax:
-                row["√(2k)"] = fmt((2 * cfg.data.k) ** 0.5)
+            dims = (cfg.data.d,) + (int(width),) * (int(depth) - 1) + (cfg.data.k,)
+            row["theory ‖J‖_F at init"] = fmt(theory.jacobian_frob_init(
+                param, cfg.model.init, dims, softmax))
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -521,7 +584,7 @@ def coordinate_slopes(ds: xr.Dataset, keep: xr.DataArray, lr: float, cfg,
     `steps` measured steps, the width exponent of mean |a_l(t) − a_l(0)|
     (least squares over widths of the median over seeds), per
     parametrization and layer of the deepest networks, beside the
-    prediction (`theory.COORDINATES`). None without `activation_change` or
+    prediction (`theory.predict`'s "coordinate"). None without `activation_change` or
     with fewer than 2 widths."""
     if "activation_change" not in ds or ds.sizes["width"] < 2:
         return None
@@ -534,7 +597,6 @@ def coordinate_slopes(ds: xr.Dataset, keep: xr.DataArray, lr: float, cfg,
     rows = []
     for param in params:
         cell = da.sel(parametrization=param) if "parametrization" in da.dims else da
-        predicted = theory.COORDINATES.get((str(param), float(cfg.grid.lr_width_exponent)), {})
         others = [d for d in cell.dims if d not in ("width", "step", "layer")]
         for layer, role in roles(depth):
             row = {"parametrization": str(param), "layer": f"{layer} ({role})"}
@@ -543,6 +605,8 @@ def coordinate_slopes(ds: xr.Dataset, keep: xr.DataArray, lr: float, cfg,
                 ok = np.isfinite(med) & (med > 0)
                 row[f"step {t}"] = (f"{np.polyfit(logm[ok], np.log(med[ok]), 1)[0]:+.2f}"
                                     if ok.sum() >= 2 else "–")
-            row["predicted"] = f"{predicted[role]:+.1f}" if role in predicted else "–"
+            predicted = theory.predict("coordinate", role, str(param), cfg.model.init,
+                                       float(cfg.grid.lr_width_exponent), depth)
+            row["predicted"] = f"{predicted:+.1f}" if np.isfinite(predicted) else "–"
             rows.append(row)
     return pd.DataFrame(rows)
