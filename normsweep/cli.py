@@ -286,10 +286,12 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
                              quiet, overrides, only)
     if dry_run:
         try:
-            print_preview(grid, config, launch_mod.preview(config, root, budget_bytes=budget),
-                          command)
+            print_preview(grid, config, launch_mod.preview(config, root, budget_bytes=budget,
+                                                           only=selections), command)
         except GridError as err:
             raise fail_usage(err) from None
+        except RunError as err:
+            raise click.ClickException(str(err)) from None
         return
     progress = Progress(TextColumn("{task.description}"), BarColumn(),
                         TaskProgressColumn(), TimeElapsedColumn(), TextColumn("left"),
@@ -314,8 +316,9 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
                    f"run the same command again to resume", err=True)
         end_launch(130)
     click.echo(f"{summary.cohorts} cohorts ({len(summary.trained)} trained, "
-               f"{len(summary.skipped)} already done), {summary.networks} networks, "
-               f"{summary.diverged} diverged, {summary.seconds:.1f} s")
+               f"{len(summary.skipped)} already done), {summary.networks} networks "
+               f"({summary.new} new, {summary.kept} kept), {summary.diverged} diverged, "
+               f"{summary.seconds:.1f} s")
     if summary.left:
         click.echo(f"{len(summary.left)} cohorts still to do ({', '.join(summary.left)}); "
                    f"sweep.nc is written when they are done")
@@ -405,19 +408,21 @@ def print_preview(grid: Path, config, p, command: str) -> None:
     from normsweep.store import size_text
 
     console = Console()
-    table = Table("cohort", "networks", "chunks", "networks per chunk", "memory per chunk",
+    table = Table("cohort", "networks", "new", "kept", "chunks × networks", "memory per chunk",
                   title=escape(f"{config.name}: dry run, nothing written"))
     for row in p.cohorts:
-        table.add_row(row["name"] + (" (on disk)" if row["name"] in p.done else ""),
-                      str(row["networks"]), str(row["chunks"]), str(row["per_chunk"]),
-                      size_text(row["memory"]))
+        table.add_row(row["name"], str(row["networks"]),
+                      str(row["new"]) if row["selected"] else "– (--only)", str(row["kept"]),
+                      f"{row['chunks']} × {row['per_chunk']}", size_text(row["memory"]))
     console.print(table)
     rate = launch_mod.matmul_rate()
     seconds = launch_mod.estimate_seconds(p, rate)
-    left = len(p.cohorts) - len(p.done)
+    left = sum(1 for row in p.cohorts if row["new"] > 0)
+    new = sum(row["new"] for row in p.cohorts)
+    kept = sum(row["kept"] for row in p.cohorts if row["selected"])
     console.print(escape(
-        f"{len(p.cohorts)} cohorts ({len(p.done)} already in {p.root}), {p.networks} networks, "
-        f"{p.steps} steps each, {p.records} recorded steps\n"
+        f"{len(p.cohorts)} cohorts ({len(p.done)} already in {p.root}), {p.networks} networks "
+        f"({new} new, {kept} kept), {p.steps} steps each, {p.records} recorded steps\n"
         f"memory: about {size_text(p.memory_bytes)} for the largest chunk, budget "
         f"{size_text(p.budget_bytes)}\n"
         f"disk: about {size_text(p.disk_bytes)} to write\n"

@@ -44,6 +44,8 @@ class Summary:
     diverged: int
     seconds: float
     left: list[str] = dataclasses.field(default_factory=list)   # not done (`only`): no sweep.nc
+    new: int = 0            # networks this launch trained
+    kept: int = 0           # networks of the selected cohorts already on disk
 
 
 class Reporter:
@@ -251,7 +253,10 @@ def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
 class Preview:
     """What a launch of `config` into `root` would do (`preview`): nothing is
     written. `train_flop` counts 6·n·P per network-step (forward and
-    backward); `done` are cohorts whose files are already in `root`."""
+    backward), for the networks still to train; `done` are cohorts whose
+    files already hold every network; each cohort's row says how many of its
+    networks are `kept` (on disk) and `new` (to train; 0 where `only` leaves
+    it out, `selected` False)."""
     root: Path
     cohorts: list[dict]     # per cohort: name, networks, chunks, networks per chunk, memory
     networks: int
@@ -264,11 +269,31 @@ class Preview:
     train_flop: float
 
 
-def preview(config: Config, root: Path, *, budget_bytes: int | None = None) -> Preview:
+def kept_networks(config: Config, root: Path, cohort: plan.Cohort) -> int:
+    """How many of `cohort`'s networks are already on disk in `root`: all of
+    them when its file holds this grid's (`store.holds`), those of an earlier
+    grid this one extends, else none (a damaged file is recomputed whole)."""
+    path = store.cohort_path(root, cohort)
+    attrs = store.cohort_attrs(path)
+    if attrs is None:
+        return 0
+    if store.holds(config, attrs):
+        return cohort.size
+    try:
+        held = work.held_members(config, cohort, path)
+    except RunError:
+        return 0
+    return 0 if held is None else int(np.isfinite(held[2]).sum())
+
+
+def preview(config: Config, root: Path, *, budget_bytes: int | None = None,
+            only: list[dict[str, int]] | None = None) -> Preview:
     """The plan of a launch, with its estimates, refused as the launch would
-    refuse it (folder, memory); reads `root` and writes nothing."""
+    refuse it (folder, settings and axes against the folder's grid, memory,
+    disk); reads `root` and writes nothing. `only` as `launch`'s: the
+    cohorts it leaves out are listed as not selected and cost nothing."""
     root = Path(root)
-    precheck_folder(root)
+    check_folder(config, root)
     budget = budget_bytes or default_budget()
     cohorts = plan.cohorts(config)
     n_records = plan.record_count(config.train.steps, config.record.steps,
@@ -277,19 +302,23 @@ def preview(config: Config, root: Path, *, budget_bytes: int | None = None) -> P
     rows, flop = [], 0.0
     for c in cohorts:
         chunks = plan.chunking(config, c, n_records, budget)
+        kept = kept_networks(config, root, c)
+        chosen = selected(c, only)
         rows.append({"name": c.name, "networks": c.size, "chunks": chunks.count,
                      "per_chunk": chunks.size,
-                     "memory": chunks.size * plan.member_bytes(config, c, n_records)})
-        flop += plan.train_flop(config, c)
+                     "memory": chunks.size * plan.member_bytes(config, c, n_records),
+                     "kept": kept, "new": c.size - kept if chosen else 0, "selected": chosen})
+        if chosen and kept < c.size:        # the time estimate weighs the new networks
+            flop += plan.train_flop(config, c) * (c.size - kept) / c.size
     # done: a file that holds every network of this grid (`store.holds`); a
     # file of an earlier grid this one extends still has networks to train
-    done = [c.name for c in cohorts
-            if (attrs := store.cohort_attrs(store.cohort_path(root, c))) is not None
-            and store.holds(config, attrs)]
-    todo = [c for c in cohorts if c.name not in done]
+    done = [r["name"] for r in rows if r["kept"] == r["networks"]]
+    todo = [c for c, r in zip(cohorts, rows) if r["selected"] and r["name"] not in done]
+    where = next(p for p in (root, *root.parents) if p.exists())
+    check_disk(config, where, cohorts, todo, n_records)
+    need = disk_needed(config, cohorts, todo, n_records)
     return Preview(root, rows, config.grid.size, config.train.steps, n_records, done,
-                   max(r["memory"] for r in rows), budget,
-                   disk_needed(config, cohorts, todo, n_records), flop)
+                   max(r["memory"] for r in rows), budget, need, flop)
 
 
 # a stored figure for the time estimate: seconds to compile one cohort's programs
@@ -319,11 +348,11 @@ def compile_seconds() -> float:
 
 
 def estimate_seconds(p: Preview, rate: float) -> float:
-    """An estimate of a launch's wall time: its training FLOPs at
-    `TRAIN_EFFICIENCY` of `rate`, and `compile_seconds()` per cohort left."""
-    left = len(p.cohorts) - len(p.done)
-    share = left / len(p.cohorts)
-    return share * p.train_flop / (TRAIN_EFFICIENCY * rate) + left * compile_seconds()
+    """An estimate of a launch's wall time: the training FLOPs of its new
+    networks at `TRAIN_EFFICIENCY` of `rate`, and `compile_seconds()` per
+    cohort with networks to train."""
+    left = sum(1 for row in p.cohorts if row["new"] > 0)
+    return p.train_flop / (TRAIN_EFFICIENCY * rate) + left * compile_seconds()
 
 
 COMPILE_THREAD = "normsweep-compile"     # the name prefix of the compile-ahead threads
@@ -502,6 +531,8 @@ def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
     todo = [c for c in cohorts if selected(c, only)
             and not work.cohort_done(config, c, store.cohort_path(root, c), reporter.warn)]
     skipped = [c.name for c in cohorts if selected(c, only) and c not in todo]
+    kept = {c.name: kept_networks(config, root, c) for c in cohorts if selected(c, only)}
+    counts = {"new": sum(c.size - kept[c.name] for c in todo), "kept": sum(kept.values())}
     check_disk(config, root, cohorts, todo, len(steps))
     store.real_folder(root, "cohorts")
     store.mark_folder(root)
@@ -531,7 +562,7 @@ def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
         at = np.concatenate([ds["diverged_at"].values.ravel() for ds in files])
         return Summary(root, len(cohorts), [c.name for c in todo], skipped, len(at),
                        int((at >= 0).sum()), time.perf_counter() - started,
-                       [c.name for c in left])
+                       [c.name for c in left], **counts)
     sweep = store.combine([store.read_cohort_of(config, store.cohort_path(root, c))
                            for c in cohorts])
     if growing:                 # every grown network is on disk: the grow is done
@@ -547,4 +578,4 @@ def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
     diverged = int((sweep["diverged_at"] >= 0).sum())
     networks = int(sweep["diverged_at"].size)
     return Summary(root, len(cohorts), [c.name for c in todo], skipped, networks, diverged,
-                   time.perf_counter() - started)
+                   time.perf_counter() - started, **counts)

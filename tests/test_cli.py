@@ -178,7 +178,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tiny_sweep, tmp_path):
     result = invoke("launch", grid, "--out", out, "--dry-run")
     assert result.exit_code == 0, result.output
     assert "dry run, nothing written" in result.output and "width24_depth3" in result.output
-    assert "24 networks, 30 steps each, 31 recorded steps" in result.output
+    assert "24 networks (24 new, 0 kept), 30 steps each, 31 recorded steps" in result.output
     assert "an estimate" in result.output and not out.exists()
     before = sorted(p.name for p in tiny_sweep.rglob("*"))
     result = invoke("launch", grid, "--out", tiny_sweep, "--dry-run")
@@ -216,7 +216,7 @@ def test_set_overrides_the_grid_and_the_folder_records_the_effective_grid(tmp_pa
     result = invoke("launch", grid, "--out", out, "--dry-run", "--set", "train.steps=6",
                     "--set", "grid.width=8", "--set", "grid.lr=[0.1, 0.2]")
     assert result.exit_code == 0, result.output
-    assert "8 networks, 6 steps each" in result.output and not out.exists()
+    assert "8 networks (8 new, 0 kept), 6 steps each" in result.output and not out.exists()
     assert f"next: normsweep launch {grid} --out {out} --set train.steps=6" in result.output
     bad = invoke("launch", grid, "--out", out, "--set", "train.steps=six steps", "--quiet")
     assert bad.exit_code == 2 and "train.steps" in bad.output and "--set" in bad.output

@@ -92,6 +92,33 @@ def test_a_dry_run_counts_a_grown_cohort_as_still_to_train(tmp_path):
     assert "(2 already in" in run().output
     grown = run("--set", "grid.seed=[0, 1]")
     assert grown.exit_code == 0 and "(0 already in" in grown.output, grown.output
+    said = " ".join(grown.output.split())
+    assert "4 networks (2 new, 2 kept)" in said and "width8_depth2 │ 2 │ 1 │ 1" in said, said
+
+
+def test_the_dry_run_is_the_launchs_own_plan(tmp_path):
+    """It refuses what the launch refuses, follows --only, and counts the
+    new and kept networks the launch then reports."""
+    from click.testing import CliRunner
+
+    from normsweep.cli import main
+    grid = tmp_path / "grow.toml"
+    grid.write_text(SMALL.replace("steps = 12", "steps = 4"))
+    root = tmp_path / "grow"
+    sweep.launch(config.load(grid), root)
+
+    def run(*extra):
+        result = CliRunner().invoke(main, ["launch", str(grid), "--out", str(root), *extra])
+        return result.exit_code, " ".join(result.output.split())
+    for refused, key in ((["--set", "train.steps=5"], "train.steps"),
+                         (["--set", "grid.lr=[0.1]"], "grid.lr")):
+        code, said = run("--dry-run", *refused)
+        assert code == 2 and key in said and "another --out" in said, said
+    code, said = run("--dry-run", "--set", "grid.seed=[0, 1, 2]", "--only", "depth=2")
+    assert code == 0 and "width8_depth3 │ 3 │ – (--only) │ 1" in said, said
+    assert "(2 new, 1 kept)" in said
+    code, said = run("--quiet", "--set", "grid.seed=[0, 1, 2]", "--only", "depth=2")
+    assert code == 0 and "(2 new, 1 kept)" in said, said
 
 
 def test_a_folder_written_with_an_older_record_format_is_refused_and_kept(tmp_path,
