@@ -15,15 +15,23 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Sequence
 
+import importlib.metadata
+
 from normsweep.errors import GridError, RunError
 from normsweep.store import load_weights, open_sweep
+
+try:
+    __version__ = importlib.metadata.version("normsweep")     # from git, by setuptools-scm
+except importlib.metadata.PackageNotFoundError:                 # a copy that is not installed
+    __version__ = "0.0.0"
 
 if TYPE_CHECKING:
     from normsweep.analysis.report import Analysis
     from normsweep.config import Config
     from normsweep.sweep import Summary
 
-__all__ = ["launch", "analyze", "open_sweep", "load_weights", "GridError", "RunError"]
+__all__ = ["launch", "analyze", "open_sweep", "load_weights", "GridError", "RunError",
+           "__version__"]
 
 
 def launch(grid: "str | os.PathLike | Config", out: "str | os.PathLike | None" = None, *,

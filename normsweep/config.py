@@ -408,9 +408,13 @@ class _Parser:
     def known(self, table: dict, prefix: str, allowed: set[str]) -> None:
         for key in table:
             if key not in allowed:
+                import difflib
+
                 full = f"{prefix}{key}"
+                near = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+                hint = f"did you mean {near[0]}? " if near else ""
                 raise self.fail(full, table[key],
-                                f"unknown key; allowed here: {', '.join(sorted(allowed))}")
+                                f"unknown key; {hint}allowed here: {', '.join(sorted(allowed))}")
 
     def section(self, raw: dict, name: str, cls: type) -> Any:
         """The section `name` of the file as `cls`, each key checked by its

@@ -226,3 +226,18 @@ def test_bad_overrides_name_the_file_the_key_and_what_is_allowed(tmp_path, item,
         config.load(path, [item])
     message = str(info.value)
     assert message.startswith(f"{path} with --set: ") and key in message and fragment in message
+
+
+def test_an_unknown_key_suggests_the_nearest_allowed_one():
+    with pytest.raises(GridError, match="did you mean width\\?"):
+        config.parse('name = "x"\n[grid]\nwidht = [8]\ndepth = [2]\nlr = [0.1]\nseed = [0]\n')
+    with pytest.raises(GridError) as info:       # nothing near: no guess
+        config.parse('name = "x"\n[grid]\nzzz = [8]\ndepth = [2]\nlr = [0.1]\nseed = [0]\n')
+    assert "did you mean" not in str(info.value)
+
+
+def test_the_package_has_a_version():
+    import importlib.metadata
+
+    import normsweep
+    assert normsweep.__version__ == importlib.metadata.version("normsweep")
