@@ -210,3 +210,24 @@ def test_regime_slices_are_labelled_by_the_grids_lr0():
     ds = ds.assign_coords(lr_effective=(("width", "lr"), lr0[None, :] / ds["width"].values[:, None]))
     for _, _, _, by_lr, _ in fits.regimes(ds):
         assert by_lr.at == pytest.approx(list(lr0))
+
+
+def test_the_finite_size_correction_recovers_a_planted_limit():
+    """log y = log η − ½·log m + 3/√m: the plain exponent, fitted at widths
+    16–256, is biased; with the correction the limit −½ and c = 3 come back,
+    and the gap at the largest width is 3/(2·16)."""
+    g = np.random.default_rng(7)
+    lr, width = np.array([0.01, 0.03, 0.1]), np.array([16, 32, 64, 128, 256])
+    law = np.log(lr)[:, None, None] - 0.5 * np.log(width)[None, :, None] \
+        + 3 / np.sqrt(width)[None, :, None]
+    hits = 0
+    for rng in range(200):
+        y = np.exp(law + 0.02 * np.random.default_rng(rng).normal(size=(3, 5, 5)))
+        limit = fits.fit_finite_width(y, width)
+        hits += limit.b_lo <= -0.5 <= limit.b_hi
+    assert 0.9 <= hits / 200 <= 0.99, hits                     # 95% intervals
+    plain = fits.fit_power_law(y, lr, width)
+    assert plain.b_hi < -0.5 or plain.b_lo > -0.5          # biased: misses the limit
+    assert limit.c == pytest.approx(3, abs=0.6) and limit.n_seeds == 5
+    assert limit.gap == pytest.approx(abs(limit.c) / 32)
+    assert np.isnan(fits.fit_finite_width(y[:, :2], width[:2]).b)     # two widths: no fit

@@ -50,7 +50,9 @@ COLUMNS = ["metric", "layer", "depth", "layer_role", "lr_exponent", "lr_exponent
            "lr_exponent_hi", "width_exponent", "width_exponent_lo", "width_exponent_hi",
            "prefactor", "r2", "n", "sign", "fitted", "excluded_diverged", "excluded_failed",
            "width_exponent_at_lr0", "width_exponent_at_lr0_lo", "width_exponent_at_lr0_hi",
-           "n_seeds", "theory_width_exponent", "theory_lr_exponent"]
+           "n_seeds", "theory_width_exponent", "theory_lr_exponent",
+           "width_exponent_limit", "width_exponent_limit_lo", "width_exponent_limit_hi",
+           "finite_size_c", "finite_size_gap"]
 
 
 def layer_role(layer: int, depth: int) -> str:
@@ -239,6 +241,65 @@ def fit_power_law(y: np.ndarray, lr: np.ndarray, width: np.ndarray, *,
     return Fit(*a, *b, float(np.exp(beta[0])), float(r2), n, fitted, *c, n_seeds)
 
 
+@dataclasses.dataclass
+class FiniteWidth:
+    """`fit_finite_width`'s result: the limit width exponent at fixed η₀
+    with the leading finite-size correction, log y = α(η₀) + b·log m + c/√m
+    (the local exponent is b − c/(2√m)), its 95% interval over seeds, c, and
+    how far the largest width is from the limit: |c|/(2√m_max), the gap
+    between the local and the limit exponent there."""
+    b: float
+    b_lo: float
+    b_hi: float
+    c: float
+    gap: float
+    n_seeds: int
+
+
+def fit_finite_width(y: np.ndarray, width: np.ndarray) -> FiniteWidth:
+    """The width exponent at fixed η₀ with the leading finite-size
+    correction (`FiniteWidth`), least squares with one free intercept per η₀
+    (row of `y`, shape (n_lr, n_width, n_seed); NaN, ≤ 0 or inf left out).
+    Needs three widths or more (else NaN); the interval comes from refits on
+    each seed alone, as `fit_power_law`'s. log m and 1/√m are nearly
+    collinear over a narrow range of widths, and the interval says so."""
+    from scipy import stats
+
+    y = np.asarray(y, np.float64)
+    n_lr, n_w, n_s = y.shape
+    ok = np.isfinite(y) & (y > 0)
+    logy = np.where(ok, np.log(np.where(ok, y, 1.0)), 0.0)
+    m = np.asarray(width, np.float64)
+    rows = np.broadcast_to(np.eye(n_lr)[:, None, None, :], (n_lr, n_w, n_s, n_lr))
+    design = np.concatenate([rows, np.broadcast_to(np.log(m)[None, :, None, None], y.shape + (1,)),
+                             np.broadcast_to((1 / np.sqrt(m))[None, :, None, None],
+                                             y.shape + (1,))], -1)
+    keep_rows = [i for i in range(n_lr) if ok[i].any()]
+    design = design[keep_rows][..., keep_rows + [n_lr, n_lr + 1]]
+    logy, ok = logy[keep_rows], ok[keep_rows]
+    k = design.shape[-1]
+    nan = float("nan")
+
+    def solvable(d, w):
+        return w.sum() > k and np.linalg.matrix_rank(d[w > 0], tol=1e-9) == k
+
+    flat, w = design.reshape(-1, k), ok.reshape(-1).astype(float)
+    if len(np.unique(np.nonzero(ok)[1])) < 3 or not solvable(flat, w):
+        return FiniteWidth(nan, nan, nan, nan, nan, 0)
+    beta = _solve(flat[None], logy.reshape(1, -1), w[None])[0]
+    per_d = np.moveaxis(design, 2, 0).reshape(n_s, -1, k)
+    per_w = np.moveaxis(ok, 2, 0).reshape(n_s, -1).astype(float)
+    usable = [s for s in range(n_s) if solvable(per_d[s], per_w[s])]
+    lo = hi = nan
+    if len(usable) >= 2:
+        per = _solve(per_d[usable], np.moveaxis(logy, 2, 0).reshape(n_s, -1)[usable],
+                     per_w[usable])[:, -2]
+        half = stats.t.ppf(0.975, len(usable) - 1) * per.std(ddof=1) / np.sqrt(len(usable))
+        lo, hi = beta[-2] - half, beta[-2] + half
+    return FiniteWidth(float(beta[-2]), lo, hi, float(beta[-1]),
+                       abs(float(beta[-1])) / (2 * np.sqrt(m.max())), len(usable))
+
+
 def fit_sweep(ds: xr.Dataset, *,
               fit_accuracy: float = outcomes.FIT_ACCURACY) -> pd.DataFrame:
     """One row per (metric, layer, depth), and per parametrization and weight
@@ -318,12 +379,16 @@ def _fit_slice(ds: xr.Dataset, fit_accuracy: float) -> pd.DataFrame:
                                     lr_width_exponent=p)
                 role = layer_role(layer, int(depth))
                 th_m = theory.predict(metric, role, *setting, int(depth)) if setting else np.nan
+                # where a limit is predicted: the same exponent with the m^−½ correction
+                limit = fit_finite_width(np.abs(values), ds["width"].values) \
+                    if np.isfinite(th_m) else FiniteWidth(*[np.nan] * 5, 0)
                 rows.append([metric, layer, int(depth), role,
                              fit.a, fit.a_lo, fit.a_hi, fit.b, fit.b_lo, fit.b_hi,
                              fit.prefactor, fit.r2, fit.n, sign, fit.fitted,
                              int(div.sel(depth=depth).sum()), int(fail.sel(depth=depth).sum()),
                              fit.c, fit.c_lo, fit.c_hi, fit.n_seeds, th_m,
-                             theory.predict_lr(metric)])
+                             theory.predict_lr(metric), limit.b, limit.b_lo, limit.b_hi,
+                             limit.c, limit.gap])
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

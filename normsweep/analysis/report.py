@@ -624,15 +624,25 @@ def lazy_section(table: pd.DataFrame, cfg, param: str = "standard") -> list[str]
         for _, r in sel.iterrows():
             c, lo, hi = r.width_exponent_at_lr0, r.width_exponent_at_lr0_lo, \
                 r.width_exponent_at_lr0_hi
-            rows.append({"metric": metric, "depth": r.depth, "layer": f"{r.layer} ({r.layer_role})",
-                         "measured m-exponent": ci(c, lo, hi),
-                         "prediction": f"{r.theory_width_exponent:+.1f}",
-                         "within interval": verdict(c, lo, hi, r.theory_width_exponent)})
+            row = {"metric": metric, "depth": r.depth, "layer": f"{r.layer} ({r.layer_role})",
+                   "measured m-exponent": ci(c, lo, hi),
+                   "prediction": f"{r.theory_width_exponent:+.1f}",
+                   "within interval": verdict(c, lo, hi, r.theory_width_exponent)}
+            if "width_exponent_limit" in r:
+                row["limit, with c/√m"] = ci(r.width_exponent_limit, r.width_exponent_limit_lo,
+                                             r.width_exponent_limit_hi)
+                row["gap at largest m"] = fmt(r.finite_size_gap, 2)
+            rows.append(row)
     head = (f"This sweep used {name} with width_exponent = {p:g}: "
             f"{theory.regime(param, cfg.model.init, p)}. The width exponent at fixed η₀ "
             "(b + p·a) against the prediction derived for this parametrization, η scaling and "
             "depth (`theory.predict`; the columns `width_exponent_at_lr0` and "
-            "`theory_width_exponent` of fits.csv):")
+            "`theory_width_exponent` of fits.csv). The predictions are limits m → ∞: the "
+            "column 'limit, with c/√m' refits log y = α(η₀) + b·log m + c/√m, the leading "
+            "finite-size correction, and 'gap at largest m' is |c|/(2√m), how far the local "
+            "exponent at the largest width still is from that limit (with three widths or "
+            "more; log m and 1/√m are nearly collinear over a narrow range, and the interval "
+            "says so):")
     out = [head, "", _md(pd.DataFrame(rows)), ""] if rows else \
         [head.rsplit(". ", 1)[0] + ". No prediction applies to the fitted metrics.", ""]
     if param == "standard" and not theory.width_exponents(param, cfg.model.init, p, 3).stable:
