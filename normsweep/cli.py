@@ -492,8 +492,11 @@ def ls_cmd(root: Path) -> None:
     """
     if not root.is_dir():
         raise click.BadParameter(f"{root}: no such folder", param_hint="ROOT")
-    table = Table("sweep", "cohorts done", "networks trained/planned", "sweep.nc", "created",
-                  title=escape(str(root)))
+    from rich.table import Column
+
+    # the path relative to ROOT, whole: folded onto more lines, never cut
+    table = Table(Column("sweep", overflow="fold"), "cohorts done", "networks trained/planned",
+                  "sweep.nc", "created", title=escape(str(root)))
     found = 0
     for folder in sweep_folders(root):
         found += 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import hashlib
 import math
 import re
@@ -253,12 +254,17 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         with open(path, "rb") as f:
             raw = f.read(MAX_GRID_BYTES + 1)
         if len(raw) > MAX_GRID_BYTES:
-            raise GridError(str(path), "(file)", str(path),
-                            f"is larger than {MAX_GRID_BYTES // 1024} KiB: a grid file holds "
-                            "settings and axes, not data")
+            raise GridError(str(path), None, str(path),
+                            f"{path} is larger than {MAX_GRID_BYTES // 1024} KiB: a grid file "
+                            "holds settings and axes, not data")
         text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise GridError(str(path), "(file)", str(path), f"cannot be read: {err}") from None
+    except OSError as err:
+        reason = {errno.ENOENT: "no such file", errno.EISDIR: "it is a folder",
+                  errno.EACCES: "permission denied"}.get(err.errno, err.strerror or str(err))
+        raise GridError(str(path), None, str(path), f"cannot read {path}: {reason}") from None
+    except UnicodeDecodeError as err:
+        raise GridError(str(path), None, str(path),
+                        f"cannot read {path}: not UTF-8 text (byte {err.start})") from None
     return parse(text, source=str(path), default_name=path.stem, overrides=overrides)
 
 

@@ -18,14 +18,15 @@ class GridError(NormsweepError):
 
     Args:
       source: the file (or option) the bad value came from.
-      key: the dotted key, e.g. ``grid.width``.
+      key: the dotted key, e.g. ``grid.width``; None for the file as a whole,
+        whose message is then `allowed` alone, a sentence.
       value: the offending value, as read.
       allowed: what would have been accepted, in words.
     """
 
-    def __init__(self, source: str, key: str, value: object, allowed: str):
+    def __init__(self, source: str, key: str | None, value: object, allowed: str):
         self.source, self.key, self.value, self.allowed = source, key, value, allowed
-        super().__init__(f"{source}: {key} = {_show(value)}: {allowed}")
+        super().__init__(allowed if key is None else f"{source}: {key} = {_show(value)}: {allowed}")
 
 
 class RunError(NormsweepError):

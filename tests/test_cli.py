@@ -1,6 +1,7 @@
 """The command line: launch, resume, refusals, ls, show, help."""
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,7 +41,8 @@ def test_bad_grid_exits_2_and_writes_nothing(tmp_path):
 
 def test_missing_grid_file_exits_2(tmp_path):
     result = invoke("launch", tmp_path / "nope.toml", "--quiet")
-    assert result.exit_code == 2 and "nope.toml" in result.output
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and f"cannot read {tmp_path / 'nope.toml'}: no such file" in said
 
 
 def test_relaunch_skips_and_changed_settings_are_refused(tiny_copy, tmp_path):
@@ -266,3 +268,15 @@ def test_the_sweeps_progress_weighs_each_cohort_by_its_cost():
     assert sweep.completed == 100.0 and "2/3 cohorts" in sweep.description
     reporter.done("large")                  # a cohort whose steps were not streamed (Dask)
     assert sweep.completed == sweep.total == 400.0 and "3/3" in sweep.description
+
+
+def test_ls_shows_each_path_whole(tiny_sweep, tmp_path):
+    names = [f"a_rather_long_sweep_folder_name_that_would_be_cut_{i}" for i in ("one", "two")]
+    for name in names:
+        shutil.copytree(tiny_sweep, tmp_path / name)
+    result = invoke("ls", tmp_path)
+    assert result.exit_code == 0
+    cells = "".join(line.split("│")[1].strip() for line in result.output.splitlines()
+                    if line.startswith("│"))
+    for name in names:
+        assert name in cells
