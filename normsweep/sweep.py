@@ -475,6 +475,22 @@ def available_memory() -> int | None:
         return None
 
 
+def keep_foreign_sweep(path: Path, reporter: Reporter) -> None:
+    """Moves aside (`work.damaged_name`) a sweep.nc that normsweep did not
+    write (no `normsweep_version`), or that cannot be read, before a launch
+    writes its own: a folder that only looks like a results folder (a stray
+    marker, a layout of an earlier version) loses nothing."""
+    if not path.exists() and not path.is_symlink():
+        return
+    attrs = store.cohort_attrs(path)
+    if attrs is not None and "normsweep_version" in attrs and "config_toml" in attrs:
+        return
+    aside = work.damaged_name(path)
+    os.replace(path, aside)
+    reporter.warn(f"{path} was not written by normsweep or cannot be read: moved to "
+                  f"{aside.name}, and a new sweep.nc written")
+
+
 def earlier_history(path: Path) -> str:
     """The `history` of the sweep.nc a launch is about to replace ("" if none
     or unreadable): each launch into a folder adds its line."""
@@ -568,6 +584,7 @@ def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
     if growing:                 # every grown network is on disk: the grow is done
         store.write_text(grid_file, config.text)
     sweep.attrs["command"] = command
+    keep_foreign_sweep(root / "sweep.nc", reporter)
     sweep.attrs["history"] = "\n".join(filter(None, [
         earlier_history(root / "sweep.nc"),
         f"{records.now()} normsweep {records.package_version('normsweep')}: {command}"]))

@@ -257,3 +257,21 @@ def test_a_damaged_sweep_nc_is_rebuilt_from_intact_cohorts(tiny_sweep, tiny_copy
         ds = normsweep.open_sweep(tiny_copy).load()
     with xr.open_dataset(tiny_sweep / "sweep.nc") as ref:
         np.testing.assert_array_equal(ds["frob_norm"].values, ref["frob_norm"].values)
+
+
+def test_a_sweep_nc_normsweep_did_not_write_is_moved_aside(tmp_path):
+    """A stray marker makes a folder look like a results folder: its own
+    sweep.nc is kept, moved aside, not overwritten."""
+    root = tmp_path / "looks-like"
+    root.mkdir()
+    (root / store.MARKER).write_text(store.MARKER_TEXT)
+    xr.Dataset({"mine": ("x", [1.0, 2.0])}).to_netcdf(root / "sweep.nc")
+    theirs = (root / "sweep.nc").read_bytes()
+    small = TINY.replace("width = [16, 24]", "width = [8]").replace("depth = [2, 3]", "depth = [2]")
+    result = invoke("launch", write_grid(tmp_path, small.replace("steps = 30", "steps = 3")),
+                    "--out", root, "--quiet")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 0 and "moved to sweep.nc.damaged" in said, result.output
+    assert (root / "sweep.nc.damaged").read_bytes() == theirs
+    with xr.open_dataset(root / "sweep.nc") as ds:
+        assert "frob_norm" in ds
