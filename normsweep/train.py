@@ -14,9 +14,13 @@ import functools
 import math
 from typing import Callable
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from normsweep import cpu
+
+cpu.configure()         # before the backend starts: see normsweep/cpu.py
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from normsweep import measure, metrics, plan

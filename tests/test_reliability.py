@@ -3,12 +3,15 @@ failures, oversized grids, and determinism under chunking."""
 from __future__ import annotations
 
 import gc
+import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import xarray as xr
 from click.testing import CliRunner
@@ -287,3 +290,19 @@ def test_a_failure_does_not_wait_for_a_compilation_ahead(tmp_path):
     assert "Error: cannot write" in proc.stderr and "No space left on device" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not temporaries(out) and not list(out.glob("cohorts/*.nc"))
+
+
+def test_the_seed_grids_spectra_do_not_deadlock_a_cpu(tmp_path):
+    """XLA's CPU runtime ran the spectra program's independent LAPACK calls
+    at once and deadlocked on this cohort of sweeps/seed.toml, every time
+    (normsweep/cpu.py); a fresh process, as a user's launch is."""
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "normsweep.cli", "launch", str(root / "sweeps" / "seed.toml"),
+         "--set", "grid.width=64", "--set", "grid.depth=4", "--set", "grid.lr=[0.001, 0.1]",
+         "--out", str(tmp_path / "seed"), "--quiet"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with xr.open_dataset(tmp_path / "seed" / "sweep.nc") as ds:
+        assert np.isfinite(ds["singular_values"].isel(spectrum_step=0).values).any()
