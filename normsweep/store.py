@@ -429,9 +429,9 @@ def read_cohort_of(config: Config, path: Path) -> xr.Dataset:
     return narrowed(read_cohort(path), config)
 
 
-def cohort_attrs(path: Path) -> dict | None:
-    """The attributes of the cohort file at `path` (None when it is missing
-    or unreadable)."""
+def file_attrs(path: Path) -> dict | None:
+    """The global attributes of the netCDF file at `path`, checked against
+    their digest (None when it is missing, unreadable or damaged)."""
     try:
         with open_checked(path) as ds:
             return dict(ds.attrs)

@@ -274,7 +274,7 @@ def kept_networks(config: Config, root: Path, cohort: plan.Cohort) -> int:
     them when its file holds this grid's (`store.holds`), those of an earlier
     grid this one extends, else none (a damaged file is recomputed whole)."""
     path = store.cohort_path(root, cohort)
-    attrs = store.cohort_attrs(path)
+    attrs = store.file_attrs(path)
     if attrs is None:
         return 0
     if store.holds(config, attrs):
@@ -482,7 +482,7 @@ def keep_foreign_sweep(path: Path, reporter: Reporter) -> None:
     marker, a layout of an earlier version) loses nothing."""
     if not path.exists() and not path.is_symlink():
         return
-    attrs = store.cohort_attrs(path)
+    attrs = store.file_attrs(path)
     if attrs is not None and "normsweep_version" in attrs and "config_toml" in attrs:
         return
     aside = work.damaged_name(path)
