@@ -383,15 +383,13 @@ def analyze(dir: Path, fit_accuracy: float) -> None:
             result = report.analyze(dir, fit_accuracy=fit_accuracy)
     except (RunError, GridError) as err:
         raise click.ClickException(str(err)) from None
+    from normsweep.analysis.tables import ci
+
     t = result.table
     slices = [c for c in ("parametrization", "weight_decay") if c in t.columns]
     table = Table(*slices, "metric", "depth", "layer", "η exponent", "width exponent", "r²", "n",
                   title="metric ≈ C·η^a·m^b (95% intervals over seeds)")
     for _, r in t.iterrows():
-        def ci(v, lo, hi):
-            if v != v:
-                return "–"
-            return f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]" if lo == lo else f"{v:+.2f} (no interval)"
         table.add_row(*[f"{r[c]:g}" if c == "weight_decay" else str(r[c]) for c in slices],
                       r.metric, str(r.depth), f"{r.layer} ({r.layer_role})",
                       ci(r.lr_exponent, r.lr_exponent_lo, r.lr_exponent_hi),
@@ -439,8 +437,6 @@ def folder_status(root: Path):
     results folder: a cohort is done when its file holds every network of
     the grid (`store.holds`); the networks trained are counted in the readable cohort
     files of the grid, those of an earlier, smaller grid included."""
-    import xarray as xr
-
     from normsweep import config as config_mod
     from normsweep import plan, store
 

@@ -24,10 +24,20 @@ def init_std(init: str, fan_in: int, width: int, fan_out: int | None = None) -> 
     raise ValueError(f"init = {init!r}: must be 'he', 'width', 'mup' or 'unit'")
 
 
+def init_scheme(parametrization: str, init: str) -> str:
+    """The init a parametrization draws with: μP sets its own, the others use
+    `init`."""
+    return "mup" if parametrization == "mup" else init
+
+
+def layer_dims(d: int, width: int, depth: int, k: int) -> tuple[int, ...]:
+    """The layer sizes (d, m, …, m, k) of a network of `depth` weight matrices."""
+    return (d,) + (width,) * (depth - 1) + (k,)
+
+
 def init_stds(parametrization: str, init: str, dims) -> tuple[float, ...]:
-    """Per-layer init std of the effective weights W_l: μP sets its own, the
-    other parametrizations use `init`."""
-    scheme = "mup" if parametrization == "mup" else init
+    """Per-layer init std of the effective weights W_l (`init_scheme`)."""
+    scheme = init_scheme(parametrization, init)
     return tuple(init_std(scheme, fan_in, dims[1], fan_out)
                  for fan_in, fan_out in zip(dims[:-1], dims[1:]))
 

@@ -51,6 +51,11 @@ def _encoding(ds: xr.Dataset) -> dict:
     return out
 
 
+# what reading a damaged netCDF file can raise: HDF5's checksum and format
+# errors, and from a damaged attribute or header, anything decoding them does
+DAMAGE = (OSError, ValueError, RuntimeError, AttributeError, KeyError, IndexError, TypeError,
+          UnicodeError, OverflowError)
+
 DIGEST = "attrs_sha256"
 
 
@@ -107,11 +112,6 @@ def open_checked(path: Path, group: str | None = None,
         ds.close()
 
 
-# what reading a damaged netCDF file can raise: HDF5's checksum and format
-# errors, and from a damaged attribute or header, anything decoding them does
-DAMAGE = (OSError, ValueError, RuntimeError, AttributeError, KeyError, IndexError, TypeError,
-          UnicodeError, OverflowError)
-
 TEMP_RE = re.compile(r"\.(.+)\.normsweep-tmp-\d+")
 # the temporaries of earlier versions, which named only these files
 LEGACY_TEMP_RE = re.compile(r"\.(grid\.toml|sweep\.nc|report\.md|fits\.nc|fits\.csv"
@@ -147,8 +147,9 @@ def write_failure(path: Path, err: BaseException) -> RunError:
     disk or a vanished folder only as "NetCDF: HDF error", and a vanished
     folder can surface as a permission error: look at the folder instead."""
     folder = path.parent
-    if getattr(err, "errno", None) == errno.ENOTDIR or file_on_path(folder):
-        cause = f"{file_on_path(folder) or folder} is a file, not a folder"
+    blocked = file_on_path(folder)
+    if getattr(err, "errno", None) == errno.ENOTDIR or blocked:
+        cause = f"{blocked or folder} is a file, not a folder"
     elif not folder.is_dir():
         cause = f"the folder {folder} no longer exists"
     else:
@@ -364,30 +365,43 @@ def read_cohort(path: Path, *, weights: bool = False) -> xr.Dataset:
     return out
 
 
+def grid_of(attrs: dict) -> Config | None:
+    """The grid that wrote a file, from its attributes (None if unreadable)."""
+    from normsweep import config as config_mod
+
+    try:
+        return config_mod.parse(str(attrs.get("config_toml", "")), source="cohort file")
+    except GridError:
+        return None
+
+
+def covers(big: Config, small: Config) -> bool:
+    """Whether the grid `big` holds every network of `small`: the same core
+    settings, and each member axis of `big` a superset of `small`'s."""
+    if big.core_settings() != small.core_settings():
+        return False
+    have = big.member_values()
+    return all(v in have[axis] for axis, values in small.member_values().items()
+               for v in values)
+
+
 def extended_grid(config: Config, attrs: dict) -> Config | None:
     """The grid that wrote a cohort file (its attributes `attrs`) when that
-    grid extends `config`: the same core settings and every member axis a
-    superset (a grow that was interrupted, failed or limited by --only
-    leaves such files, beside a grid.toml that still records `config`).
-    None otherwise."""
+    grid extends `config` (`covers`; a grow that was interrupted, failed or
+    limited by --only leaves such files, beside a grid.toml that still
+    records `config`), in the same record format and with every axis of
+    `config` an axis of the file too (a fixed setting that became a
+    one-value axis changes the layout: that file is rewritten). None
+    otherwise."""
     from normsweep import config as config_mod
 
     if int(attrs.get("record_format", 1)) != config_mod.RECORD_FORMAT:
         return None             # records other quantities: never this grid's
-    try:
-        held = config_mod.parse(str(attrs.get("config_toml", "")), source="cohort file")
-    except GridError:
+    held = grid_of(attrs)
+    if held is None or not covers(held, config):
         return None
-    if held.core_settings() != config.core_settings():
-        return None
-    # an axis of `config` must be one of the file's too (a fixed setting that
-    # became a one-value axis changes the layout: the file is rewritten)
     if any(getattr(config.grid, axis) and not getattr(held.grid, axis)
            for axis in ("parametrization", "weight_decay")):
-        return None
-    have = held.member_values()
-    if any(v not in have[axis] for axis, values in config.member_values().items()
-           for v in values):
         return None
     return held
 

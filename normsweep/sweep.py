@@ -25,7 +25,6 @@ from typing import Callable
 
 import jax
 import numpy as np
-import xarray as xr
 
 from normsweep import config as config_mod
 from normsweep import plan, records, store, work
@@ -273,17 +272,17 @@ def kept_networks(config: Config, root: Path, cohort: plan.Cohort) -> int:
     """How many of `cohort`'s networks are already on disk in `root`: all of
     them when its file holds this grid's (`store.holds`), those of an earlier
     grid this one extends, else none (a damaged file is recomputed whole)."""
-    path = store.cohort_path(root, cohort)
-    attrs = store.file_attrs(path)
-    if attrs is None:
+    try:        # the attributes and `diverged_at` only, not the whole file
+        with store.open_checked(store.cohort_path(root, cohort)) as ds:
+            if store.holds(config, ds.attrs):
+                return cohort.size
+            held = work.held_grid(config, ds)
+            if held is None:
+                return 0
+            at = ds["diverged_at"].isel(width=0, depth=0).astype(np.float64)
+            return int(np.isfinite(work.by_member(at, held, cohort)).sum())
+    except RunError:        # missing or damaged: recomputed whole
         return 0
-    if store.holds(config, attrs):
-        return cohort.size
-    try:
-        held = work.held_members(config, cohort, path)
-    except RunError:
-        return 0
-    return 0 if held is None else int(np.isfinite(held[2]).sum())
 
 
 def preview(config: Config, root: Path, *, budget_bytes: int | None = None,
@@ -547,7 +546,8 @@ def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
     todo = [c for c in cohorts if selected(c, only)
             and not work.cohort_done(config, c, store.cohort_path(root, c), reporter.warn)]
     skipped = [c.name for c in cohorts if selected(c, only) and c not in todo]
-    kept = {c.name: kept_networks(config, root, c) for c in cohorts if selected(c, only)}
+    kept = {c.name: c.size if c.name in skipped else kept_networks(config, root, c)
+            for c in cohorts if selected(c, only)}
     counts = {"new": sum(c.size - kept[c.name] for c in todo), "kept": sum(kept.values())}
     check_disk(config, root, cohorts, todo, len(steps))
     store.real_folder(root, "cohorts")

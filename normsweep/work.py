@@ -18,8 +18,7 @@ from normsweep import config as config_mod
 from normsweep import plan, records, store, train
 from normsweep.config import Config
 from normsweep.data import sphere_data
-from normsweep.errors import GridError, RunError
-from normsweep.measure import empty_records
+from normsweep.errors import RunError
 
 
 def program_for(config: Config, cohort: plan.Cohort) -> train.Program:
@@ -114,16 +113,8 @@ def held_grid(config: Config, ds: xr.Dataset) -> Config | None:
     """The grid that wrote cohort file `ds` when `config` extends it (the same
     core settings, every member axis a superset: `check_folder`'s rule),
     else None."""
-    try:
-        held = config_mod.parse(ds.attrs.get("config_toml", ""), source="cohort file")
-    except GridError:
-        return None
-    if held.core_settings() != config.core_settings():
-        return None
-    values = config.member_values()
-    if any(v not in values[axis] for axis, vs in held.member_values().items() for v in vs):
-        return None
-    return held
+    held = store.grid_of(ds.attrs)
+    return held if held is not None and store.covers(config, held) else None
 
 
 MEMBER_ORDER = ("parametrization", "lr", "weight_decay", "seed")   # plan.Cohort's member order
@@ -271,11 +262,12 @@ def none_trained(config: Config, cohort: plan.Cohort, held) -> train.Trajectory:
             value = value[(slice(None),) * depth_axis + (slice(0, cohort.depth),)]
         return value
 
-    names = empty_records(program_for(config, cohort))
-    recs = {name: empty(name, 2 if "layer" in cell[name].dims else None) for name in names}
-    spectra = {name: empty(name, 2) for name in ("singular_values", "change_singular_values",
-                                                 "gradient_effective_rank") if name in cell} \
-        if config.record.spectra else None
+    # the file's records are its variables over `step`, its spectra those
+    # over `spectrum_step` (`records.cohort_dataset`)
+    recs = {name: empty(name, 2 if "layer" in var.dims else None)
+            for name, var in cell.data_vars.items() if "step" in var.dims}
+    spectra = {name: empty(name, 2) for name, var in cell.data_vars.items()
+               if "spectrum_step" in var.dims} or None
     weights = {}
     if config.record.weights:
         dims = cohort.dims(config.data.d, config.data.k)

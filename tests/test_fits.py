@@ -216,7 +216,6 @@ def test_the_finite_size_correction_recovers_a_planted_limit():
     """log y = log η − ½·log m + 3/√m: the plain exponent, fitted at widths
     16–256, is biased; with the correction the limit −½ and c = 3 come back,
     and the gap at the largest width is 3/(2·16)."""
-    g = np.random.default_rng(7)
     lr, width = np.array([0.01, 0.03, 0.1]), np.array([16, 32, 64, 128, 256])
     law = np.log(lr)[:, None, None] - 0.5 * np.log(width)[None, :, None] \
         + 3 / np.sqrt(width)[None, :, None]

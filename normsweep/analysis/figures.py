@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from normsweep.analysis import fits, outcomes, theory  # noqa: E402
+from normsweep.analysis import fits, outcomes, tables, theory  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -50,10 +50,7 @@ def fig_init(ds: xr.Dataset, cfg, out: Path) -> Path:
                 p = cfg.data.d if role == "input" else int(m)
                 q = cfg.data.k if role == "readout" else int(m)
                 s2 = theory.init_variance(cfg.model.init, p, int(m),
-                                          str(ds["parametrization"].item())
-                                          if "parametrization" in ds.coords
-                                          and ds["parametrization"].size == 1
-                                          else cfg.model.parametrization, q)
+                                          tables.slice_parametrization(ds, cfg), q)
                 th.append(theory.frobenius(p, q, s2) if var == "frob_norm"
                           else theory.spectral_finite(p, q, s2))
             ax.plot(widths, th, "--", color=color, label=f"{role} (theory)")

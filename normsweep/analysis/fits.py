@@ -61,20 +61,29 @@ def layer_role(layer: int, depth: int) -> str:
     return "input" if layer == 0 else "readout" if layer == depth - 1 else "hidden"
 
 
-def slice_multipliers(ds: xr.Dataset) -> xr.DataArray | float:
-    """The rate factors c_l of the slice `ds` (one parametrization), from the
-    grid in its `config_toml`; 1 for the standard parametrization or a
-    dataset without one."""
+def slice_grid(ds: xr.Dataset):
+    """(the grid in the slice `ds`'s `config_toml`, the slice's
+    parametrization), or None without a readable grid."""
     from normsweep import config as config_mod
     from normsweep.analysis import tables
 
     try:
         cfg = config_mod.parse(ds.attrs["config_toml"])
     except (KeyError, GridError):
+        return None
+    return cfg, tables.slice_parametrization(ds, cfg)
+
+
+def slice_multipliers(ds: xr.Dataset, grid=None) -> xr.DataArray | float:
+    """The rate factors c_l of the slice `ds` (one parametrization), from
+    `grid` (default `slice_grid(ds)`); 1 for the standard parametrization or
+    a dataset without a grid."""
+    from normsweep.analysis import tables
+
+    grid = grid or slice_grid(ds)
+    if grid is None or grid[1] == "standard":
         return 1.0
-    param = str(ds["parametrization"].item()) if "parametrization" in ds.coords \
-        and ds["parametrization"].size == 1 else cfg.model.parametrization
-    return 1.0 if param == "standard" else tables.layer_multipliers(ds, cfg, param)
+    return tables.layer_multipliers(ds, *grid)
 
 
 def extra_dims(ds: xr.Dataset) -> list[str]:
@@ -336,33 +345,23 @@ def chosen_networks(ds: xr.Dataset, outcome: xr.DataArray) -> dict:
     return chosen
 
 
-def fitted_quantities(ds: xr.Dataset, fit_accuracy: float) -> tuple[xr.Dataset, dict]:
+def fitted_quantities(ds: xr.Dataset, fit_accuracy: float,
+                      grid=None) -> tuple[xr.Dataset, dict]:
     """What every fit of the slice `ds` reads: the derived metrics (in the
-    slice's trained coordinates) and, per metric, `chosen_networks`."""
-    derived = derived_metrics(ds, slice_multipliers(ds))
+    slice's trained coordinates) and, per metric, `chosen_networks`.
+    `grid`: `slice_grid(ds)`, when the caller has it."""
+    derived = derived_metrics(ds, slice_multipliers(ds, grid))
     return derived, chosen_networks(ds, outcomes.classify(ds, fit_accuracy))
-
-
-def slice_setting(ds: xr.Dataset) -> tuple[str, str, float] | None:
-    """(parametrization, init, lr width exponent) of the slice `ds` (one
-    parametrization), from its grid; None without a readable grid."""
-    from normsweep import config as config_mod
-
-    try:
-        cfg = config_mod.parse(ds.attrs["config_toml"])
-    except (KeyError, GridError):
-        return None
-    param = str(ds["parametrization"].item()) if "parametrization" in ds.coords \
-        and ds["parametrization"].size == 1 else cfg.model.parametrization
-    return param, cfg.model.init, float(cfg.grid.lr_width_exponent)
 
 
 def _fit_slice(ds: xr.Dataset, fit_accuracy: float) -> pd.DataFrame:
     from normsweep.analysis import theory
 
-    derived, chosen = fitted_quantities(ds, fit_accuracy)
+    grid = slice_grid(ds)
+    derived, chosen = fitted_quantities(ds, fit_accuracy, grid)
     lr_eff = ds["lr_effective"].transpose("lr", "width").values
-    setting = slice_setting(ds)
+    setting = None if grid is None else (grid[1], grid[0].model.init,
+                                         float(grid[0].grid.lr_width_exponent))
     p = setting[2] if setting else 0.0
     rows = []
     for depth in ds["depth"].values:

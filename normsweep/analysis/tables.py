@@ -75,7 +75,7 @@ def layer_multipliers(ds: xr.Dataset, cfg, parametrization: str) -> xr.DataArray
                        dims=("width", "depth", "layer"))
     for i, m in enumerate(ds["width"].values):
         for j, L in enumerate(ds["depth"].values):
-            dims = (cfg.data.d,) + (int(m),) * (int(L) - 1) + (cfg.data.k,)
+            dims = param_maths.layer_dims(cfg.data.d, int(m), int(L), cfg.data.k)
             out.values[i, j, :int(L)] = param_maths.lr_multipliers(
                 parametrization, cfg.model.init, dims)
     return out
@@ -138,7 +138,7 @@ def first_step_terms(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame | N
     rows = []
     for width in ds["width"].values:
         cell = ds.sel(width=width, depth=depth)
-        dims = (cfg.data.d,) + (int(width),) * (depth - 1) + (cfg.data.k,)
+        dims = param_maths.layer_dims(cfg.data.d, int(width), depth, cfg.data.k)
         mult = param_maths.lr_multipliers(param, cfg.model.init, dims)
         closed = theory.first_order_init(cfg.train.loss, cfg.model.output, param,
                                          cfg.model.init, dims, cfg.data.n)
@@ -281,6 +281,7 @@ def balance(ds: xr.Dataset, mult: xr.DataArray | float, keep: xr.DataArray) -> d
                      "Δ‖W‖_F / ‖W(0)‖_F": fmt(float((change / f0.sel(sel)).median())),
                      "Δ‖W‖_F² / c_l": fmt(float(moved.sel(sel).median()))})
     rel = ((f1 - f0) / f0).where(layers).median([d for d in f0.dims if d != "layer"])
+    most = int(np.abs(rel).fillna(-np.inf).argmax("layer"))
     by_lr = spread.median([d for d in spread.dims if d != "lr"])
     return {"table": pd.DataFrame(rows), "depth": depth,
             "spread_by_lr": {float(lr): float(v) for lr, v in zip(by_lr["lr"].values, by_lr.values)},
@@ -288,9 +289,8 @@ def balance(ds: xr.Dataset, mult: xr.DataArray | float, keep: xr.DataArray) -> d
             "networks": int(np.isfinite(spread.values).sum()),
             # the largest relative move, either way (a signed argmax would name the
             # layer that shrank least), and the layer of smallest norm at init
-            "moves_most": int(np.abs(rel).fillna(-np.inf).argmax("layer")),
-            "moves_most_change": float(rel.isel(layer=int(np.abs(rel).fillna(-np.inf)
-                                                          .argmax("layer")))),
+            "moves_most": most,
+            "moves_most_change": float(rel.isel(layer=most)),
             "smallest_at_init": int(f0.where(layers).median(
                 [d for d in f0.dims if d != "layer"]).fillna(np.inf).argmin("layer")),
             "moved": moved}
@@ -386,7 +386,7 @@ def jacobian_table(ds: xr.Dataset, cfg: config_mod.Config,
                    "‖J‖_F at end": fmt(float(frob.median())),
                    "‖J‖₂ at end": fmt(float(spec.median())),
                    "bound at end": fmt(float(b_end.median()))}
-            dims = (cfg.data.d,) + (int(width),) * (int(depth) - 1) + (cfg.data.k,)
+            dims = param_maths.layer_dims(cfg.data.d, int(width), int(depth), cfg.data.k)
             row["theory ‖J‖_F at init"] = fmt(theory.jacobian_frob_init(
                 param, cfg.model.init, dims, softmax))
             rows.append(row)
@@ -530,7 +530,7 @@ def spectrum_layer(ds: xr.Dataset) -> tuple[int, int]:
 
 
 def layer_shape(cfg: config_mod.Config, width: int, depth: int, layer: int) -> tuple[int, int]:
-    dims = (cfg.data.d,) + (int(width),) * (depth - 1) + (cfg.data.k,)
+    dims = param_maths.layer_dims(cfg.data.d, int(width), depth, cfg.data.k)
     return dims[layer], dims[layer + 1]
 
 

@@ -27,9 +27,8 @@ def init_variance(init: str, fan_in: int, width: int, parametrization: str = "st
                   fan_out: int | None = None) -> float:
     """s² of the entries of a layer under `init` ("he" or "width"), or under
     μP's own init when `parametrization` is "mup" (then `fan_out` is needed)."""
-    if parametrization == "mup":
-        return param_maths.init_std("mup", fan_in, width, fan_out) ** 2
-    return param_maths.init_std(init, fan_in, width) ** 2
+    scheme = param_maths.init_scheme(parametrization, init)
+    return param_maths.init_std(scheme, fan_in, width, fan_out) ** 2
 
 
 def jacobian_frob_init(parametrization: str, init: str, dims, softmax: bool = False) -> float:
@@ -201,7 +200,7 @@ def width_exponents(parametrization: str, init: str, lr_width_exponent: float,
     d, k = 16, 10       # fixed sizes: they set constants, not exponents
 
     def dims(m):
-        return (d,) + (m,) * (depth - 1) + (k,)
+        return param_maths.layer_dims(d, m, depth, k)
 
     sigma = [_slope(lambda m, l=l: param_maths.init_stds(parametrization, init, dims(m))[l])
              for l in range(depth)]
