@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,3 +242,13 @@ def test_the_package_has_a_version():
 
     import normsweep
     assert normsweep.__version__ == importlib.metadata.version("normsweep")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "sweeps").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_every_bundled_grid_parses_and_opens_with_its_command(path):
+    text = path.read_text()
+    config.parse(text, source=str(path))
+    first = text.splitlines()[0]
+    assert first.startswith(f"# normsweep launch sweeps/{path.name}"), first
+    assert "RUNTIME" not in text

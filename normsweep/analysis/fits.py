@@ -158,6 +158,21 @@ class Fit:
     n_seeds: int = 0                # the independent replicates behind the interval
 
 
+def seed_interval(per_seed, estimate: float | None = None) -> tuple[float, float, float]:
+    """(estimate, lo, hi): the 95% interval estimate ± t·sd/√S over S
+    independent replicates (seeds), NaN bounds with fewer than two. The
+    estimate defaults to their mean; a pooled fit passes its own."""
+    from scipy import stats
+    per = np.asarray(per_seed, float)
+    per = per[np.isfinite(per)]
+    est = float(per.mean()) if estimate is None and per.size else (
+        float("nan") if estimate is None else float(estimate))
+    if per.size < 2:
+        return est, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, per.size - 1) * per.std(ddof=1) / np.sqrt(per.size))
+    return est, est - half, est + half
+
+
 def _solve(design: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Weighted least squares, batched: design (B, P, k), y and w (B, P)."""
     a = np.einsum("bpi,bp,bpj->bij", design, w, design)
@@ -188,8 +203,6 @@ def fit_power_law(y: np.ndarray, lr: np.ndarray, width: np.ndarray, *,
     over the S seeds that identify it: exact for normal per-seed errors,
     whatever they share across η. One seed gives no interval (NaN).
     """
-    from scipy import stats
-
     y = np.asarray(y, np.float64)
     n_lr, n_w, n_s = y.shape
     lr = np.broadcast_to(np.asarray(lr, np.float64).reshape(n_lr, -1), (n_lr, n_w))
@@ -231,10 +244,7 @@ def fit_power_law(y: np.ndarray, lr: np.ndarray, width: np.ndarray, *,
     n_seeds = len(usable)
 
     def interval(estimate: float, replicates: np.ndarray) -> tuple[float, float, float]:
-        if n_seeds < 2:
-            return estimate, nan, nan
-        half = stats.t.ppf(0.975, n_seeds - 1) * replicates.std(ddof=1) / np.sqrt(n_seeds)
-        return estimate, estimate - half, estimate + half
+        return seed_interval(replicates, estimate)
 
     def coef(j: int | None) -> tuple[float, float, float]:
         return (nan, nan, nan) if j is None else interval(float(beta[j]), per[:, j])
@@ -272,8 +282,6 @@ def fit_finite_width(y: np.ndarray, width: np.ndarray) -> FiniteWidth:
     Needs three widths or more (else NaN); the interval comes from refits on
     each seed alone, as `fit_power_law`'s. log m and 1/√m are nearly
     collinear over a narrow range of widths, and the interval says so."""
-    from scipy import stats
-
     y = np.asarray(y, np.float64)
     n_lr, n_w, n_s = y.shape
     ok = np.isfinite(y) & (y > 0)
@@ -303,8 +311,7 @@ def fit_finite_width(y: np.ndarray, width: np.ndarray) -> FiniteWidth:
     if len(usable) >= 2:
         per = _solve(per_d[usable], np.moveaxis(logy, 2, 0).reshape(n_s, -1)[usable],
                      per_w[usable])[:, -2]
-        half = stats.t.ppf(0.975, len(usable) - 1) * per.std(ddof=1) / np.sqrt(len(usable))
-        lo, hi = beta[-2] - half, beta[-2] + half
+        _, lo, hi = seed_interval(per, beta[-2])
     return FiniteWidth(float(beta[-2]), lo, hi, float(beta[-1]),
                        abs(float(beta[-1])) / (2 * np.sqrt(m.max())), len(usable))
 

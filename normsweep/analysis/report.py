@@ -22,15 +22,17 @@ import xarray as xr
 
 from normsweep import config as config_mod
 from normsweep import store
-from normsweep.analysis import fits, outcomes
+from normsweep.analysis import fits, kernel, outcomes
 from normsweep.analysis.figures import (fig_balance, fig_comparison, fig_coordinates,
                                         fig_identity, fig_init, fig_jacobian, fig_margin,
                                         fig_ntk, fig_scaling, fig_sharpness, fig_spectrum,
                                         fig_stability, fig_trajectories)
 from normsweep.analysis.tables import (balance, ci, coordinate_lr, coordinate_slopes,
+                                       cumulative_terms,
                                        first_step_terms, fmt,
                                        identity_check, init_table, jacobian_table,
-                                       layer_multipliers, local_width_slopes, norm_growth,
+                                       layer_multipliers, local_width_slopes, norm_by_loss,
+                                       norm_growth,
                                        ntk_change, separated_at, sharpness_table, spectra_table,
                                        spectrum_layer, stability_against_sharpness,
                                        stable_ranks, well_trained_table)
@@ -88,11 +90,7 @@ def analyze(root: str | Path, *, fit_accuracy: float = outcomes.FIT_ACCURACY) ->
     table = full_table
     for name, value in ref_labels.items():
         table = table[table[name] == value]
-    try:
-        with store.atomic_path(out / "fits.csv") as tmp:
-            full_table.to_csv(tmp, index=False, float_format="%.6g")
-    except OSError as err:
-        raise store.write_failure(out / "fits.csv", err) from None
+    _write_csv(out / "fits.csv", full_table)
     store.write_netcdf(out / "fits.nc", fits.to_dataset(full_table))
     figures = [fig_init(ds, cfg, out), *fig_trajectories(ds, out),
                fig_stability(ds, outcome, out)]
@@ -104,6 +102,10 @@ def analyze(root: str | Path, *, fit_accuracy: float = outcomes.FIT_ACCURACY) ->
     if check:
         figures.append(fig_identity(check, out))
     moved = balance(ds, layer_multipliers(ds, cfg, param), keep)
+    cum = (cumulative_terms(ds, layer_multipliers(ds, cfg, param), keep) if wd == 0
+           else None)
+    if cum is not None:
+        _write_csv(out / "cumulative_terms.csv", cum)
     if moved:
         figures.append(fig_balance(moved["moved"], moved["depth"], out))
     if "sharpness" in ds:
@@ -115,7 +117,18 @@ def analyze(root: str | Path, *, fit_accuracy: float = outcomes.FIT_ACCURACY) ->
     if "margin" in ds and bool(((outcome == outcomes.FIT)
                                 & separated_at(ds, fit_accuracy).notnull()).any()):
         figures.append(fig_margin(ds, outcome, fit_accuracy, out))
-    text = render(ds, cfg, table, outcome, check, fit_accuracy, root, param, moved, wd)
+    trained = {"growth": norm_growth(ds, outcome, fit_accuracy)
+               if "margin" in ds else pd.DataFrame(),
+               "by_loss": norm_by_loss(ds, outcome),
+               "kernel_reason": kernel.not_applicable(full, cfg)}
+    trained["kernel"] = (kernel.kernel_table(root, full, cfg)
+                         if trained["kernel_reason"] is None else pd.DataFrame())
+    for name in ("growth", "by_loss", "kernel"):
+        if len(trained[name]):
+            _write_csv(out / CSV_NAMES[name], trained[name])
+    trained["cumulative"] = cum
+    text = render(ds, cfg, table, outcome, check, fit_accuracy, root, param, moved, wd,
+                  trained)
     if ref_labels:
         text += "\n".join(_comparison_section(full, full_table, ref_labels))
         figures.append(fig_comparison(full, out))
@@ -132,6 +145,19 @@ def analyze(root: str | Path, *, fit_accuracy: float = outcomes.FIT_ACCURACY) ->
         text += "\n".join(no_coordinate_section(full, full_outcome))
     store.write_text(out / "report.md", number_sections(text))
     return Analysis(full_table, out / "report.md", figures)
+
+
+CSV_NAMES = {"growth": "norm_growth.csv", "by_loss": "norm_by_loss.csv",
+             "kernel": "kernel.csv"}
+
+
+def _write_csv(path: Path, table: pd.DataFrame) -> None:
+    """`table` to `path` atomically, numbers to 6 significant digits."""
+    try:
+        with store.atomic_path(path) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6g")
+    except OSError as err:
+        raise store.write_failure(path, err) from None
 
 
 def heading(key: str, title: str) -> str:
@@ -169,8 +195,9 @@ def axes_note(grid) -> str:
 
 
 def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "standard",
-           moved: dict | None = None, wd: float = 0.0) -> str:
+           moved: dict | None = None, wd: float = 0.0, trained: dict | None = None) -> str:
     g = cfg.grid
+    trained = trained or {}
     counts = outcomes.counts(outcome)
     untrained = counts.pop(outcomes.UNTRAINED)
     total = sum(counts.values())
@@ -219,6 +246,7 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
               "![dist](trajectory_frob_dist.png)", ""]
 
     lines += balance_section(moved or {}, param, wd)
+    lines += cumulative_section(trained.get("cumulative"), param)
     lines += spectra_section(ds, cfg, outcome)
     jac = jacobian_table(ds, cfg, outcomes.usable(outcome))
     if jac is not None:
@@ -279,7 +307,11 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
                   "norms up (for cross-entropy ‖θ_t‖ grows like (log t)^{1/L}, Lyu & Li 2019). "
                   "A 'well-trained norm' is therefore a function of the training time, not a "
                   "limit.", ""]
-    lines += margin_section(ds, cfg, outcome, fit_accuracy)
+    lines += norm_by_loss_section(trained.get("by_loss", pd.DataFrame()))
+    lines += margin_section(trained.get("growth", pd.DataFrame()), cfg)
+    if cfg.model.output == "linear":
+        lines += kernel_section(trained.get("kernel", pd.DataFrame()),
+                                trained.get("kernel_reason"))
 
     lines += [heading("stability", "Stability"), "",
               f"Outcomes: {counts[outcomes.FIT]} fit, {counts[outcomes.TRAINING]} still training "
@@ -360,12 +392,9 @@ def spectra_section(ds, cfg, outcome) -> list[str]:
         "values:", "", "![spectrum](spectrum.png)", ""]
 
 
-def margin_section(ds, cfg, outcome, fit_accuracy: float) -> list[str]:
+def margin_section(growth: pd.DataFrame, cfg) -> list[str]:
     """Norms of the networks that fit against log t beside Lyu & Li's
     (log t)^{1/L}, and their normalised margin (`tables.norm_growth`)."""
-    if "margin" not in ds or not bool((outcome == outcomes.FIT).any()):
-        return []
-    growth = norm_growth(ds, outcome, fit_accuracy)
     if cfg.train.loss == "cross_entropy":
         law = ("With cross-entropy the network is L-homogeneous and the loss exponential-"
                "tailed: Lyu & Li (2019) prove that, once the data are separated, the "
@@ -378,13 +407,80 @@ def margin_section(ds, cfg, outcome, fit_accuracy: float) -> list[str]:
     if not len(growth):
         return [f"{law}. No network that fit ends with every point classified right "
                 "(q_min > 0), so there is no separated phase to measure.", ""]
+    shown = pd.DataFrame({
+        "depth": growth["depth"], "width": growth["width"],
+        "networks (seeds)": [f"{n} ({s})" for n, s in zip(growth["networks"], growth["seeds"])],
+        "separated at step": [fmt(v) for v in growth["separated_at"]],
+        "a in ‖θ‖ ∝ (log t)^a": [ci(a, lo, hi) for a, lo, hi in
+                                 zip(growth["a"], growth["a_lo"], growth["a_hi"])],
+        "1/L": [fmt(v, 2) for v in growth["lyu_li"]],
+        "verdict (1/L in interval)": [verdict(a, lo, hi, t) for a, lo, hi, t in zip(
+            growth["a"], growth["a_lo"], growth["a_hi"], growth["lyu_li"])],
+        "dq_min/d log t": [ci(r, lo, hi, signed=False) for r, lo, hi in zip(
+            growth["margin_rate"], growth["margin_rate_lo"], growth["margin_rate_hi"])],
+        "q/‖θ‖^L at separation": [fmt(v, 3) for v in growth["margin_at_separation"]],
+        "at the end": [fmt(v, 3) for v in growth["margin_at_end"]]})
     return [f"{law}. Per (depth, width) over the networks that fit and separate the data "
             "(every point classified right from some record on: q_min > 0, q_min the smallest "
             "logit margin over the points): the exponent a of ‖θ(t)‖ = (Σ_l‖W_l‖_F²)^½ ∝ "
-            "(log t)^a, fitted on the records from separation (t ≥ 3; at least 4 records), and "
-            "the normalised margin q_min/‖θ‖^L at separation and at the end, medians. A finite "
-            "run spans a short range of log log t: read a as the local rate, not a limit.", "",
-            _md(growth), "", "![margin](margin.png)", ""]
+            "(log t)^a, fitted on the records from separation (t ≥ 3; at least 4 records), "
+            "averaged per seed, with its 95% interval over seeds; the rate dq_min/d log t at "
+            "which the smallest margin grows over the same records, likewise (for cross-"
+            "entropy the loss falls like 1/t up to log factors, so this rate tends to 1; for "
+            "softmax-MSE no theorem fixes it, and the interval is the measurement); and the "
+            "normalised margin q_min/‖θ‖^L at separation and at the end, medians. A finite run "
+            "spans a short range of log log t: read a as the local rate, not a limit.", "",
+            _md(shown), "", "![margin](margin.png)", ""]
+
+
+def norm_by_loss_section(by_loss: pd.DataFrame) -> list[str]:
+    """‖θ‖ and the margin as the loss falls (`tables.norm_by_loss`)."""
+    if not len(by_loss):
+        return []
+    theta = by_loss.pivot_table(index=["depth", "width"], columns="when", values="theta",
+                                sort=False)
+    margin = by_loss.pivot_table(index=["depth", "width"], columns="when", values="margin",
+                                 sort=False)
+    shown = theta.map(fmt).astype(str)
+    if margin.notna().any().any():
+        shown = shown + " (" + margin.map(lambda v: fmt(v, 2)).astype(str) + ")"
+    shown = shown.reset_index()
+    return ["How large the weights of the networks that fit are at a given degree of training: "
+            "‖θ‖ = (Σ_l ‖W_l‖_F²)^½, median over them, at init, at the first record where the "
+            "loss has fallen to a fraction of its initial value, and at the last step; in "
+            "brackets the median smallest logit margin q_min there. The full table, with "
+            "steps and counts, is `norm_by_loss.csv`.", "", _md(shown), ""]
+
+
+def kernel_section(ker: pd.DataFrame, reason: str | None) -> list[str]:
+    """The measured ‖θ(T) − θ₀‖ against the kernel prediction (`kernel.kernel_table`)."""
+    if reason is not None:
+        return [f"The kernel prediction of ‖θ(∞) − θ₀‖ is not shown: {reason}.", ""]
+    shown = ker[ker["networks"] > 0]
+    if not len(shown):
+        return ["No network trained to interpolation (loss(T) ≤ "
+                f"{kernel.CONVERGED:g}·loss(0)): the kernel prediction has nothing to meet.", ""]
+    table = pd.DataFrame({
+        **({"parametrization": shown["parametrization"]}
+           if shown["parametrization"].nunique() > 1 else {}),
+        "depth": shown["depth"], "width": shown["width"],
+        "η₀": [f"{v:.3g}" for v in shown["lr"]], "networks": shown["networks"],
+        "predicted ‖θ(∞) − θ₀‖": [fmt(v) for v in shown["predicted"]],
+        "measured / predicted": [ci(v, lo, hi, signed=False) for v, lo, hi in
+                                 zip(shown["ratio"], shown["ratio_lo"], shown["ratio_hi"])],
+        "verdict (1 in interval)": [verdict(v, lo, hi, 1.0) for v, lo, hi in
+                                    zip(shown["ratio"], shown["ratio_lo"], shown["ratio_hi"])]})
+    return [heading("kernel", "Distance travelled against the kernel prediction"), "",
+            "With a linear output and ½Σ‖z − y‖², the linearised network trained by GD to "
+            "interpolation moves the weights by ‖θ(∞) − θ₀‖ = √(rᵀΘ⁻¹r) (r = z₀ − y the "
+            "initial residual, Θ the empirical NTK at W(0); with rate factors c_l the metric "
+            "is C⁻¹, see `normsweep/analysis/kernel.py`). In the lazy (kernel) regime the "
+            "network stays close to its linearisation and the measured distance meets this "
+            "prediction; a ratio away from 1 measures how far training left the kernel regime. "
+            "Per cell over the networks that interpolated (loss(T) ≤ "
+            f"{kernel.CONVERGED:g}·loss(0)); the prediction is computed in float64 from each "
+            "seed's recorded W(0), and the ratio's 95% interval is over seeds. The table is "
+            "`kernel.csv`.", "", _md(table), ""]
 
 
 def finite_width_section(ds, fit_accuracy: float) -> list[str]:
@@ -469,6 +565,29 @@ def balance_section(moved: dict, param: str, wd: float) -> list[str]:
             f"{'grew' if moved['moves_most_change'] > 0 else 'shrank'} by "
             f"{abs(moved['moves_most_change']):.1%} (median).", "",
             "![balance](balance.png)", ""]
+
+
+def cumulative_section(cum: pd.DataFrame | None, param: str) -> list[str]:
+    """Gradient flow against GD over the whole run (`tables.cumulative_terms`)."""
+    if cum is None or not len(cum):
+        return []
+    factor = "" if param == "standard" else "/c_l"
+    shown = pd.DataFrame({
+        "η₀": [f"{v:.3g}" for v in cum["lr"]], "layer": cum["layer"],
+        f"Δ‖W_l‖²{factor}": [fmt(v) for v in cum["total"]],
+        "first order (gradient flow)": [fmt(v) for v in cum["first_order"]],
+        "η² part": [fmt(v) for v in cum["second_order"]],
+        "η² share": [fmt(v, 2) for v in cum["second_order_share"]]})
+    width, depth = int(cum["width"].iloc[0]), int(cum["depth"].iloc[0])
+    return ["**Over the whole run.** Every step is recorded, so the change of each layer's "
+            f"squared norm from init to the end{' (divided by c_l)' if factor else ''} splits "
+            "exactly into a first-order part −2η·Σ_t⟨W_l, ∇_l L⟩, which is the same in every "
+            "layer (gradient flow conserves the differences ‖W_l‖² − ‖W_{l+1}‖²), and the η² "
+            "part Σ_t‖W_l(t) − W_l(t−1)‖², which is not. The η² part is how far GD departs "
+            f"from gradient flow's conservation. Medians at depth {depth}, width {width}, over "
+            "the networks that fit or still train; `cumulative_terms.csv` also has the "
+            "first-order part summed from the recorded ⟨W_l, ∇_l L⟩, an independent route to "
+            "the same number:", "", _md(shown), ""]
 
 
 def regime_section(ds, table: pd.DataFrame, fit_accuracy: float) -> list[str]:

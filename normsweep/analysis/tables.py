@@ -122,6 +122,48 @@ def identity_check(ds: xr.Dataset, mult: xr.DataArray | float = 1.0,
     }
 
 
+def cumulative_terms(ds: xr.Dataset, mult: xr.DataArray | float,
+                     keep: xr.DataArray) -> pd.DataFrame | None:
+    """Over the whole run, how far GD departs from gradient flow's
+    conservation law: at the deepest depth and widest width, over the
+    networks `keep` selects (no weight decay), per η₀ and layer, the medians
+    of Δ‖W_l‖_F² = ‖W_l(T)‖² − ‖W_l(0)‖² split into its first-order part
+    −2η·c_l·Σ_t⟨W_l, ∇_l L⟩ (layer-independent after dividing by c_l, as
+    under gradient flow) and its η² part Σ_t ‖W_l(t) − W_l(t−1)‖_F², each
+    divided by c_l, and the η² part's share of |Δ‖W_l‖²|. `first_order_check`
+    is the same first-order sum from the recorded ⟨W_l, ∇_l L⟩, an independent
+    route to it. Needs every step recorded; None otherwise."""
+    steps = ds["step"].values
+    if "update_norm" not in ds or len(steps) < 2 or not np.all(np.diff(steps) == 1):
+        return None
+    depth, width = ds["depth"].values.max(), ds["width"].values.max()
+    at = dict(depth=depth, width=width)
+    d = ds.sel(at).where(keep.sel(at))
+    c = mult.sel(at) if isinstance(mult, xr.DataArray) else mult
+    total = (d["frob_norm"].isel(step=-1) ** 2 - d["frob_norm"].isel(step=0) ** 2) / c
+    second = (d["update_norm"].isel(step=slice(1, None)) ** 2).sum("step", min_count=1) / c
+    first = total - second
+    check = (-2 * d["lr_effective"] * d["grad_dot_weight"].isel(step=slice(0, -1))
+             .sum("step", min_count=1)) if "grad_dot_weight" in d else first * np.nan
+    others = [dim for dim in total.dims if dim not in ("lr", "layer")]
+    rows = []
+    for lr in ds["lr"].values:
+        for layer in range(int(depth)):
+            sel = dict(lr=lr, layer=layer)
+            tot = total.sel(sel)
+            if not bool(tot.notnull().any()):
+                continue
+            share = np.abs(second.sel(sel)) / np.abs(tot)
+            rows.append({"depth": int(depth), "width": int(width), "lr": float(lr),
+                         "layer": layer, "networks": int(tot.notnull().sum()),
+                         "total": float(tot.median(others)),
+                         "first_order": float(first.sel(sel).median(others)),
+                         "second_order": float(second.sel(sel).median(others)),
+                         "first_order_check": float(check.sel(sel).median(others)),
+                         "second_order_share": float(share.median(others))})
+    return pd.DataFrame(rows) if rows else None
+
+
 def first_step_terms(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame | None:
     """The two terms of the first step's Δ‖W_l‖_F² = −2η·c_l⟨W_l, ∇L⟩ +
     η²c_l²‖∇_l L‖² at init, per width and layer of the deepest networks:
@@ -243,12 +285,14 @@ def ntk_change(ds: xr.Dataset, name: str = "ntk_max_eig") -> xr.DataArray:
     return np.abs(last_measured(da) / da.isel(step=0, drop=True) - 1)
 
 
-def ci(v, lo, hi) -> str:
-    """An estimate and its interval; the estimate alone where there is none."""
+def ci(v, lo, hi, signed: bool = True) -> str:
+    """An estimate and its interval; the estimate alone where there is none.
+    Exponents are `signed`; ratios are not, and keep three decimals."""
     if not np.isfinite(v):
         return "–"
-    return f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) and np.isfinite(hi) \
-        else f"{v:+.2f} (no interval)"
+    f = "{:+.2f}" if signed else "{:.3f}"
+    return (f"{f.format(v)} [{f.format(lo)}, {f.format(hi)}]" if np.isfinite(lo)
+            and np.isfinite(hi) else f"{f.format(v)} (no interval)")
 
 
 def balance(ds: xr.Dataset, mult: xr.DataArray | float, keep: xr.DataArray) -> dict:
@@ -480,9 +524,13 @@ def norm_growth(ds: xr.Dataset, outcome: xr.DataArray,
     point classified right: the exponent a of ‖θ(t)‖ ∝ (log t)^a from
     when they separate the data (`separated_at`; least squares of log‖θ‖ on
     log log t over the records from then with t ≥ 3, at least `min_records`
-    of them; median over networks), beside Lyu & Li's 1/L; and the
-    normalised margin q_min/‖θ‖^L at separation and at the end (medians;
-    it rises monotonically in Lyu & Li's setting)."""
+    of them), averaged per seed and given with its 95% interval over seeds
+    (`fits.seed_interval`: the η values of one seed share W(0)), beside Lyu &
+    Li's 1/L; the rate dq_min/d log t of the smallest margin over the same
+    records, likewise (→ 1 for cross-entropy, where the loss falls like 1/t
+    up to log factors); and the normalised margin q_min/‖θ‖^L at separation
+    and at the end (medians; it rises monotonically in Lyu & Li's setting)."""
+    from normsweep.analysis.fits import seed_interval
     t_sep = separated_at(ds, fit_accuracy)
     fit = (outcome == outcomes.FIT) & t_sep.notnull()
     theta = param_norm(ds)
@@ -497,7 +545,7 @@ def norm_growth(ds: xr.Dataset, outcome: xr.DataArray,
             th = theta.sel(sel).where(mask)
             norm_margin = (ds["margin"].sel(sel) / th ** int(depth)) if "margin" in ds else None
             ts = t_sep.sel(sel)
-            exps, at_sep, at_end = [], [], []
+            by_seed, rate_by_seed, at_sep, at_end = {}, {}, [], []
             for idx in zip(*np.nonzero(mask.values)):
                 point = dict(zip(mask.dims, idx))
                 start = float(ts.isel(point))
@@ -505,20 +553,71 @@ def norm_growth(ds: xr.Dataset, outcome: xr.DataArray,
                 after = (steps >= max(start, 3)) & np.isfinite(curve)
                 if after.sum() >= min_records:
                     x, y = np.log(np.log(steps[after])), np.log(curve[after])
-                    exps.append(np.polyfit(x, y, 1)[0])
+                    by_seed.setdefault(point["seed"], []).append(np.polyfit(x, y, 1)[0])
+                    if "margin" in ds:
+                        q = ds["margin"].sel(sel).isel(point).values[after]
+                        rate_by_seed.setdefault(point["seed"], []).append(
+                            np.polyfit(np.log(steps[after]), q, 1)[0])
                 if norm_margin is not None:
                     nm = norm_margin.isel(point)
                     at_sep.append(float(nm.sel(step=int(start))))
                     at_end.append(float(nm.isel(step=-1)))
+            a, lo, hi = seed_interval([np.mean(v) for v in by_seed.values()])
+            rate, rate_lo, rate_hi = seed_interval([np.mean(v) for v in rate_by_seed.values()])
             rows.append({"depth": int(depth), "width": int(width),
-                         "networks separated": int(mask.sum()),
-                         "separated at step": fmt(float(ts.where(mask).median())),
-                         "a in ‖θ‖ ∝ (log t)^a": fmt(float(np.median(exps)), 2) if exps
-                         else "–",
-                         "1/L": fmt(theory.lyu_li_exponent(int(depth)), 2),
-                         "q/‖θ‖^L at separation": fmt(float(np.median(at_sep)), 3) if at_sep
-                         else "–",
-                         "at the end": fmt(float(np.median(at_end)), 3) if at_end else "–"})
+                         "networks": int(mask.sum()), "seeds": len(by_seed),
+                         "separated_at": float(ts.where(mask).median()),
+                         "a": a, "a_lo": lo, "a_hi": hi,
+                         "lyu_li": theory.lyu_li_exponent(int(depth)),
+                         "margin_rate": rate, "margin_rate_lo": rate_lo,
+                         "margin_rate_hi": rate_hi,
+                         "margin_at_separation": float(np.median(at_sep)) if at_sep
+                         else float("nan"),
+                         "margin_at_end": float(np.median(at_end)) if at_end
+                         else float("nan")})
+    return pd.DataFrame(rows)
+
+
+LOSS_LEVELS = (1e-1, 1e-2, 1e-3, 1e-4)
+
+
+def norm_by_loss(ds: xr.Dataset, outcome: xr.DataArray,
+                 levels: tuple[float, ...] = LOSS_LEVELS) -> pd.DataFrame:
+    """How large the weights are at a given degree of training: per (depth,
+    width) over the networks that fit, at init, at the first record where
+    the loss has fallen to `level`·loss(0) for each level, and at the end,
+    the medians of ‖θ‖ = (Σ_l ‖W_l‖_F²)^½, of the smallest logit margin
+    q_min, and of the step; `networks` counts those that reached the level."""
+    fit = outcome == outcomes.FIT
+    theta = param_norm(ds)
+    rel = ds["loss"] / ds["loss"].isel(step=0)
+    steps = ds["step"].broadcast_like(rel)
+    has_margin = "margin" in ds
+    rows = []
+    for depth in ds["depth"].values:
+        for width in ds["width"].values:
+            sel = dict(depth=depth, width=width)
+            mask = fit.sel(sel)
+            if not bool(mask.any()):
+                continue
+            marks = [("init", xr.zeros_like(mask, dtype=float).where(mask))]
+            for level in levels:
+                marks.append((f"loss ≤ {level:g}·loss(0)",
+                              steps.sel(sel).where(rel.sel(sel) <= level).min("step").where(mask)))
+            marks.append(("end", xr.full_like(mask, float(ds["step"][-1]), dtype=float)
+                          .where(mask)))
+            for name, at in marks:
+                reached = at.notnull()
+                if not bool(reached.any()):
+                    continue
+                step_at = at.fillna(0).astype(int)
+                th = theta.sel(sel).sel(step=step_at).where(reached)
+                q = (ds["margin"].sel(sel).sel(step=step_at).where(reached) if has_margin
+                     else None)
+                rows.append({"depth": int(depth), "width": int(width), "when": name,
+                             "networks": int(reached.sum()),
+                             "step": float(at.median()), "theta": float(th.median()),
+                             "margin": float(q.median()) if q is not None else float("nan")})
     return pd.DataFrame(rows)
 
 
