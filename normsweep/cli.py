@@ -20,7 +20,9 @@ from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 
+from normsweep import folder as folder_mod
 from normsweep.errors import GridError, RunError, SweepWarning
+from normsweep.folder import ResultsFolder
 from normsweep.sweep import Reporter
 
 err_console = Console(stderr=True)
@@ -432,33 +434,6 @@ def print_preview(grid: Path, config, p, command: str) -> None:
     click.echo(f"next: {command}")
 
 
-def folder_status(root: Path):
-    """(config, done cohort names, all cohort names, networks trained) of a
-    results folder: a cohort is done when its file holds every network of
-    the grid (`store.holds`); the networks trained are counted in the readable cohort
-    files of the grid, those of an earlier, smaller grid included."""
-    from normsweep import config as config_mod
-    from normsweep import plan, store
-
-    config = config_mod.load(root / "grid.toml")
-    cohorts = plan.cohorts(config)
-    done, trained = [], 0
-    for c in cohorts:
-        path = store.cohort_path(root, c)
-        if not path.exists():
-            continue
-        try:
-            with store.open_checked(path) as ds:
-                if store.holds(config, ds.attrs):
-                    done.append(c.name)
-                    trained += c.size       # a grown file's extra networks are not this grid's
-                else:
-                    trained += int(ds["diverged_at"].size)
-        except RunError:
-            continue        # damaged: the next launch moves it aside and recomputes it
-    return config, done, [c.name for c in cohorts], trained
-
-
 def sweep_summary(path: Path) -> dict:
     """What `ls` and `show` print of a sweep.nc: {} when there is none; a
     RunError when it cannot be read."""
@@ -498,12 +473,12 @@ def ls_cmd(root: Path) -> None:
         found += 1
         name = escape(str(folder.relative_to(root)) if folder != root else folder.name)
         try:
-            config, done, names, trained = folder_status(folder)
-        except GridError as err:
-            table.add_row(name, f"[red]unreadable grid.toml ({escape(str(err.allowed))})",
-                          "", "", "")
+            status = ResultsFolder(folder).status()
+        except RunError:
+            table.add_row(name, "[red]unreadable grid.toml", "", "", "")
             continue
-        networks = f"{trained}/{config.grid.size}"
+        done, names = status.done, [c.cohort.name for c in status.cohorts]
+        networks = f"{status.kept}/{status.config.grid.size}"
         try:
             summary = sweep_summary(folder / "sweep.nc")
         except RunError:
@@ -593,20 +568,28 @@ def show(target: Path) -> None:
         raise click.BadParameter(f"{dir}: not a normsweep results folder (no grid.toml or no "
                                  f"{store.MARKER} marker) and not a grid file",
                                  param_hint="DIR|GRID")
+    place = ResultsFolder(dir)
     try:
-        config, done, names, trained = folder_status(dir)
-    except GridError as err:
-        raise click.ClickException(f"{dir}/grid.toml is damaged: {err}") from None
+        status = place.status()
+    except RunError as err:
+        raise click.ClickException(str(err)) from None
+    config, done = status.config, status.done
+    names = [c.cohort.name for c in status.cohorts]
     try:
         summary, damaged = sweep_summary(dir / "sweep.nc"), ""
     except RunError as err:
         summary, damaged = {}, str(err)
     console = Console()
     print_config(console, config, dir)
-    console.print(f"  cohorts: {len(done)}/{len(names)} done, {trained}/{config.grid.size} "
+    console.print(f"  cohorts: {len(done)}/{len(names)} done, {status.kept}/{config.grid.size} "
                   "networks trained"
                   + ("" if len(done) == len(names) else
                      f"; to do: {', '.join(n for n in names if n not in done)}"))
+    for c in status.cohorts:
+        if c.state in (folder_mod.DAMAGED, folder_mod.FOREIGN):
+            console.print(escape(f"  {c.state}: {c.reason}"))
+    for path in status.stray:
+        console.print(escape(f"  stray: {path} is not a cohort of this grid (left alone)"))
     if summary:
         console.print(escape(
             f"  sweep.nc: {summary['networks']} networks, {summary['diverged']} diverged, "
@@ -617,14 +600,12 @@ def show(target: Path) -> None:
                              "files (open_sweep and analyze combine them meanwhile)"))
     else:
         console.print("  sweep.nc: not yet written (launch again to finish)")
-    pending = dir / store.GROW_FILE
+    pending = place.grow_file
     if pending.exists():
-        try:
-            grown = config_mod.load(pending)
-            axes = ", ".join(f"{axis} = {list(values)}" for axis, values in
-                             grown.member_values().items() if values != config.member_values()[axis])
-        except GridError:
-            axes = "an unreadable grid"
+        grown = place.pending_grow()
+        axes = "an unreadable grid" if grown is None else ", ".join(
+            f"{axis} = {list(values)}" for axis, values in grown.member_values().items()
+            if values != config.member_values()[axis])
         console.print(escape(f"  a grow to {axes} is not finished ({pending}): the folder reads as "
                              "the grid above until it is; launch the grown grid again to finish it"))
 

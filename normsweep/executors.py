@@ -98,15 +98,14 @@ def cohort_task(config_text: str, source: str, root: str, index: int, budget: in
     import time
 
     from normsweep import config as config_mod
-    from normsweep import plan, store, work
+    from normsweep import plan, work
 
     started = time.perf_counter()
     cfg = config_mod.parse(config_text, source=source)
     work.enable_dtype(cfg)
     work.enable_compilation_cache()
     cohort = plan.cohorts(cfg)[index]
-    skipped = work.cohort_done(cfg, cohort, store.cohort_path(Path(root), cohort),
-                                 lambda message: None)
+    skipped = work.cohort_done(cfg, cohort, Path(root), lambda message: None)
     diverged = 0
     if not skipped:
         x, y = work.training_data(cfg)

@@ -514,46 +514,35 @@ def open_sweep(root: str | os.PathLike, *, partial: bool = False) -> xr.Dataset:
     `partial = 1` and `cohorts_missing` say so. Warnings are
     `errors.SweepWarning`s.
     """
-    from normsweep import config as config_mod
-    from normsweep import plan
+    from normsweep import folder
 
     root = Path(root)
-    sweep, grid_file = root / "sweep.nc", root / "grid.toml"
+    place = folder.ResultsFolder(root)
+    sweep, grid_file = place.sweep_file, place.grid_file
     if not grid_file.exists():
         if sweep.exists():          # a sweep.nc on its own: nothing to check it against
             return _read_sweep(sweep)
         raise RunError(f"{root}: no grid.toml and no sweep.nc: not a normsweep results folder")
-    try:
-        config = config_mod.load(grid_file)
-    except GridError as err:
-        raise RunError(f"{grid_file} is damaged: {err}") from None
-    expected = plan.cohorts(config)
-    names = {cohort_path(root, c).name for c in expected}
-    for stray in sorted((root / "cohorts").glob("*.nc")):
-        if stray.name not in names:
-            warnings.warn(f"{stray} is not a cohort of {grid_file}: left out", SweepWarning,
-                          stacklevel=2)
+    status = place.status()
+    config, expected = status.config, [c.cohort for c in status.cohorts]
+    for stray in status.stray:
+        warnings.warn(f"{stray} is not a cohort of {grid_file}: left out", SweepWarning,
+                      stacklevel=2)
     present, missing = [], []           # (path, attrs) of the cohorts of this grid on disk
-    for c in expected:
-        path = cohort_path(root, c)
-        if not path.exists():
-            missing.append(c.name)
+    for c in status.cohorts:
+        if c.state == folder.DONE:
+            present.append((c.path, c.cohort.name, c.attrs))
             continue
-        try:
-            with open_checked(path) as ds:
-                attrs, name = dict(ds.attrs), cohort_name(ds)
-        except RunError as err:
-            warnings.warn(f"{path}: not a readable cohort file ({err}): left out (launch again "
-                          "to recompute it)", SweepWarning, stacklevel=2)
-            missing.append(c.name)
-            continue
-        if not holds(config, attrs) or name != c.name:
-            warnings.warn(f"{path} was written with other settings than {grid_file} "
-                          f"(fingerprint {attrs.get('config_fingerprint')}, grid "
-                          f"{config.fingerprint()}): left out", SweepWarning, stacklevel=2)
-            missing.append(c.name)
-            continue
-        present.append((path, c.name, attrs))
+        missing.append(c.cohort.name)
+        if c.state == folder.DAMAGED:
+            warnings.warn(f"{c.path}: not a readable cohort file ({c.reason}): left out "
+                          "(launch again to recompute it)", SweepWarning, stacklevel=2)
+        elif c.state == folder.GROWABLE:
+            warnings.warn(f"{c.path} holds {c.kept} of the {c.cohort.size} networks of "
+                          f"{grid_file} (an earlier, smaller grid's): left out until a launch "
+                          "trains the rest", SweepWarning, stacklevel=2)
+        elif c.state == folder.FOREIGN:
+            warnings.warn(f"{c.reason.split('; ')[0]}: left out", SweepWarning, stacklevel=2)
     if missing and not partial:
         raise RunError(f"{root}: {len(missing)} of {len(expected)} cohorts are not on disk "
                        f"({', '.join(missing)}); launch again to finish the sweep, or open it "

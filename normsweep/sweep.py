@@ -27,9 +27,10 @@ import jax
 import numpy as np
 
 from normsweep import config as config_mod
-from normsweep import plan, records, store, work
+from normsweep import folder, plan, records, store, work
 from normsweep.config import Config
 from normsweep.errors import GridError, RunError
+from normsweep.folder import ResultsFolder
 
 
 @dataclasses.dataclass
@@ -193,13 +194,13 @@ def make_folder(root: Path) -> list[Path]:
 def remove_created(created: list[Path]) -> None:
     """Removes folders `make_folder` created, with the lock file and empty
     cohorts/ a refused launch leaves in them, and nothing else."""
-    for folder in created:
+    for made in created:
         for name in (".lock", "cohorts"):
             with contextlib.suppress(OSError):
-                p = folder / name
+                p = made / name
                 p.rmdir() if p.is_dir() and not p.is_symlink() else p.unlink()
         with contextlib.suppress(OSError):
-            folder.rmdir()
+            made.rmdir()
 
 
 def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
@@ -235,7 +236,7 @@ def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
             client = stack.enter_context(executors.connect(scheduler))
         created = make_folder(root)
         try:
-            with store.folder_lock(root):
+            with ResultsFolder(root).lock():
                 check_folder(config, root)     # under the lock: no launch can slip in between
                 steps = plan.record_steps(config.train.steps, config.record.steps,
                                           config.record.log_points)
@@ -243,7 +244,7 @@ def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
                                       client, devices, compile_workers, created,
                                       command or shlex.join(sys.argv), only)
         except BaseException:
-            if created and not store.is_sweep_folder(root):
+            if created and not ResultsFolder(root).is_results_folder():
                 remove_created(created)     # a refused launch leaves no folder behind
             raise
 
@@ -269,20 +270,14 @@ class Preview:
 
 
 def kept_networks(config: Config, root: Path, cohort: plan.Cohort) -> int:
-    """How many of `cohort`'s networks are already on disk in `root`: all of
-    them when its file holds this grid's (`store.holds`), those of an earlier
-    grid this one extends, else none (a damaged file is recomputed whole)."""
-    try:        # the attributes and `diverged_at` only, not the whole file
-        with store.open_checked(store.cohort_path(root, cohort)) as ds:
-            if store.holds(config, ds.attrs):
-                return cohort.size
-            held = work.held_grid(config, ds)
-            if held is None:
-                return 0
-            at = ds["diverged_at"].isel(width=0, depth=0).astype(np.float64)
-            return int(np.isfinite(work.by_member(at, held, cohort)).sum())
-    except RunError:        # missing or damaged: recomputed whole
-        return 0
+    """How many of `cohort`'s networks are already on disk in `root`
+    (`ResultsFolder.cohort_state`): a damaged file counts none, as the launch
+    recomputes it whole; a file of other settings is refused, as the launch
+    refuses it."""
+    state = ResultsFolder(root).cohort_state(config, cohort)
+    if state.state == folder.FOREIGN:
+        raise RunError(state.reason)
+    return state.kept
 
 
 def preview(config: Config, root: Path, *, budget_bytes: int | None = None,
@@ -536,27 +531,28 @@ def selected(cohort: plan.Cohort, only: list[dict[str, int]] | None) -> bool:
 
 def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
                    client, devices, compile_workers, created, command, only) -> Summary:
-    store.real_folder(root, "cohorts", create=False)    # a link would send writes elsewhere
-    if store.is_sweep_folder(root):
-        store.remove_stale_temporaries(root)
+    place = ResultsFolder(root)
+    place.subfolder("cohorts", create=False)    # a link would send writes elsewhere
+    if place.is_results_folder():
+        place.remove_stale_temporaries()
     known = {store.cohort_path(root, c).name for c in cohorts}
     for stray in sorted((root / "cohorts").glob("*.nc")):
         if stray.name not in known:
             reporter.warn(f"{stray} is not a cohort of this grid: left alone, not combined")
-    todo = [c for c in cohorts if selected(c, only)
-            and not work.cohort_done(config, c, store.cohort_path(root, c), reporter.warn)]
-    skipped = [c.name for c in cohorts if selected(c, only) and c not in todo]
-    kept = {c.name: c.size if c.name in skipped else kept_networks(config, root, c)
-            for c in cohorts if selected(c, only)}
+    states = {c.name: work.settled_state(config, c, root, reporter.warn)
+              for c in cohorts if selected(c, only)}
+    todo = [c for c in cohorts if c.name in states and states[c.name].state != folder.DONE]
+    skipped = [name for name, s in states.items() if s.state == folder.DONE]
+    kept = {name: s.kept for name, s in states.items()}
     counts = {"new": sum(c.size - kept[c.name] for c in todo), "kept": sum(kept.values())}
     check_disk(config, root, cohorts, todo, len(steps))
-    store.real_folder(root, "cohorts")
-    store.mark_folder(root)
+    place.subfolder("cohorts")
+    place.mark()
     # a grow changes grid.toml only once every grown network is on disk; until
     # then GROW_FILE records it, and the folder reads as the grid it held
-    grid_file, pending = root / "grid.toml", root / store.GROW_FILE
+    grid_file, pending = place.grid_file, place.grow_file
     growing = grid_file.exists() and store.recorded_fingerprint(grid_file) != config.fingerprint()
-    store.write_text(pending if growing else grid_file, config.text)
+    place.write_text(pending if growing else grid_file, config.text)
     work.enable_compilation_cache()
     # work in FLOPs (`plan.train_flop`), so that the time left weighs each cohort by its cost
     reporter.start(len(cohorts), len(skipped), {c.name: plan.train_flop(config, c) for c in todo})
@@ -569,9 +565,9 @@ def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
                    default_compile_workers(len(todo)) if compile_workers is None
                    else compile_workers)
 
-    store.remove_stale_temporaries(root)   # left by Dask workers killed mid-write
-    left = [c for c in cohorts if not selected(c, only) and not work.cohort_done(
-        config, c, store.cohort_path(root, c), reporter.warn)]
+    place.remove_stale_temporaries()   # left by Dask workers killed mid-write
+    left = [c for c in cohorts if not selected(c, only)
+            and not work.cohort_done(config, c, root, reporter.warn)]
     if left:            # a part of the grid, by `only`: the rest stays to do
         files = [store.read_cohort_of(config, store.cohort_path(root, c))
                  for c in cohorts if c not in left]
@@ -582,13 +578,13 @@ def _launch_locked(config, root, cohorts, steps, budget, reporter, started,
     sweep = store.combine([store.read_cohort_of(config, store.cohort_path(root, c))
                            for c in cohorts])
     if growing:                 # every grown network is on disk: the grow is done
-        store.write_text(grid_file, config.text)
+        place.write_text(grid_file, config.text)
     sweep.attrs["command"] = command
     keep_foreign_sweep(root / "sweep.nc", reporter)
     sweep.attrs["history"] = "\n".join(filter(None, [
         earlier_history(root / "sweep.nc"),
         f"{records.now()} normsweep {records.package_version('normsweep')}: {command}"]))
-    store.write_netcdf(root / "sweep.nc", sweep)
+    place.write_netcdf(place.sweep_file, sweep)
     if growing or store.recorded_fingerprint(pending) == config.fingerprint():
         with contextlib.suppress(FileNotFoundError):
             pending.unlink()

@@ -14,11 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from normsweep import config as config_mod
-from normsweep import plan, records, store, train
+from normsweep import folder, plan, records, store, train
 from normsweep.config import Config
 from normsweep.data import sphere_data
 from normsweep.errors import RunError
+from normsweep.folder import ResultsFolder
 
 
 def program_for(config: Config, cohort: plan.Cohort) -> train.Program:
@@ -74,64 +74,28 @@ def damaged_name(path: Path) -> Path:
     return out
 
 
-def cohort_done(config: Config, cohort: plan.Cohort, path: Path,
+def settled_state(config: Config, cohort: plan.Cohort, root: Path,
+                  warn: Callable[[str], None]) -> folder.CohortState:
+    """The cohort's state in the folder (`ResultsFolder.cohort_state`, every
+    checksum read through), settled for a launch: a file that cannot be read
+    (truncated, corrupt, a checksum that does not match) is renamed to
+    `damaged_name(path)`, reported, and counts as missing; a readable file of
+    another grid or cohort is refused (it is never silently combined)."""
+    state = ResultsFolder(root).cohort_state(config, cohort, verify=True)
+    if state.state == folder.DAMAGED:
+        damaged = damaged_name(state.path)
+        os.replace(state.path, damaged)
+        warn(f"{state.reason}; moved to {damaged.name} and recomputing")
+        return folder.CohortState(cohort, state.path, folder.MISSING)
+    if state.state == folder.FOREIGN:
+        raise RunError(state.reason)
+    return state
+
+
+def cohort_done(config: Config, cohort: plan.Cohort, root: Path,
                 warn: Callable[[str], None]) -> bool:
-    """True when `path` is a finished cohort of this grid's settings.
-
-    A file that cannot be read (truncated, corrupt, a checksum that does not
-    match) is renamed to `damaged_name(path)`, reported, and recomputed; a
-    readable file of another grid or cohort is refused (it is never silently
-    combined)."""
-    if not path.exists():
-        return False
-    try:
-        ds = store.read_cohort(path, weights=config.record.weights)
-    except RunError as err:
-        damaged = damaged_name(path)
-        os.replace(path, damaged)
-        warn(f"{err}; moved to {damaged.name} and recomputing")
-        return False
-    if ds.sizes.get("width") != 1 or ds.sizes.get("depth") != 1 \
-            or int(ds["width"][0]) != cohort.width or int(ds["depth"][0]) != cohort.depth:
-        raise RunError(f"{path} does not hold the cohort width={cohort.width}, "
-                       f"depth={cohort.depth}; move it away to recompute it")
-    if store.holds(config, ds.attrs):
-        return True
-    held_format = int(ds.attrs.get("record_format", 1))
-    if held_format != config_mod.RECORD_FORMAT:
-        raise RunError(f"{path} was written by a normsweep that records other quantities "
-                       f"(record format {held_format}, this one {config_mod.RECORD_FORMAT}); "
-                       "launch into a new folder (--out), or move the file away to recompute it")
-    if held_grid(config, ds) is not None:
-        return False            # an earlier grid's networks: `run_cohort` adds the new ones
-    raise RunError(f"{path} was written with other settings (fingerprint "
-                   f"{ds.attrs.get('config_fingerprint')}, this grid {config.fingerprint()}); "
-                   "move it away to recompute it")
-
-
-def held_grid(config: Config, ds: xr.Dataset) -> Config | None:
-    """The grid that wrote cohort file `ds` when `config` extends it (the same
-    core settings, every member axis a superset: `check_folder`'s rule),
-    else None."""
-    held = store.grid_of(ds.attrs)
-    return held if held is not None and store.covers(config, held) else None
-
-
-MEMBER_ORDER = ("parametrization", "lr", "weight_decay", "seed")   # plan.Cohort's member order
-
-
-def by_member(da: xr.DataArray, held: Config, cohort: plan.Cohort) -> np.ndarray:
-    """`da` (a variable of a cohort file written by the grid `held`) laid out
-    as `cohort`'s members, (member, *other dims): NaN for the members the
-    file lacks. Axes the file has no dim for take `held`'s one value."""
-    fixed = held.member_values()
-    for axis in MEMBER_ORDER:
-        if axis not in da.dims:
-            da = da.expand_dims({axis: list(fixed[axis])})
-    da = da.reindex({axis: list(cohort.axis_values(axis)) for axis in MEMBER_ORDER})
-    rest = [d for d in da.dims if d not in MEMBER_ORDER]
-    values = da.transpose(*MEMBER_ORDER, *rest).values
-    return values.reshape((cohort.size,) + values.shape[len(MEMBER_ORDER):])
+    """Whether the folder `root` holds `cohort` of this grid whole (`settled_state`)."""
+    return settled_state(config, cohort, root, warn).state == folder.DONE
 
 
 def held_members(config: Config, cohort: plan.Cohort, path: Path):
@@ -143,10 +107,10 @@ def held_members(config: Config, cohort: plan.Cohort, path: Path):
     ds = store.read_cohort(path)
     if ds.attrs.get("config_fingerprint") == config.fingerprint():
         return None
-    held = held_grid(config, ds)
+    held = folder.held_grid(config, ds.attrs)
     if held is None:
         return None
-    return ds, held, by_member(ds["diverged_at"].isel(width=0, depth=0).astype(np.float64),
+    return ds, held, folder.by_member(ds["diverged_at"].isel(width=0, depth=0).astype(np.float64),
                                held, cohort)
 
 
@@ -225,7 +189,8 @@ def run_cohort(config: Config, root: Path, cohort: plan.Cohort, x, y, steps: np.
     members diverged. A file of an earlier grid that this one extends
     (`held_members`) keeps its networks: only the others are trained, and
     the file is rewritten with all of them."""
-    path = store.cohort_path(root, cohort)
+    place = ResultsFolder(root)
+    path = place.cohort_path(cohort)
     held = held_members(config, cohort, path)
     subset = None if held is None else np.flatnonzero(np.isnan(held[2]))
     if subset is not None and not len(subset):
@@ -246,7 +211,7 @@ def run_cohort(config: Config, root: Path, cohort: plan.Cohort, x, y, steps: np.
     ds = records.cohort_dataset(config, cohort, steps, traj, np.asarray(x), np.asarray(y),
                                 seconds)
     groups = {"weights": records.weights_dataset(cohort, traj)} if config.record.weights else None
-    store.write_netcdf(path, ds, groups)
+    place.write_netcdf(path, ds, groups)
     return int((traj.diverged_at[subset if subset is not None else slice(None)] >= 0).sum())
 
 
@@ -257,7 +222,7 @@ def none_trained(config: Config, cohort: plan.Cohort, held) -> train.Trajectory:
     cell = ds.isel(width=0, depth=0)
 
     def empty(name: str, depth_axis: int | None) -> np.ndarray:
-        value = by_member(cell[name], grid, cohort)[:0]
+        value = folder.by_member(cell[name], grid, cohort)[:0]
         if depth_axis is not None:
             value = value[(slice(None),) * depth_axis + (slice(0, cohort.depth),)]
         return value
@@ -284,7 +249,7 @@ def merged(config: Config, cohort: plan.Cohort, held, subset: np.ndarray,
     cell = ds.isel(width=0, depth=0)
     recs = {}
     for name, value in new.records.items():
-        old = by_member(cell[name], grid, cohort)
+        old = folder.by_member(cell[name], grid, cohort)
         if "layer" in cell[name].dims:
             old = old[..., :cohort.depth]
         old[subset] = value
@@ -293,7 +258,7 @@ def merged(config: Config, cohort: plan.Cohort, held, subset: np.ndarray,
     if new.spectra is not None:
         spectra = {}
         for name, value in new.spectra.items():
-            old = by_member(cell[name], grid, cohort)[:, :, :cohort.depth]
+            old = folder.by_member(cell[name], grid, cohort)[:, :, :cohort.depth]
             if value.ndim == 4:
                 old = old[..., :value.shape[-1]]
             old[subset] = value
@@ -306,7 +271,7 @@ def merged(config: Config, cohort: plan.Cohort, held, subset: np.ndarray,
             for which in ("initial", "final"):
                 layers = []
                 for l, w in enumerate(getattr(new, which)):
-                    old = by_member(held_weights[f"{which}_{l}"].load(), grid, cohort)
+                    old = folder.by_member(held_weights[f"{which}_{l}"].load(), grid, cohort)
                     old[subset] = w
                     layers.append(old.astype(w.dtype))
                 weights[which] = layers

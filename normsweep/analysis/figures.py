@@ -18,12 +18,14 @@ from normsweep.analysis import fits, outcomes, tables, theory  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
-    """Writes `fig` to `path` as `store` writes every file: a temporary
-    beside it, renamed into place (never a partial PNG, never through a link)."""
+    """Writes `fig` to `path` (in a results folder's analysis/) as the
+    folder writes every file: a temporary beside it, renamed into place
+    (never a partial PNG, never through a link)."""
     from normsweep import store
+    from normsweep.folder import ResultsFolder
 
     try:
-        with store.atomic_path(path) as tmp:
+        with ResultsFolder(path.parents[1]).atomic(path) as tmp:
             fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     except OSError as err:
         raise store.write_failure(path, err) from None

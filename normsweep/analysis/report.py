@@ -37,6 +37,7 @@ from normsweep.analysis.tables import (balance, ci, coordinate_lr, coordinate_sl
                                        spectrum_layer, stability_against_sharpness,
                                        stable_ranks, well_trained_table)
 from normsweep.errors import GridError, RunError
+from normsweep.folder import ResultsFolder
 
 PARAMETRIZATION_NAMES = {"standard": "the standard parametrization",
                          "ntk": "the NTK parametrization",
@@ -75,7 +76,8 @@ def analyze(root: str | Path, *, fit_accuracy: float = outcomes.FIT_ACCURACY) ->
         raise RunError(f"{root}: the dataset has no config_toml attribute") from None
     except GridError as err:
         raise RunError(f"{root}: the dataset's config_toml is not a valid grid ({err})") from None
-    out = store.real_folder(root, "analysis")
+    place = ResultsFolder(root)
+    out = place.subfolder("analysis")
     # the first sections describe one slice (standard, no weight decay where
     # the sweep has those axes); the comparison section and those after it
     # cover all slices
@@ -90,8 +92,8 @@ def analyze(root: str | Path, *, fit_accuracy: float = outcomes.FIT_ACCURACY) ->
     table = full_table
     for name, value in ref_labels.items():
         table = table[table[name] == value]
-    _write_csv(out / "fits.csv", full_table)
-    store.write_netcdf(out / "fits.nc", fits.to_dataset(full_table))
+    place.write_csv(out / "fits.csv", full_table)
+    place.write_netcdf(out / "fits.nc", fits.to_dataset(full_table))
     figures = [fig_init(ds, cfg, out), *fig_trajectories(ds, out),
                fig_stability(ds, outcome, out)]
     if ds.sizes["width"] > 1:          # one width: nothing to plot against width
@@ -105,7 +107,7 @@ def analyze(root: str | Path, *, fit_accuracy: float = outcomes.FIT_ACCURACY) ->
     cum = (cumulative_terms(ds, layer_multipliers(ds, cfg, param), keep) if wd == 0
            else None)
     if cum is not None:
-        _write_csv(out / "cumulative_terms.csv", cum)
+        place.write_csv(out / "cumulative_terms.csv", cum)
     if moved:
         figures.append(fig_balance(moved["moved"], moved["depth"], out))
     if "sharpness" in ds:
@@ -125,7 +127,7 @@ def analyze(root: str | Path, *, fit_accuracy: float = outcomes.FIT_ACCURACY) ->
                          if trained["kernel_reason"] is None else pd.DataFrame())
     for name in ("growth", "by_loss", "kernel"):
         if len(trained[name]):
-            _write_csv(out / CSV_NAMES[name], trained[name])
+            place.write_csv(out / CSV_NAMES[name], trained[name])
     trained["cumulative"] = cum
     text = render(ds, cfg, table, outcome, check, fit_accuracy, root, param, moved, wd,
                   trained)
@@ -143,21 +145,12 @@ def analyze(root: str | Path, *, fit_accuracy: float = outcomes.FIT_ACCURACY) ->
         figures.append(fig_coordinates(full, full_keep, lr, out))
     elif "activation_change" in full and full.sizes["width"] > 1:
         text += "\n".join(no_coordinate_section(full, full_outcome))
-    store.write_text(out / "report.md", number_sections(text))
+    place.write_text(out / "report.md", number_sections(text))
     return Analysis(full_table, out / "report.md", figures)
 
 
 CSV_NAMES = {"growth": "norm_growth.csv", "by_loss": "norm_by_loss.csv",
              "kernel": "kernel.csv"}
-
-
-def _write_csv(path: Path, table: pd.DataFrame) -> None:
-    """`table` to `path` atomically, numbers to 6 significant digits."""
-    try:
-        with store.atomic_path(path) as tmp:
-            table.to_csv(tmp, index=False, float_format="%.6g")
-    except OSError as err:
-        raise store.write_failure(path, err) from None
 
 
 def heading(key: str, title: str) -> str:

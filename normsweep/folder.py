@@ -1,0 +1,253 @@
+"""The results folder as one object.
+
+`ResultsFolder(root)` owns the folder's paths (the recorded grid, the
+pending grow, the marker, the lock, cohorts/, sweep.nc, analysis/) and
+answers one question for every command: which cohorts of a grid are on disk
+(`status`). Launch, the dry run, `open_sweep`, `show`, `ls` and `analyze` all
+ask it, so that `cohort_state` is the one rule for "done". Its writes are
+`store`'s: a temporary in the same real folder (never through a symbolic
+link), then a rename.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from normsweep import plan, store
+from normsweep.config import RECORD_FORMAT, Config
+from normsweep.errors import GridError, RunError
+
+DONE = "done"            # holds every network of the grid's cohort
+GROWABLE = "growable"    # holds an earlier grid's networks that this grid extends
+MISSING = "missing"      # no file
+DAMAGED = "damaged"      # unreadable, or a checksum that does not match: recomputed
+FOREIGN = "foreign"      # a readable file of other settings: never combined, never replaced
+
+
+@dataclasses.dataclass(frozen=True)
+class CohortState:
+    """One cohort of a grid in the folder: its `state`, the networks of the
+    grid already on disk (`kept`) and, for DAMAGED and FOREIGN, why."""
+    cohort: plan.Cohort
+    path: Path
+    state: str
+    kept: int = 0
+    reason: str = ""
+    attrs: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Status:
+    """Every cohort of `config` in the folder, and the cohort files that
+    belong to none of them (`stray`)."""
+    config: Config
+    cohorts: tuple[CohortState, ...]
+    stray: tuple[Path, ...]
+
+    def named(self, state: str) -> list[str]:
+        return [c.cohort.name for c in self.cohorts if c.state == state]
+
+    @property
+    def done(self) -> list[str]:
+        return self.named(DONE)
+
+    @property
+    def kept(self) -> int:
+        """Networks of the grid already trained and readable."""
+        return sum(c.kept for c in self.cohorts)
+
+
+def held_grid(config: Config, attrs: dict) -> Config | None:
+    """The grid that wrote a cohort file (its attributes) when `config`
+    extends it (the same core settings, every member axis a superset), else
+    None."""
+    held = store.grid_of(attrs)
+    return held if held is not None and store.covers(config, held) else None
+
+
+MEMBER_ORDER = ("parametrization", "lr", "weight_decay", "seed")   # plan.Cohort's member order
+
+
+def by_member(da: xr.DataArray, held: Config, cohort: plan.Cohort) -> np.ndarray:
+    """`da` (a variable of a cohort file written by the grid `held`) laid out
+    as `cohort`'s members, (member, *other dims): NaN for the members the
+    file lacks. Axes the file has no dim for take `held`'s one value."""
+    fixed = held.member_values()
+    for axis in MEMBER_ORDER:
+        if axis not in da.dims:
+            da = da.expand_dims({axis: list(fixed[axis])})
+    da = da.reindex({axis: list(cohort.axis_values(axis)) for axis in MEMBER_ORDER})
+    rest = [d for d in da.dims if d not in MEMBER_ORDER]
+    values = da.transpose(*MEMBER_ORDER, *rest).values
+    return values.reshape((cohort.size,) + values.shape[len(MEMBER_ORDER):])
+
+
+class ResultsFolder:
+    """A results folder: `root/grid.toml`, `cohorts/*.nc`, `sweep.nc`,
+    `analysis/`, the marker `.normsweep`, the `.lock` and, during a grow,
+    `grow.toml`."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"ResultsFolder({str(self.root)!r})"
+
+    @property
+    def grid_file(self) -> Path:
+        return self.root / "grid.toml"
+
+    @property
+    def grow_file(self) -> Path:
+        return self.root / store.GROW_FILE
+
+    @property
+    def sweep_file(self) -> Path:
+        return self.root / "sweep.nc"
+
+    def cohort_path(self, cohort: plan.Cohort) -> Path:
+        return store.cohort_path(self.root, cohort)
+
+    # --- the folder itself -------------------------------------------------
+
+    def is_results_folder(self) -> bool:
+        return store.is_sweep_folder(self.root)
+
+    def mark(self) -> None:
+        store.mark_folder(self.root)
+
+    def lock(self):
+        """The exclusive lock a launch holds while it writes (`store.folder_lock`)."""
+        return store.folder_lock(self.root)
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        return store.remove_stale_temporaries(self.root)
+
+    def subfolder(self, name: str, *, create: bool = True) -> Path:
+        """`root/name`, refused unless a real folder (`store.real_folder`)."""
+        return store.real_folder(self.root, name, create=create)
+
+    # --- the recorded grid -------------------------------------------------
+
+    def recorded_grid(self) -> Config:
+        """The grid the folder holds (grid.toml); RunError when damaged."""
+        from normsweep import config as config_mod
+        try:
+            return config_mod.load(self.grid_file)
+        except GridError as err:
+            raise RunError(f"{self.grid_file} is damaged: {err}") from None
+
+    def pending_grow(self) -> Config | None:
+        """The grown grid of a grow not yet finished (grow.toml), or None."""
+        from normsweep import config as config_mod
+        if not self.grow_file.exists():
+            return None
+        try:
+            return config_mod.load(self.grow_file)
+        except GridError:
+            return None
+
+    # --- writes ------------------------------------------------------------
+
+    def atomic(self, path: Path):
+        """A context giving the temporary to write `path` through
+        (`store.atomic_path`), in a real folder of the results folder."""
+        return store.atomic_path(self._inside(path))
+
+    def write_text(self, path: Path, text: str) -> None:
+        store.write_text(self._inside(path), text)
+
+    def write_netcdf(self, path: Path, ds: xr.Dataset, groups=None) -> None:
+        store.write_netcdf(self._inside(path), ds, groups)
+
+    def write_csv(self, path: Path, table: pd.DataFrame) -> None:
+        """`table` to `path` atomically, numbers to 6 significant digits."""
+        path = self._inside(path)
+        try:
+            with store.atomic_path(path) as tmp:
+                table.to_csv(tmp, index=False, float_format="%.6g")
+        except OSError as err:
+            raise store.write_failure(path, err) from None
+
+    def _inside(self, path: Path) -> Path:
+        """`path` (relative to root, or under it) with its folder checked real."""
+        path = Path(path)
+        try:
+            rel = path.relative_to(self.root)
+        except ValueError:
+            if path.is_absolute():
+                raise ValueError(f"{path} is not inside {self.root}") from None
+            rel = path
+        if rel.parent == Path("."):
+            return self.root / rel.name
+        if len(rel.parts) != 2:
+            raise ValueError(f"{path}: the results folder has one level of subfolders")
+        return self.subfolder(rel.parts[0]) / rel.name
+
+    # --- the one rule for "done" -------------------------------------------
+
+    def cohort_state(self, config: Config, cohort: plan.Cohort, *,
+                     verify: bool = False) -> CohortState:
+        """Whether `cohort` of `config` is on disk, and how much of it.
+
+        DONE when its file holds every network (`store.holds`: written by
+        this grid or by one that extends it); GROWABLE when it holds an
+        earlier grid's that this one extends (`kept` counts them); DAMAGED
+        when it cannot be read; FOREIGN when it is readable but of another
+        cohort, grid or record format. Only the attributes and `diverged_at`
+        are read, unless `verify`: then the whole file, weights included
+        when the grid keeps them, so that every checksum is checked."""
+        path = self.cohort_path(cohort)
+        if not path.exists() and not path.is_symlink():
+            return CohortState(cohort, path, MISSING)
+        try:
+            if verify:
+                ds = store.read_cohort(path, weights=config.record.weights)
+                return self._classify(config, cohort, path, ds)
+            with store.open_checked(path, what="cohort file") as ds:
+                return self._classify(config, cohort, path, ds)
+        except RunError as err:
+            return CohortState(cohort, path, DAMAGED, reason=str(err))
+
+    def _classify(self, config: Config, cohort: plan.Cohort, path: Path,
+                  ds: xr.Dataset) -> CohortState:
+        if "width" not in ds.dims or "depth" not in ds.dims:
+            raise RunError(f"{path}: not a cohort file (no width and depth)")
+        if ds.sizes["width"] != 1 or ds.sizes["depth"] != 1 \
+                or int(ds["width"][0]) != cohort.width or int(ds["depth"][0]) != cohort.depth:
+            return CohortState(cohort, path, FOREIGN, reason=(
+                f"{path} does not hold the cohort width={cohort.width}, depth={cohort.depth}; "
+                "move it away to recompute it"))
+        if store.holds(config, ds.attrs):
+            return CohortState(cohort, path, DONE, kept=cohort.size, attrs=dict(ds.attrs))
+        held_format = int(ds.attrs.get("record_format", 1))
+        if held_format != RECORD_FORMAT:
+            return CohortState(cohort, path, FOREIGN, reason=(
+                f"{path} was written by a normsweep that records other quantities (record "
+                f"format {held_format}, this one {RECORD_FORMAT}); launch into a new folder "
+                "(--out), or move the file away to recompute it"))
+        held = held_grid(config, ds.attrs)
+        if held is None:
+            return CohortState(cohort, path, FOREIGN, reason=(
+                f"{path} was written with other settings (fingerprint "
+                f"{ds.attrs.get('config_fingerprint')}, this grid {config.fingerprint()}); "
+                "move it away to recompute it"))
+        at = ds["diverged_at"].isel(width=0, depth=0).astype(np.float64)
+        kept = int(np.isfinite(by_member(at, held, cohort)).sum())
+        return CohortState(cohort, path, GROWABLE, kept=kept, attrs=dict(ds.attrs))
+
+    def status(self, config: Config | None = None, *, verify: bool = False) -> Status:
+        """Every cohort of `config` (default: the recorded grid) in the
+        folder (`cohort_state`), and the cohort files of no cohort of it."""
+        config = self.recorded_grid() if config is None else config
+        cohorts = plan.cohorts(config)
+        states = tuple(self.cohort_state(config, c, verify=verify) for c in cohorts)
+        names = {self.cohort_path(c).name for c in cohorts}
+        folder = self.root / "cohorts"
+        stray = tuple(p for p in sorted(folder.glob("*.nc")) if p.name not in names) \
+            if folder.is_dir() else ()
+        return Status(config, states, stray)
