@@ -201,6 +201,7 @@ def test_norm_by_loss_reads_the_first_record_below_each_level():
     table = tables.norm_by_loss(ds, outcomes.classify(ds), levels=(1e-1, 1e-2))
     theta = np.sqrt((ds["frob_norm"] ** 2).sum("layer")).squeeze().values
     assert list(table["when"]) == ["init", "loss ≤ 0.1·loss(0)", "loss ≤ 0.01·loss(0)", "end"]
+    assert (table["lr"] == 0.1).all() and (table["networks"] == 1).all()
     for level, row in zip((1e-1, 1e-2), table.iloc[1:3].itertuples()):
         first = int(np.argmax(np.exp(-steps / 300.0) <= level))
         assert row.step == steps[first] and row.theta == pytest.approx(theta[first])
@@ -315,3 +316,30 @@ def test_cumulative_first_order_part_is_layer_independent_and_matches_the_gradie
         np.testing.assert_allclose(first, rows["first_order_check"], rtol=1e-4)
         assert (rows["second_order"] > 0).all()
     assert tables.cumulative_terms(ds.isel(step=[0, 2, 4]), 1.0, keep) is None
+
+
+def test_sharpness_table_reads_a_planted_rise_to_the_threshold():
+    """λ(t) = (2/η)·(0.5 + 0.5·min(t/50, 1)) + a spike of 3× at t = 10:
+    starts at 0.5 of the threshold, peaks at 3, hovers at 1 in the second
+    half; a failed network is left out."""
+    from normsweep.analysis import outcomes
+    steps = np.arange(0, 201, 10)
+    lrs = np.array([0.01, 0.1])
+    shape = 0.5 + 0.5 * np.minimum(steps / 50, 1.0)
+    shape[steps == 10] = 3.0
+    sharp = (2 / lrs)[:, None, None] * np.broadcast_to(shape, (2, 3, len(steps)))
+    dims = ("lr", "seed", "step")
+    ds = xr.Dataset({"sharpness": (dims, sharp.copy())},
+                    coords={"lr": lrs, "seed": [0, 1, 2], "step": steps,
+                            "lr_effective": ("lr", lrs)})
+    outcome = xr.DataArray(np.full((2, 3), outcomes.FIT, dtype=object), dims=dims[:2],
+                           coords={"lr": lrs, "seed": [0, 1, 2]})
+    outcome[1, 2] = outcomes.FAILED
+    ds["sharpness"][1, 2] = 1e6                 # a failed network's nonsense: left out
+    table = tables.sharpness_table(ds, outcome)
+    assert list(table["networks"]) == [3, 2]
+    for _, row in table.iterrows():
+        assert float(row["at init λ·η/2 (median)"]) == pytest.approx(0.5)
+        assert float(row["peak λ·η/2 (median)"]) == pytest.approx(3.0)
+        assert float(row["second-half λ·η/2 (median)"]) == pytest.approx(1.0)
+        assert row["IQR"] == "1–1"

@@ -31,7 +31,7 @@ from normsweep.analysis.tables import (balance, ci, coordinate_lr, coordinate_sl
                                        cumulative_terms,
                                        first_step_terms, fmt,
                                        identity_check, init_table, jacobian_table,
-                                       layer_multipliers, local_width_slopes, norm_by_loss,
+                                       layer_multipliers, LOSS_LEVELS, local_width_slopes, norm_by_loss,
                                        norm_growth,
                                        ntk_change, separated_at, sharpness_table, spectra_table,
                                        spectrum_layer, stability_against_sharpness,
@@ -427,22 +427,24 @@ def margin_section(growth: pd.DataFrame, cfg) -> list[str]:
 
 
 def norm_by_loss_section(by_loss: pd.DataFrame) -> list[str]:
-    """‖θ‖ and the margin as the loss falls (`tables.norm_by_loss`)."""
+    """‖θ‖ and the margin as the loss falls (`tables.norm_by_loss`), at the
+    widest width of each depth."""
     if not len(by_loss):
         return []
-    theta = by_loss.pivot_table(index=["depth", "width"], columns="when", values="theta",
-                                sort=False)
-    margin = by_loss.pivot_table(index=["depth", "width"], columns="when", values="margin",
-                                 sort=False)
-    shown = theta.map(fmt).astype(str)
-    if margin.notna().any().any():
-        shown = shown + " (" + margin.map(lambda v: fmt(v, 2)).astype(str) + ")"
-    shown = shown.reset_index()
+    widest = by_loss.groupby("depth")["width"].transform("max")
+    shown = by_loss[by_loss["width"] == widest].copy()
+    shown["cell"] = [f"{fmt(t)} ({fmt(q, 2)})" if np.isfinite(q) else fmt(t)
+                     for t, q in zip(shown["theta"], shown["margin"])]
+    shown["η₀"] = [f"{v:.3g}" for v in shown["lr"]]
+    table = shown.pivot_table(index=["depth", "width", "η₀"], columns="when", values="cell",
+                              aggfunc="first", sort=False)
+    order = ["init"] + [f"loss ≤ {level:g}·loss(0)" for level in LOSS_LEVELS] + ["end"]
+    table = table[[c for c in order if c in table.columns]].fillna("–").reset_index()
     return ["How large the weights of the networks that fit are at a given degree of training: "
-            "‖θ‖ = (Σ_l ‖W_l‖_F²)^½, median over them, at init, at the first record where the "
+            "‖θ‖ = (Σ_l ‖W_l‖_F²)^½, median over seeds, at init, at the first record where the "
             "loss has fallen to a fraction of its initial value, and at the last step; in "
-            "brackets the median smallest logit margin q_min there. The full table, with "
-            "steps and counts, is `norm_by_loss.csv`.", "", _md(shown), ""]
+            "brackets the median smallest logit margin q_min there; widest width of each depth. "
+            "Every width, with steps and counts, is in `norm_by_loss.csv`.", "", _md(table), ""]
 
 
 def kernel_section(ker: pd.DataFrame, reason: str | None) -> list[str]:

@@ -215,24 +215,29 @@ def last_measured(da: xr.DataArray) -> xr.DataArray:
 
 
 def sharpness_table(ds: xr.Dataset, outcome: xr.DataArray) -> pd.DataFrame:
-    """Per η, over the networks that fit or still train: the median over
-    networks of the peak sharpness after step 0 and of its median over the
-    second half of training, both in units of the stability threshold 2/η
-    (edge of stability: the peak passes 1, the second half hovers near 1)."""
+    """Per η, over the networks that fit or still train: the medians over
+    networks of the sharpness at init, of its peak after step 0 and of its
+    median over the second half of training, all in units of the stability
+    threshold 2/η. Progressive sharpening starts below 1 and rises to it; a
+    start above 1 is a catapult down to it; the edge of stability is a
+    second half that hovers near 1 (Cohen et al. 2021)."""
     ratio = (ds["sharpness"] * ds["lr_effective"] / 2).where(outcomes.usable(outcome))
     steps = ds["step"]
+    start = ratio.isel(step=0)
     peak = ratio.where(steps > 0).max("step")
     late = ratio.where(steps >= steps[-1] / 2).median("step")
     rows = []
     for lr in ds["lr"].values:
-        p, q = peak.sel(lr=lr).values.ravel(), late.sel(lr=lr).values.ravel()
+        s, p, q = (a.sel(lr=lr).values.ravel() for a in (start, peak, late))
         ok = np.isfinite(q)
         rows.append({"lr": f"{lr:.3g}", "networks": int(ok.sum()),
-                     "peak λ·η/2 (median)": fmt(float(np.nanmedian(p))) if ok.any() else "–",
+                     "at init λ·η/2 (median)": fmt(float(np.nanmedian(s[ok]))) if ok.any()
+                     else "–",
+                     "peak λ·η/2 (median)": fmt(float(np.nanmedian(p[ok]))) if ok.any() else "–",
                      "second-half λ·η/2 (median)": fmt(float(np.nanmedian(q))) if ok.any()
                      else "–",
-                     "IQR": (f"{fmt(float(np.nanpercentile(q, 25)))}–"
-                             f"{fmt(float(np.nanpercentile(q, 75)))}") if ok.any() else "–"})
+                     "IQR": (f"{fmt(float(np.nanpercentile(q[ok], 25)))}–"
+                             f"{fmt(float(np.nanpercentile(q[ok], 75)))}") if ok.any() else "–"})
     return pd.DataFrame(rows)
 
 
@@ -584,9 +589,9 @@ LOSS_LEVELS = (1e-1, 1e-2, 1e-3, 1e-4)
 def norm_by_loss(ds: xr.Dataset, outcome: xr.DataArray,
                  levels: tuple[float, ...] = LOSS_LEVELS) -> pd.DataFrame:
     """How large the weights are at a given degree of training: per (depth,
-    width) over the networks that fit, at init, at the first record where
-    the loss has fallen to `level`·loss(0) for each level, and at the end,
-    the medians of ‖θ‖ = (Σ_l ‖W_l‖_F²)^½, of the smallest logit margin
+    width, η₀) over the networks that fit, at init, at the first record
+    where the loss has fallen to `level`·loss(0) for each level, and at the
+    end, the medians of ‖θ‖ = (Σ_l ‖W_l‖_F²)^½, of the smallest logit margin
     q_min, and of the step; `networks` counts those that reached the level."""
     fit = outcome == outcomes.FIT
     theta = param_norm(ds)
@@ -596,28 +601,30 @@ def norm_by_loss(ds: xr.Dataset, outcome: xr.DataArray,
     rows = []
     for depth in ds["depth"].values:
         for width in ds["width"].values:
-            sel = dict(depth=depth, width=width)
-            mask = fit.sel(sel)
-            if not bool(mask.any()):
-                continue
-            marks = [("init", xr.zeros_like(mask, dtype=float).where(mask))]
-            for level in levels:
-                marks.append((f"loss ≤ {level:g}·loss(0)",
-                              steps.sel(sel).where(rel.sel(sel) <= level).min("step").where(mask)))
-            marks.append(("end", xr.full_like(mask, float(ds["step"][-1]), dtype=float)
-                          .where(mask)))
-            for name, at in marks:
-                reached = at.notnull()
-                if not bool(reached.any()):
+            for lr in ds["lr"].values:
+                sel = dict(depth=depth, width=width, lr=lr)
+                mask = fit.sel(sel)
+                if not bool(mask.any()):
                     continue
-                step_at = at.fillna(0).astype(int)
-                th = theta.sel(sel).sel(step=step_at).where(reached)
-                q = (ds["margin"].sel(sel).sel(step=step_at).where(reached) if has_margin
-                     else None)
-                rows.append({"depth": int(depth), "width": int(width), "when": name,
-                             "networks": int(reached.sum()),
-                             "step": float(at.median()), "theta": float(th.median()),
-                             "margin": float(q.median()) if q is not None else float("nan")})
+                marks = [("init", xr.zeros_like(mask, dtype=float).where(mask))]
+                for level in levels:
+                    marks.append((f"loss ≤ {level:g}·loss(0)", steps.sel(sel).where(
+                        rel.sel(sel) <= level).min("step").where(mask)))
+                marks.append(("end", xr.full_like(mask, float(ds["step"][-1]), dtype=float)
+                              .where(mask)))
+                for name, at in marks:
+                    reached = at.notnull()
+                    if not bool(reached.any()):
+                        continue
+                    step_at = at.fillna(0).astype(int)
+                    th = theta.sel(sel).sel(step=step_at).where(reached)
+                    q = (ds["margin"].sel(sel).sel(step=step_at).where(reached) if has_margin
+                         else None)
+                    rows.append({"depth": int(depth), "width": int(width), "lr": float(lr),
+                                 "when": name, "networks": int(reached.sum()),
+                                 "step": float(at.median()), "theta": float(th.median()),
+                                 "margin": float(q.median()) if q is not None
+                                 else float("nan")})
     return pd.DataFrame(rows)
 
 
