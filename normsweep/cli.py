@@ -388,7 +388,7 @@ def analyze(dir: Path, fit_accuracy: float) -> None:
     from normsweep.analysis.tables import ci
 
     t = result.table
-    slices = [c for c in ("parametrization", "weight_decay") if c in t.columns]
+    slices = [c for c in ("parametrization", "weight_decay", "data_n", "data_d") if c in t.columns]
     table = Table(*slices, "metric", "depth", "layer", "η exponent", "width exponent", "r²", "n",
                   title="metric ≈ C·η^a·m^b (95% intervals over seeds)")
     for _, r in t.iterrows():
@@ -519,8 +519,9 @@ def print_config(console, config, where: Path) -> None:
     """The settings and axes of a grid, as `show` prints them."""
     g = config.grid
     console.print(f"[bold]{escape(config.name)}[/bold]  ({escape(str(where))})")
-    console.print(f"  data: n={config.data.n} on S^{config.data.d - 1}, k={config.data.k}, "
-                  f"seed={config.data.seed}")
+    n = f"n axis {list(g.n)}" if g.n else f"n={config.data.n}"
+    d = f"d axis {list(g.d)} (on S^(d−1))" if g.d else f"on S^{config.data.d - 1}"
+    console.print(escape(f"  data: {n} {d}, k={config.data.k}, seed={config.data.seed}"))
     param = (f"parametrization axis {list(g.parametrization)}" if g.parametrization
              else f"parametrization={config.model.parametrization}")
     decay = (f", weight_decay axis {list(g.weight_decay)}" if g.weight_decay

@@ -157,6 +157,8 @@ class GridConfig:
     lr_width_exponent: float = 0.0
     parametrization: tuple[str, ...] | None = None   # an axis only when given
     weight_decay: tuple[float, ...] | None = None    # an axis only when given
+    n: tuple[int, ...] | None = None                 # data axes, only when given: each
+    d: tuple[int, ...] | None = None                 # (n, d) is a training set of its own
 
     def lr_effective(self, width: int) -> np.ndarray:
         """The learning rates η actually used at `width`, one per `lr` value."""
@@ -164,7 +166,8 @@ class GridConfig:
 
     @property
     def size(self) -> int:
-        extra = len(self.parametrization or (0,)) * len(self.weight_decay or (0,))
+        extra = len(self.parametrization or (0,)) * len(self.weight_decay or (0,)) \
+            * len(self.n or (0,)) * len(self.d or (0,))
         return len(self.width) * len(self.depth) * len(self.lr) * len(self.seed) * extra
 
 
@@ -192,8 +195,22 @@ class Config:
         out.update({"grid.lr": list(grid.lr), "grid.lr.width_exponent": grid.lr_width_exponent,
                     "grid.seed": list(grid.seed),
                     "grid.parametrization": list(grid.parametrization or []),
-                    "grid.weight_decay": list(grid.weight_decay or [])})
+                    "grid.weight_decay": list(grid.weight_decay or []),
+                    # which of [data]'s sizes are axes: that changes the cohorts'
+                    # layout (their values, like width's, may grow between launches)
+                    "grid.data_axes": [a for a in ("n", "d") if getattr(grid, a)]})
         return out
+
+    def data_sizes(self) -> list[tuple[int, int]]:
+        """The (n, d) of every training set of the grid: the product of the
+        n and d axes, or [data]'s one value where there is no axis."""
+        return [(n, d) for n in (self.grid.n or (self.data.n,))
+                for d in (self.grid.d or (self.data.d,))]
+
+    def with_data(self, n: int, d: int) -> "Config":
+        """This grid with [data]'s n and d set: the settings one training set
+        of a grid with n or d axes trains with."""
+        return dataclasses.replace(self, data=dataclasses.replace(self.data, n=n, d=d))
 
     def parametrizations(self) -> tuple[str, ...]:
         """The parametrizations trained: the grid axis, or [model]'s one value."""
@@ -381,20 +398,23 @@ def parse(text: str, source: str = "<string>", default_name: str | None = None,
                         'parametrization = "mup" sets its own init; leave init at "he"')
     train = p.section(raw, "train", TrainConfig)
     record = p.section(raw, "record", RecordConfig)
-    if record.ntk_eigs and record.ntk_points > data.n:
-        raise GridError(source, "record.ntk_points", record.ntk_points,
-                        f"must be at most data.n = {data.n}")
     if train.loss == "cross_entropy" and model.output != "softmax":
         raise GridError(source, "train.loss", train.loss,
                         "cross_entropy needs model.output = \"softmax\"")
     grid = p.grid(raw.get("grid"), train.dtype)
-    for key, section in (("parametrization", "model"), ("weight_decay", "train")):
+    for key, section in (("parametrization", "model"), ("weight_decay", "train"), ("n", "data"),
+                         ("d", "data")):
         if getattr(grid, key) is not None and key in raw.get(section, {}):
             raise GridError(source, f"{section}.{key}", raw[section][key],
                             f"give {key} either in [{section}] or as the [grid] axis, not both")
     if "mup" in (grid.parametrization or ()) and model.init != "he":
         raise GridError(source, "model.init", model.init,
                         'a parametrization axis with "mup" needs init = "he" (mup sets its own)')
+    smallest = min(grid.n or (data.n,))
+    if record.ntk_eigs and record.ntk_points > smallest:
+        where = "the smallest grid.n" if grid.n else "data.n"
+        raise GridError(source, "record.ntk_points", record.ntk_points,
+                        f"must be at most {where} = {smallest}")
     return Config(name, data, model, train, record, grid, text=text, source=source)
 
 
@@ -487,7 +507,7 @@ class _Parser:
         if not isinstance(table, dict):
             raise self.fail("grid", table, "must be a table ([grid])")
         self.known(table, "grid.", {"width", "depth", "lr", "seed", "parametrization",
-                                    "weight_decay"})
+                                    "weight_decay", "n", "d"})
         for key in ("width", "depth", "lr"):
             if key not in table:
                 raise self.fail(f"grid.{key}", None, "required")
@@ -518,7 +538,9 @@ class _Parser:
         wd = None
         if "weight_decay" in table:
             wd = self.axis("grid.weight_decay", table["weight_decay"], integer=False, lo=0.0)
-        return GridConfig(width, depth, lr, seed, exponent, param, wd)
+        n = self.axis("grid.n", table["n"], integer=True, lo=1) if "n" in table else None
+        d = self.axis("grid.d", table["d"], integer=True, lo=2) if "d" in table else None
+        return GridConfig(width, depth, lr, seed, exponent, param, wd, n, d)
 
     def names(self, key: str, value: object, options: tuple[str, ...]) -> tuple[str, ...]:
         """An axis of names: a non-empty list of distinct options, in the order given."""

@@ -108,7 +108,7 @@ def cohort_task(config_text: str, source: str, root: str, index: int, budget: in
     skipped = work.cohort_done(cfg, cohort, Path(root), lambda message: None)
     diverged = 0
     if not skipped:
-        x, y = work.training_data(cfg)
+        x, y = work.training_data(cfg, cohort)
         steps = plan.record_steps(cfg.train.steps, cfg.record.steps, cfg.record.log_points)
         diverged = work.run_cohort(cfg, Path(root), cohort, x, y, steps, budget, None)
     import socket

@@ -217,11 +217,12 @@ class ResultsFolder:
                   ds: xr.Dataset) -> CohortState:
         if "width" not in ds.dims or "depth" not in ds.dims:
             raise RunError(f"{path}: not a cohort file (no width and depth)")
-        if ds.sizes["width"] != 1 or ds.sizes["depth"] != 1 \
-                or int(ds["width"][0]) != cohort.width or int(ds["depth"][0]) != cohort.depth:
+        own = cohort.outer
+        if any(ds.sizes.get(dim) != 1 or int(ds[dim][0]) != value for dim, value in own.items()) \
+                or any(a in ds.dims and a not in own for a in store.DATA_AXES):
+            said = ", ".join(f"{dim}={value}" for dim, value in own.items())
             return CohortState(cohort, path, FOREIGN, reason=(
-                f"{path} does not hold the cohort width={cohort.width}, depth={cohort.depth}; "
-                "move it away to recompute it"))
+                f"{path} does not hold the cohort {said}; move it away to recompute it"))
         if store.holds(config, ds.attrs):
             return CohortState(cohort, path, DONE, kept=cohort.size, attrs=dict(ds.attrs))
         held_format = int(ds.attrs.get("record_format", 1))

@@ -36,10 +36,26 @@ class Cohort:
     parametrization: tuple[str, ...] = ("standard",)
     weight_decay: tuple[float, ...] = (0.0,)
     axes: tuple[str, ...] = ("lr", "seed")   # the member dims, outer to inner
+    n: int | None = None             # the training set's size, where the grid has an n axis
+    d: int | None = None             # its dimension, where the grid has a d axis
 
     @property
     def name(self) -> str:
-        return f"width{self.width}_depth{self.depth}"
+        data = "".join(f"{a}{v}_" for a, v in (("n", self.n), ("d", self.d)) if v is not None)
+        return f"{data}width{self.width}_depth{self.depth}"
+
+    @property
+    def data_axes(self) -> tuple[str, ...]:
+        """"n" and "d" where the grid has those axes: dims of the cohort's
+        variables, after width and depth."""
+        return tuple(a for a in ("n", "d") if getattr(self, a) is not None)
+
+    @property
+    def outer(self) -> dict[str, int]:
+        """The cohort's own dims and values: width, depth, and n and d
+        where the grid has those axes."""
+        return {"width": self.width, "depth": self.depth,
+                **{a: v for a, v in (("n", self.n), ("d", self.d)) if v is not None}}
 
     @property
     def size(self) -> int:
@@ -84,11 +100,21 @@ def spectral_rank(dims) -> int:
 
 
 def cohorts(config: Config) -> list[Cohort]:
-    """The cohorts of a grid, by width then depth."""
+    """The cohorts of a grid: by training set (n, then d, where those are
+    axes), then width, then depth."""
     g = config.grid
     return [Cohort(m, L, g.lr, tuple(float(x) for x in g.lr_effective(m)), g.seed,
-                   config.parametrizations(), config.weight_decays(), config.member_axes())
-            for m in g.width for L in g.depth]
+                   config.parametrizations(), config.weight_decays(), config.member_axes(),
+                   n if g.n else None, d if g.d else None)
+            for n, d in config.data_sizes() for m in g.width for L in g.depth]
+
+
+def cohort_config(config: Config, cohort: Cohort) -> Config:
+    """The settings `cohort` trains with: the grid's, with [data]'s n and d
+    set to the cohort's where the grid has those axes."""
+    if cohort.n is None and cohort.d is None:
+        return config
+    return config.with_data(cohort.n or config.data.n, cohort.d or config.data.d)
 
 
 def record_steps(total: int, schedule: str | int, log_points: int = 256) -> np.ndarray:
@@ -143,6 +169,7 @@ def member_keys(seeds: np.ndarray) -> tuple["jax.Array", "jax.Array"]:
 def train_flop(config: Config, cohort: Cohort) -> float:
     """The FLOPs of training a cohort: 6·n·P per network-step (forward 2nP,
     backward 4nP; P the number of weights)."""
+    config = cohort_config(config, cohort)
     dims = cohort.dims(config.data.d, config.data.k)
     weights = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
     return 6.0 * config.data.n * weights * config.train.steps * cohort.size
@@ -152,6 +179,7 @@ def member_terms(config: Config, cohort: Cohort, n_records: int) -> dict[str, in
     """`member_bytes` split by the grid key that drives each part: the input
     layer (data.d), the other weights (grid.width), the activations (data.n)
     and the records (record.steps), so a refusal can name the key to change."""
+    config = cohort_config(config, cohort)
     dims = cohort.dims(config.data.d, config.data.k)
     word = DTYPE_BYTES[config.train.dtype]
     inner = sum(a * b for a, b in zip(dims[1:-1], dims[2:]))

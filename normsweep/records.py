@@ -70,7 +70,7 @@ def pad_to(a: np.ndarray, axis: int, size: int) -> np.ndarray:
 def sweep_spectral_rank(config: Config) -> int:
     """The most singular values a layer of the sweep has: the length of the
     `singular` dim, the same in every cohort so that they combine."""
-    return max(plan.spectral_rank(c.dims(config.data.d, config.data.k))
+    return max(plan.spectral_rank(c.dims(plan.cohort_config(config, c).data.d, config.data.k))
                for c in plan.cohorts(config))
 
 
@@ -90,12 +90,13 @@ def cohort_dataset(config: Config, cohort: Cohort, steps: np.ndarray, traj: Traj
     cohort's."""
     n_layers = max(config.grid.depth)
     spectral_rank = sweep_spectral_rank(config)
-    LAYER_DIMS = layer_dims(cohort.axes)
+    LAYER_DIMS = layer_dims(cohort.data_axes + cohort.axes)
     NET_DIMS = LAYER_DIMS[:-1]
+    OUTER = (1,) * (2 + len(cohort.data_axes))      # width, depth[, n][, d]: one cohort
 
     def shaped(a: np.ndarray) -> np.ndarray:
-        # (member, record[, layer]) -> (1, 1, *member dims, record[, layer])
-        return a.reshape((1, 1) + cohort.shape + a.shape[1:])
+        # (member, record[, layer]) -> (1, 1[, 1, 1], *member dims, record[, layer])
+        return a.reshape(OUTER + cohort.shape + a.shape[1:])
 
     def padded(a: np.ndarray) -> np.ndarray:
         # layers beyond this cohort's depth are NaN, so every cohort has one layer axis
@@ -112,12 +113,17 @@ def cohort_dataset(config: Config, cohort: Cohort, steps: np.ndarray, traj: Traj
             value, dims = pad_to(value, 3, spectral_rank), dims + ("singular",)
         data[name] = (dims, shaped(value))
     data["diverged_at"] = (NET_DIMS[:-1], shaped(traj.diverged_at.astype(np.int64)))
+    outer = ("width", "depth") + cohort.data_axes
     for name, value in (seconds or {}).items():
-        data[name] = (("width", "depth"), np.full((1, 1), value, np.float64))
+        data[name] = (outer, np.full(OUTER, value, np.float64))
+    # the training set, over the n and d dims of a grid with such axes
+    lead = (1,) * len(cohort.data_axes)
     coords = {
-        "inputs": (("sample", "feature"), np.asarray(inputs)),
-        "targets": (("sample", "class"), np.asarray(targets)),
-        "width": [cohort.width], "depth": [cohort.depth],
+        "inputs": (cohort.data_axes + ("sample", "feature"),
+                   np.asarray(inputs).reshape(lead + np.shape(inputs))),
+        "targets": (cohort.data_axes + ("sample", "class"),
+                    np.asarray(targets).reshape(lead + np.shape(targets))),
+        **{name: [value] for name, value in cohort.outer.items()},
         **axis_coords(cohort), "step": np.asarray(steps, np.int64), "layer": np.arange(n_layers),
         **({"spectrum_step": np.asarray([steps[0], steps[-1]], np.int64),
             "singular": np.arange(spectral_rank)} if traj.spectra else {}),

@@ -453,8 +453,13 @@ def file_attrs(path: Path) -> dict | None:
         return None
 
 
+DATA_AXES = ("n", "d")      # the grid's optional axes of the training set's size
+
+
 def cohort_name(ds: xr.Dataset) -> str:
-    return f"width{int(ds['width'][0])}_depth{int(ds['depth'][0])}"
+    """A cohort file's name, from its own dims (`plan.Cohort.name`)."""
+    data = "".join(f"{a}{int(ds[a][0])}_" for a in DATA_AXES if a in ds.dims)
+    return f"{data}width{int(ds['width'][0])}_depth{int(ds['depth'][0])}"
 
 
 def combine(datasets: list[xr.Dataset], missing: list[str] = ()) -> xr.Dataset:
@@ -469,10 +474,23 @@ def combine(datasets: list[xr.Dataset], missing: list[str] = ()) -> xr.Dataset:
     variable, `diverged_at` included (never a made-up step).
     """
     layers = np.arange(max(ds.sizes["layer"] for ds in datasets))
-    traj = [ds.drop_vars(DATA_VARS).reindex(layer=layers) for ds in datasets]
+    # the training sets' own dims go with them: cohorts of different n or d
+    # must not be concatenated along sample or feature
+    traj = [ds.drop_vars(DATA_VARS + ("sample", "feature", "class"), errors="ignore")
+            .reindex(layer=layers) for ds in datasets]
     out = xr.combine_by_coords(traj, combine_attrs="drop_conflicts", data_vars="all",
                                coords="different", compat="no_conflicts", join="outer")
-    out = out.assign_coords({name: datasets[0][name] for name in DATA_VARS})
+    if any(a in datasets[0].dims for a in DATA_AXES):
+        # one training set per (n, d): combined over those dims, padded with NaN
+        sets = {tuple(int(ds[a][0]) for a in DATA_AXES if a in ds.dims):
+                ds.reset_coords(list(DATA_VARS))[list(DATA_VARS)] for ds in datasets}
+        full = {dim: np.arange(max(ds.sizes[dim] for ds in sets.values()))
+                for dim in ("sample", "feature")}
+        data = xr.combine_by_coords([ds.reindex(full) for ds in sets.values()],
+                                    combine_attrs="drop")
+        out = out.assign_coords({name: data[name] for name in DATA_VARS})
+    else:
+        out = out.assign_coords({name: datasets[0][name] for name in DATA_VARS})
     untrained = bool(out["diverged_at"].isnull().any())
     if untrained and not missing:
         raise RunError("the cohorts do not cover every (width, depth) of their axes, and none "
@@ -579,10 +597,13 @@ def open_sweep(root: str | os.PathLike, *, partial: bool = False) -> xr.Dataset:
 
 
 def _with_missing(ds: xr.Dataset, config: Config, expected: list[Cohort]) -> xr.Dataset:
-    """`ds` extended to every width and depth of the grid (NaN where untrained)."""
+    """`ds` extended to every width and depth (and n and d) of the grid (NaN
+    where untrained)."""
     widths = sorted({c.width for c in expected})
     depths = sorted({c.depth for c in expected})
-    out = ds.reindex(width=widths, depth=depths)
+    out = ds.reindex(width=widths, depth=depths,
+                     **{a: sorted({getattr(c, a) for c in expected}) for a in DATA_AXES
+                        if a in ds.dims})
     out["diverged_at"] = out["diverged_at"].astype(np.float64)
     lr = out["lr"].values.astype(np.float64)
     scale = np.asarray(widths, np.float64)[:, None] ** config.grid.lr_width_exponent
@@ -592,19 +613,22 @@ def _with_missing(ds: xr.Dataset, config: Config, expected: list[Cohort]) -> xr.
 
 def load_weights(root: str | os.PathLike, *, width: int, depth: int, lr: float, seed: int,
                  which: str = "final", parametrization: str | None = None,
-                 weight_decay: float | None = None) -> list[np.ndarray]:
+                 weight_decay: float | None = None, n: int | None = None,
+                 d: int | None = None) -> list[np.ndarray]:
     """The weights W_l (each (fan_in, fan_out)) of one trained network.
 
     Needs `[record] weights = true` in the grid. `lr` is the grid's value
     (η₀), matched to a relative tolerance of 1e-9; `which` is "initial" or
-    "final". `parametrization` and `weight_decay` are needed when the grid
-    has them as axes.
+    "final". `parametrization`, `weight_decay`, `n` and `d` are needed when
+    the grid has them as axes.
     """
     if which not in ("initial", "final"):
         raise ValueError(f"which = {which!r}: must be 'initial' or 'final'")
-    path = Path(root) / "cohorts" / f"width{width}_depth{depth}.nc"
+    data = "".join(f"{a}{int(v)}_" for a, v in (("n", n), ("d", d)) if v is not None)
+    path = Path(root) / "cohorts" / f"{data}width{width}_depth{depth}.nc"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no cohort with width={width}, depth={depth}")
+        raise FileNotFoundError(f"{path}: no cohort with {data.replace('_', ', ')}"
+                                f"width={width}, depth={depth}")
     try:
         with xr.open_dataset(path, group="weights", engine="netcdf4") as ds:
             point = ds.isel(lr=_match(ds, "lr", lr, path))

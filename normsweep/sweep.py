@@ -129,7 +129,9 @@ def check_memory(config: Config, cohorts: list[plan.Cohort], n_records: int,
     """Refuses a grid with a network too large for the memory budget alone,
     naming the grid key whose part of the estimate is largest
     (`plan.member_terms`)."""
+    grid = config
     for cohort in cohorts:
+        config = plan.cohort_config(grid, cohort)
         terms = plan.member_terms(config, cohort, n_records)
         need = sum(terms.values())
         if need > budget:
@@ -414,17 +416,27 @@ def train_here(config: Config, root: Path, todo: list[plan.Cohort], steps: np.nd
     The results are those of a launch compiling each cohort as it starts
     (the same programs run; tested). On an error or Ctrl-C this returns at
     once, starting no new compilation."""
-    x, y = work.training_data(config)
+    data = {}           # (n, d) -> the training set: one per size, drawn once
+
+    def data_of(cohort: plan.Cohort):
+        size = (cohort.n, cohort.d)
+        if size not in data:
+            data[size] = work.training_data(config, cohort)
+        return data[size]
+
+    for cohort in todo:         # drawn here, before any compile thread needs one
+        data_of(cohort)
     ahead = CompileAhead(len(todo), lambda j: work.compile_cohort(
-        config, todo[j], x, y, steps, budget, devices), workers) if workers > 0 else None
+        config, todo[j], *data_of(todo[j]), steps, budget, devices),
+        workers) if workers > 0 else None
     try:
         for i in range(len(todo)):
             index, compiled = ahead.next() if ahead is not None else (i, None)
             cohort = todo[index]
             n_chunks = plan.chunking(config, cohort, len(steps), budget).count
             reporter.cohort(cohort.name, config.train.steps * n_chunks)
-            work.run_cohort(config, root, cohort, x, y, steps, budget, reporter.advance, devices,
-                            compiled)
+            work.run_cohort(config, root, cohort, *data_of(cohort), steps, budget,
+                            reporter.advance, devices, compiled)
             reporter.done(cohort.name)
     finally:
         if ahead is not None:       # on success nothing is in flight: every cohort was handed out

@@ -22,6 +22,7 @@ from normsweep.folder import ResultsFolder
 
 
 def program_for(config: Config, cohort: plan.Cohort) -> train.Program:
+    config = plan.cohort_config(config, cohort)
     return train.Program(dims=cohort.dims(config.data.d, config.data.k), init=config.model.init,
                          output=config.model.output, loss=config.train.loss,
                          dtype=config.train.dtype, lanczos_steps=config.record.lanczos_steps,
@@ -37,7 +38,12 @@ def program_for(config: Config, cohort: plan.Cohort) -> train.Program:
                          probe_points=config.record.probe_points, spectra=config.record.spectra)
 
 
-def training_data(config: Config):
+def training_data(config: Config, cohort: plan.Cohort | None = None):
+    """The training set of `cohort` (by default the grid's one): every
+    training set of a grid is drawn from the data key, so equal (n, d) give
+    equal data."""
+    if cohort is not None:
+        config = plan.cohort_config(config, cohort)
     dtype = jnp.dtype(config.train.dtype)
     return sphere_data(plan.data_key(config), config.data.n, config.data.d, config.data.k, dtype)
 
@@ -235,7 +241,7 @@ def none_trained(config: Config, cohort: plan.Cohort, held) -> train.Trajectory:
                if "spectrum_step" in var.dims} or None
     weights = {}
     if config.record.weights:
-        dims = cohort.dims(config.data.d, config.data.k)
+        dims = cohort.dims(plan.cohort_config(config, cohort).data.d, config.data.k)
         weights = {which: [np.zeros((0, p, q), cell["frob_norm"].dtype)
                            for p, q in zip(dims[:-1], dims[1:])] for which in ("initial", "final")}
     return train.Trajectory(recs, np.zeros(0, np.int64), **weights, spectra=spectra)

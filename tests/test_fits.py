@@ -230,3 +230,31 @@ def test_the_finite_size_correction_recovers_a_planted_limit():
     assert limit.c == pytest.approx(3, abs=0.6) and limit.n_seeds == 5
     assert limit.gap == pytest.approx(abs(limit.c) / 32)
     assert np.isnan(fits.fit_finite_width(y[:, :2], width[:2]).b)     # two widths: no fit
+
+
+def _with_n(b: float, c: float, noise: float = 0.05):
+    """planted(1, b) with frob_dist also ∝ n^c, over an n dim."""
+    parts = []
+    for i, n in enumerate((64, 256, 1024)):
+        ds = planted(1.0, b, noise=noise, rng=i)
+        ds["frob_dist"] = ds["frob_dist"] * float(n) ** c
+        ds["spec_dist"] = ds["frob_dist"]
+        parts.append(ds.expand_dims(n=[n]))
+    return xr.concat(parts, "n")
+
+
+def test_planted_width_and_sample_exponents_are_recovered():
+    table = fits.data_size_exponents(_with_n(-0.5, 0.5))
+    row = table[(table.metric == "rel_frob_dist") & (table.layer == 1)].iloc[0]
+    assert row.width_exponent_lo <= -0.5 <= row.width_exponent_hi
+    assert row.n_exponent_lo <= 0.5 <= row.n_exponent_hi
+    assert abs(row.width_exponent + 0.5) < 0.05 and abs(row.n_exponent - 0.5) < 0.05
+    assert row.sum_lo <= 0 <= row.sum_hi and row.n_seeds == 4
+    # a law in m and n that is not one of m/n: the sum is told apart from 0
+    other = fits.data_size_exponents(_with_n(-0.5, 1.0))
+    row = other[(other.metric == "rel_frob_dist") & (other.layer == 1)].iloc[0]
+    assert row.sum_lo > 0.3
+
+
+def test_without_two_sample_sizes_there_is_no_trade_off_table():
+    assert not len(fits.data_size_exponents(planted(1.0, -0.5)))

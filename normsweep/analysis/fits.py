@@ -45,7 +45,7 @@ METRICS = {
                       "coordinates θ_l = W_l/√c_l (Lee et al. 2019; one fit per depth, layer −1)",
 }
 NETWORK_METRICS = ("rel_param_dist",)       # one value per network, not per layer
-EXTRA_DIMS = ("parametrization", "weight_decay")
+EXTRA_DIMS = ("parametrization", "weight_decay", "n", "d")
 COLUMNS = ["metric", "layer", "depth", "layer_role", "lr_exponent", "lr_exponent_lo",
            "lr_exponent_hi", "width_exponent", "width_exponent_lo", "width_exponent_hi",
            "prefactor", "r2", "n", "sign", "fitted", "excluded_diverged", "excluded_failed",
@@ -86,8 +86,16 @@ def slice_multipliers(ds: xr.Dataset, grid=None) -> xr.DataArray | float:
     return tables.layer_multipliers(ds, *grid)
 
 
+def column(dim: str) -> str:
+    """The column of a table (fits.csv, …) that labels a slice of `dim`:
+    the dim's name, but data_n and data_d for the n and d axes (fits.csv's
+    `n` counts the networks of a fit)."""
+    return {"n": "data_n", "d": "data_d"}.get(dim, dim)
+
+
 def extra_dims(ds: xr.Dataset) -> list[str]:
-    """The member dims beyond (lr, seed) that this sweep has."""
+    """The dims beyond (width, depth, lr, seed) that this sweep has: each of
+    their values is a slice, fitted on its own."""
     return [d for d in EXTRA_DIMS if d in ds.dims]
 
 
@@ -108,11 +116,15 @@ def reference_labels(ds: xr.Dataset) -> dict:
         labels["parametrization"] = "standard" if "standard" in names else names[0]
     if "weight_decay" in ds.dims:
         labels["weight_decay"] = float(ds["weight_decay"].values.min())
+    for dim in ("n", "d"):          # the largest training set, the nearest to the question's
+        if dim in ds.dims:
+            labels[dim] = int(ds[dim].values.max())
     return labels
 
 
 def slice_name(labels: dict) -> str:
-    return ", ".join(f"{v}" if k == "parametrization" else f"λ = {v:g}"
+    names = {"weight_decay": "λ = {:g}", "n": "n = {}", "d": "d = {}"}
+    return ", ".join(f"{v}" if k == "parametrization" else names[k].format(v)
                      for k, v in labels.items()) or "all"
 
 
@@ -331,7 +343,7 @@ def fit_sweep(ds: xr.Dataset, *,
     for labels in slices(ds):
         table = _fit_slice(ds.sel(labels) if labels else ds, fit_accuracy)
         for i, (name, value) in enumerate(labels.items()):
-            table.insert(i, name, value)
+            table.insert(i, column(name), value)
         tables.append(table)
     return pd.concat(tables, ignore_index=True)
 
@@ -400,7 +412,8 @@ def _fit_slice(ds: xr.Dataset, fit_accuracy: float) -> pd.DataFrame:
 
 def to_dataset(table: pd.DataFrame) -> xr.Dataset:
     """The fit table as a labelled Dataset over (metric, depth, layer)."""
-    index = [c for c in EXTRA_DIMS if c in table.columns] + ["metric", "depth", "layer"]
+    index = [column(c) for c in EXTRA_DIMS if column(c) in table.columns] \
+        + ["metric", "depth", "layer"]
     ds = table.set_index(index).to_xarray()
     for name in ("layer_role", "fitted", "metric"):
         if name in ds:
@@ -579,3 +592,80 @@ def depth_exponents(ds: xr.Dataset, fit_accuracy: float = outcomes.FIT_ACCURACY)
             rows.append({"metric": metric, "layer_role": role, "depth_exponent": c,
                          "lo": lo, "hi": hi, "n": n})
     return pd.DataFrame(rows)
+
+
+DATA_SIZE_METRICS = ("rel_first_step", "rel_frob_dist", "rel_spec_dist")
+
+
+def data_size_exponents(ds: xr.Dataset, fit_accuracy: float = outcomes.FIT_ACCURACY
+                        ) -> pd.DataFrame:
+    """How width and the number of points trade off, in a sweep with an n
+    axis: per metric of `DATA_SIZE_METRICS`, layer and depth, and per slice of
+    the other extra dims, log y = α(η) + b·log m + c·log n (one intercept per
+    η, least squares over the networks each metric keeps), with 95%
+    intervals from each seed's refit (`seed_interval`). `sum` = b + c is 0
+    when y depends on m and n through m/n alone. Empty without two n values
+    and two widths."""
+    if "n" not in ds.dims or ds.sizes["n"] < 2 or ds.sizes["width"] < 2:
+        return pd.DataFrame()
+    rows = []
+    others = [d for d in extra_dims(ds) if d != "n"]
+    labelled = [{}]
+    for dim in others:
+        labelled = [{**lab, dim: v.item()} for lab in labelled for v in ds[dim].values]
+    for labels in labelled:
+        part = ds.sel(labels) if labels else ds
+        values, chosen = fitted_quantities(part, fit_accuracy)
+        for metric in DATA_SIZE_METRICS:
+            if metric not in values:
+                continue
+            keep = chosen[metric][0]
+            for depth in part["depth"].values:
+                for layer in range(int(depth)):
+                    y = values[metric].sel(depth=depth, layer=layer).where(
+                        keep.sel(depth=depth))
+                    y = y.transpose("lr", "width", "n", "seed").values.astype(np.float64)
+                    row = _mn_fit(y, part["lr"].values, part["width"].values,
+                                  part["n"].values)
+                    if row is None:
+                        continue
+                    rows.append({**{column(k): v for k, v in labels.items()},
+                                 "metric": metric, "depth": int(depth),
+                                 "layer": layer, "layer_role": layer_role(layer, int(depth)),
+                                 **row})
+    return pd.DataFrame(rows)
+
+
+def _mn_fit(y: np.ndarray, lr, width, n) -> dict | None:
+    """The law of `data_size_exponents` on y (lr, width, n, seed)."""
+    n_lr, n_w, n_n, n_s = y.shape
+    logy = np.log(np.where((y > 0) & np.isfinite(y), y, np.nan))
+    design = np.zeros((n_lr, n_w, n_n, n_lr + 2))
+    for i in range(n_lr):
+        design[i, ..., i] = 1.0
+    design[..., n_lr] = np.log(np.asarray(width, float))[None, :, None]
+    design[..., n_lr + 1] = np.log(np.asarray(n, float))[None, None, :]
+
+    def fit(mask):
+        d = np.repeat(design[..., None, :], mask.sum(), axis=3).reshape(-1, n_lr + 2)
+        v = logy[..., mask].reshape(-1)
+        good = np.isfinite(v)
+        d, v = d[good], v[good]
+        d = d[:, d.any(axis=0)]          # η without a network drop their intercept
+        if len(v) <= d.shape[1] or np.linalg.matrix_rank(d) < d.shape[1]:
+            return None
+        beta = np.linalg.lstsq(d, v, rcond=None)[0]
+        return beta[-2], beta[-1], int(good.sum())
+
+    pooled = fit(np.ones(n_s, bool))
+    if pooled is None:
+        return None
+    per = [fit(np.arange(n_s) == s) for s in range(n_s)]
+    per = np.array([p[:2] for p in per if p is not None]).reshape(-1, 2)
+    b, b_lo, b_hi = seed_interval(per[:, 0], pooled[0])
+    c, c_lo, c_hi = seed_interval(per[:, 1], pooled[1])
+    t, t_lo, t_hi = seed_interval(per.sum(axis=1), pooled[0] + pooled[1])
+    return {"width_exponent": b, "width_exponent_lo": b_lo, "width_exponent_hi": b_hi,
+            "n_exponent": c, "n_exponent_lo": c_lo, "n_exponent_hi": c_hi,
+            "sum": t, "sum_lo": t_lo, "sum_hi": t_hi, "networks": pooled[2],
+            "n_seeds": len(per)}

@@ -81,12 +81,13 @@ def not_applicable(ds, cfg) -> str | None:
     return None
 
 
-def kernel_table(root, ds, cfg) -> pd.DataFrame:
+def kernel_table(root, ds, cfg, data: dict | None = None) -> pd.DataFrame:
     """Per (parametrization, depth, width, η₀) over the networks without weight
     decay that interpolated (loss(T) ≤ CONVERGED·loss(0)): the kernel
     prediction ‖θ(∞) − θ₀‖ from each seed's W(0) (mean over seeds), the
     measured ‖θ(T) − θ₀‖ over it, and that ratio's mean with its 95% interval
     over seeds (`fits.seed_interval`); the ratio tends to 1 in the lazy limit.
+    With n or d axes, per training set too (leading columns data_n, data_d).
     Empty when `not_applicable`."""
     from normsweep import store
     from normsweep.analysis.fits import seed_interval
@@ -94,6 +95,17 @@ def kernel_table(root, ds, cfg) -> pd.DataFrame:
 
     if not_applicable(ds, cfg):
         return pd.DataFrame()
+    axes = [a for a in ("n", "d") if a in ds.dims]
+    if axes and data is None:           # one training set at a time
+        parts = []
+        for n, d in cfg.data_sizes():
+            at = {a: v for a, v in (("n", n), ("d", d)) if a in axes}
+            part = ds.sel(at).isel(sample=slice(0, n), feature=slice(0, d))
+            table = kernel_table(root, part, cfg.with_data(n, d), at)
+            for i, (a, v) in enumerate(at.items()):
+                table.insert(i, f"data_{a}", v)
+            parts.append(table)
+        return pd.concat(parts, ignore_index=True)
     if "weight_decay" in ds.dims:
         ds = ds.sel(weight_decay=0.0) if 0.0 in ds["weight_decay"].values else ds.isel(
             weight_decay=slice(0, 0))
@@ -117,8 +129,8 @@ def kernel_table(root, ds, cfg) -> pd.DataFrame:
                 for seed in ds["seed"].values:
                     ws = store.load_weights(root, width=int(width), depth=int(depth),
                                             lr=float(ds["lr"].values[0]), seed=int(seed),
-                                            which="initial", **({"parametrization": param}
-                                                                if at else {}))
+                                            which="initial", **(data or {}),
+                                            **({"parametrization": param} if at else {}))
                     pred[int(seed)] = kernel_distance(ws, x, y, mult)
                 for lr in ds["lr"].values:
                     sel = dict(point, lr=lr)

@@ -83,6 +83,10 @@ def analyze(root: str | Path, *, fit_accuracy: float = outcomes.FIT_ACCURACY) ->
     # cover all slices
     ref_labels = fits.reference_labels(full)
     ds = full.sel(ref_labels) if ref_labels else full
+    grid_cfg = cfg
+    if "n" in ref_labels or "d" in ref_labels:       # the first sections' training set
+        cfg = cfg.with_data(ref_labels.get("n", cfg.data.n), ref_labels.get("d", cfg.data.d))
+        ds = _trim_data(ds, cfg)
     param = ref_labels.get("parametrization", cfg.model.parametrization)
     wd = ref_labels.get("weight_decay", cfg.train.weight_decay)
     full_outcome = outcomes.classify(full, fit_accuracy)
@@ -91,7 +95,7 @@ def analyze(root: str | Path, *, fit_accuracy: float = outcomes.FIT_ACCURACY) ->
     full_table = fits.fit_sweep(full, fit_accuracy=fit_accuracy)
     table = full_table
     for name, value in ref_labels.items():
-        table = table[table[name] == value]
+        table = table[table[fits.column(name)] == value]
     place.write_csv(out / "fits.csv", full_table)
     place.write_netcdf(out / "fits.nc", fits.to_dataset(full_table))
     figures = [fig_init(ds, cfg, out), *fig_trajectories(ds, out),
@@ -123,7 +127,7 @@ def analyze(root: str | Path, *, fit_accuracy: float = outcomes.FIT_ACCURACY) ->
                if "margin" in ds else pd.DataFrame(),
                "by_loss": norm_by_loss(ds, outcome),
                "kernel_reason": kernel.not_applicable(full, cfg)}
-    trained["kernel"] = (kernel.kernel_table(root, full, cfg)
+    trained["kernel"] = (kernel.kernel_table(root, full, grid_cfg)
                          if trained["kernel_reason"] is None else pd.DataFrame())
     for name in ("growth", "by_loss", "kernel"):
         if len(trained[name]):
@@ -134,6 +138,10 @@ def analyze(root: str | Path, *, fit_accuracy: float = outcomes.FIT_ACCURACY) ->
     if ref_labels:
         text += "\n".join(_comparison_section(full, full_table, ref_labels))
         figures.append(fig_comparison(full, out))
+    trade = fits.data_size_exponents(full, fit_accuracy)
+    if len(trade):
+        place.write_csv(out / "data_size.csv", trade)
+        text += "\n".join(data_size_section(trade))
     if "ntk_max_eig" in full:
         text += "\n".join(_ntk_section(full, full_outcome, cfg))
         figures.append(fig_ntk(full, full_outcome, out))
@@ -151,6 +159,36 @@ def analyze(root: str | Path, *, fit_accuracy: float = outcomes.FIT_ACCURACY) ->
 
 CSV_NAMES = {"growth": "norm_growth.csv", "by_loss": "norm_by_loss.csv",
              "kernel": "kernel.csv"}
+
+
+def _trim_data(ds: xr.Dataset, cfg) -> xr.Dataset:
+    """A one-training-set slice of a sweep with n or d axes, its `inputs`
+    and `targets` cut to that set's n points and d features (the combined
+    sweep pads them with NaN to the largest)."""
+    return ds.isel(sample=slice(0, cfg.data.n), feature=slice(0, cfg.data.d))
+
+
+def data_size_section(trade: pd.DataFrame) -> list[str]:
+    """Width against the number of points (`fits.data_size_exponents`)."""
+    labels = [c for c in ("parametrization", "weight_decay", "data_d") if c in trade.columns]
+    shown = pd.DataFrame({
+        **{c: trade[c] for c in labels},
+        "metric": trade["metric"], "depth": trade["depth"],
+        "layer": [f"{l} ({r})" for l, r in zip(trade["layer"], trade["layer_role"])],
+        "b (width)": [ci(v, lo, hi) for v, lo, hi in zip(
+            trade["width_exponent"], trade["width_exponent_lo"], trade["width_exponent_hi"])],
+        "c (n)": [ci(v, lo, hi) for v, lo, hi in zip(
+            trade["n_exponent"], trade["n_exponent_lo"], trade["n_exponent_hi"])],
+        "b + c": [ci(v, lo, hi) for v, lo, hi in zip(trade["sum"], trade["sum_lo"],
+                                                     trade["sum_hi"])],
+        "m/n alone (0 in b + c)": [verdict(v, lo, hi, 0.0) for v, lo, hi in zip(
+            trade["sum"], trade["sum_lo"], trade["sum_hi"])]})
+    return ["", heading("datasize", "Width against the number of points"), "",
+            "With an n axis each training set is a slice of its own; here they are fitted "
+            "together as metric ≈ C(η)·m^b·n^c (one intercept per η, 95% intervals over "
+            "seeds). If a metric depends on the width and the number of points only through "
+            "the ratio m/n, c = −b and b + c = 0. The table is `data_size.csv`.", "",
+            _md(shown), ""]
 
 
 def heading(key: str, title: str) -> str:
@@ -174,12 +212,16 @@ def number_sections(text: str) -> str:
 
 
 def axes_note(grid) -> str:
-    """The header's sentence on the parametrization / weight-decay axes ('' without)."""
+    """The header's sentence on the parametrization, weight-decay, n and d
+    axes ('' without)."""
     axes = []
     if grid.parametrization:
         axes.append(f"parametrization {list(grid.parametrization)}")
     if grid.weight_decay:
         axes.append(f"weight decay {list(grid.weight_decay)}")
+    for name, values in (("n (points)", grid.n), ("d (input dimension)", grid.d)):
+        if values:
+            axes.append(f"{name} {list(values)}")
     if not axes:
         return ""
     return (f" The sweep also has the axes {' and '.join(axes)}: sections {ref('init')}–"
@@ -456,6 +498,7 @@ def kernel_section(ker: pd.DataFrame, reason: str | None) -> list[str]:
         return ["No network trained to interpolation (loss(T) ≤ "
                 f"{kernel.CONVERGED:g}·loss(0)): the kernel prediction has nothing to meet.", ""]
     table = pd.DataFrame({
+        **{c.replace("data_", ""): shown[c] for c in ("data_n", "data_d") if c in shown},
         **({"parametrization": shown["parametrization"]}
            if shown["parametrization"].nunique() > 1 else {}),
         "depth": shown["depth"], "width": shown["width"],
@@ -797,7 +840,7 @@ def _comparison_section(ds: xr.Dataset, table: pd.DataFrame, ref_labels: dict) -
         for lab in labels:
             sel = group
             for name, value in lab.items():
-                sel = sel[sel[name] == value]
+                sel = sel[sel[fits.column(name)] == value]
             r = sel.iloc[0]
             b, lo, hi = r.width_exponent, r.width_exponent_lo, r.width_exponent_hi
             row[f"m-exponent, {fits.slice_name(lab)}"] = (f"{b:+.2f} [{lo:+.2f}, {hi:+.2f}]"
