@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import click
+import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn,
@@ -23,7 +24,7 @@ from rich.table import Table
 from normsweep import folder as folder_mod
 from normsweep.errors import GridError, RunError, SweepWarning
 from normsweep.folder import ResultsFolder
-from normsweep.sweep import Reporter
+from normsweep.reporting import Reporter
 
 err_console = Console(stderr=True)
 
@@ -357,10 +358,10 @@ def launch_command(grid, out, memory_budget, scheduler, devices, compile_workers
 def analyze(dir: Path, fit_accuracy: float) -> None:
     """Fit scaling laws of the norm changes against η and width; write a report.
 
-    Writes DIR/analysis/report.md, fits.csv, fits.nc and PNG figures, and
-    prints the fit table. Needs the analysis extra (matplotlib). A sweep with
-    parametrization or weight_decay axes is fitted per slice, and the slices
-    are compared; recorded sharpness and NTK eigenvalues get their own
+    Writes DIR/analysis/report.md, fits.csv, fits.nc, the report's other
+    tables as CSV and PNG figures, and prints the fit table. Needs the
+    analysis extra (matplotlib). A sweep with parametrization, weight_decay,
+    n or d axes is fitted per slice, and the slices are compared; recorded sharpness and NTK eigenvalues get their own
     sections. On an unfinished sweep it warns, analyses the cohorts on disk
     and names the missing ones in the report.
 
@@ -441,12 +442,66 @@ def sweep_summary(path: Path) -> dict:
         return {}
     from normsweep import store
 
+    from normsweep.analysis import outcomes
+
     with store.open_checked(path, what="sweep file") as ds:
         at = ds["diverged_at"].values
         return {"networks": int(at.size), "diverged": int((at >= 0).sum()),
+                "outcomes": outcomes.counts(outcomes.classify(ds)),
                 "steps": int(ds.sizes["step"]), "created": str(ds.attrs.get("created", "")),
                 "backend": str(ds.attrs.get("backend")),
                 "device_kind": str(ds.attrs.get("device_kind"))}
+
+
+@main.command()
+@click.argument("dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--step", default="last", show_default=True, metavar="last|N",
+              help="The recorded step whose loss, accuracy and norms are shown.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "markdown"]), default="csv",
+              show_default=True, help="CSV for programs, a markdown table for people.")
+@click.option("--fit-accuracy", default=0.99, show_default=True,
+              type=click.FloatRange(0, 1), help="Training accuracy at which a network counts as fit.")
+def table(dir: Path, step: str, fmt: str, fit_accuracy: float) -> None:
+    """Print one row per network: its grid coordinates, outcome (fit,
+    training, failed, diverged), the first step at which it fits, and at
+    --step its loss, accuracy, margin and every layer's norms.
+
+    \b
+    Example:
+      normsweep table results/quickstart > runs.csv
+      normsweep table results/quickstart --step 100 --format markdown
+    """
+    if not dir.is_dir():
+        raise click.BadParameter(f"{dir}: no such folder", param_hint="DIR")
+    if not (dir / "grid.toml").exists() and not (dir / "sweep.nc").exists():
+        raise click.BadParameter(f"{dir}: not a normsweep results folder (no grid.toml and no "
+                                 "sweep.nc)", param_hint="DIR")
+    if step != "last" and not step.isdigit():
+        raise click.BadParameter(f"--step {step!r}: must be last or a step number",
+                                 param_hint="--step")
+    from normsweep import store
+    from normsweep.analysis import runs
+
+    try:
+        with sweep_warnings():
+            ds = store.open_sweep(dir, partial=True)
+        try:
+            rows = runs.run_table(ds, step, fit_accuracy)
+        finally:
+            ds.close()
+    except RunError as err:
+        raise click.ClickException(str(err)) from None
+    except ValueError as err:           # a step that is not recorded
+        raise click.BadParameter(str(err), param_hint="--step") from None
+    if fmt == "csv":
+        click.echo(rows.to_csv(index=False, float_format="%.6g"), nl=False)
+    else:
+        cols = list(rows.columns)
+        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join("" if isinstance(v, float) and np.isnan(v) else
+                                    f"{v:.4g}" if isinstance(v, float) else str(v)
+                                    for v in r) + " |" for r in rows.itertuples(index=False)]
+        click.echo("\n".join(lines))
 
 
 @main.command(name="ls")
@@ -592,8 +647,11 @@ def show(target: Path) -> None:
     for path in status.stray:
         console.print(escape(f"  stray: {path} is not a cohort of this grid (left alone)"))
     if summary:
+        said = summary["outcomes"]
         console.print(escape(
-            f"  sweep.nc: {summary['networks']} networks, {summary['diverged']} diverged, "
+            f"  sweep.nc: {summary['networks']} networks: {said['fit']} fit, "
+            f"{said['training']} still training, {said['failed']} failed, "
+            f"{said['diverged']} diverged (`normsweep table` lists them); "
             f"{summary['steps']} recorded steps, created {summary['created']}, "
             f"{summary['backend']} ({summary['device_kind']})"))
     elif damaged:

@@ -520,7 +520,8 @@ def _read_sweep(path: Path) -> xr.Dataset:
 
 
 def open_sweep(root: str | os.PathLike, *, partial: bool = False) -> xr.Dataset:
-    """The Dataset of a results folder, checked against its grid.toml.
+    """The Dataset of a results folder, checked against its grid.toml, with
+    each network's `outcome` (`with_outcome`).
 
     `sweep.nc` when it holds exactly the cohort files on disk; otherwise the
     cohort files are combined afresh (a stale sweep.nc, left by a launch
@@ -532,6 +533,10 @@ def open_sweep(root: str | os.PathLike, *, partial: bool = False) -> xr.Dataset:
     `partial = 1` and `cohorts_missing` say so. Warnings are
     `errors.SweepWarning`s.
     """
+    return with_outcome(_open_sweep(Path(root), partial))
+
+
+def _open_sweep(root: Path, partial: bool) -> xr.Dataset:
     from normsweep import folder
 
     root = Path(root)
@@ -594,6 +599,24 @@ def open_sweep(root: str | os.PathLike, *, partial: bool = False) -> xr.Dataset:
     if missing:
         out = _with_missing(out, config, expected)
     return out
+
+
+def with_outcome(ds: xr.Dataset) -> xr.Dataset:
+    """`ds` with the variable `outcome`: per network "fit", "training",
+    "failed", "diverged" or, in a partial sweep, "untrained"
+    (`normsweep.analysis.outcomes.classify`, at a training accuracy of 0.99).
+    Read from the records, so it costs the first and last records only."""
+    from normsweep.analysis import outcomes
+
+    if "outcome" in ds or not {"loss", "accuracy", "diverged_at"} <= set(ds.data_vars):
+        return ds
+    out = outcomes.classify(ds).drop_vars("step", errors="ignore").astype(str)
+    out.attrs = {"long_name": "outcome", "units": "1",
+                 "description": "fit (training accuracy ≥ 0.99 at the last step), training "
+                                "(the loss fell), failed (final loss ≥ initial, or every "
+                                "gradient 0), diverged (a non-finite loss, weight or norm), "
+                                "untrained (its cohort is not on disk)"}
+    return ds.assign(outcome=out)
 
 
 def _with_missing(ds: xr.Dataset, config: Config, expected: list[Cohort]) -> xr.Dataset:

@@ -19,7 +19,6 @@ import shutil
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -31,34 +30,7 @@ from normsweep import folder, plan, records, store, work
 from normsweep.config import Config
 from normsweep.errors import GridError, RunError
 from normsweep.folder import ResultsFolder
-
-
-@dataclasses.dataclass
-class Summary:
-    """What a launch did."""
-    root: Path
-    cohorts: int
-    trained: list[str]
-    skipped: list[str]
-    networks: int
-    diverged: int
-    seconds: float
-    left: list[str] = dataclasses.field(default_factory=list)   # not done (`only`): no sweep.nc
-    new: int = 0            # networks this launch trained
-    kept: int = 0           # networks of the selected cohorts already on disk
-
-
-class Reporter:
-    """Progress callbacks; the default does nothing (see cli.RichReporter)."""
-
-    def start(self, cohorts: int, skipped: int, work: dict[str, float] | None = None) -> None:
-        ...
-    def cohort(self, name: str, steps: int) -> None: ...
-    def advance(self, steps: int) -> None: ...
-    def done(self, name: str, where: str = "") -> None: ...
-
-    def warn(self, message: str) -> None:
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
+from normsweep.reporting import Reporter, Summary  # noqa: F401 (the launch API's types)
 
 
 def default_budget() -> int:

@@ -137,3 +137,20 @@ def test_reading_results_imports_no_training_stack(tiny_sweep):
             "('jax', 'jaxlib', 'flax', 'optax') or m == 'normsweep.train'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["ls", "{root}"], ["show", "{root}"],
+                                  ["analyze", "{root}"], ["table", "{root}"]])
+def test_commands_that_read_results_import_no_training_stack(tiny_copy, args):
+    """`--help`, `ls`, `show`, `analyze` and `table` start without JAX, Flax
+    or optax (only `launch` trains), each in a fresh process."""
+    import subprocess
+    import sys
+
+    argv = [a.format(root=tiny_copy) for a in args]
+    code = ("import sys\nfrom normsweep.cli import main\n"
+            f"try:\n    main({argv!r}, standalone_mode=False)\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('jax', 'jaxlib', 'flax', 'optax')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout[-2000:] + out.stderr[-2000:]

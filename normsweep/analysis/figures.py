@@ -72,13 +72,14 @@ def fig_trajectories(ds: xr.Dataset, out: Path) -> list[Path]:
     paths = []
     for var in ("frob_norm", "spec_norm", "frob_dist"):
         da = ds[var].sel(depth=depth, layer=layer).mean("seed").isel(step=slice(1, None))
-        da = da.assign_coords(lr=[f"{v:.2g}" for v in ds["lr"].values])
-        grid = da.plot.line(x="step", hue="lr", col="width", col_wrap=min(5, ds.sizes["width"]),
+        da = da.assign_coords(lr=[f"{v:.3g}" for v in ds["lr"].values]).rename(lr="η₀")
+        grid = da.plot.line(x="step", hue="η₀", col="width", col_wrap=min(5, ds.sizes["width"]),
                             xscale="log", yscale="log", figsize=(14, 3.2))
-        grid.fig.suptitle(f"{ds[var].attrs.get('long_name', var)}, layer {layer}, depth {depth} "
-                          "(mean over seeds)", y=1.05)
+        name = ds[var].attrs.get("long_name", var)
+        grid.fig.suptitle(f"{name}, layer {layer}, depth {depth} (mean over seeds)", y=1.05)
         for ax in grid.axs.flat:
             ax.set_xlabel("step")
+            ax.set_ylabel(_label(ds[var]) if ax in grid.axs[:, 0] else "")
         paths.append(_save(grid.fig, out / f"trajectory_{var}.png"))
     return paths
 
@@ -104,7 +105,7 @@ def fig_scaling(ds: xr.Dataset, table: pd.DataFrame, out: Path, keep: xr.DataArr
             if not np.isfinite(vals).any():
                 continue
             ax.errorbar(widths, vals.mean("seed"), vals.std("seed"), fmt="o", color=f"C{i}",
-                        label=f"η₀={lr:.2g}")
+                        label=f"η₀ = {lr:.3g}")
             if np.isfinite(row.width_exponent):
                 eta = ds["lr_effective"].sel(lr=lr).values
                 a = row.lr_exponent if np.isfinite(row.lr_exponent) else 0.0
@@ -117,11 +118,28 @@ def fig_scaling(ds: xr.Dataset, table: pd.DataFrame, out: Path, keep: xr.DataArr
 def _against_width(ax, ylabel: str, title: str) -> None:
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    _short_log_axis(ax.yaxis)
     ax.set_xlabel("width m")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    # below the panel: inside it the legend covers the points
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2,
+              frameon=False)
+
+
+def _short_log_axis(axis) -> None:
+    """Ticks labelled at 1, 2 and 5 × 10^k: a log axis spanning less than a
+    decade otherwise shows one label, or none."""
+    axis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+def _label(da: xr.DataArray) -> str:
+    """An axis label: the variable's long name, with its units unless they are "1"."""
+    units = da.attrs.get("units", "1")
+    name = da.attrs.get("long_name", da.name)
+    return name if units in ("1", "") else f"{name} [{units}]"
 
 
 def fig_stability(ds: xr.Dataset, outcome: xr.DataArray, out: Path) -> Path:
@@ -135,13 +153,13 @@ def fig_stability(ds: xr.Dataset, outcome: xr.DataArray, out: Path) -> Path:
         im = ax.imshow(worst.sel(depth=depth).transpose("lr", "width").values, origin="lower",
                        cmap=cmap, vmin=-0.5, vmax=3.5, aspect="auto")
         ax.set_xticks(range(ds.sizes["width"]), ds["width"].values, fontsize=7)
-        ax.set_yticks(range(ds.sizes["lr"]), [f"{v:.2g}" for v in ds["lr"].values], fontsize=7)
+        ax.set_yticks(range(ds.sizes["lr"]), [f"{v:.3g}" for v in ds["lr"].values], fontsize=7)
         ax.set_xlabel("width m")
-        ax.set_ylabel("lr (η₀)")
+        ax.set_ylabel("lr (η₀)" if ax is axes[0, 0] else "")
         ax.set_title(f"depth {depth}", fontsize=9)
     cbar = fig.colorbar(im, ax=axes[0].tolist(), ticks=range(4))
     cbar.ax.set_yticklabels(outcomes.ORDER)
-    fig.suptitle("outcome per (width, η): worst over seeds")
+    fig.suptitle("outcome per (width, η): worst over seeds", y=1.04)
     return _save(fig, out / "stability.png")
 
 
@@ -283,7 +301,7 @@ def fig_jacobian(ds: xr.Dataset, outcome: xr.DataArray, softmax: bool, out: Path
                 continue
             steps = da["step"].values[measured.values]
             ax.plot(np.maximum(steps, 0.5), da.values[measured.values], "o-", ms=3,
-                    color=f"C{i}", label=f"η₀ = {lr:.2g}")
+                    color=f"C{i}", label=f"η₀ = {lr:.3g}")
             b = bound.sel(width=width, lr=lr).median("seed").values[measured.values]
             ax.plot(np.maximum(steps, 0.5), b, "--", lw=0.8, color=f"C{i}")
         ax.set_xscale("log")
@@ -400,7 +418,7 @@ def fig_margin(ds: xr.Dataset, outcome: xr.DataArray, fit_accuracy: float, out: 
     ax.set_xscale("log")
     ax.set_yscale("log")
     for axis in (ax.xaxis, ax.yaxis):
-        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        _short_log_axis(axis)
     ax.set_xlabel("log t")
     ax.set_ylabel("‖θ(t)‖ (median over networks that separate)")
     ax.set_title(f"weight norm, width {int(ds['width'].max())} (dotted: (log t)^(1/L))",
