@@ -284,3 +284,35 @@ def test_first_step_terms_beside_their_closed_form(tiny_sweep):
         dims = (cfg.data.d, width, width, cfg.data.k)
         closed = theory.first_order_init("mse", "softmax", "standard", "he", dims, cfg.data.n)
         assert float(rows["closed form"].iloc[0]) == pytest.approx(closed, rel=1e-3)
+
+
+def test_the_report_opens_with_the_answer_read_from_its_tables(analyzed, tiny_sweep):
+    """The first screen: at most ten lines before section 1, each number
+    one of a table's (fits.csv, the init numbers, the outcome counts)."""
+    import re
+
+    import normsweep
+    from normsweep import config
+    from normsweep.analysis import outcomes, tables
+
+    root, _ = analyzed
+    text = (root / "analysis" / "report.md").read_text()
+    head = text.split("## 1.")[0]
+    answer = head.split("**The answer in brief**")[1].strip().splitlines()
+    assert len([line for line in answer if line.startswith("- ")]) <= 10
+    table = pd.read_csv(root / "analysis" / "fits.csv")
+    one = table[(table.metric == "rel_first_step") & (table.depth == 3)
+                & (table.layer_role == "input")].iloc[0]
+    step_line = next(line for line in answer if line.startswith("- **One step"))
+    said = re.search(r"input m\^([+-]\d\.\d\d) \[([+-]\d\.\d\d), ([+-]\d\.\d\d)\]", step_line)
+    assert [float(v) for v in said.groups()] == pytest.approx(
+        [one.width_exponent_at_lr0, one.width_exponent_at_lr0_lo,
+         one.width_exponent_at_lr0_hi], abs=0.006)
+    assert f"theory {one.theory_width_exponent:+.2g}" in step_line
+    ds = normsweep.open_sweep(tiny_sweep)
+    init = tables.init_numbers(ds, config.parse(ds.attrs["config_toml"]))
+    hidden = init[(init.layer == "hidden") & (init.width == init.width.max())].iloc[0]
+    assert f"‖W‖_F = {hidden.frob:.3g} (theory {hidden.frob_theory:.3g})" in head
+    counts = outcomes.counts(ds["outcome"])
+    assert (f"{counts['fit']} fit, {counts['training']} still training, {counts['failed']} "
+            f"failed, {counts['diverged']} diverged") in head

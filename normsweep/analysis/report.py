@@ -29,7 +29,7 @@ from normsweep.analysis.figures import (fig_balance, fig_comparison, fig_coordin
                                         fig_stability, fig_trajectories)
 from normsweep.analysis.tables import (balance, ci, coordinate_lr, coordinate_slopes,
                                        cumulative_terms,
-                                       first_step_terms, fmt,
+                                       first_step_terms, fmt, init_numbers,
                                        identity_check, init_table, jacobian_table,
                                        layer_multipliers, LOSS_LEVELS, local_width_slopes, norm_by_loss,
                                        norm_growth,
@@ -153,7 +153,7 @@ def analyze(root: str | Path, *, fit_accuracy: float = outcomes.FIT_ACCURACY) ->
         figures.append(fig_coordinates(full, full_keep, lr, out))
     elif "activation_change" in full and full.sizes["width"] > 1:
         text += "\n".join(no_coordinate_section(full, full_outcome))
-    place.write_text(out / "report.md", number_sections(text))
+    place.write_text(out / "report.md", number_sections(arrange(text)))
     return Analysis(full_table, out / "report.md", figures)
 
 
@@ -166,6 +166,53 @@ def _trim_data(ds: xr.Dataset, cfg) -> xr.Dataset:
     and `targets` cut to that set's n points and d features (the combined
     sweep pads them with NaN to the largest)."""
     return ds.isel(sample=slice(0, cfg.data.n), feature=slice(0, cfg.data.d))
+
+
+def answer_section(ds, cfg, table: pd.DataFrame, outcome, regime_list) -> list[str]:
+    """The report's first screen, at most ten lines: the norms at init, how
+    far one step and the whole run move each layer against width (beside
+    theory, with a verdict), the regime warning when the slices disagree,
+    and the outcomes. Every number comes from a table the sections below
+    show (`tables.init_numbers`, fits.csv, `fits.regimes`, `outcomes`)."""
+    lines = ["**The answer in brief** (the sections below give the details and the "
+             "methods; `fits.csv` has every exponent):", ""]
+    init = init_numbers(ds, cfg)
+    if len(init):
+        widest = init[init["width"] == init["width"].max()]
+        role = "hidden" if (widest["layer"] == "hidden").any() else "input"
+        r = widest[widest["layer"] == role].iloc[0]
+        lines.append(f"- **At init** a {role} {r.p}×{r.q} layer has ‖W‖_F = {r.frob:.3g} "
+                     f"(theory {r.frob_theory:.3g}) and ‖W‖₂ = {r.spec:.3g} (theory "
+                     f"{r.spec_finite:.3g}; {r.spec_edge:.3g} as m → ∞).")
+    depth = int(table["depth"].max()) if len(table) else None
+    T = int(ds["step"].values[-1])
+    for metric, what in (("rel_first_step", "One step moves"),
+                         ("rel_frob_dist", f"{T} steps move")):
+        rows = table[(table.metric == metric) & (table.depth == depth)]
+        if not len(rows):
+            continue
+        parts = []
+        for r in rows.itertuples():
+            b, lo, hi = r.width_exponent_at_lr0, r.width_exponent_at_lr0_lo, \
+                r.width_exponent_at_lr0_hi
+            th = r.theory_width_exponent
+            parts.append(f"{r.layer_role} m^{ci(b, lo, hi)}" + (
+                f" (theory {th:+.2g}: {verdict(b, lo, hi, th)})" if np.isfinite(th) else ""))
+        eta = rows["lr_exponent"].dropna()
+        lines.append(f"- **{what}** each layer by ‖W(t) − W(0)‖_F/‖W(0)‖_F ∝ width^b at fixed "
+                     f"η₀, depth {depth}: " + "; ".join(parts)
+                     + (f"; and ∝ η^{eta.min():.2f}…{eta.max():.2f}" if len(eta) else "") + ".")
+    drifting = sorted({metric for metric, _, _, by_lr, by_width in regime_list
+                       if by_lr.differ or by_width.differ})
+    if drifting:
+        lines.append(f"- **Read the slices:** the exponents of {', '.join(drifting)} drift "
+                     f"across η or width (F test p < {fits.HOMOGENEITY_P:g}): one power law "
+                     f"does not hold over this grid (section {ref('regimes')}).")
+    counts = outcomes.counts(outcome)
+    lines.append(f"- **Outcomes:** {counts[outcomes.FIT]} fit, {counts[outcomes.TRAINING]} still "
+                 f"training, {counts[outcomes.FAILED]} failed, {counts[outcomes.DIVERGED]} "
+                 f"diverged (section {ref('stability')}).")
+    return lines + [""]
 
 
 def data_size_section(trade: pd.DataFrame) -> list[str]:
@@ -202,6 +249,32 @@ def ref(key: str) -> str:
     return f"\x00ref:{key}\x00"
 
 
+# the report's order: the answers first, then the appendix of methods,
+# diagnostics and checks; a section not named here goes last in the main body
+MAIN = ("scaling", "regimes", "compare", "datasize", "trained", "kernel", "stability", "edge",
+        "balance", "ntk", "coordinates")
+APPENDIX = ("theory", "init", "training", "iteration", "jacobian", "spectra")
+
+
+def arrange(text: str) -> str:
+    """The `heading`ed sections of `text` in the order of `MAIN`, then under
+    an appendix heading those of `APPENDIX`; what precedes the first heading
+    (the title, the sweep and the answer) stays first."""
+    chunks = re.split(r"(?=^## \x00\w+\x00 )", text, flags=re.M)
+    head, named = chunks[0], {}
+    for chunk in chunks[1:]:
+        named[re.match(r"## \x00(\w+)\x00 ", chunk).group(1)] = chunk.rstrip("\n") + "\n\n"
+    main = [k for k in MAIN if k in named] + [k for k in named
+                                               if k not in MAIN and k not in APPENDIX]
+    back = [k for k in APPENDIX if k in named]
+    out = head.rstrip("\n") + "\n\n" + "".join(named[k] for k in main)
+    if back:
+        out += ("# Appendix: methods, diagnostics and checks\n\nThe measurements behind the "
+                "answers above, and the checks of the instrument itself.\n\n"
+                + "".join(named[k] for k in back))
+    return out
+
+
 def number_sections(text: str) -> str:
     """Numbers the `heading`s 1, 2, … in order and fills in the `ref`s; a
     reference to a section the report lacks is an error."""
@@ -224,9 +297,9 @@ def axes_note(grid) -> str:
             axes.append(f"{name} {list(values)}")
     if not axes:
         return ""
-    return (f" The sweep also has the axes {' and '.join(axes)}: sections {ref('init')}–"
-            f"{ref('scaling')} describe one slice of it (named in section {ref('compare')}), "
-            f"the sections from {ref('compare')} on compare all.")
+    return (f" The sweep also has the axes {' and '.join(axes)}: section {ref('compare')} "
+            "compares all its slices; the other sections describe one slice of it, named "
+            "there.")
 
 
 def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "standard",
@@ -257,6 +330,8 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
              f"loss `{cfg.train.loss}`, {T} steps of full-batch GD, {cfg.train.dtype}; "
              f"{ds.attrs.get('backend')} ({ds.attrs.get('device_kind')}), "
              f"jax {ds.attrs.get('jax_version')}." + slices + partial, ""]
+    regime_list = fits.regimes(ds, fit_accuracy)
+    lines += answer_section(ds, cfg, table, outcome, regime_list)
 
     lines += [heading("init", "Norms at initialisation"), "",
               "Measured mean ± sd over seeds (each distinct matrix counted once) against the "
@@ -388,13 +463,15 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
     main = table[table.metric.isin(["rel_frob_dist", "rel_spec_dist", "rel_frob_change",
                                     "rel_spec_change"])]
     lines += [_md(_exponents(main)), ""]
-    lines += lazy_section(table, cfg, param)
     lines += (["![scaling](scaling_rel_frob_dist.png)", ""] if ds.sizes["width"] > 1 else
               ["One width: no width exponent is identified and nothing is plotted against "
                "width; the η exponents above are fitted at that width.", ""])
-    lines += ["The full table, with prefactors and counts, is in `fits.csv` and `fits.nc`.", ""]
+    lines += ["The full table, with prefactors and counts, is in `fits.csv` and `fits.nc`; "
+              f"section {ref('theory')} sets the exponents beside theory.", ""]
+    lines += [heading("theory", "The exponents beside theory, and finite width"), ""]
+    lines += lazy_section(table, cfg, param)
     lines += finite_width_section(ds, fit_accuracy)
-    lines += regime_section(ds, table, fit_accuracy)
+    lines += regime_section(ds, table, fit_accuracy, regime_list)
     return "\n".join(lines)
 
 
@@ -628,7 +705,8 @@ def cumulative_section(cum: pd.DataFrame | None, param: str) -> list[str]:
             "the same number:", "", _md(shown), ""]
 
 
-def regime_section(ds, table: pd.DataFrame, fit_accuracy: float) -> list[str]:
+def regime_section(ds, table: pd.DataFrame, fit_accuracy: float,
+                   regime_list: list | None = None) -> list[str]:
     """Whether one power law describes the sweep: the exponents fitted slice
     by slice (`fits.regimes`) with the F test of their equality, stated in
     words; then the fits that rest on too few networks and the metrics the
@@ -639,7 +717,9 @@ def regime_section(ds, table: pd.DataFrame, fit_accuracy: float) -> list[str]:
              "intervals), with the p-value of the F test that each family shares one value "
              f"(p < {fits.HOMOGENEITY_P:g}: it does not).", ""]
     rows, verdicts = [], []
-    for metric, depth, layer, by_lr, by_width in fits.regimes(ds, fit_accuracy):
+    if regime_list is None:
+        regime_list = fits.regimes(ds, fit_accuracy)
+    for metric, depth, layer, by_lr, by_width in regime_list:
         def cells(local, label):
             return "; ".join(f"{label} {v:.3g}: {ci(e, lo, hi)}" for v, e, lo, hi
                              in zip(local.at, local.exponent, local.lo, local.hi)
@@ -870,7 +950,7 @@ def _comparison_section(ds: xr.Dataset, table: pd.DataFrame, ref_labels: dict) -
                       + "; ".join(theory_parts) + "." if theory_parts else
                       f"No theory is shown for width_exponent = {p:g}."))
     return ["", heading("compare", "Parametrizations and weight decay side by side"), "",
-            f"Sections {ref('init')}–{ref('regimes')} describe the slice "
+            "The other sections describe the slice "
             f"{fits.slice_name(ref_labels)}. Width exponents b "
             "of metric ≈ C·η^a·m^b per slice (95% intervals over seeds); the η exponents and "
             "prefactors are in fits.csv.", "", _md(pd.DataFrame(rows)), "", mup, "",

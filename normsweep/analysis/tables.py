@@ -28,9 +28,12 @@ def slice_parametrization(ds: xr.Dataset, cfg: config_mod.Config) -> str:
     return cfg.model.parametrization
 
 
-def init_table(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame:
-    """Measured mean ± sd of ‖W_l(0)‖ per layer shape against theory, for
-    the init of the slice's parametrization (μP sets its own)."""
+def init_numbers(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame:
+    """Per layer role and width: the measured mean and sd of ‖W_l(0)‖_F and
+    ‖W_l(0)‖₂ over the distinct matrices (a seed gives the same layer at
+    every η and depth: counted once) beside theory for the init of the
+    slice's parametrization (μP sets its own): Frobenius s√(pq)(1 − 1/(4pq)),
+    the Bai–Yin edge s(√p + √q) and its finite-size value."""
     param = slice_parametrization(ds, cfg)
     rows = []
     first = ds.isel(step=0, lr=0)
@@ -44,7 +47,6 @@ def init_table(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame:
                     sel = first.sel(width=width, depth=depth, layer=layer)
                     frob += sel["frob_norm"].values.tolist()
                     spec += sel["spec_norm"].values.tolist()
-            # the same seed gives the same layer at every depth: count it once
             pairs = np.array([frob, spec]).reshape(2, -1).T
             pairs = np.unique(np.round(pairs[np.isfinite(pairs).all(1)], 6), axis=0)
             if not len(pairs):
@@ -52,19 +54,28 @@ def init_table(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame:
             p = cfg.data.d if role == "input" else int(width)
             q = cfg.data.k if role == "readout" else int(width)
             s2 = theory.init_variance(cfg.model.init, p, int(width), param, q)
-            f_th, s_edge, s_fin = (theory.frobenius(p, q, s2), theory.spectral_edge(p, q, s2),
-                                   theory.spectral_finite(p, q, s2))
             f_m, s_m = pairs[:, 0], pairs[:, 1]
-            rows.append({
-                "layer": role, "shape": f"{p}×{q}", "width": int(width), "n": len(pairs),
-                "‖W‖_F measured": f"{f_m.mean():.3f} ± {f_m.std(ddof=1) if len(f_m) > 1 else 0:.3f}",
-                "‖W‖_F theory": f"{f_th:.3f}",
-                "rel. err F": f"{(f_m.mean() - f_th) / f_th:+.2%}",
-                "‖W‖₂ measured": f"{s_m.mean():.3f} ± {s_m.std(ddof=1) if len(s_m) > 1 else 0:.3f}",
-                "‖W‖₂ Bai–Yin": f"{s_edge:.3f}", "‖W‖₂ finite-size": f"{s_fin:.3f}",
-                "rel. err 2": f"{(s_m.mean() - s_fin) / s_fin:+.2%}",
-            })
+            rows.append({"layer": role, "p": p, "q": q, "width": int(width), "n": len(pairs),
+                         "frob": f_m.mean(), "frob_sd": f_m.std(ddof=1) if len(f_m) > 1 else 0.0,
+                         "frob_theory": theory.frobenius(p, q, s2),
+                         "spec": s_m.mean(), "spec_sd": s_m.std(ddof=1) if len(s_m) > 1 else 0.0,
+                         "spec_edge": theory.spectral_edge(p, q, s2),
+                         "spec_finite": theory.spectral_finite(p, q, s2)})
     return pd.DataFrame(rows)
+
+
+def init_table(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame:
+    """`init_numbers` formatted for the report."""
+    num = init_numbers(ds, cfg)
+    return pd.DataFrame([{
+        "layer": r.layer, "shape": f"{r.p}×{r.q}", "width": r.width, "n": r.n,
+        "‖W‖_F measured": f"{r.frob:.3f} ± {r.frob_sd:.3f}",
+        "‖W‖_F theory": f"{r.frob_theory:.3f}",
+        "rel. err F": f"{(r.frob - r.frob_theory) / r.frob_theory:+.2%}",
+        "‖W‖₂ measured": f"{r.spec:.3f} ± {r.spec_sd:.3f}",
+        "‖W‖₂ Bai–Yin": f"{r.spec_edge:.3f}", "‖W‖₂ finite-size": f"{r.spec_finite:.3f}",
+        "rel. err 2": f"{(r.spec - r.spec_finite) / r.spec_finite:+.2%}"}
+        for r in num.itertuples()])
 
 
 def layer_multipliers(ds: xr.Dataset, cfg, parametrization: str) -> xr.DataArray:
