@@ -416,9 +416,21 @@ def print_preview(grid: Path, config, p, command: str) -> None:
                       str(row["new"]) if row["selected"] else "– (--only)", str(row["kept"]),
                       f"{row['chunks']} × {row['per_chunk']}", size_text(row["memory"]))
     console.print(table)
-    rate = launch_mod.matmul_rate()
-    seconds = launch_mod.estimate_seconds(p, rate)
+    calibrated = launch_mod.calibrated_estimate(p)
     left = sum(1 for row in p.cohorts if row["new"] > 0)
+    if calibrated is not None:
+        seconds, train, compiled, earlier = calibrated
+        basis = (f"estimate from {earlier} earlier cohorts on this machine: {train:.0f} s of "
+                 f"training at their FLOP rate, {compiled:.0f} s of compiling at their compile "
+                 "times, overlapped by the compile pool")
+    else:
+        rate = launch_mod.matmul_rate()
+        seconds = launch_mod.estimate_seconds(p, rate)
+        basis = (f"uncalibrated: no earlier cohort recorded here; "
+                 f"{p.train_flop / 1e12:.3g} TFLOP of training at "
+                 f"{launch_mod.TRAIN_EFFICIENCY:.0%} of this machine's matmul rate, "
+                 f"{rate / 1e9:.0f} GFLOP/s measured now, plus "
+                 f"{launch_mod.compile_seconds():g} s to compile each cohort")
     new = sum(row["new"] for row in p.cohorts)
     kept = sum(row["kept"] for row in p.cohorts if row["selected"])
     console.print(escape(
@@ -427,10 +439,7 @@ def print_preview(grid: Path, config, p, command: str) -> None:
         f"memory: about {size_text(p.memory_bytes)} for the largest chunk, budget "
         f"{size_text(p.budget_bytes)}\n"
         f"disk: about {size_text(p.disk_bytes)} to write\n"
-        f"time: about {seconds / 60:.1f} min for the {left} cohorts left (an estimate: "
-        f"{p.train_flop / 1e12:.3g} TFLOP of training at {launch_mod.TRAIN_EFFICIENCY:.0%} of "
-        f"this machine's matmul rate, {rate / 1e9:.0f} GFLOP/s measured now, plus "
-        f"{launch_mod.compile_seconds():g} s to compile each cohort)"),
+        f"time: about {seconds / 60:.1f} min for the {left} cohorts left ({basis})"),
         soft_wrap=True)
     click.echo(f"next: {command}")
 

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from normsweep import config as config_mod
-from normsweep import folder, plan, records, store, work
+from normsweep import calibration, folder, plan, records, store, work
 from normsweep.config import Config
 from normsweep.errors import GridError, RunError
 from normsweep.folder import ResultsFolder
@@ -272,12 +272,14 @@ def preview(config: Config, root: Path, *, budget_bytes: int | None = None,
         chunks = plan.chunking(config, c, n_records, budget)
         kept = kept_networks(config, root, c)
         chosen = selected(c, only)
+        new = c.size - kept if chosen else 0    # the time estimate weighs the new networks
         rows.append({"name": c.name, "networks": c.size, "chunks": chunks.count,
                      "per_chunk": chunks.size,
                      "memory": chunks.size * plan.member_bytes(config, c, n_records),
-                     "kept": kept, "new": c.size - kept if chosen else 0, "selected": chosen})
-        if chosen and kept < c.size:        # the time estimate weighs the new networks
-            flop += plan.train_flop(config, c) * (c.size - kept) / c.size
+                     "kept": kept, "new": new, "selected": chosen,
+                     "program": calibration.program_key(config, c, new or None),
+                     "flop": plan.train_flop(config, c) * new / c.size})
+        flop += rows[-1]["flop"]
     # done: a file that holds every network of this grid (`store.holds`); a
     # file of an earlier grid this one extends still has networks to train
     done = [r["name"] for r in rows if r["kept"] == r["networks"]]
@@ -316,11 +318,21 @@ def compile_seconds() -> float:
 
 
 def estimate_seconds(p: Preview, rate: float) -> float:
-    """An estimate of a launch's wall time: the training FLOPs of its new
-    networks at `TRAIN_EFFICIENCY` of `rate`, and `compile_seconds()` per
-    cohort with networks to train."""
+    """An uncalibrated estimate of a launch's wall time: the training FLOPs
+    of its new networks at `TRAIN_EFFICIENCY` of `rate`, and
+    `compile_seconds()` per cohort with networks to train."""
     left = sum(1 for row in p.cohorts if row["new"] > 0)
     return p.train_flop / (TRAIN_EFFICIENCY * rate) + left * compile_seconds()
+
+
+def calibrated_estimate(p: Preview) -> tuple[float, float, float, int] | None:
+    """(wall, training, compile seconds, cohorts it rests on) of the launch
+    `p` plans, from the times this machine recorded for earlier cohorts
+    (`calibration.estimate`); None when it has recorded none."""
+    rows = calibration.load(jax.default_backend(), jax.devices()[0].device_kind)
+    todo = [(row["program"], row["flop"]) for row in p.cohorts if row["new"] > 0]
+    out = calibration.estimate(rows, todo, default_compile_workers(len(todo)))
+    return None if out is None else (*out, len(rows))
 
 
 COMPILE_THREAD = "normsweep-compile"     # the name prefix of the compile-ahead threads

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from normsweep import folder, plan, records, store, train
+from normsweep import calibration, folder, plan, records, store, train
 from normsweep.config import Config
 from normsweep.data import sphere_data
 from normsweep.errors import RunError
@@ -212,6 +212,12 @@ def run_cohort(config: Config, root: Path, cohort: plan.Cohort, x, y, steps: np.
         traj = train_cohort(config, cohort, x, y, steps, budget, on_steps, devices, subset)
         seconds = {"train_seconds": time.perf_counter() - started,
                    "compile_seconds": compile_seconds}
+        share = 1.0 if subset is None else len(subset) / cohort.size
+        calibration.record(jax.default_backend(), jax.devices()[0].device_kind,
+                           calibration.program_key(config, cohort,
+                                                   None if subset is None else len(subset)),
+                           plan.train_flop(config, cohort) * share, seconds["train_seconds"],
+                           compile_seconds)
     if held is not None:
         traj, seconds = merged(config, cohort, held, subset, traj, seconds, path)
     ds = records.cohort_dataset(config, cohort, steps, traj, np.asarray(x), np.asarray(y),

@@ -2,12 +2,19 @@
 float64 upcast or a broadcast between mismatched ranks is a bug here."""
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 import textwrap
 from pathlib import Path
 
 import jax
 import pytest
+
+# launches record their timings (normsweep.calibration) in the session's own
+# file, never in the user's ~/.cache, and the dry run reads only those
+os.environ["NORMSWEEP_TIMINGS"] = os.path.join(tempfile.mkdtemp(prefix="normsweep-timings-"),
+                                               "timings.jsonl")
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
