@@ -37,8 +37,15 @@ def test_analyze_writes_every_output(analyzed):
     root, output = analyzed
     out = root / "analysis"
     for name in ("report.md", "fits.csv", "fits.nc", "init_norms.png", "stability.png",
-                 "scaling_rel_frob_dist.png", "per_step_identity.png", "trajectory_frob_norm.png"):
+                 "scaling_rel_frob_dist.png", "per_step_identity.png", "trajectory_frob_norm.png",
+                 "init.csv", "stability.csv", "runs.csv"):
         assert (out / name).stat().st_size > 0, name
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 24 and set(runs.outcome) <= {"fit", "training", "failed", "diverged"}
+    init = pd.read_csv(out / "init.csv")
+    assert {"layer", "width", "frob", "frob_theory", "spec", "spec_finite"} <= set(init.columns)
+    stable = pd.read_csv(out / "stability.csv")
+    assert list(stable.columns) == ["width", "depth", "largest_stable_lr"] and len(stable) == 4
     table = pd.read_csv(out / "fits.csv")
     assert set(REQUIRED) <= set(table.columns)
     assert set(fits.METRICS) == set(table.metric)

@@ -22,7 +22,7 @@ import xarray as xr
 
 from normsweep import config as config_mod
 from normsweep import store
-from normsweep.analysis import fits, kernel, outcomes
+from normsweep.analysis import fits, kernel, outcomes, runs
 from normsweep.analysis.figures import (fig_balance, fig_comparison, fig_coordinates,
                                         fig_identity, fig_init, fig_jacobian, fig_margin,
                                         fig_ntk, fig_scaling, fig_sharpness, fig_spectrum,
@@ -133,6 +133,12 @@ def analyze(root: str | Path, *, fit_accuracy: float = outcomes.FIT_ACCURACY) ->
         if len(trained[name]):
             place.write_csv(out / CSV_NAMES[name], trained[name])
     trained["cumulative"] = cum
+    # the report's other numbers as tables: init norms, the largest stable η,
+    # and one row per network (`normsweep table`)
+    place.write_csv(out / "init.csv", init_numbers(ds, cfg))
+    place.write_csv(out / "stability.csv", outcomes.largest_stable_lr(full, full_outcome)
+                    .drop_vars("step", errors="ignore").to_dataframe().reset_index())
+    place.write_csv(out / "runs.csv", runs.run_table(full, "last", fit_accuracy))
     text = render(ds, cfg, table, outcome, check, fit_accuracy, root, param, moved, wd,
                   trained)
     if ref_labels:

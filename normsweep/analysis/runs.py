@@ -37,7 +37,7 @@ def run_table(ds: xr.Dataset, step: str | int = "last",
     network's depth). Untrained networks of a partial sweep are left out."""
     at = recorded_step(ds, step)
     point = ds.sel(step=at)
-    outcome = ds["outcome"] if "outcome" in ds else outcomes.classify(ds, fit_accuracy)
+    outcome = outcomes.classify(ds, fit_accuracy)
     cols = {"outcome": outcome.astype(str),
             "lr_effective": ds["lr_effective"].broadcast_like(outcome),
             "first_fit_step": first_fit_step(ds, fit_accuracy),
