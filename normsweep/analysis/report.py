@@ -259,7 +259,8 @@ def ref(key: str) -> str:
 # diagnostics and checks; a section not named here goes last in the main body
 MAIN = ("scaling", "regimes", "compare", "datasize", "trained", "kernel", "stability", "edge",
         "balance", "ntk", "coordinates")
-APPENDIX = ("theory", "init", "training", "iteration", "jacobian", "spectra")
+APPENDIX = ("theory", "slices", "fitnorms", "init", "training", "iteration", "jacobian",
+            "spectra")
 
 
 def arrange(text: str) -> str:
@@ -408,15 +409,13 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
                   _md(_exponents(upd)), ""]
     lines += first_step_prose(table, param, float(g.lr_width_exponent))
 
+    wt = well_trained_table(ds, outcome, fit_accuracy)
     lines += [heading("trained", "Well-trained networks"), "",
               f"Criterion: training accuracy ≥ {fit_accuracy:g} at the last step. "
-              f"{counts[outcomes.FIT]} of {total} networks fit their random targets. The median "
-              "step at which they first fit, and their norms (mean over the seeds that fit; "
-              "‖W_l‖_F at the first fit → at the last step; layer 0 is the input layer, layer "
-              "depth − 1 the readout, the others hidden):", ""]
-    wt = well_trained_table(ds, outcome, fit_accuracy)
-    lines += [_md(wt) if len(wt) else "_No network met the criterion: train longer or with a "
-              "larger stable η._", ""]
+              f"{counts[outcomes.FIT]} of {total} networks fit their random targets"
+              + (f"; the step at which each first fits, and its norms then and at the end, per "
+                 f"η, are in section {ref('fitnorms')}." if len(wt) else
+                 ": train longer or with a larger stable η."), ""]
     if cfg.model.output == "softmax":
         lines += ["With a softmax output and one-hot targets the loss has no finite minimiser: "
                   "reaching zero loss needs infinite logit margins, so fitting keeps driving the "
@@ -465,19 +464,32 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
               "still training (diverged and failed ones are left out and counted). The 95% "
               "intervals treat seeds as the independent replicates: one seed fixes W(0) at "
               "every η, so the law is refitted on each seed's networks alone and the interval "
-              "is the pooled estimate ± t·sd/√S over the S seeds (column `S`).", ""]
-    main = table[table.metric.isin(["rel_frob_dist", "rel_spec_dist", "rel_frob_change",
-                                    "rel_spec_change"])]
+              "is the pooled estimate ± t·sd/√S over the S seeds (column `S`). "
+              "`rel_frob_dist` is ‖W(T) − W(0)‖_F/‖W(0)‖_F, how far a layer moved; "
+              "`rel_frob_change` is (‖W(T)‖_F − ‖W(0)‖_F)/‖W(0)‖_F, how much its norm changed "
+              f"(the spectral versions are in section {ref('theory')}).", ""]
+    main = table[table.metric.isin(["rel_frob_dist", "rel_frob_change"])]
     lines += [_md(_exponents(main)), ""]
     lines += (["![scaling](scaling_rel_frob_dist.png)", ""] if ds.sizes["width"] > 1 else
               ["One width: no width exponent is identified and nothing is plotted against "
                "width; the η exponents above are fitted at that width.", ""])
     lines += ["The full table, with prefactors and counts, is in `fits.csv` and `fits.nc`; "
               f"section {ref('theory')} sets the exponents beside theory.", ""]
-    lines += [heading("theory", "The exponents beside theory, and finite width"), ""]
+    lines += [heading("theory", "The exponents beside theory, and finite width"), "",
+              "The spectral versions of the laws of section "
+              f"{ref('scaling')}, ‖W(T) − W(0)‖₂/‖W(0)‖₂ (`rel_spec_dist`) and "
+              "(‖W(T)‖₂ − ‖W(0)‖₂)/‖W(0)‖₂ (`rel_spec_change`):", "",
+              _md(_exponents(table[table.metric.isin(["rel_spec_dist", "rel_spec_change"])])),
+              ""]
     lines += lazy_section(table, cfg, param)
     lines += finite_width_section(ds, fit_accuracy)
     lines += regime_section(ds, table, fit_accuracy, regime_list)
+    if len(wt):
+        lines += [heading("fitnorms", "Norms of the networks that fit, per η"), "",
+                  "The median step at which they first fit, and their norms (mean over the "
+                  "seeds that fit; ‖W_l‖_F at the first fit → at the last step; layer 0 is the "
+                  "input layer, layer depth − 1 the readout, the others hidden):", "",
+                  _md(wt), ""]
     return "\n".join(lines)
 
 
@@ -743,9 +755,9 @@ def regime_section(ds, table: pd.DataFrame, fit_accuracy: float,
                                 f"{local.exponent[finite][0]:+.2f} to "
                                 f"{local.exponent[finite][-1]:+.2f} (p = {fmt(local.p, 2)}): the "
                                 "pooled exponent averages regimes; read the slices.")
-    lines += [_md(pd.DataFrame(rows)), ""]
     lines += (verdicts or ["Every family agrees within its intervals: the pooled laws above "
                            "describe the sweep."]) + [""]
+    lines += [f"The exponents slice by slice are in section {ref('slices')}.", ""]
     thin = table[(np.isfinite(table.width_exponent) | np.isfinite(table.lr_exponent))
                  & (table.n < fits.MIN_NETWORKS)]
     if len(thin):
@@ -767,6 +779,10 @@ def regime_section(ds, table: pd.DataFrame, fit_accuracy: float,
     if gaps:
         lines += ["**Record schedule:** " + "; ".join(gaps) + ". Record more of the first "
                   "steps (`[record] steps`) to fit them.", ""]
+    lines += [heading("slices", "The exponents slice by slice"), "",
+              "The width exponent fitted at each η and the η exponent at each width, with the "
+              "p-value of the F test that each family shares one value:", "",
+              _md(pd.DataFrame(rows)), ""]
     return lines
 
 
