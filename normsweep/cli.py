@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 
 import click
-import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn,
@@ -505,12 +504,8 @@ def table(dir: Path, step: str, fmt: str, fit_accuracy: float) -> None:
     if fmt == "csv":
         click.echo(rows.to_csv(index=False, float_format="%.6g"), nl=False)
     else:
-        cols = list(rows.columns)
-        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join("" if isinstance(v, float) and np.isnan(v) else
-                                    f"{v:.4g}" if isinstance(v, float) else str(v)
-                                    for v in r) + " |" for r in rows.itertuples(index=False)]
-        click.echo("\n".join(lines))
+        from normsweep.analysis.tables import markdown
+        click.echo(markdown(rows, "{:.4g}"))
 
 
 @main.command(name="ls")

@@ -601,6 +601,13 @@ def _open_sweep(root: Path, partial: bool) -> xr.Dataset:
     return out
 
 
+def training_set(ds: xr.Dataset, n: int, d: int) -> xr.Dataset:
+    """`ds` (one (n, d) slice of a sweep with n or d axes) with `inputs` and
+    `targets` cut to that set's n points and d features: the combined sweep
+    pads them with NaN to the largest."""
+    return ds.isel(sample=slice(0, n), feature=slice(0, d))
+
+
 def with_outcome(ds: xr.Dataset) -> xr.Dataset:
     """`ds` with the variable `outcome`: per network "fit", "training",
     "failed", "diverged" or, in a partial sweep, "untrained"

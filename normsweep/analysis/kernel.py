@@ -100,7 +100,7 @@ def kernel_table(root, ds, cfg, data: dict | None = None) -> pd.DataFrame:
         parts = []
         for n, d in cfg.data_sizes():
             at = {a: v for a, v in (("n", n), ("d", d)) if a in axes}
-            part = ds.sel(at).isel(sample=slice(0, n), feature=slice(0, d))
+            part = store.training_set(ds.sel(at), n, d)
             table = kernel_table(root, part, cfg.with_data(n, d), at)
             for i, (a, v) in enumerate(at.items()):
                 table.insert(i, f"data_{a}", v)

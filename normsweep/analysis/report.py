@@ -29,7 +29,7 @@ from normsweep.analysis.figures import (fig_balance, fig_comparison, fig_coordin
                                         fig_stability, fig_trajectories)
 from normsweep.analysis.tables import (balance, ci, coordinate_lr, coordinate_slopes,
                                        cumulative_terms,
-                                       first_step_terms, fmt, init_numbers,
+                                       first_step_terms, fmt, init_numbers, markdown,
                                        identity_check, init_table, jacobian_table,
                                        layer_multipliers, LOSS_LEVELS, local_width_slopes, norm_by_loss,
                                        norm_growth,
@@ -52,11 +52,7 @@ class Analysis:
 
 
 def _md(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    return "\n".join(lines)
+    return markdown(df)
 
 
 def analyze(root: str | Path, *, fit_accuracy: float = outcomes.FIT_ACCURACY) -> Analysis:
@@ -86,7 +82,7 @@ def analyze(root: str | Path, *, fit_accuracy: float = outcomes.FIT_ACCURACY) ->
     grid_cfg = cfg
     if "n" in ref_labels or "d" in ref_labels:       # the first sections' training set
         cfg = cfg.with_data(ref_labels.get("n", cfg.data.n), ref_labels.get("d", cfg.data.d))
-        ds = _trim_data(ds, cfg)
+        ds = store.training_set(ds, cfg.data.n, cfg.data.d)
     param = ref_labels.get("parametrization", cfg.model.parametrization)
     wd = ref_labels.get("weight_decay", cfg.train.weight_decay)
     full_outcome = outcomes.classify(full, fit_accuracy)
@@ -135,10 +131,11 @@ def analyze(root: str | Path, *, fit_accuracy: float = outcomes.FIT_ACCURACY) ->
     trained["cumulative"] = cum
     # the report's other numbers as tables: init norms, the largest stable η,
     # and one row per network (`normsweep table`)
-    place.write_csv(out / "init.csv", init_numbers(ds, cfg))
+    trained["init"] = init_numbers(ds, cfg)
+    place.write_csv(out / "init.csv", trained["init"])
     place.write_csv(out / "stability.csv", outcomes.largest_stable_lr(full, full_outcome)
                     .drop_vars("step", errors="ignore").to_dataframe().reset_index())
-    place.write_csv(out / "runs.csv", runs.run_table(full, "last", fit_accuracy))
+    place.write_csv(out / "runs.csv", runs.run_table(full, "last", fit_accuracy, full_outcome))
     text = render(ds, cfg, table, outcome, check, fit_accuracy, root, param, moved, wd,
                   trained)
     if ref_labels:
@@ -167,14 +164,8 @@ CSV_NAMES = {"growth": "norm_growth.csv", "by_loss": "norm_by_loss.csv",
              "kernel": "kernel.csv"}
 
 
-def _trim_data(ds: xr.Dataset, cfg) -> xr.Dataset:
-    """A one-training-set slice of a sweep with n or d axes, its `inputs`
-    and `targets` cut to that set's n points and d features (the combined
-    sweep pads them with NaN to the largest)."""
-    return ds.isel(sample=slice(0, cfg.data.n), feature=slice(0, cfg.data.d))
-
-
-def answer_section(ds, cfg, table: pd.DataFrame, outcome, regime_list) -> list[str]:
+def answer_section(init: pd.DataFrame, ds, table: pd.DataFrame, outcome,
+                   regime_list) -> list[str]:
     """The report's first screen, at most ten lines: the norms at init, how
     far one step and the whole run move each layer against width (beside
     theory, with a verdict), the regime warning when the slices disagree,
@@ -182,7 +173,6 @@ def answer_section(ds, cfg, table: pd.DataFrame, outcome, regime_list) -> list[s
     show (`tables.init_numbers`, fits.csv, `fits.regimes`, `outcomes`)."""
     lines = ["**The answer in brief** (the sections below give the details and the "
              "methods; `fits.csv` has every exponent):", ""]
-    init = init_numbers(ds, cfg)
     if len(init):
         widest = init[init["width"] == init["width"].max()]
         role = "hidden" if (widest["layer"] == "hidden").any() else "input"
@@ -338,14 +328,15 @@ def render(ds, cfg, table, outcome, check, fit_accuracy, root, param: str = "sta
              f"{ds.attrs.get('backend')} ({ds.attrs.get('device_kind')}), "
              f"jax {ds.attrs.get('jax_version')}." + slices + partial, ""]
     regime_list = fits.regimes(ds, fit_accuracy)
-    lines += answer_section(ds, cfg, table, outcome, regime_list)
+    init = trained["init"] if "init" in trained else init_numbers(ds, cfg)
+    lines += answer_section(init, ds, table, outcome, regime_list)
 
     lines += [heading("init", "Norms at initialisation"), "",
               "Measured mean ± sd over seeds (each distinct matrix counted once) against the "
               "random-matrix values for i.i.d. N(0, s²) entries: Frobenius s√(pq)(1 − 1/(4pq)); "
               "spectral: the Bai–Yin edge s(√p + √q) and its finite-size (Tracy–Widom) "
               "correction, against which the relative error is given.", "",
-              _md(init_table(ds, cfg)), ""]
+              _md(init_table(ds, cfg, init)), ""]
     hidden = [m for m in g.width] if max(g.depth) > 2 else []
     if hidden and cfg.model.init in ("he", "width"):
         m = hidden[len(hidden) // 2]

@@ -28,16 +28,19 @@ def recorded_step(ds: xr.Dataset, step: str | int) -> int:
 
 
 def run_table(ds: xr.Dataset, step: str | int = "last",
-              fit_accuracy: float = outcomes.FIT_ACCURACY) -> pd.DataFrame:
+              fit_accuracy: float = outcomes.FIT_ACCURACY,
+              outcome: xr.DataArray | None = None) -> pd.DataFrame:
     """One row per network of the sweep `ds`: its grid coordinates (and
     `lr_effective`), `outcome` (`outcomes.classify`), `first_fit_step` (the
     first recorded step at `fit_accuracy`, NaN if never), and at `step`: the
     loss, accuracy, margin where recorded (the step in `at_step`), and each layer's ‖W_l‖_F,
     ‖W_l‖₂ and ‖W_l − W_l(0)‖_F as columns `frob_norm_<l>`, … (NaN beyond a
-    network's depth). Untrained networks of a partial sweep are left out."""
+    network's depth). Untrained networks of a partial sweep are left out.
+    `outcome`: `outcomes.classify(ds, fit_accuracy)`, when the caller has it."""
     at = recorded_step(ds, step)
     point = ds.sel(step=at)
-    outcome = outcomes.classify(ds, fit_accuracy)
+    if outcome is None:
+        outcome = outcomes.classify(ds, fit_accuracy)
     cols = {"outcome": outcome.astype(str),
             "lr_effective": ds["lr_effective"].broadcast_like(outcome),
             "first_fit_step": first_fit_step(ds, fit_accuracy),

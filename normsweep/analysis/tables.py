@@ -14,6 +14,21 @@ from normsweep import parametrization as param_maths
 from normsweep.analysis import outcomes, theory
 
 
+def markdown(df: pd.DataFrame, float_format: str | None = None) -> str:
+    """`df` as a markdown table: cells as they are, or floats in
+    `float_format` and NaN blank when it is given."""
+    def cell(v) -> str:
+        if float_format is None or not isinstance(v, float):
+            return str(v)
+        return "" if np.isnan(v) else float_format.format(v)
+
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
+              for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
 def fmt(x: float, digits: int = 3) -> str:
     if x is None or not np.isfinite(x):
         return "–"
@@ -64,9 +79,10 @@ def init_numbers(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def init_table(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame:
-    """`init_numbers` formatted for the report."""
-    num = init_numbers(ds, cfg)
+def init_table(ds: xr.Dataset, cfg: config_mod.Config,
+               num: pd.DataFrame | None = None) -> pd.DataFrame:
+    """`init_numbers` (computed here unless given as `num`) formatted for the report."""
+    num = init_numbers(ds, cfg) if num is None else num
     return pd.DataFrame([{
         "layer": r.layer, "shape": f"{r.p}×{r.q}", "width": r.width, "n": r.n,
         "‖W‖_F measured": f"{r.frob:.3f} ± {r.frob_sd:.3f}",
