@@ -357,8 +357,9 @@ def launch_command(grid, out, memory_budget, scheduler, devices, compile_workers
 def analyze(dir: Path, fit_accuracy: float) -> None:
     """Fit scaling laws of the norm changes against η and width; write a report.
 
-    Writes DIR/analysis/report.md, fits.csv, fits.nc, the report's other
-    tables as CSV and PNG figures, and prints the fit table. Needs the
+    Writes DIR/analysis/: every table as CSV (fits.csv, runs.csv, …) with
+    summary.json and fits.nc, the PNG figures, and report.md rendered from
+    those tables alone; prints the fit table. Needs the
     analysis extra (matplotlib). A sweep with parametrization, weight_decay,
     n or d axes is fitted per slice, and the slices are compared; recorded sharpness and NTK eigenvalues get their own
     sections. On an unfinished sweep it warns, analyses the cohorts on disk
@@ -385,7 +386,7 @@ def analyze(dir: Path, fit_accuracy: float) -> None:
             result = report.analyze(dir, fit_accuracy=fit_accuracy)
     except (RunError, GridError) as err:
         raise click.ClickException(str(err)) from None
-    from normsweep.analysis.tables import ci
+    from normsweep.analysis.render import ci
 
     t = result.table
     slices = [c for c in ("parametrization", "weight_decay", "data_n", "data_d") if c in t.columns]
@@ -504,7 +505,7 @@ def table(dir: Path, step: str, fmt: str, fit_accuracy: float) -> None:
     if fmt == "csv":
         click.echo(rows.to_csv(index=False, float_format="%.6g"), nl=False)
     else:
-        from normsweep.analysis.tables import markdown
+        from normsweep.analysis.render import markdown
         click.echo(markdown(rows, "{:.4g}"))
 
 

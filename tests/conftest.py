@@ -58,6 +58,19 @@ def tiny_sweep(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def analyzed(tiny_sweep, tmp_path_factory):
+    """A copy of the tiny sweep after `normsweep analyze`, and what it printed."""
+    from click.testing import CliRunner
+
+    from normsweep.cli import main
+    root = tmp_path_factory.mktemp("an") / "tiny"
+    shutil.copytree(tiny_sweep, root)
+    result = CliRunner().invoke(main, ["analyze", str(root)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return root, result.output
+
+
 @pytest.fixture
 def tiny_copy(tiny_sweep, tmp_path) -> Path:
     """A private copy of the tiny sweep, for tests that alter it."""

@@ -213,15 +213,21 @@ def test_analyze_fits_each_slice_and_compares_them(axes_sweep):
         "parametrization": "standard", "weight_decay": 0.0}
 
 
-def test_the_report_names_whichever_axes_the_sweep_has():
-    grid = parse(AXES).grid
-    assert "parametrization ['mup', 'standard', 'ntk'] and weight decay [0.0, 0.01]" in \
-        report.axes_note(grid)
-    only = parse(AXES.replace("weight_decay = [0.0, 0.01]\n", "")).grid
-    assert "parametrization" in report.axes_note(only) and "decay" not in report.axes_note(only)
-    none = parse(AXES.replace('parametrization = ["mup", "standard", "ntk"]\n', "")
-                 .replace("weight_decay = [0.0, 0.01]\n", "")).grid
-    assert report.axes_note(none) == ""
+def test_the_report_names_whichever_axes_the_sweep_has(analyzed):
+    from normsweep.analysis import render
+    t, s = render.read_folder(analyzed[0] / "analysis")
+
+    def header(text):
+        s["axes"] = report.axes(parse(text).grid)
+        return render.render(t, s, block="header")
+
+    assert "parametrization ['mup', 'standard', 'ntk'] and weight decay [0.0, 0.01]:" in \
+        header(AXES)
+    only = header(AXES.replace("weight_decay = [0.0, 0.01]\n", ""))
+    assert "parametrization ['mup', 'standard', 'ntk']:" in only and "decay" not in only
+    none = header(AXES.replace('parametrization = ["mup", "standard", "ntk"]\n', "")
+                  .replace("weight_decay = [0.0, 0.01]\n", ""))
+    assert "axes" not in none and "in this slice" not in none
 
 
 def test_the_parametrization_script_runs_on_an_axes_sweep(axes_sweep, tmp_path):
@@ -244,9 +250,9 @@ def test_mup_init_norms_are_compared_with_mups_own_init(axes_sweep):
     full = normsweep.open_sweep(axes_sweep).load()
     cfg = parse(full.attrs["config_toml"])
     ds = full.sel(parametrization="mup", weight_decay=0.0)
-    table = tables.init_table(ds, cfg)
+    table = tables.init_numbers(ds, cfg)
     for _, row in table.iterrows():
-        assert abs(float(row["rel. err F"].rstrip("%"))) < 15, row.to_dict()
+        assert abs(row.frob / row.frob_theory - 1) < 0.15, row.to_dict()
     readout = table[table.layer == "readout"].iloc[0]
     m, k = int(readout.width), cfg.data.k
-    assert float(readout["‖W‖_F theory"]) == pytest.approx(k * (2 / m) ** 0.5, rel=0.02)
+    assert float(readout["frob_theory"]) == pytest.approx(k * (2 / m) ** 0.5, rel=0.02)

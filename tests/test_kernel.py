@@ -86,12 +86,14 @@ def test_a_lazy_network_meets_the_kernel_prediction_in_the_report(tmp_path):
     assert "Distance travelled against the kernel prediction" in text
 
 
-def test_without_initial_weights_the_report_says_why(tmp_path):
+def test_without_initial_weights_the_report_says_why(analyzed):
     import types
-    from normsweep.analysis import report
+    from normsweep.analysis import render
     cfg = types.SimpleNamespace(model=types.SimpleNamespace(output="linear"),
                                 train=types.SimpleNamespace(loss="mse"),
                                 record=types.SimpleNamespace(weights=False))
     reason = kernel.not_applicable(None, cfg)
     assert "weights = true" in reason
-    assert reason in " ".join(report.kernel_section(None, reason))
+    t, s = render.read_folder(analyzed[0] / "analysis")
+    s.update(output="linear", kernel_reason=reason)
+    assert reason in render.render(t, s, block="kernel")

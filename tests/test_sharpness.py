@@ -85,7 +85,7 @@ def test_report_has_an_edge_of_stability_section(tmp_path):
     against = tables.stability_against_sharpness(ds, outcomes.classify(ds))
     row = against[(against.width == 8) & (against.depth == 3)].iloc[0]
     lam0 = float(np.median(ds["sharpness"].sel(width=8, depth=3).isel(step=0).values))
-    assert float(row["λ₀"]) == pytest.approx(lam0, rel=1e-2)
+    assert row["sharpness_init"] == pytest.approx(lam0, rel=1e-2)
 
 
 def test_sharpness_is_preconditioned_by_the_lr_multipliers():

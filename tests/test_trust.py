@@ -300,11 +300,30 @@ def test_first_step_fits_keep_networks_that_failed_only_later(tiny_sweep):
 
 # -- the report follows the parametrization -------------------------------------------
 
+def rendered(analyzed, block, fit_table=None, **summary) -> str:
+    """One block of the template, rendered from the tiny sweep's tables with
+    `fit_table` in place of fits.csv and `summary` over summary.json; the
+    extrapolation table follows the fits as `report.compute` makes it."""
+    from normsweep.analysis import render
+    t, s = render.read_folder(analyzed[0] / "analysis")
+    s.update(summary)
+    if fit_table is not None:
+        t["fits"] = fit_table
+        lazy = report.lazy_extrapolation(fit_table, s["parametrization"], s["init"],
+                                         s["lr_width_exponent"])
+        t.pop("lazy", None)
+        if lazy is not None and len(lazy):
+            t["lazy"] = lazy
+    return render.render(t, s, block=block)
+
+
 def fit_rows(roles, param="standard", p=0.0):
     """Fit rows as `fits.fit_sweep` gives them: a measured −0.5 [−0.6, −0.4]
     everywhere, beside the table's own prediction column."""
     from normsweep.analysis import theory
     rows = [{"metric": m, "depth": 3, "layer": i, "layer_role": r, "lr_exponent": 1.0,
+             "lr_exponent_lo": 0.9, "lr_exponent_hi": 1.1, "sign": 1.0, "r2": 0.9, "n": 20,
+             "n_seeds": 3,
              "width_exponent": -0.5, "width_exponent_lo": -0.6, "width_exponent_hi": -0.4,
              "width_exponent_at_lr0": -0.5, "width_exponent_at_lr0_lo": -0.6,
              "width_exponent_at_lr0_hi": -0.4,
@@ -325,31 +344,29 @@ def fit_rows(roles, param="standard", p=0.0):
     ("mup", -1.0, ["training slows with width", "| rel_frob_dist | 3 | 1 (hidden) | -0.50 "
                    "[-0.60, -0.40] | -1.5 | no |"], ["implied"]),
 ])
-def test_the_report_compares_with_the_predictions_of_its_parametrization(param, p, expect,
-                                                                          absent):
-    cfg = config.parse(TINY.replace("lr = { geomspace = [0.5, 8.0, 3] }",
-                                    f"lr = {{ values = [0.1], width_exponent = {p} }}"))
+def test_the_report_compares_with_the_predictions_of_its_parametrization(
+        analyzed, param, p, expect, absent):
+    from normsweep.analysis import theory
     rows = fit_rows(["input", "hidden", "readout"], param, p)
-    text = "\n".join(report.lazy_section(rows, cfg, param))
+    text = rendered(analyzed, "theory", rows, parametrization=param, lr_width_exponent=p,
+                    regime=theory.regime(param, "he", p))
     for fragment in expect:
         assert fragment in text, (fragment, text)
     for fragment in absent:
         assert fragment not in text, (fragment, text)
 
 
-def test_the_per_step_prose_names_what_is_equal_across_layers():
-    check = {k: 0.01 for k in ("identity_rel_median", "identity_rel_max", "layer_spread_median",
-                               "layer_spread_p90", "second_order_share_median")}
-    check.update(pairs=3, max_step=2)
-    standard = "\n".join(report.identity_prose(check, "standard"))
+def test_the_per_step_prose_names_what_is_equal_across_layers(analyzed):
+    standard = rendered(analyzed, "iteration")
     assert "every layer's squared norm moves by the same amount" in standard
     for param in ("ntk", "mup"):
-        text = "\n".join(report.identity_prose(check, param))
+        text = rendered(analyzed, "iteration", parametrization=param)
         assert "Δ‖W_l‖_F²/c_l is the same for every layer" in text
         assert "same amount" not in text
-    first = report.first_step_prose(fit_rows(["input", "hidden", "readout"], "ntk"), "ntk", 0.0)
-    assert "Prediction for the NTK parametrization at width_exponent = 0: -0.5" in first[0]
-    assert "layer 1: -0.50 [-0.60, -0.40]" in first[0]
+    first = rendered(analyzed, "iteration", fit_rows(["input", "hidden", "readout"], "ntk"),
+                     parametrization="ntk", lr_width_exponent=0.0)
+    assert "Prediction for the NTK parametrization at width_exponent = 0: -0.5" in first
+    assert "layer 1: -0.50 [-0.60, -0.40]" in first
 
 
 # -- clear errors for bad input ---------------------------------------------------------

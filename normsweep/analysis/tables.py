@@ -1,7 +1,9 @@
 """The numbers of the report, computed from a sweep's Dataset: the init
 norms against random-matrix theory, the per-step identity, sharpness and
-the norms of the networks that fit. Pure functions of xarray objects;
-`report` puts them into words, `figures` into plots.
+the norms of the networks that fit. Pure functions of xarray objects that
+return tables of plain numbers (snake_case columns, one row per cell, a
+`layer_role` beside each `layer`); `report` writes them to DIR/analysis/,
+`render` formats them and puts them into words, `figures` into plots.
 """
 from __future__ import annotations
 
@@ -11,28 +13,7 @@ import xarray as xr
 
 from normsweep import config as config_mod
 from normsweep import parametrization as param_maths
-from normsweep.analysis import outcomes, theory
-
-
-def markdown(df: pd.DataFrame, float_format: str | None = None) -> str:
-    """`df` as a markdown table: cells as they are, or floats in
-    `float_format` and NaN blank when it is given."""
-    def cell(v) -> str:
-        if float_format is None or not isinstance(v, float):
-            return str(v)
-        return "" if np.isnan(v) else float_format.format(v)
-
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
-              for row in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
-def fmt(x: float, digits: int = 3) -> str:
-    if x is None or not np.isfinite(x):
-        return "–"
-    return f"{x:.{digits}g}"
+from normsweep.analysis import fits, outcomes, theory
 
 
 def slice_parametrization(ds: xr.Dataset, cfg: config_mod.Config) -> str:
@@ -77,21 +58,6 @@ def init_numbers(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame:
                          "spec_edge": theory.spectral_edge(p, q, s2),
                          "spec_finite": theory.spectral_finite(p, q, s2)})
     return pd.DataFrame(rows)
-
-
-def init_table(ds: xr.Dataset, cfg: config_mod.Config,
-               num: pd.DataFrame | None = None) -> pd.DataFrame:
-    """`init_numbers` (computed here unless given as `num`) formatted for the report."""
-    num = init_numbers(ds, cfg) if num is None else num
-    return pd.DataFrame([{
-        "layer": r.layer, "shape": f"{r.p}×{r.q}", "width": r.width, "n": r.n,
-        "‖W‖_F measured": f"{r.frob:.3f} ± {r.frob_sd:.3f}",
-        "‖W‖_F theory": f"{r.frob_theory:.3f}",
-        "rel. err F": f"{(r.frob - r.frob_theory) / r.frob_theory:+.2%}",
-        "‖W‖₂ measured": f"{r.spec:.3f} ± {r.spec_sd:.3f}",
-        "‖W‖₂ Bai–Yin": f"{r.spec_edge:.3f}", "‖W‖₂ finite-size": f"{r.spec_finite:.3f}",
-        "rel. err 2": f"{(r.spec - r.spec_finite) / r.spec_finite:+.2%}"}
-        for r in num.itertuples()])
 
 
 def layer_multipliers(ds: xr.Dataset, cfg, parametrization: str) -> xr.DataArray:
@@ -194,11 +160,12 @@ def cumulative_terms(ds: xr.Dataset, mult: xr.DataArray | float,
 def first_step_terms(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame | None:
     """The two terms of the first step's Δ‖W_l‖_F² = −2η·c_l⟨W_l, ∇L⟩ +
     η²c_l²‖∇_l L‖² at init, per width and layer of the deepest networks:
-    ⟨W_l, ∇L⟩ measured (mean ± sd over seeds; W(0) is the same at every η)
+    ⟨W_l, ∇L⟩ measured (mean and sd over seeds; W(0) is the same at every η)
     beside its closed form `theory.first_order_init` (the same for every
     layer), ‖∇_l L‖_F² measured (the η² coefficient), and at the smallest η
-    the measured Δ‖W_l‖_F² of step 1 beside the sum of the two terms with the
-    closed-form first one. None without grad_dot_weight or step 1."""
+    the measured Δ‖W_l‖_F² of step 1 (`moved`) beside the sum of the two
+    terms with the closed-form first one (`predicted`). None without
+    grad_dot_weight or step 1."""
     steps = ds["step"].values
     if "grad_dot_weight" not in ds or 1 not in steps or steps[0] != 0:
         return None
@@ -216,18 +183,15 @@ def first_step_terms(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame | N
         for layer, role in roles(depth):
             at = init.sel(layer=layer)
             gdw, g2 = at["grad_dot_weight"].values, at["grad_norm"].values ** 2
-            c = mult[layer]
             f0 = cell["frob_norm"].isel(lr=0).sel(layer=layer)
             moved = (f0.sel(step=1) ** 2 - f0.sel(step=0) ** 2).values
-            rows.append({
-                "width": int(width), "layer": f"{layer} ({role})",
-                "⟨W_l, ∇L⟩ measured": f"{fmt(gdw.mean())} ± {fmt(gdw.std(ddof=1), 2)}"
-                if len(gdw) > 1 else fmt(gdw.mean()),
-                "closed form": fmt(closed),
-                "‖∇_l L‖_F² measured": fmt(g2.mean()),
-                f"Δ‖W_l‖_F², step 1, η = {eta:.3g}": fmt(moved.mean()),
-                "−2ηc·closed + η²c²‖∇‖²": fmt(-2 * eta * c * closed + (eta * c) ** 2 * g2.mean()),
-            })
+            rows.append({"width": int(width), "layer": layer, "layer_role": role,
+                         "grad_dot_weight": gdw.mean(),
+                         "grad_dot_weight_sd": gdw.std(ddof=1) if len(gdw) > 1 else np.nan,
+                         "closed_form": closed, "grad_norm_sq": g2.mean(), "lr": eta,
+                         "moved": moved.mean(),
+                         "predicted": -2 * eta * mult[layer] * closed
+                         + (eta * mult[layer]) ** 2 * g2.mean()})
     return pd.DataFrame(rows)
 
 
@@ -244,10 +208,10 @@ def last_measured(da: xr.DataArray) -> xr.DataArray:
 def sharpness_table(ds: xr.Dataset, outcome: xr.DataArray) -> pd.DataFrame:
     """Per η, over the networks that fit or still train: the medians over
     networks of the sharpness at init, of its peak after step 0 and of its
-    median over the second half of training, all in units of the stability
-    threshold 2/η. Progressive sharpening starts below 1 and rises to it; a
-    start above 1 is a catapult down to it; the edge of stability is a
-    second half that hovers near 1 (Cohen et al. 2021)."""
+    median over the second half of training (with that one's quartiles), all
+    in units of the stability threshold 2/η. Progressive sharpening starts
+    below 1 and rises to it; a start above 1 is a catapult down to it; the
+    edge of stability is a second half that hovers near 1 (Cohen et al. 2021)."""
     ratio = (ds["sharpness"] * ds["lr_effective"] / 2).where(outcomes.usable(outcome))
     steps = ds["step"]
     start = ratio.isel(step=0)
@@ -257,14 +221,13 @@ def sharpness_table(ds: xr.Dataset, outcome: xr.DataArray) -> pd.DataFrame:
     for lr in ds["lr"].values:
         s, p, q = (a.sel(lr=lr).values.ravel() for a in (start, peak, late))
         ok = np.isfinite(q)
-        rows.append({"lr": f"{lr:.3g}", "networks": int(ok.sum()),
-                     "at init λ·η/2 (median)": fmt(float(np.nanmedian(s[ok]))) if ok.any()
-                     else "–",
-                     "peak λ·η/2 (median)": fmt(float(np.nanmedian(p[ok]))) if ok.any() else "–",
-                     "second-half λ·η/2 (median)": fmt(float(np.nanmedian(q))) if ok.any()
-                     else "–",
-                     "IQR": (f"{fmt(float(np.nanpercentile(q[ok], 25)))}–"
-                             f"{fmt(float(np.nanpercentile(q[ok], 75)))}") if ok.any() else "–"})
+
+        def stat(v, f=np.nanmedian, *args):
+            return float(f(v[ok], *args)) if ok.any() else np.nan
+        rows.append({"lr": float(lr), "networks": int(ok.sum()), "at_init": stat(s),
+                     "peak": stat(p), "second_half": stat(q),
+                     "second_half_q25": stat(q, np.nanpercentile, 25),
+                     "second_half_q75": stat(q, np.nanpercentile, 75)})
     return pd.DataFrame(rows)
 
 
@@ -276,12 +239,12 @@ def first_fit_step(ds: xr.Dataset, fit_accuracy: float) -> xr.DataArray:
     return steps.min("step")
 
 
-def well_trained_table(ds: xr.Dataset, outcome: xr.DataArray,
-                       fit_accuracy: float = outcomes.FIT_ACCURACY) -> pd.DataFrame:
-    """Per (depth, width, η) with networks that fit: how many, the median
-    step at which they first fit, and each layer's mean norms at the last
-    step, with ‖W_l‖_F at the first fit beside it (how far the norms grow
-    once the data are fit)."""
+def fit_norms(ds: xr.Dataset, outcome: xr.DataArray,
+              fit_accuracy: float = outcomes.FIT_ACCURACY) -> pd.DataFrame:
+    """Per (depth, width, η, layer) with networks that fit: how many, the
+    median step at which they first fit, and the layer's mean ‖W_l‖_F at the
+    first fit and at the last step, and ‖W_l‖₂ at the last step (how far the
+    norms grow once the data are fit)."""
     fit = outcome == outcomes.FIT
     last = ds.isel(step=-1)
     t_fit = first_fit_step(ds, fit_accuracy)
@@ -295,19 +258,15 @@ def well_trained_table(ds: xr.Dataset, outcome: xr.DataArray,
                 if not bool(mask.any()):
                     continue
                 cell = last.sel(**sel).where(mask)
-                row = {"depth": int(depth), "width": int(width), "lr": f"{lr:.3g}",
-                       "networks fit": int(mask.sum()),
-                       "first fit at step": fmt(float(t_fit.sel(**sel).where(mask).median()))}
-                for layer in range(int(ds["layer"].size)):
-                    if layer < depth:
-                        then = fmt(float(at_fit.sel(**sel, layer=layer).where(mask).mean()))
-                        frob = fmt(float(cell["frob_norm"].sel(layer=layer).mean()))
-                        frob = f"{then} → {frob}"
-                        spec = fmt(float(cell["spec_norm"].sel(layer=layer).mean()))
-                    else:
-                        frob = spec = ""
-                    row[f"‖W_{layer}‖_F"], row[f"‖W_{layer}‖₂"] = frob, spec
-                rows.append(row)
+                step = float(t_fit.sel(**sel).where(mask).median())
+                for layer, role in ((i, fits.layer_role(i, int(depth))) for i in range(depth)):
+                    rows.append({
+                        "depth": int(depth), "width": int(width), "lr": float(lr),
+                        "networks": int(mask.sum()), "first_fit_step": step,
+                        "layer": layer, "layer_role": role,
+                        "frob_at_fit": float(at_fit.sel(**sel, layer=layer).where(mask).mean()),
+                        "frob_end": float(cell["frob_norm"].sel(layer=layer).mean()),
+                        "spec_end": float(cell["spec_norm"].sel(layer=layer).mean())})
     return pd.DataFrame(rows)
 
 
@@ -317,24 +276,15 @@ def ntk_change(ds: xr.Dataset, name: str = "ntk_max_eig") -> xr.DataArray:
     return np.abs(last_measured(da) / da.isel(step=0, drop=True) - 1)
 
 
-def ci(v, lo, hi, signed: bool = True) -> str:
-    """An estimate and its interval; the estimate alone where there is none.
-    Exponents are `signed`; ratios are not, and keep three decimals."""
-    if not np.isfinite(v):
-        return "–"
-    f = "{:+.2f}" if signed else "{:.3f}"
-    return (f"{f.format(v)} [{f.format(lo)}, {f.format(hi)}]" if np.isfinite(lo)
-            and np.isfinite(hi) else f"{f.format(v)} (no interval)")
-
-
 def balance(ds: xr.Dataset, mult: xr.DataArray | float, keep: xr.DataArray) -> dict:
     """How the norms moved from init to the last step, signed, at the deepest
-    depth, over the networks `keep` selects: per layer the median change
-    Δ‖W_l‖_F, relative change Δ‖W_l‖_F/‖W_l(0)‖_F and Δ‖W_l‖_F²/c_l; and per
-    network the spread of Δ‖W_l‖_F²/c_l across layers (max − min over the
-    largest magnitude). Plain GD keeps Δ‖W_l‖²/c_l the same in every layer up
-    to the η² terms: ⟨W_l, ∇_l L⟩ is layer-independent for a bias-free ReLU
-    network. {} without networks."""
+    depth, over the networks `keep` selects: per layer (`table`) the median
+    change Δ‖W_l‖_F, relative change Δ‖W_l‖_F/‖W_l(0)‖_F and Δ‖W_l‖_F²/c_l;
+    per learning rate (`by_lr`) the median over networks of the spread of
+    Δ‖W_l‖_F²/c_l across layers (max − min over the largest magnitude); and
+    the scalars in `summary`. Plain GD keeps Δ‖W_l‖²/c_l the same in every
+    layer up to the η² terms: ⟨W_l, ∇_l L⟩ is layer-independent for a
+    bias-free ReLU network. {} without networks."""
     depth = int(ds["depth"].values[-1])
     first, last = ds.isel(step=0), ds.isel(step=-1)
     cell = dict(depth=depth)
@@ -352,24 +302,24 @@ def balance(ds: xr.Dataset, mult: xr.DataArray | float, keep: xr.DataArray) -> d
     for layer in range(depth):
         sel = dict(layer=layer)
         change = (f1 - f0).sel(sel)
-        rows.append({"layer": f"{layer} ({'input' if layer == 0 else 'readout' if layer == depth - 1 else 'hidden'})",
-                     "Δ‖W‖_F (median)": fmt(float(change.median())),
-                     "Δ‖W‖_F / ‖W(0)‖_F": fmt(float((change / f0.sel(sel)).median())),
-                     "Δ‖W‖_F² / c_l": fmt(float(moved.sel(sel).median()))})
+        rows.append({"depth": depth, "layer": layer, "layer_role": fits.layer_role(layer, depth),
+                     "change": float(change.median()),
+                     "relative_change": float((change / f0.sel(sel)).median()),
+                     "squared_change": float(moved.sel(sel).median())})
     rel = ((f1 - f0) / f0).where(layers).median([d for d in f0.dims if d != "layer"])
     most = int(np.abs(rel).fillna(-np.inf).argmax("layer"))
     by_lr = spread.median([d for d in spread.dims if d != "lr"])
-    return {"table": pd.DataFrame(rows), "depth": depth,
-            "spread_by_lr": {float(lr): float(v) for lr, v in zip(by_lr["lr"].values, by_lr.values)},
-            "spread_median": float(spread.median()), "spread_p90": float(spread.quantile(0.9)),
-            "networks": int(np.isfinite(spread.values).sum()),
-            # the largest relative move, either way (a signed argmax would name the
-            # layer that shrank least), and the layer of smallest norm at init
-            "moves_most": most,
-            "moves_most_change": float(rel.isel(layer=most)),
-            "smallest_at_init": int(f0.where(layers).median(
-                [d for d in f0.dims if d != "layer"]).fillna(np.inf).argmin("layer")),
-            "moved": moved}
+    summary = {"depth": depth, "networks": int(np.isfinite(spread.values).sum()),
+               "spread_median": float(spread.median()),
+               "spread_p90": float(spread.quantile(0.9)),
+               # the largest relative move, either way (a signed argmax would name the
+               # layer that shrank least), and the layer of smallest norm at init
+               "moves_most": most, "moves_most_change": float(rel.isel(layer=most)),
+               "smallest_at_init": int(f0.where(layers).median(
+                   [d for d in f0.dims if d != "layer"]).fillna(np.inf).argmin("layer"))}
+    return {"table": pd.DataFrame(rows), "summary": summary, "moved": moved,
+            "by_lr": pd.DataFrame({"lr": by_lr["lr"].values.astype(float),
+                                   "spread": by_lr.values.astype(float)})}
 
 
 def stability_against_sharpness(ds: xr.Dataset, outcome: xr.DataArray) -> pd.DataFrame | None:
@@ -390,9 +340,9 @@ def stability_against_sharpness(ds: xr.Dataset, outcome: xr.DataArray) -> pd.Dat
             lam = float(lam0.sel(width=width, depth=depth))
             top = float(stable.sel(width=width, depth=depth))
             larger = etas[etas > top] if np.isfinite(top) else etas[:1]
-            rows.append({"width": int(width), "depth": int(depth), "λ₀": fmt(lam),
-                         "η_max": fmt(top), "η_max·λ₀": fmt(top * lam),
-                         "next η·λ₀": fmt(float(larger[0]) * lam) if len(larger) else "–"})
+            rows.append({"width": int(width), "depth": int(depth), "sharpness_init": lam,
+                         "largest_stable_lr": top, "stable_product": top * lam,
+                         "next_product": float(larger[0]) * lam if len(larger) else np.nan})
     return pd.DataFrame(rows)
 
 
@@ -421,11 +371,11 @@ def stable_ranks(ds: xr.Dataset, cfg: config_mod.Config, keep: xr.DataArray) -> 
         for layer in range(depth):
             p, q = layer_shape(cfg, width, depth, layer)
             cell = dict(width=width, layer=layer)
-            rows.append({"width": int(width), "layer": layer, "shape": f"{p}×{q}",
-                         "theory W(0)": fmt(p * q / theory.spectral_finite(p, q, 1.0) ** 2),
-                         "W(0)": fmt(float(init.sel(cell).median())),
-                         "W(T)": fmt(float(end.sel(cell).median())),
-                         "W(T) − W(0)": fmt(float(moved.sel(cell).median()))})
+            rows.append({"width": int(width), "depth": depth, "layer": layer, "p": p, "q": q,
+                         "theory": p * q / theory.spectral_finite(p, q, 1.0) ** 2,
+                         "init": float(init.sel(cell).median()),
+                         "end": float(end.sel(cell).median()),
+                         "change": float(moved.sel(cell).median())})
     return pd.DataFrame(rows)
 
 
@@ -452,20 +402,19 @@ def jacobian_table(ds: xr.Dataset, cfg: config_mod.Config,
             bound = bound * (0.5 if softmax else 1.0)
             kept = (cell["diverged_at"] < 0) if keep is None else keep.sel(width=width,
                                                                           depth=depth)
-            frob = last_measured(cell["jacobian_frob_norm"].where(kept))
-            spec = last_measured(cell["jacobian_spec_norm"].where(kept))
-            b_end = bound.isel(step=-1).where(kept)
-            row = {"width": int(width), "depth": int(depth),
-                   "‖J‖_F at init": fmt(float(cell["jacobian_frob_norm"].isel(step=0).median())),
-                   "‖J‖₂ at init": fmt(float(cell["jacobian_spec_norm"].isel(step=0).median())),
-                   "bound at init": fmt(float(bound.isel(step=0).median())),
-                   "‖J‖_F at end": fmt(float(frob.median())),
-                   "‖J‖₂ at end": fmt(float(spec.median())),
-                   "bound at end": fmt(float(b_end.median()))}
             dims = param_maths.layer_dims(cfg.data.d, int(width), int(depth), cfg.data.k)
-            row["theory ‖J‖_F at init"] = fmt(theory.jacobian_frob_init(
-                param, cfg.model.init, dims, softmax))
-            rows.append(row)
+            rows.append({
+                "width": int(width), "depth": int(depth),
+                "frob_init": float(cell["jacobian_frob_norm"].isel(step=0).median()),
+                "spec_init": float(cell["jacobian_spec_norm"].isel(step=0).median()),
+                "bound_init": float(bound.isel(step=0).median()),
+                "frob_end": float(last_measured(
+                    cell["jacobian_frob_norm"].where(kept)).median()),
+                "spec_end": float(last_measured(
+                    cell["jacobian_spec_norm"].where(kept)).median()),
+                "bound_end": float(bound.isel(step=-1).where(kept).median()),
+                "frob_init_theory": theory.jacobian_frob_init(param, cfg.model.init, dims,
+                                                              softmax)})
     return pd.DataFrame(rows)
 
 
@@ -497,13 +446,13 @@ def measured_steps(da: xr.DataArray, count: int) -> list[int]:
 def local_width_slopes(ds: xr.Dataset, fit_accuracy: float = outcomes.FIT_ACCURACY
                        ) -> pd.DataFrame:
     """The width exponent between adjacent widths, at each η: the slope of
-    log(median over seeds) from m_i to m_{i+1}, for the relative distance
-    from init of the deepest networks' layers (and of the whole parameter
-    vector; a hidden layer, or the input layer at depth 2). Finite-width
-    corrections shrink as m grows, so the slope
-    between the two largest widths is the best estimate of the limit; a
-    pooled fit weighs every width alike. Empty with fewer than 3 widths."""
-    from normsweep.analysis import fits
+    log(median over seeds) from `width_from` to `width_to`, for the relative
+    distance from init of the deepest networks' layers (and of the whole
+    parameter vector, layer −1; a hidden layer, or the input layer at depth
+    2), for each (metric, layer, η) with at least two finite slopes.
+    Finite-width corrections shrink as m grows, so the slope between the two
+    largest widths is the best estimate of the limit; a pooled fit weighs
+    every width alike. Empty with fewer than 3 widths."""
     if ds.sizes["width"] < 3:
         return pd.DataFrame()
     derived, chosen = fits.fitted_quantities(ds, fit_accuracy)
@@ -520,13 +469,10 @@ def local_width_slopes(ds: xr.Dataset, fit_accuracy: float = outcomes.FIT_ACCURA
                 slopes = np.diff(np.log(med)) / np.diff(np.log(widths))
                 if np.isfinite(slopes).sum() < 2:
                     continue
-                rows.append({"metric": metric, "layer": f"{layer} ({role})" if layer >= 0
-                             else "all", "η₀": f"{lr:.3g}",
-                             "local slopes": ", ".join(
-                                 f"{widths[i]:.0f}→{widths[i + 1]:.0f}: {s:+.2f}"
-                                 for i, s in enumerate(slopes) if np.isfinite(s)),
-                             "first": float(slopes[np.isfinite(slopes)][0]),
-                             "largest widths": float(slopes[np.isfinite(slopes)][-1])})
+                rows += [{"metric": metric, "depth": depth, "layer": layer, "layer_role": role,
+                          "lr": float(lr), "width_from": int(widths[i]),
+                          "width_to": int(widths[i + 1]), "slope": float(v)}
+                         for i, v in enumerate(slopes) if np.isfinite(v)]
     return pd.DataFrame(rows)
 
 
@@ -562,7 +508,6 @@ def norm_growth(ds: xr.Dataset, outcome: xr.DataArray,
     records, likewise (→ 1 for cross-entropy, where the loss falls like 1/t
     up to log factors); and the normalised margin q_min/‖θ‖^L at separation
     and at the end (medians; it rises monotonically in Lyu & Li's setting)."""
-    from normsweep.analysis.fits import seed_interval
     t_sep = separated_at(ds, fit_accuracy)
     fit = (outcome == outcomes.FIT) & t_sep.notnull()
     theta = param_norm(ds)
@@ -594,8 +539,8 @@ def norm_growth(ds: xr.Dataset, outcome: xr.DataArray,
                     nm = norm_margin.isel(point)
                     at_sep.append(float(nm.sel(step=int(start))))
                     at_end.append(float(nm.isel(step=-1)))
-            a, lo, hi = seed_interval([np.mean(v) for v in by_seed.values()])
-            rate, rate_lo, rate_hi = seed_interval([np.mean(v) for v in rate_by_seed.values()])
+            a, lo, hi = fits.seed_interval([np.mean(v) for v in by_seed.values()])
+            rate, rate_lo, rate_hi = fits.seed_interval([np.mean(v) for v in rate_by_seed.values()])
             rows.append({"depth": int(depth), "width": int(width),
                          "networks": int(mask.sum()), "seeds": len(by_seed),
                          "separated_at": float(ts.where(mask).median()),
@@ -678,10 +623,11 @@ def spectra_table(ds: xr.Dataset, cfg: config_mod.Config, keep: xr.DataArray
                   ) -> pd.DataFrame | None:
     """Per width and layer of the deepest networks, medians over the networks
     that fit or still train: the singular values of W above the
-    Marchenko–Pastur bulk (outliers) at init and at the last step, the
-    entry variance s² = ‖W(0)‖_F²/(pq) the bulk is drawn for, and the
-    effective rank of the gradient (that of the GD update; at most n and
-    min(p, q)) at both steps. None without recorded spectra."""
+    Marchenko–Pastur bulk (outliers) at init and at the last step (and their
+    most at the end), the bulk drawn for the entry variance s² =
+    ‖W(0)‖_F²/(pq), and the effective rank of the gradient (that of the GD
+    update; at most `rank_bound` = min(n, p, q)) at both steps. None
+    without recorded spectra."""
     if "singular_values" not in ds:
         return None
     depth = int(ds["depth"].max())
@@ -695,13 +641,13 @@ def spectra_table(ds: xr.Dataset, cfg: config_mod.Config, keep: xr.DataArray
             sv = cell["singular_values"].sel(layer=layer)
             count = outliers(sv, p, q, s2).where(ok)
             rank = cell["gradient_effective_rank"].sel(layer=layer).where(ok)
-            rows.append({"width": int(width), "layer": layer, "shape": f"{p}×{q}",
-                         "outliers at init": fmt(float(count.isel(spectrum_step=0).median())),
-                         "outliers at end": fmt(float(count.isel(spectrum_step=-1).median())),
-                         "max at end": fmt(float(count.isel(spectrum_step=-1).max())),
-                         "eff. rank ∇L at init": fmt(float(rank.isel(spectrum_step=0).median())),
-                         "at end": fmt(float(rank.isel(spectrum_step=-1).median())),
-                         "bound min(n, p, q)": min(cfg.data.n, p, q)})
+            rows.append({"width": int(width), "depth": depth, "layer": layer, "p": p, "q": q,
+                         "outliers_init": float(count.isel(spectrum_step=0).median()),
+                         "outliers_end": float(count.isel(spectrum_step=-1).median()),
+                         "outliers_end_max": float(count.isel(spectrum_step=-1).max()),
+                         "rank_init": float(rank.isel(spectrum_step=0).median()),
+                         "rank_end": float(rank.isel(spectrum_step=-1).median()),
+                         "rank_bound": min(cfg.data.n, p, q)})
     return pd.DataFrame(rows)
 
 
@@ -716,9 +662,9 @@ def coordinate_slopes(ds: xr.Dataset, keep: xr.DataArray, lr: float, cfg,
     """The μP coordinate check as numbers: at η₀ = `lr` and the first
     `steps` measured steps, the width exponent of mean |a_l(t) − a_l(0)|
     (least squares over widths of the median over seeds), per
-    parametrization and layer of the deepest networks, beside the
-    prediction (`theory.predict`'s "coordinate"). None without `activation_change` or
-    with fewer than 2 widths."""
+    parametrization, layer of the deepest networks and step, beside the
+    prediction (`theory.predict`'s "coordinate"). None without
+    `activation_change` or with fewer than 2 widths."""
     if "activation_change" not in ds or ds.sizes["width"] < 2:
         return None
     depth = int(ds["depth"].max())
@@ -732,14 +678,13 @@ def coordinate_slopes(ds: xr.Dataset, keep: xr.DataArray, lr: float, cfg,
         cell = da.sel(parametrization=param) if "parametrization" in da.dims else da
         others = [d for d in cell.dims if d not in ("width", "step", "layer")]
         for layer, role in roles(depth):
-            row = {"parametrization": str(param), "layer": f"{layer} ({role})"}
+            predicted = theory.predict("coordinate", role, str(param), cfg.model.init,
+                                       float(cfg.grid.lr_width_exponent), depth)
             for t in measured:
                 med = cell.sel(step=t, layer=layer).median(others).values
                 ok = np.isfinite(med) & (med > 0)
-                row[f"step {t}"] = (f"{np.polyfit(logm[ok], np.log(med[ok]), 1)[0]:+.2f}"
-                                    if ok.sum() >= 2 else "–")
-            predicted = theory.predict("coordinate", role, str(param), cfg.model.init,
-                                       float(cfg.grid.lr_width_exponent), depth)
-            row["predicted"] = f"{predicted:+.1f}" if np.isfinite(predicted) else "–"
-            rows.append(row)
+                rows.append({"parametrization": str(param), "lr": float(lr), "depth": depth,
+                             "layer": layer, "layer_role": role, "step": t,
+                             "exponent": float(np.polyfit(logm[ok], np.log(med[ok]), 1)[0])
+                             if ok.sum() >= 2 else np.nan, "predicted": predicted})
     return pd.DataFrame(rows)
