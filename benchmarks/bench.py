@@ -24,7 +24,7 @@ import optax
 
 from normsweep import config as config_mod
 from normsweep import metrics, plan, train
-from normsweep.data import sphere_data
+from normsweep.data import member_keys, sphere_data
 
 import xprof
 
@@ -56,7 +56,7 @@ def params(dims):
 
 def member_args(lrs, seeds) -> tuple:
     """(lr, init keys, power keys) of a cohort of every η × seed."""
-    return (np.repeat(lrs, len(seeds)), *plan.member_keys(np.tile(seeds, len(lrs))))
+    return (np.repeat(lrs, len(seeds)), *member_keys(np.tile(seeds, len(lrs))))
 
 
 def normsweep_run(dims, n, lrs, seeds, steps_array, x, y, precision="highest", **probes):
@@ -94,7 +94,8 @@ def baseline_run(dims, x, y, lr, steps, svd: bool):
 
     keys = jax.random.split(jax.random.key(0), len(dims) - 1)
     step = jax.default_matmul_precision("highest")(step)   # what normsweep computes
-    ws = [jax.random.normal(k, (a, b)) * np.sqrt(2 / a) for k, a, b in zip(keys, dims[:-1], dims[1:])]
+    ws = [jax.random.normal(k, (a, b)) * np.sqrt(2 / a)
+          for k, a, b in zip(keys, dims[:-1], dims[1:])]
     state = opt.init(ws)
     out = step(ws, state)
     jax.block_until_ready(out)
@@ -107,11 +108,13 @@ def baseline_run(dims, x, y, lr, steps, svd: bool):
 
 def peak_rss(steps: int) -> int:
     code = ("import numpy as np, jax, jax.numpy as jnp, resource\n"
-            "from normsweep import plan, train\nfrom normsweep.data import sphere_data\n"
+            "from normsweep import plan, train\n"
+            "from normsweep.data import member_keys, sphere_data\n"
             "x, y = sphere_data(jax.random.key(0), 64, 16, 10, jnp.float32)\n"
-            "ik, pk = plan.member_keys(np.array([0, 1]))\n"
+            "ik, pk = member_keys(np.array([0, 1]))\n"
             f"s = plan.record_steps({steps}, 'log')\n"
-            "train.train_members(train.Program(dims=(16, 32, 32, 10)), x, y, np.array([0.01, 0.02]),"
+            "train.train_members(train.Program(dims=(16, 32, 32, 10)), x, y, "
+            "np.array([0.01, 0.02]),"
             " ik, pk, s)\n"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -229,7 +232,7 @@ COMPILE = UNROLL + """\
 import contextlib, json, sys, tempfile, time, collections
 import numpy as np, jax, jax.numpy as jnp
 from normsweep import metrics, plan, train
-from normsweep.data import sphere_data
+from normsweep.data import member_keys, sphere_data
 import xprof
 from bench import member_args
 m, seeds, steps, n, unroll, trace, again = map(int, sys.argv[1:8])
@@ -374,7 +377,8 @@ def segment_group(stack: tuple[str, ...]) -> str:
 # sizes per preset: (n, matmul side, widths, steps per width, seeds per η)
 PRESETS = {
     "smoke": dict(n=64, matmul=256, widths=[32], steps={32: 20}, seeds=[2], repeat=3,
-                  ahead=([8, 12], [2], 32, 5), compile=(32, 2, 20, [{"trace": True, "again": True}]),
+                  ahead=([8, 12], [2], 32, 5),
+                  compile=(32, 2, 20, [{"trace": True, "again": True}]),
                   profile=[(32, 2, 6)], long=[(32, 60)],
                   sweep=("smoke", compile_ahead_grid([8, 12], [2], 32, 5))),
     "cpu": dict(n=1024, matmul=1024, widths=[64, 256, 512, 1024],
@@ -405,11 +409,13 @@ PRESETS = {
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds not minutes")
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
                     help="sizes: cpu (default), gpu (larger cohorts, more steps), smoke")
-    ap.add_argument("--json", help="also write the figures to this file (rewritten after each part)")
+    ap.add_argument("--json",
+                    help="also write the figures to this file (rewritten after each part)")
     ap.add_argument("--parts", default=",".join(PARTS),
                     help=f"the parts to run, comma-separated, in the order given (default: "
                          f"{','.join(PARTS)})")
@@ -491,7 +497,8 @@ def main():
                 save()
                 print(f"width {m:5d} × {members:3d} networks: {ns_rate:9.1f} network-steps/s, "
                       f"{flop / t / 1e9:8.1f} GFLOP/s ({row['fraction_of_matmul']:.0%} of matmul), "
-                      f"compile {compile_s:.1f} s, ×{row['speedup_vs_loop']:.1f} vs one-at-a-time loop, "
+                      f"compile {compile_s:.1f} s, ×{row['speedup_vs_loop']:.1f} vs "
+                      "one-at-a-time loop, "
                       f"×{row['speedup_vs_loop_svd']:.1f} vs loop with SVD per step")
 
     def part_precision():
@@ -500,15 +507,18 @@ def main():
         if cfg.get("fast_precision"):
             m, n_seeds = cfg["fast_precision"]
             dims, steps = (d, m, m, k), cfg["steps"][m]
-            t, _ = normsweep_run(dims, n, lrs, np.arange(n_seeds), plan.record_steps(steps, "log", 64),
+            t, _ = normsweep_run(dims, n, lrs, np.arange(n_seeds),
+                                 plan.record_steps(steps, "log", 64),
                                  x, y, precision="default")
             flop = 6 * n * params(dims) * len(lrs) * n_seeds * steps
-            res["default_precision"] = {"width": m, "members": len(lrs) * n_seeds, "flops": flop / t,
+            res["default_precision"] = {"width": m, "members": len(lrs) * n_seeds,
+                                        "flops": flop / t,
                                         "fraction_of_matmul": flop / t /
                                         res["matmul_flops_default_precision"]}
             print(f"width {m:5d} × {len(lrs) * n_seeds:3d} networks, matmul_precision = default: "
                   f"{flop / t / 1e9:8.1f} GFLOP/s "
-                  f"({res['default_precision']['fraction_of_matmul']:.0%} of default-precision matmul)")
+                  f"({res['default_precision']['fraction_of_matmul']:.0%} of "
+                  "default-precision matmul)")
 
     def interleaved(dims, seeds, schedules: dict) -> dict:
         # the schedules interleaved, best of 3 each: on a shared machine a single
@@ -564,7 +574,8 @@ def main():
     def part_memory():
         short, long = (200, 2000) if smoke else (1000, 100_000)
         res["peak_rss_short"], res["peak_rss_long"] = peak_rss(short), peak_rss(long)
-        print(f"peak memory, log recording: {res['peak_rss_short'] / 2**20:.0f} MiB at {short} steps, "
+        print(f"peak memory, log recording: {res['peak_rss_short'] / 2**20:.0f} MiB at "
+              f"{short} steps, "
               f"{res['peak_rss_long'] / 2**20:.0f} MiB at {long} steps")
 
     def part_long():
@@ -580,7 +591,8 @@ def main():
             prog = train.Program(dims=dims)
             lr, ik, pk = member_args(lrs, seeds)
             train.compile_members(prog, x, y, lr, ik, pk, sched)
-            t = best_of(lambda: train.train_members(prog, x, y, lr, ik, pk, sched),
+            t = best_of(lambda prog=prog, lr=lr, ik=ik, pk=pk, sched=sched:
+                        train.train_members(prog, x, y, lr, ik, pk, sched),
                         1 if smoke else 2)
             flop = 6 * n * params(dims) * members * steps
             rows.append({"width": m, "members": members, "steps": steps, "records": len(sched),
@@ -601,7 +613,8 @@ def main():
         res["compile_ahead"] = {"cohorts": len(widths) * len(depths), "seconds_without": alone,
                                 "seconds_with": ahead, "speedup": alone / ahead}
         print(f"launch of {len(widths) * len(depths)} cohorts (widths {widths}, depths {depths}, "
-              f"n = {n_ahead}, {steps} steps), {'cache on (smoke)' if smoke else 'no compilation cache'}: "
+              f"n = {n_ahead}, {steps} steps), "
+              f"{'cache on (smoke)' if smoke else 'no compilation cache'}: "
               f"{alone:.1f} s compiling each "
               f"cohort as it starts, {ahead:.1f} s compiling the next ones while one trains "
               f"(×{alone / ahead:.2f})")
@@ -712,7 +725,8 @@ def main():
                 print(f"    {program}: the compiler's phases and passes with the most exclusive "
                       "host time, over threads (seconds exclusive | inclusive, count):")
                 for name, e in list(events.items())[:12]:
-                    print(f"      {e['seconds']:7.2f} | {e['inclusive']:7.2f} {e['count']:6d}  {name}")
+                    print(f"      {e['seconds']:7.2f} | {e['inclusive']:7.2f} "
+                          f"{e['count']:6d}  {name}")
 
     def part_profile():
         rows = res["profile"] = []

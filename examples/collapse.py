@@ -15,9 +15,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
-from normsweep.analysis import fits, outcomes
+from normsweep import outcomes
+from normsweep.analysis import fits
 
-p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p = argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("dir")
 p.add_argument("--depth", type=int)
 p.add_argument("--layer", type=int, default=0)

@@ -14,7 +14,8 @@ import xarray as xr
 
 from normsweep.analysis import fits
 
-p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p = argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("dir")
 p.add_argument("--metric", default="rel_frob_dist", choices=list(fits.METRICS))
 args = p.parse_args()

@@ -16,7 +16,8 @@ import xarray as xr
 
 from normsweep.analysis import theory
 
-p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p = argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("dir")
 p.add_argument("--out", default="init_vs_theory.png")
 args = p.parse_args()

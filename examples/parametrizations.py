@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
-p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+p = argparse.ArgumentParser(description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("dir")
 p.add_argument("--var", default="spec_dist", help="frob_norm, spec_norm, frob_dist, spec_dist, ...")
 p.add_argument("--step", type=int, default=1, help="a recorded step (default 1: the first update)")
@@ -38,7 +39,8 @@ for labels in da.stack(slice=axes).slice.values:
     labels = labels if isinstance(labels, tuple) else (labels,)
     line = da.sel(dict(zip(axes, labels)))
     ok = np.isfinite(line.values) & (line.values > 0)
-    slope = np.polyfit(np.log(widths[ok]), np.log(line.values[ok]), 1)[0] if ok.sum() > 1 else np.nan
+    slope = (np.polyfit(np.log(widths[ok]), np.log(line.values[ok]), 1)[0] if ok.sum() > 1
+             else np.nan)
     name = ", ".join(str(v) for v in labels)
     ax.plot(widths, line, "o-", label=f"{name}: slope {slope:+.2f}")
     print(f"{name:>24}: {args.var} at step {args.step} ∝ m^{slope:+.2f}")

@@ -13,12 +13,14 @@ when called.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import importlib.metadata
 
 from normsweep.errors import GridError, RunError
-from normsweep.store import load_weights, open_sweep
+from normsweep.folder import open_sweep
+from normsweep.store import load_weights
 
 try:
     __version__ = importlib.metadata.version("normsweep")     # from git, by setuptools-scm
@@ -34,8 +36,8 @@ __all__ = ["launch", "analyze", "open_sweep", "load_weights", "GridError", "RunE
            "__version__"]
 
 
-def launch(grid: "str | os.PathLike | Config", out: "str | os.PathLike | None" = None, *,
-           overrides: Sequence[str] = (), **options) -> "Summary":
+def launch(grid: str | os.PathLike | Config, out: str | os.PathLike | None = None, *,
+           overrides: Sequence[str] = (), **options) -> Summary:
     """`normsweep launch` from Python: trains every network of `grid` (a grid
     file, TOML text, or a `config.Config`) not yet in `out` (default
     results/<name>), writes the results folder and returns its `Summary`.
@@ -60,7 +62,7 @@ def launch(grid: "str | os.PathLike | Config", out: "str | os.PathLike | None" =
     return sweep.launch(cfg, root, **options)
 
 
-def analyze(root: "str | os.PathLike", **options) -> "Analysis":
+def analyze(root: str | os.PathLike, **options) -> Analysis:
     """`normsweep analyze` from Python: fits, figures and report.md in
     ROOT/analysis; returns the fit table, the report's path and the
     figures' paths. `options`: fit_accuracy. Needs the

@@ -155,9 +155,9 @@ def estimate(rows: list[dict], todo: list[tuple[str, float]], workers: int = 1
              ) -> tuple[float, float, float] | None:
     """(wall seconds, training seconds, compile seconds) of a launch that
     trains `todo` ((program key, FLOPs) per cohort), from `rows`: training at
-    `rate_guess`'s FLOP rate and compiling as `compile_guess` has it. The compile pool (`workers` threads)
-    overlaps compiling with training, but not the first compile: wall ≈
-    first compile + max(training, the other compiles / workers). None
+    `rate_guess`'s FLOP rate and compiling as `compile_guess` has it. The
+    compile pool (`workers` threads) overlaps compiling with training, but
+    not the first compile: wall ≈ first compile + max(training, the other compiles / workers). None
     without a recorded rate."""
     timed = [r for r in rows if r.get("train_seconds") and r.get("flop")]
     if not timed or not todo:

@@ -116,7 +116,7 @@ class Interrupt:
     def __init__(self):
         self.seen = False
 
-    def __enter__(self) -> "Interrupt":
+    def __enter__(self) -> Interrupt:
         self.previous = signal.signal(signal.SIGINT, self.handle)
         self.previous_hook = sys.unraisablehook
         sys.unraisablehook = self.unraisable
@@ -353,17 +353,19 @@ def launch_command(grid, out, memory_budget, scheduler, devices, compile_workers
 @main.command()
 @click.argument("dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--fit-accuracy", default=0.99, show_default=True,
-              type=click.FloatRange(0, 1), help="Training accuracy at which a network counts as fit.")
+              type=click.FloatRange(0, 1),
+              help="Training accuracy at which a network counts as fit.")
 def analyze(dir: Path, fit_accuracy: float) -> None:
     """Fit scaling laws of the norm changes against η and width; write a report.
 
     Writes DIR/analysis/: every table as CSV (fits.csv, runs.csv, …) with
     summary.json and fits.nc, the PNG figures, and report.md rendered from
-    those tables alone; prints the fit table. Needs the
-    analysis extra (matplotlib). A sweep with parametrization, weight_decay,
-    n or d axes is fitted per slice, and the slices are compared; recorded sharpness and NTK eigenvalues get their own
-    sections. On an unfinished sweep it warns, analyses the cohorts on disk
-    and names the missing ones in the report.
+    those tables alone; prints the fit table. Needs the analysis extra
+    (matplotlib, jinja2). A sweep with parametrization, weight_decay, n or d
+    axes is fitted per slice, and the slices are compared; recorded
+    sharpness and NTK eigenvalues get their own sections. On an unfinished
+    sweep it warns, analyses the cohorts on disk and names the missing ones
+    in the report.
 
     \b
     Example:
@@ -451,7 +453,7 @@ def sweep_summary(path: Path) -> dict:
         return {}
     from normsweep import store
 
-    from normsweep.analysis import outcomes
+    from normsweep import outcomes
 
     with store.open_checked(path, what="sweep file") as ds:
         at = ds["diverged_at"].values
@@ -469,7 +471,8 @@ def sweep_summary(path: Path) -> dict:
 @click.option("--format", "fmt", type=click.Choice(["csv", "markdown"]), default="csv",
               show_default=True, help="CSV for programs, a markdown table for people.")
 @click.option("--fit-accuracy", default=0.99, show_default=True,
-              type=click.FloatRange(0, 1), help="Training accuracy at which a network counts as fit.")
+              type=click.FloatRange(0, 1),
+              help="Training accuracy at which a network counts as fit.")
 def table(dir: Path, step: str, fmt: str, fit_accuracy: float) -> None:
     """Print one row per network: its grid coordinates, outcome (fit,
     training, failed, diverged), the first step at which it fits, and at
@@ -488,12 +491,11 @@ def table(dir: Path, step: str, fmt: str, fit_accuracy: float) -> None:
     if step != "last" and not step.isdigit():
         raise click.BadParameter(f"--step {step!r}: must be last or a step number",
                                  param_hint="--step")
-    from normsweep import store
     from normsweep.analysis import runs
 
     try:
         with sweep_warnings():
-            ds = store.open_sweep(dir, partial=True)
+            ds = folder_mod.open_sweep(dir, partial=True)
         try:
             rows = runs.run_table(ds, step, fit_accuracy)
         finally:
@@ -671,7 +673,8 @@ def show(target: Path) -> None:
             f"{axis} = {list(values)}" for axis, values in grown.member_values().items()
             if values != config.member_values()[axis])
         console.print(escape(f"  a grow to {axes} is not finished ({pending}): the folder reads as "
-                             "the grid above until it is; launch the grown grid again to finish it"))
+                             "the grid above until it is; launch the grown grid again to "
+                             "finish it"))
 
 
 def run() -> None:

@@ -27,7 +27,8 @@ import re
 import shlex
 import tomllib
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tomli_w
@@ -64,7 +65,7 @@ MEMBER_KEYS = ("grid.lr", "grid.seed", "grid.parametrization", "grid.weight_deca
                "model.parametrization", "train.weight_decay")
 
 
-def setting(default: Any, check: Callable[["_Parser"], Callable]) -> Any:
+def setting(default: Any, check: Callable[[_Parser], Callable]) -> Any:
     """A grid-file key of a section, written once: its default, and `check`,
     which makes its validator for a file's parser (`_Parser`). A section's
     keys, `Config.settings()` and the fingerprint all derive from these."""
@@ -207,7 +208,7 @@ class Config:
         return [(n, d) for n in (self.grid.n or (self.data.n,))
                 for d in (self.grid.d or (self.data.d,))]
 
-    def with_data(self, n: int, d: int) -> "Config":
+    def with_data(self, n: int, d: int) -> Config:
         """This grid with [data]'s n and d set: the settings one training set
         of a grid with n or d axes trains with."""
         return dataclasses.replace(self, data=dataclasses.replace(self.data, n=n, d=d))
@@ -456,9 +457,10 @@ class _Parser:
         for key in table:
             field = aliases.get(key, key)
             if field in given:
+                old = key if key != field else given[field]
                 raise self.fail(f"{name}.{key}", table[key],
-                                f"{name}.{field} and its old name {name}.{key if key != field else given[field]}"
-                                " are both given: give one of them")
+                                f"{name}.{field} and its old name {name}.{old} are both "
+                                "given: give one of them")
             given[field] = key
         values = {field: fields[field](f"{name}.{key}", table[key]) for field, key in given.items()}
         return cls(**values)
@@ -477,7 +479,8 @@ class _Parser:
     def choice(self, options: tuple[str, ...]):
         def check(key: str, value: object) -> str:
             if value not in options:
-                raise self.fail(key, value, "must be one of " + ", ".join(f'"{o}"' for o in options))
+                raise self.fail(key, value,
+                                "must be one of " + ", ".join(f'"{o}"' for o in options))
             return value
         return check
 

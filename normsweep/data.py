@@ -1,8 +1,29 @@
-"""The training set of the reference setting."""
+"""The training set, and every PRNG key, derived from integers in the grid
+file only:
+
+  data key      = fold_in(key(data.seed), DATA)
+  init key      = fold_in(key(seed), INIT)    (the same at every lr and chunking)
+  power key     = fold_in(key(seed), POWER)   (start vectors of the spectral norms)
+"""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+DATA, INIT, POWER = 0, 1, 2
+
+
+def data_key(seed: int) -> jax.Array:
+    """The key of the training set drawn from `data.seed`."""
+    return jax.random.fold_in(jax.random.key(seed), DATA)
+
+
+def member_keys(seeds: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """(init keys, spectral-norm start-vector keys), one per member seed."""
+    base = jax.vmap(jax.random.key)(np.asarray(seeds, np.uint32))
+    fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+    return fold(base, INIT), fold(base, POWER)
 
 
 def sphere_data(key: jax.Array, n: int, d: int, k: int, dtype) -> tuple[jax.Array, jax.Array]:

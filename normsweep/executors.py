@@ -19,7 +19,7 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from normsweep.errors import RunError
 

@@ -11,15 +11,17 @@ link), then a rename.
 from __future__ import annotations
 
 import dataclasses
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from normsweep import plan, store
+from normsweep import outcomes, plan, schema, store
 from normsweep.config import RECORD_FORMAT, Config
-from normsweep.errors import GridError, RunError
+from normsweep.errors import GridError, RunError, SweepWarning
 
 DONE = "done"            # holds every network of the grid's cohort
 GROWABLE = "growable"    # holds an earlier grid's networks that this grid extends
@@ -252,3 +254,116 @@ class ResultsFolder:
         stray = tuple(p for p in sorted(folder.glob("*.nc")) if p.name not in names) \
             if folder.is_dir() else ()
         return Status(config, states, stray)
+
+
+# -- reading the folder as one Dataset ----------------------------------------
+
+def open_sweep(root: str | os.PathLike, *, partial: bool = False) -> xr.Dataset:
+    """The Dataset of a results folder, checked against its grid.toml, with
+    each network's `outcome` (`with_outcome`).
+
+    `sweep.nc` when it holds exactly the cohort files on disk; otherwise the
+    cohort files are combined afresh (a stale sweep.nc, left by a launch
+    that later added cohorts, is never preferred). Cohort files of other
+    settings (fingerprint) or of no cohort of the grid are left out with a
+    warning. When cohorts are missing this raises `RunError`, unless
+    `partial=True`: then the Dataset holds every network of the grid, those
+    not yet trained all NaN (`diverged_at` too, as a float), and its attrs
+    `partial = 1` and `cohorts_missing` say so. Warnings are
+    `errors.SweepWarning`s.
+    """
+    return with_outcome(_open_sweep(Path(root), partial))
+
+
+def _open_sweep(root: Path, partial: bool) -> xr.Dataset:
+    root = Path(root)
+    place = ResultsFolder(root)
+    sweep, grid_file = place.sweep_file, place.grid_file
+    if not grid_file.exists():
+        if sweep.exists():          # a sweep.nc on its own: nothing to check it against
+            return store.read_sweep(sweep)
+        raise RunError(f"{root}: no grid.toml and no sweep.nc: not a normsweep results folder")
+    status = place.status()
+    config, expected = status.config, [c.cohort for c in status.cohorts]
+    for stray in status.stray:
+        warnings.warn(f"{stray} is not a cohort of {grid_file}: left out", SweepWarning,
+                      stacklevel=2)
+    present, missing = [], []           # (path, attrs) of the cohorts of this grid on disk
+    for c in status.cohorts:
+        if c.state == DONE:
+            present.append((c.path, c.cohort.name, c.attrs))
+            continue
+        missing.append(c.cohort.name)
+        if c.state == DAMAGED:
+            warnings.warn(f"{c.path}: not a readable cohort file ({c.reason}): left out "
+                          "(launch again to recompute it)", SweepWarning, stacklevel=2)
+        elif c.state == GROWABLE:
+            warnings.warn(f"{c.path} holds {c.kept} of the {c.cohort.size} networks of "
+                          f"{grid_file} (an earlier, smaller grid's): left out until a launch "
+                          "trains the rest", SweepWarning, stacklevel=2)
+        elif c.state == FOREIGN:
+            warnings.warn(f"{c.reason.split('; ')[0]}: left out", SweepWarning, stacklevel=2)
+    if missing and not partial:
+        raise RunError(f"{root}: {len(missing)} of {len(expected)} cohorts are not on disk "
+                       f"({', '.join(missing)}); launch again to finish the sweep, or open it "
+                       "with partial=True")
+    if not present:
+        raise RunError(f"{root}: none of the {len(expected)} cohorts is on disk yet")
+    if sweep.exists() and not missing:
+        try:
+            ds = store.read_sweep(sweep)
+        except RunError as err:     # damaged: the intact cohort files rebuild it
+            ds = None
+            warnings.warn(f"{err}; combining the cohort files afresh (launch again to rewrite "
+                          "it)", SweepWarning, stacklevel=2)
+        if ds is not None:
+            ids = " ".join(f"{name}:{attrs.get('cohort_id', '')}" for _, name, attrs in present)
+            if "cohorts" in ds.attrs:
+                fresh = ds.attrs["cohorts"] == ids
+            else:   # written by an earlier version: newer than every cohort file
+                fresh = all(sweep.stat().st_mtime >= p.stat().st_mtime for p, _, _ in present)
+            if fresh and ds.attrs.get("config_fingerprint") == config.fingerprint():
+                return ds
+            ds.close()
+            warnings.warn(f"{sweep} does not hold the cohort files now on disk (it is older): "
+                          "combining them afresh; launch again to rewrite it", SweepWarning,
+                          stacklevel=2)
+    if missing:
+        warnings.warn(f"{root} is partial: {len(missing)} of {len(expected)} cohorts are not "
+                      f"on disk ({', '.join(missing)}); their networks are NaN", SweepWarning,
+                      stacklevel=2)
+    out = store.combine([store.read_cohort_of(config, path) for path, _, _ in present], missing)
+    if missing:
+        out = _with_missing(out, config, expected)
+    return out
+
+
+def with_outcome(ds: xr.Dataset) -> xr.Dataset:
+    """`ds` with the variable `outcome`: per network "fit", "training",
+    "failed", "diverged" or, in a partial sweep, "untrained"
+    (`normsweep.outcomes.classify`, at a training accuracy of 0.99).
+    Read from the records, so it costs the first and last records only."""
+    if "outcome" in ds or not {"loss", "accuracy", "diverged_at"} <= set(ds.data_vars):
+        return ds
+    out = outcomes.classify(ds).drop_vars("step", errors="ignore").astype(str)
+    out.attrs = {"long_name": "outcome", "units": "1",
+                 "description": "fit (training accuracy ≥ 0.99 at the last step), training "
+                                "(the loss fell), failed (final loss ≥ initial, or every "
+                                "gradient 0), diverged (a non-finite loss, weight or norm), "
+                                "untrained (its cohort is not on disk)"}
+    return ds.assign(outcome=out)
+
+
+def _with_missing(ds: xr.Dataset, config: Config, expected: list[plan.Cohort]) -> xr.Dataset:
+    """`ds` extended to every width and depth (and n and d) of the grid (NaN
+    where untrained)."""
+    widths = sorted({c.width for c in expected})
+    depths = sorted({c.depth for c in expected})
+    out = ds.reindex(width=widths, depth=depths,
+                     **{a: sorted({getattr(c, a) for c in expected}) for a in store.DATA_AXES
+                        if a in ds.dims})
+    out["diverged_at"] = out["diverged_at"].astype(np.float64)
+    lr = out["lr"].values.astype(np.float64)
+    scale = np.asarray(widths, np.float64)[:, None] ** config.grid.lr_width_exponent
+    out = out.assign_coords(lr_effective=(("width", "lr"), lr[None, :] * scale))
+    return schema.label(out)

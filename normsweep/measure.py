@@ -152,7 +152,9 @@ def jacobian_norms(program: Program, params, x: jax.Array) -> tuple[jax.Array, j
     """Means over the points of ‖∂F(x_i)/∂x_i‖_F and ‖∂F(x_i)/∂x_i‖₂ (each
     Jacobian k×d). The logits' Jacobian J_z comes from forward-mode JVPs; a
     softmax output's is s ⊙ (J_z − 1·(sᵀJ_z)) with s = softmax(z)."""
-    logits = lambda xi: program.model().apply(params, xi[None])[0]
+    def logits(xi):
+        return program.model().apply(params, xi[None])[0]
+
     jac = jax.vmap(jax.jacfwd(logits))(x)
     if program.output == "softmax":
         s = output(program, params, x)[:, :, None]                            # (n, k, 1)

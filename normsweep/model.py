@@ -12,7 +12,7 @@ Init (untruncated normals; Flax's `he_normal` is truncated and not used):
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -105,7 +105,8 @@ def normals(keys: Sequence[jax.Array], shapes: Sequence[tuple[int, ...]], dtype)
         # the numbers drawn: the draws of the largest size go alone
         while sizes[group[0]] * len(group) > 2 * sum(sizes[i] for i in group):
             group = [i for i in group if sizes[i] == sizes[group[0]]]
-        flat = jax.vmap(lambda k: jax.random.normal(k, (sizes[group[0]],), dtype))(
+        size = sizes[group[0]]
+        flat = jax.vmap(lambda k, size=size: jax.random.normal(k, (size,), dtype))(
             jnp.stack([keys[i] for i in group]))
         for row, i in enumerate(group):
             out[i] = flat[row, :sizes[i]].reshape(shapes[i])

@@ -3,14 +3,11 @@
 A *cohort* is every grid point that shares (width, depth): one compiled
 program, vmapped over its *members*, the (lr, seed) pairs in row-major order
 (lr outer, seed inner); with a parametrization or weight-decay axis in the
-grid, the (parametrization, lr, weight_decay, seed) tuples, in that order. A cohort whose members do not fit the memory budget
-is split into equal *chunks* (the last padded by repeating a member), so all
-chunks of a cohort run the same compiled program.
-
-Every PRNG key is derived here, from integers in the grid file only:
-  data key      = fold_in(key(data.seed), DATA)
-  init key      = fold_in(key(seed), INIT)    (the same at every lr and chunking)
-  power key     = fold_in(key(seed), POWER)   (start vectors of the spectral norms)
+grid, the (parametrization, lr, weight_decay, seed) tuples, in that order.
+A cohort whose members do not fit the memory budget is split into equal
+*chunks* (the last padded by repeating a member), so all chunks of a cohort
+run the same compiled program. No JAX here: reading results plans too
+(the keys are `data.data_key` and `data.member_keys`).
 """
 from __future__ import annotations
 
@@ -21,7 +18,6 @@ import numpy as np
 
 from normsweep.config import Config
 
-DATA, INIT, POWER = 0, 1, 2
 DTYPE_BYTES = {"float32": 4, "float64": 8}
 
 
@@ -151,19 +147,6 @@ def record_count(total: int, schedule: str | int, log_points: int = 256) -> int:
         return log_points
     every = int(schedule)
     return total // every + 1 + (total % every != 0)
-
-
-def data_key(config: Config) -> "jax.Array":
-    import jax      # here, not at the top: reading results needs no JAX
-    return jax.random.fold_in(jax.random.key(config.data.seed), DATA)
-
-
-def member_keys(seeds: np.ndarray) -> tuple["jax.Array", "jax.Array"]:
-    """(init keys, spectral-norm start-vector keys), one per member seed."""
-    import jax
-    base = jax.vmap(jax.random.key)(np.asarray(seeds, np.uint32))
-    fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
-    return fold(base, INIT), fold(base, POWER)
 
 
 def train_flop(config: Config, cohort: Cohort) -> float:

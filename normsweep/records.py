@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 def now() -> str:
     """The time, UTC, to the second (ISO 8601)."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def package_version(pkg: str) -> str:

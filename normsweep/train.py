@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 from normsweep import cpu
 
@@ -275,7 +275,8 @@ def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_ke
 
     # (the annotations name each program's compilation in a jax.profiler trace)
     with jax.profiler.TraceAnnotation("normsweep compile init"):
-        compiled = {"init": init_cohort.lower(program, mesh, hp, init_keys, power_keys, x).compile()}
+        compiled = {"init": init_cohort.lower(program, mesh, hp, init_keys, power_keys,
+                                              x).compile()}
     t, gap, valid, due = segments(steps, program)[0]    # every segment has the same shapes
     # init_cohort places its output as segment_cohort does, so one program
     # serves every segment (tested on two devices)
@@ -285,8 +286,8 @@ def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_ke
                                                    due).compile()
     if program.spectra:
         with jax.profiler.TraceAnnotation("normsweep compile spectra"):
-            compiled["spectra"] = spectra_cohort.lower(program, mesh, plan.spectral_rank(program.dims),
-                                                       state, x, y).compile()
+            compiled["spectra"] = spectra_cohort.lower(
+                program, mesh, plan.spectral_rank(program.dims), state, x, y).compile()
     return compiled
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +16,7 @@ import xarray as xr
 
 from normsweep import calibration, folder, plan, records, store, train
 from normsweep.config import Config
-from normsweep.data import sphere_data
+from normsweep.data import data_key, member_keys, sphere_data
 from normsweep.errors import RunError
 from normsweep.folder import ResultsFolder
 
@@ -45,7 +45,8 @@ def training_data(config: Config, cohort: plan.Cohort | None = None):
     if cohort is not None:
         config = plan.cohort_config(config, cohort)
     dtype = jnp.dtype(config.train.dtype)
-    return sphere_data(plan.data_key(config), config.data.n, config.data.d, config.data.k, dtype)
+    return sphere_data(data_key(config.data.seed), config.data.n, config.data.d,
+                       config.data.k, dtype)
 
 
 def enable_dtype(config: Config) -> None:
@@ -136,7 +137,7 @@ class Members:
         self.chunks = [subset[idx] for idx in chunks.slices(len(subset))]
         self.lrs, seeds = cohort.member_lr(), cohort.member_seed()
         self.wds, self.params = cohort.member_weight_decay(), cohort.member_parametrization()
-        self.init_keys, self.power_keys = plan.member_keys(seeds)
+        self.init_keys, self.power_keys = member_keys(seeds)
 
     def arguments(self, idx: np.ndarray) -> tuple[tuple, dict]:
         """(lrs, init_keys, power_keys) and the keyword arguments of chunk `idx`."""

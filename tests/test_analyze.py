@@ -11,7 +11,8 @@ import pytest
 import xarray as xr
 
 import normsweep
-from normsweep.analysis import fits, outcomes, tables, theory
+from normsweep import outcomes
+from normsweep.analysis import fits, tables, theory
 from tests import synthetic
 from tests.conftest import TINY
 
@@ -321,7 +322,8 @@ def test_the_report_opens_with_the_answer_read_from_its_tables(analyzed, tiny_sw
 
     import normsweep
     from normsweep import config
-    from normsweep.analysis import outcomes, tables
+    from normsweep import outcomes
+    from normsweep.analysis import tables
 
     root, _ = analyzed
     text = (root / "analysis" / "report.md").read_text()

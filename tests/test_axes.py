@@ -8,6 +8,7 @@ import pytest
 import xarray as xr
 
 import normsweep
+from normsweep.data import member_keys
 from normsweep import sweep, measure, metrics, model, plan, step, train
 from normsweep.analysis import fits, report, tables
 from normsweep.config import parse
@@ -19,7 +20,7 @@ DIMS = (5, 12, 12, 3)
 
 
 def run(program, lrs, seeds, steps, **kw):
-    ik, pk = plan.member_keys(np.asarray(seeds))
+    ik, pk = member_keys(np.asarray(seeds))
     return train.train_members(program, X, Y, np.asarray(lrs), ik, pk, steps, keep_weights=True,
                                **kw)
 

@@ -13,11 +13,11 @@ CODE = """
 import numpy as np, jax, jax.numpy as jnp
 assert len(jax.devices()) == 2, jax.devices()
 from normsweep import train, plan
-from normsweep.data import sphere_data
+from normsweep.data import member_keys, sphere_data
 from tests import equal
 x, y = sphere_data(jax.random.key(1), 40, 6, 3, jnp.float32)
 lrs = np.array([0.02, 0.05, 1e3])            # odd count: padded; one member diverges
-ik, pk = plan.member_keys(np.array([0, 1, 2]))
+ik, pk = member_keys(np.array([0, 1, 2]))
 steps = plan.record_steps(25, "log")
 mesh = train.member_mesh(2)
 assert mesh is not None and mesh.devices.size == 2

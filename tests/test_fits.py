@@ -5,7 +5,8 @@ import numpy as np
 import xarray as xr
 import pytest
 
-from normsweep.analysis import fits, outcomes
+from normsweep import outcomes
+from normsweep.analysis import fits
 from tests.synthetic import planted
 
 

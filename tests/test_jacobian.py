@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from normsweep import measure, plan, train
-from normsweep.data import sphere_data
+from normsweep import measure, train
+from normsweep.data import member_keys, sphere_data
 
 X, Y = sphere_data(jax.random.key(4), 12, 5, 3, jnp.float32)
 
@@ -15,14 +15,16 @@ X, Y = sphere_data(jax.random.key(4), 12, 5, 3, jnp.float32)
 @pytest.mark.parametrize("output", ["softmax", "linear"])
 def test_jacobian_norms_match_dense_jacobian(output):
     prog = train.Program(dims=(5, 7, 7, 3), output=output, jacobian_every=3)
-    ik, pk = plan.member_keys(np.array([1]))
+    ik, pk = member_keys(np.array([1]))
     traj = train.train_members(prog, X, Y, np.array([0.2]), ik, pk, np.arange(7), keep_weights=True)
     frob, spec = traj.records["jacobian_frob_norm"][0], traj.records["jacobian_spec_norm"][0]
     assert np.isnan(frob[[1, 2, 4, 5]]).all() and np.isfinite(frob[[0, 3, 6]]).all()
     for step, ws in ((0, traj.initial), (6, traj.final)):
         params = {"params": {f"layer_{l:03d}": {"kernel": jnp.asarray(w[0])}
                              for l, w in enumerate(ws)}}
-        f = lambda x: measure.output(prog, params, x[None])[0]
+        def f(x, params=params):
+            return measure.output(prog, params, x[None])[0]
+
         jacs = np.stack([np.asarray(jax.jacrev(f)(x)) for x in X])        # (n, k, d)
         assert jacs.shape == (12, 3, 5)
         assert frob[step] == pytest.approx(np.mean(np.linalg.norm(jacs, axis=(1, 2))), rel=1e-4)

@@ -10,7 +10,7 @@ import pytest
 
 from normsweep import plan
 from normsweep.config import parse
-from normsweep.data import sphere_data
+from normsweep.data import member_keys, sphere_data
 from normsweep.model import MLP, kernels, normals, unit_kernels
 
 
@@ -109,8 +109,8 @@ def test_record_steps(total, schedule):
 
 
 def test_member_keys_depend_on_seed_only():
-    a, pa = plan.member_keys(np.array([3, 4]))
-    b, pb = plan.member_keys(np.array([4]))
+    a, pa = member_keys(np.array([3, 4]))
+    b, pb = member_keys(np.array([4]))
     assert jnp.array_equal(jax.random.key_data(a[1]), jax.random.key_data(b[0]))
     assert not jnp.array_equal(jax.random.key_data(a[1]), jax.random.key_data(pa[1]))
 

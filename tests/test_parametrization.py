@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from normsweep import config, plan, train
-from normsweep.data import sphere_data
+from normsweep import config, train
+from normsweep.data import member_keys, sphere_data
 from normsweep.errors import GridError
 from tests import reference
 
@@ -18,7 +18,7 @@ X, Y = sphere_data(jax.random.key(5), 32, 8, 4, jnp.float32)
 def test_ntk_equals_standard_with_per_layer_rates_2eta_over_fan_in():
     dims, lr = (8, 24, 24, 4), 0.7
     prog = train.Program(dims=dims, parametrization="ntk")
-    ik, pk = plan.member_keys(np.array([0]))
+    ik, pk = member_keys(np.array([0]))
     traj = train.train_members(prog, X, Y, np.array([lr]), ik, pk, np.arange(6), keep_weights=True)
     ws = [jnp.asarray(w[0]) for w in traj.initial]
     rates = [lr * 2 / fan_in for fan_in in dims[:-1]]
@@ -38,7 +38,7 @@ def test_mup_hidden_first_step_update_is_width_independent():
     spec = []
     for m in widths:
         prog = train.Program(dims=(8, m, m, 4), parametrization="mup", lanczos_steps=30)
-        ik, pk = plan.member_keys(np.array([0, 1]))
+        ik, pk = member_keys(np.array([0, 1]))
         traj = train.train_members(prog, X, Y, np.array([0.5, 0.5]), ik, pk, np.arange(2))
         spec.append(traj.records["spec_dist"][:, 1, 1].mean())    # ‖W_1(1) − W_1(0)‖₂
     slope = np.polyfit(np.log(widths), np.log(spec), 1)[0]
@@ -47,7 +47,7 @@ def test_mup_hidden_first_step_update_is_width_independent():
     std = []
     for m in widths[:3]:
         prog = train.Program(dims=(8, m, m, 4), lanczos_steps=30)
-        ik, pk = plan.member_keys(np.array([0]))
+        ik, pk = member_keys(np.array([0]))
         traj = train.train_members(prog, X, Y, np.array([0.5]), ik, pk, np.arange(2))
         std.append(traj.records["spec_dist"][0, 1, 1])
     assert np.polyfit(np.log(widths[:3]), np.log(std), 1)[0] > 0.3

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from normsweep import plan, train
+from normsweep.data import member_keys
+from normsweep import train
 from normsweep.analysis import tables, theory
 from normsweep.data import sphere_data
 from tests import reference, synthetic
@@ -24,7 +25,7 @@ STEPS = np.arange(9)
 def probed():
     prog = train.Program(dims=(5, 7, 7, 3), spectra=True, activations_every=4,
                          jacobian_every="log", probe_points=4)
-    ik, pk = plan.member_keys(np.array([2, 3]))
+    ik, pk = member_keys(np.array([2, 3]))
     return prog, train.train_members(prog, X, Y, np.array([0.3, 0.3]), ik, pk, STEPS,
                                      keep_weights=True)
 
@@ -164,7 +165,7 @@ def growth_dataset(a: float, depth: int, fit_from: int = 20) -> xr.Dataset:
 
 @pytest.mark.parametrize("depth", [2, 4])
 def test_norm_growth_recovers_a_planted_log_t_exponent(depth):
-    from normsweep.analysis import outcomes
+    from normsweep import outcomes
     ds = growth_dataset(1 / depth, depth)
     table = tables.norm_growth(ds, outcomes.classify(ds))
     assert table["a"].iloc[0] == pytest.approx(1 / depth, abs=0.01)
@@ -181,7 +182,7 @@ def test_norm_growth_interval_is_over_seeds_not_learning_rates():
     """Seeds with exponents a_s: the interval is mean ± t·sd/√S over the
     seeds, whatever the number of η copies each seed has."""
     from scipy import stats
-    from normsweep.analysis import outcomes
+    from normsweep import outcomes
     a_s = np.array([0.40, 0.50, 0.55])
     parts = [growth_dataset(a, 2).assign_coords(seed=[s]) for s, a in enumerate(a_s)]
     one_lr = xr.concat(parts, "seed")
@@ -196,7 +197,7 @@ def test_norm_growth_interval_is_over_seeds_not_learning_rates():
 
 
 def test_norm_by_loss_reads_the_first_record_below_each_level():
-    from normsweep.analysis import outcomes
+    from normsweep import outcomes
     ds = growth_dataset(0.5, 2)
     steps = ds["step"].values
     ds["loss"][:] = 10.0 * np.exp(-steps / 300.0)
@@ -212,7 +213,7 @@ def test_norm_by_loss_reads_the_first_record_below_each_level():
 
 
 def test_separation_is_the_record_from_which_every_point_stays_right():
-    from normsweep.analysis import outcomes
+    from normsweep import outcomes
     ds = growth_dataset(0.5, 2)
     margin = np.where(ds["step"].values >= 40, 1.0, -1.0)
     margin[ds["step"].values == 5] = 1.0         # a passing moment before: not separation
@@ -255,7 +256,7 @@ def test_cross_entropy_networks_separate_and_their_normalised_margin_rises(tmp_p
     the margin record and `norm_growth` must show both."""
     import normsweep
     from normsweep import config, sweep
-    from normsweep.analysis import outcomes
+    from normsweep import outcomes
     text = ('name = "ce"\n[data]\nn = 16\nd = 8\nk = 3\n[train]\nloss = "cross_entropy"\n'
             'steps = 3000\n[record]\njacobian_norm = 0\n[grid]\nwidth = [32]\ndepth = [2]\n'
             'lr = [0.05]\nseed = [0, 1]\n')
@@ -305,7 +306,7 @@ def test_cumulative_first_order_part_is_layer_independent_and_matches_the_gradie
     every layer: ⟨W_l, ∇_l L⟩ is layer-independent by Euler homogeneity."""
     import normsweep
     from normsweep import config
-    from normsweep.analysis import outcomes
+    from normsweep import outcomes
     ds = normsweep.open_sweep(tiny_sweep).load()
     cfg = config.parse(ds.attrs["config_toml"])
     keep = outcomes.usable(outcomes.classify(ds))
@@ -323,7 +324,7 @@ def test_sharpness_table_reads_a_planted_rise_to_the_threshold():
     """λ(t) = (2/η)·(0.5 + 0.5·min(t/50, 1)) + a spike of 3× at t = 10:
     starts at 0.5 of the threshold, peaks at 3, hovers at 1 in the second
     half; a failed network is left out."""
-    from normsweep.analysis import outcomes
+    from normsweep import outcomes
     steps = np.arange(0, 201, 10)
     lrs = np.array([0.01, 0.1])
     shape = 0.5 + 0.5 * np.minimum(steps / 50, 1.0)

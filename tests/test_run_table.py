@@ -9,7 +9,7 @@ import pandas as pd
 from click.testing import CliRunner
 
 import normsweep
-from normsweep.analysis import outcomes
+from normsweep import outcomes
 from normsweep.cli import main
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from normsweep import plan, step, train
+from normsweep.data import member_keys
+from normsweep import step, train
 from normsweep.config import parse
 from normsweep.data import sphere_data
 
@@ -23,7 +24,7 @@ def dense_top(program, params):
 
 def test_sharpness_matches_dense_hessian_along_training():
     prog = train.Program(dims=(4, 6, 6, 3), sharpness_every=5, sharpness_iters=60)
-    ik, pk = plan.member_keys(np.array([0]))
+    ik, pk = member_keys(np.array([0]))
     steps = np.arange(16)
     traj = train.train_members(prog, X, Y, np.array([0.3]), ik, pk, steps, keep_weights=True)
     s = traj.records["sharpness"][0]
@@ -80,7 +81,8 @@ def test_report_has_an_edge_of_stability_section(tmp_path):
     # the stability limit beside the sharpness at init, λ₀ the median over η and seeds
     assert "η_max·λ₀" in text
     import normsweep
-    from normsweep.analysis import outcomes, tables
+    from normsweep import outcomes
+    from normsweep.analysis import tables
     ds = normsweep.open_sweep(tmp_path / "eos").load()
     against = tables.stability_against_sharpness(ds, outcomes.classify(ds))
     row = against[(against.width == 8) & (against.depth == 3)].iloc[0]
@@ -95,7 +97,7 @@ def test_sharpness_is_preconditioned_by_the_lr_multipliers():
     from normsweep import model
     dims = (4, 6, 6, 3)
     prog = train.Program(dims=dims, sharpness_every=5, sharpness_iters=80, parametrization="ntk")
-    ik, pk = plan.member_keys(np.array([1]))
+    ik, pk = member_keys(np.array([1]))
     traj = train.train_members(prog, X, Y, np.array([5.0]), ik, pk, np.arange(6), keep_weights=True)
     params = {"params": {f"layer_{l:03d}": {"kernel": jnp.asarray(w[0])}
                          for l, w in enumerate(traj.initial)}}

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from normsweep.data import member_keys
 from normsweep import metrics, model, plan, train
 from normsweep.data import sphere_data
 from tests import equal, reference
@@ -19,7 +20,7 @@ X, Y = sphere_data(jax.random.key(7), N, D, K, jnp.float32)
 def members(lrs, seeds):
     lrs = np.repeat(np.asarray(lrs, np.float64), len(seeds))
     seeds = np.tile(np.asarray(seeds), len(lrs) // len(seeds))
-    return lrs, *plan.member_keys(seeds)
+    return lrs, *member_keys(seeds)
 
 
 def run(program, lrs, seeds, steps, weights=True):
@@ -67,10 +68,10 @@ def test_every_record_agrees_whatever_the_member_count():
     lrs, seeds = np.array([0.05, 0.3, 1.0]), np.array([0, 1, 2])
     prog = train.Program(dims=(D, 24, metrics.EXACT_MAX + 8, K),
                          sharpness_every=3, jacobian_every=3, ntk_every=3, ntk_points=16)
-    trio = train.train_members(prog, X, Y, lrs, *plan.member_keys(seeds), steps)
+    trio = train.train_members(prog, X, Y, lrs, *member_keys(seeds), steps)
     assert set(trio.records) >= {"sharpness", "jacobian_spec_norm", "ntk_min_eig"}
     for idx in ([0], [1, 2]):
-        part = train.train_members(prog, X, Y, lrs[idx], *plan.member_keys(seeds[idx]), steps)
+        part = train.train_members(prog, X, Y, lrs[idx], *member_keys(seeds[idx]), steps)
         for name, value in part.records.items():
             scale = np.nanmax(trio.records["ntk_max_eig"]) if name == "ntk_min_eig" else None
             equal.assert_record_close(value, trio.records[name][idx], name, scale=scale)
@@ -215,13 +216,14 @@ def test_segments_cover_every_record_once():
 
 
 def test_float64_runs_in_float64(tmp_path):
-    import subprocess, sys
+    import subprocess
+    import sys
     code = ("import jax; jax.config.update('jax_enable_x64', True)\n"
             "import numpy as np, jax.numpy as jnp\n"
-            "from normsweep import train, plan\nfrom normsweep.data import sphere_data\n"
+            "from normsweep import train\nfrom normsweep.data import member_keys, sphere_data\n"
             "x, y = sphere_data(jax.random.key(0), 16, 4, 3, jnp.float64)\n"
             "p = train.Program(dims=(4, 8, 3), dtype='float64')\n"
-            "ik, pk = plan.member_keys(np.array([0]))\n"
+            "ik, pk = member_keys(np.array([0]))\n"
             "t = train.train_members(p, x, y, np.array([0.5]), ik, pk, np.arange(4), True)\n"
             "assert t.records['loss'].dtype == np.float64, t.records['loss'].dtype\n"
             "assert t.final[0].dtype == np.float64\nprint('ok')\n")
@@ -253,9 +255,9 @@ def test_members_agree_at_the_reference_size():
     prog = train.Program(dims=(16, 64, 64, 10))
     lrs, seeds = np.geomspace(0.001, 0.1, 9), np.arange(9)
     steps = np.arange(5)
-    nine = train.train_members(prog, x, y, lrs, *plan.member_keys(seeds), steps)
+    nine = train.train_members(prog, x, y, lrs, *member_keys(seeds), steps)
     for count in (1, 3, 5):
-        part = train.train_members(prog, x, y, lrs[:count], *plan.member_keys(seeds[:count]), steps)
+        part = train.train_members(prog, x, y, lrs[:count], *member_keys(seeds[:count]), steps)
         for name, value in part.records.items():
             equal.assert_record_close(value, nine.records[name][:count], f"{count}: {name}")
 

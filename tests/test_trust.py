@@ -18,7 +18,8 @@ from click.testing import CliRunner
 
 import normsweep
 from normsweep import config, sweep, plan, store
-from normsweep.analysis import fits, outcomes, report
+from normsweep import outcomes
+from normsweep.analysis import fits, report
 from normsweep.cli import RichReporter, main, parse_bytes
 from normsweep.errors import GridError, RunError, SweepWarning
 from tests import equal

@@ -16,8 +16,8 @@ import pandas as pd
 import xarray as xr
 
 from normsweep import config as config_mod
-from normsweep import store
-from normsweep.analysis import fits, outcomes, tables
+from normsweep import folder, outcomes, store
+from normsweep.analysis import fits, tables
 from normsweep.errors import GridError, RunError
 
 
@@ -57,11 +57,11 @@ class Context:
         return int(self.ds["step"].values[-1])
 
     @classmethod
-    def load(cls, root: str | Path, fit_accuracy: float = outcomes.FIT_ACCURACY) -> "Context":
+    def load(cls, root: str | Path, fit_accuracy: float = outcomes.FIT_ACCURACY) -> Context:
         """Reads DIR/sweep.nc (or its cohorts; a partial sweep warns what is
         missing) and parses its grid; RunError when either cannot be read."""
         root = Path(root)
-        sweep = store.open_sweep(root, partial=True)
+        sweep = folder.open_sweep(root, partial=True)
         try:
             full = sweep.load()
         except (OSError, RuntimeError, ValueError) as err:   # a checksum that does not match

@@ -14,7 +14,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
 
-from normsweep.analysis import fits, outcomes, tables, theory  # noqa: E402
+from normsweep import outcomes
+from normsweep.analysis import fits, tables, theory  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
@@ -39,7 +40,8 @@ def fig_init(ds: xr.Dataset, cfg, out: Path) -> Path:
     widths = ds["width"].values
     first = ds.isel(step=0, lr=0)
     depth = int(ds["depth"].max())
-    for ax, var, label in ((axes[0], "frob_norm", "‖W_l(0)‖_F"), (axes[1], "spec_norm", "‖W_l(0)‖₂")):
+    for ax, var, label in ((axes[0], "frob_norm", "‖W_l(0)‖_F"),
+                           (axes[1], "spec_norm", "‖W_l(0)‖₂")):
         for role, layer, color in (("input", 0, "C0"), ("hidden", 1, "C1"),
                                    ("readout", depth - 1, "C2")):
             if role == "hidden" and depth < 3:

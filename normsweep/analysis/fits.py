@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from normsweep.analysis import outcomes
+from normsweep import outcomes
 from normsweep.errors import GridError
 
 EARLY_STEPS = 10

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from normsweep.analysis import figures as figs
-from normsweep.analysis import fits, kernel, outcomes, render, runs, tables, theory
+from normsweep import outcomes
+from normsweep.analysis import fits, kernel, render, runs, tables, theory
 from normsweep.analysis.context import Context
 from normsweep.folder import ResultsFolder
 

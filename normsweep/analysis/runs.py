@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from normsweep.analysis import outcomes
+from normsweep import outcomes
 from normsweep.analysis.tables import first_fit_step
 
 PER_LAYER = ("frob_norm", "spec_norm", "frob_dist")

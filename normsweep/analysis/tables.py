@@ -13,7 +13,8 @@ import xarray as xr
 
 from normsweep import config as config_mod
 from normsweep import parametrization as param_maths
-from normsweep.analysis import fits, outcomes, theory
+from normsweep import outcomes
+from normsweep.analysis import fits, theory
 
 
 def slice_parametrization(ds: xr.Dataset, cfg: config_mod.Config) -> str:
@@ -222,7 +223,7 @@ def sharpness_table(ds: xr.Dataset, outcome: xr.DataArray) -> pd.DataFrame:
         s, p, q = (a.sel(lr=lr).values.ravel() for a in (start, peak, late))
         ok = np.isfinite(q)
 
-        def stat(v, f=np.nanmedian, *args):
+        def stat(v, f=np.nanmedian, *args, ok=ok):
             return float(f(v[ok], *args)) if ok.any() else np.nan
         rows.append({"lr": float(lr), "networks": int(ok.sum()), "at_init": stat(s),
                      "peak": stat(p), "second_half": stat(q),
