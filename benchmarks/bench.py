@@ -59,14 +59,14 @@ def member_args(lrs, seeds) -> tuple:
     return (np.repeat(lrs, len(seeds)), *member_keys(np.tile(seeds, len(lrs))))
 
 
-def normsweep_run(dims, n, lrs, seeds, steps_array, x, y, precision="highest", **probes):
-    prog = train.Program(dims=dims, precision=precision, **probes)
+def normsweep_run(dims, n, lrs, seeds, steps_array, x, y, precision="highest", schedules=None):
+    prog = train.Program(dims=dims, precision=precision, probes=tuple(schedules or ()))
     lr, ik, pk = member_args(lrs, seeds)
     t0 = time.perf_counter()
-    train.train_members(prog, x, y, lr, ik, pk, steps_array)
+    train.train_members(prog, x, y, lr, ik, pk, steps_array, schedules=schedules)
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
-    train.train_members(prog, x, y, lr, ik, pk, steps_array)
+    train.train_members(prog, x, y, lr, ik, pk, steps_array, schedules=schedules)
     return time.perf_counter() - t0, first - (time.perf_counter() - t0)
 
 
@@ -523,12 +523,12 @@ def main():
     def interleaved(dims, seeds, schedules: dict) -> dict:
         # the schedules interleaved, best of 3 each: on a shared machine a single
         # timing of each drifts by more than the differences being measured
-        # (a schedule may come with Program settings: (steps, {setting: value}))
+        # (a schedule may come with probe schedules: (steps, {probe: schedule}))
         best = {}
         for _ in range(1 if smoke else 3):
             for label, sched in schedules.items():
                 sched, probes = sched if isinstance(sched, tuple) else (sched, {})
-                t, _ = normsweep_run(dims, n, lrs, seeds, sched, x, y, **probes)
+                t, _ = normsweep_run(dims, n, lrs, seeds, sched, x, y, schedules=probes)
                 best[label] = min(t, best.get(label, t))
         return best
 
@@ -542,7 +542,7 @@ def main():
         timing = interleaved(dims, seeds, {"off": np.array([0, steps]), "log": log,
                                            "all": plan.record_steps(steps, "all"),
                                            # the defaults a grid file gets, and the spectra
-                                           "jacobian": (log, {"jacobian_every": "log"}),
+                                           "jacobian": (log, {"jacobian": "log"}),
                                            "spectra": (log, {"spectra": True})})
         res["record_overhead_log"] = timing["log"] / timing["off"] - 1
         res["record_overhead_all"] = timing["all"] / timing["off"] - 1

@@ -41,10 +41,7 @@ def program_shape(config: Config, cohort: plan.Cohort) -> str:
     the layer sizes, the training set's size, dtype, output, loss and the
     probes that are on."""
     cfg = plan.cohort_config(config, cohort)
-    r = cfg.record
-    probes = {"sharpness": r.sharpness, "jacobian": r.jacobian_norm, "ntk": r.ntk_eigs,
-              "activations": r.activations, "spectra": r.spectra}
-    on = ",".join(name for name, value in probes.items() if value)
+    on = ",".join([*cfg.record.schedules(), *(["spectra"] if cfg.record.spectra else [])])
     return (f"dims={cohort.dims(cfg.data.d, cfg.data.k)} n={cfg.data.n} "
             f"{cfg.train.dtype} {cfg.model.output} {cfg.train.loss} probes={on or '-'}")
 

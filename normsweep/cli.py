@@ -572,8 +572,8 @@ def sweep_folders(root: Path) -> list[Path]:
 def probes(record) -> list[tuple[str, object]]:
     """The probes `record` turns on, and the spectra: what `show` lists
     beside the record schedule."""
-    on = [(key, getattr(record, key)) for key in ("sharpness", "jacobian_norm", "ntk_eigs",
-                                                   "activations") if getattr(record, key)]
+    on = [(key, getattr(record, key)) for key in record.PROBE_KEYS.values()
+          if getattr(record, key)]
     return on + ([("spectra", "true")] if record.spectra else [])
 
 

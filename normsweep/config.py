@@ -144,6 +144,15 @@ class RecordConfig:
     probe_points: int = setting(16, lambda p: p.integer(2, 100_000))
     spectra: bool = setting(False, lambda p: p.boolean)
 
+    # each probe's name in the program and the records (`step.PROBES`): its schedule's key
+    PROBE_KEYS = {"sharpness": "sharpness", "jacobian": "jacobian_norm", "ntk": "ntk_eigs",
+                  "activations": "activations"}
+
+    def schedules(self) -> dict[str, int | str]:
+        """The probes that are on, by name, with their schedules."""
+        return {name: getattr(self, key) for name, key in self.PROBE_KEYS.items()
+                if getattr(self, key)}
+
 
 @dataclasses.dataclass(frozen=True)
 class GridConfig:

@@ -252,7 +252,7 @@ def empty_records(program: Program) -> dict:
     nan = jnp.full((program.depth,), jnp.nan, program.jdtype)
     rec = {name: nan for name in LAYER_METRICS}
     rec.update({name: nan[0] for name in NETWORK_METRICS})
-    probes = program.probes()
+    probes = program.probes
     if "sharpness" in probes:
         rec["sharpness"] = nan[0]
     if "jacobian" in probes:

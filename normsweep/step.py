@@ -23,39 +23,39 @@ from normsweep import metrics
 from normsweep.model import MLP, init_stds, kernels, lr_multipliers, with_kernels
 
 COLD_ITERS = 100
+PROBES = ("sharpness", "jacobian", "ntk", "activations")   # measured at scheduled records
 
 
 @dataclasses.dataclass(frozen=True)
 class Program:
-    """Everything static about a cohort's compiled program."""
+    """What shapes a cohort's compiled program, and nothing else: jit keys
+    its cache on a Program, so two cohorts with equal Programs share one
+    compilation. Which records a probe measures is an input (`train.segments`
+    from its schedule), so only whether it is on (`probes`) is here: grids
+    that differ only in a probe's stride share their programs. `init` and
+    `parametrization` are defaults of the host-side `hyper` (each member's
+    init stds and lr multipliers are traced), left out of the comparison."""
     dims: tuple[int, ...]
-    init: str = "he"
+    init: str = dataclasses.field(default="he", compare=False)
     output: str = "softmax"
     loss: str = "mse"
     dtype: str = "float32"
     lanczos_steps: int = 10
     cold_iters: int = COLD_ITERS
-    # the probes' schedules (config.RecordConfig): 0, a stride or "log";
-    # which records they measure is an input (`train.segments`), so only
-    # whether each is on shapes the program
-    sharpness_every: int | str = 0
+    probes: tuple[str, ...] = ()        # those of PROBES that are on, in that order
     sharpness_iters: int = 20
-    jacobian_every: int | str = 0
     jacobian_points: int = 64
-    parametrization: str = "standard"   # the default of train_members' `parametrization`
+    parametrization: str = dataclasses.field(default="standard", compare=False)
     precision: str = "highest"
     decay: bool = False                 # any member with weight decay > 0
-    ntk_every: int | str = 0
     ntk_points: int = 32
-    activations_every: int | str = 0
-    probe_points: int = 16
     spectra: bool = False           # singular values at step 0 and the last (`measure.spectra`)
 
-    def probes(self) -> dict[str, int | str]:
-        """The probes that are on, by name: {name: schedule}."""
-        named = {"sharpness": self.sharpness_every, "jacobian": self.jacobian_every,
-                 "ntk": self.ntk_every, "activations": self.activations_every}
-        return {name: every for name, every in named.items() if every}
+    def __post_init__(self):
+        unknown = set(self.probes) - set(PROBES)
+        if unknown:
+            raise ValueError(f"unknown probes {sorted(unknown)}: the probes are {PROBES}")
+        object.__setattr__(self, "probes", tuple(p for p in PROBES if p in self.probes))
 
     @property
     def depth(self) -> int:

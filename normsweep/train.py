@@ -53,7 +53,7 @@ def init_member(program: Program, hp: Hyper, init_key: jax.Array, power_key: jax
     dist_v = starts[program.depth:]
     nan = jnp.full((program.depth,), jnp.nan, dt)
     hess_v = ()
-    if program.sharpness_every:
+    if "sharpness" in program.probes:
         hess_v = jax.tree.map(lambda w: jax.random.normal(jax.random.fold_in(power_key, 2000),
                                                           w.shape, dt), params)
         hess_v = tree_scale(hess_v, 1 / jnp.sqrt(tree_dot(hess_v, hess_v)))
@@ -190,19 +190,19 @@ def probe_due(steps: np.ndarray, every: int | str, points: int) -> np.ndarray:
     return due
 
 
-def segments(steps: np.ndarray, program: Program | None = None, count: int = SEGMENTS):
+def segments(steps: np.ndarray, schedules: dict[str, int | str] | None = None,
+             probe_points: int = 16, count: int = SEGMENTS):
     """Splits the records into `count` equal segments (padded) of
-    (t, gap, valid, due) arrays (`run_segment`; due {probe: bool array} for
-    `program`'s probes); the last record, the last step, has gap −1: it is
-    measured in the last segment, and nothing moves past it."""
+    (t, gap, valid, due) arrays (`run_segment`; due {probe: bool array} by
+    each probe's schedule in `schedules`, `probe_due`); the last record, the
+    last step, has gap −1: it is measured in the last segment, and nothing
+    moves past it."""
     t = steps
     gap = np.append(np.diff(steps) - 1, -1)
     size = max(1, math.ceil(len(t) / count))
     pad = size * math.ceil(len(t) / size) - len(t)
-    probes = program.probes() if program is not None else {}
-    due = {name: np.concatenate([probe_due(steps, every, program.probe_points),
-                                 np.zeros(pad, bool)])
-           for name, every in probes.items()}
+    due = {name: np.concatenate([probe_due(steps, every, probe_points), np.zeros(pad, bool)])
+           for name, every in (schedules or {}).items()}
     t = np.concatenate([t, np.zeros(pad, t.dtype)]).astype(np.int32)
     gap = np.concatenate([gap, np.zeros(pad, gap.dtype)]).astype(np.int32)
     valid = np.arange(len(t)) < len(steps)
@@ -250,9 +250,20 @@ def placed(program: Program, x, y, lrs, init_keys, power_keys, steps, devices, w
     return (mesh, *shard_members(mesh, hp, init_keys, power_keys, x, y))
 
 
+def probe_schedules(program: Program, schedules: dict | None) -> dict[str, int | str]:
+    """Each probe `program` has on, with its schedule from `schedules` (a
+    stride or "log"; "log" where not given)."""
+    schedules = dict(schedules or {})
+    if set(schedules) - set(program.probes):
+        raise ValueError(f"schedules for {sorted(set(schedules) - set(program.probes))}: "
+                         f"not among the program's probes {program.probes}")
+    return {name: schedules.get(name, "log") for name in program.probes}
+
+
 def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys,
                     steps: np.ndarray, devices: int | None = 1, *,
-                    weight_decay: np.ndarray | None = None, parametrization=None) -> dict:
+                    weight_decay: np.ndarray | None = None, parametrization=None,
+                    schedules: dict | None = None, probe_points: int = 16) -> dict:
     """Compiles, and runs nothing of, the programs that `train_members` with
     the same arguments runs, so that its calls find them compiled (in JAX's
     in-memory cache; the persistent cache too, where enabled). The state is
@@ -277,7 +288,8 @@ def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_ke
     with jax.profiler.TraceAnnotation("normsweep compile init"):
         compiled = {"init": init_cohort.lower(program, mesh, hp, init_keys, power_keys,
                                               x).compile()}
-    t, gap, valid, due = segments(steps, program)[0]    # every segment has the same shapes
+    # every segment has the same shapes
+    t, gap, valid, due = segments(steps, probe_schedules(program, schedules), probe_points)[0]
     # init_cohort places its output as segment_cohort does, so one program
     # serves every segment (tested on two devices)
     state = like_outputs(compiled["init"])
@@ -295,7 +307,8 @@ def train_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys
                   steps: np.ndarray, keep_weights: bool = False,
                   on_steps: Callable[[int], None] | None = None,
                   devices: int | None = 1, *, weight_decay: np.ndarray | None = None,
-                  parametrization=None) -> Trajectory:
+                  parametrization=None, schedules: dict | None = None,
+                  probe_points: int = 16) -> Trajectory:
     """Trains the members (one per entry of `lrs`) and records at `steps`.
 
     `steps` must start at 0; its last entry is the number of steps trained.
@@ -303,7 +316,9 @@ def train_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys
     `program.parametrization`) are per member, like `lrs`. `on_steps(n)` is
     called on the host after each segment with the number of steps it
     advanced. `devices`: how many local devices to shard the members across
-    (None: all); results equal a one-device run (tested).
+    (None: all); results equal a one-device run (tested). `schedules`: each
+    probe's schedule ({probe: stride or "log"}, "log" by default;
+    `probe_points` records at "log"), an input of the compiled program.
     """
     members = len(lrs)
     mesh, hp, init_keys, power_keys, x, y = placed(program, x, y, lrs, init_keys, power_keys,
@@ -320,7 +335,8 @@ def train_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys
 
     take_spectra(state)
     chunks = []
-    for t, gap, valid, due in segments(steps, program):
+    for t, gap, valid, due in segments(steps, probe_schedules(program, schedules),
+                                       probe_points):
         state, rec = segment_cohort(program, mesh, state, hp, x, y, t, gap, valid, due)
         chunks.append({k: np.asarray(v)[:members, valid] for k, v in rec.items()})
         if on_steps is not None:

@@ -22,20 +22,20 @@ from normsweep.folder import ResultsFolder
 
 
 def program_for(config: Config, cohort: plan.Cohort) -> train.Program:
+    """The compiled program's shape for `cohort`: its dims, dtype, precision,
+    output and loss, and which probes are on with their sizes (their
+    schedules are inputs: `RecordConfig.schedules`)."""
     config = plan.cohort_config(config, cohort)
     return train.Program(dims=cohort.dims(config.data.d, config.data.k), init=config.model.init,
                          output=config.model.output, loss=config.train.loss,
                          dtype=config.train.dtype, lanczos_steps=config.record.lanczos_steps,
-                         sharpness_every=config.record.sharpness,
+                         probes=tuple(config.record.schedules()),
                          sharpness_iters=config.record.sharpness_iters,
-                         jacobian_every=config.record.jacobian_norm,
                          jacobian_points=config.record.jacobian_points,
                          parametrization=config.model.parametrization,
                          precision=config.train.matmul_precision,
                          decay=any(wd > 0 for wd in config.weight_decays()),
-                         ntk_every=config.record.ntk_eigs, ntk_points=config.record.ntk_points,
-                         activations_every=config.record.activations,
-                         probe_points=config.record.probe_points, spectra=config.record.spectra)
+                         ntk_points=config.record.ntk_points, spectra=config.record.spectra)
 
 
 def training_data(config: Config, cohort: plan.Cohort | None = None):
@@ -138,11 +138,14 @@ class Members:
         self.lrs, seeds = cohort.member_lr(), cohort.member_seed()
         self.wds, self.params = cohort.member_weight_decay(), cohort.member_parametrization()
         self.init_keys, self.power_keys = member_keys(seeds)
+        self.schedules = config.record.schedules()
+        self.probe_points = config.record.probe_points
 
     def arguments(self, idx: np.ndarray) -> tuple[tuple, dict]:
         """(lrs, init_keys, power_keys) and the keyword arguments of chunk `idx`."""
         return ((self.lrs[idx], self.init_keys[idx], self.power_keys[idx]),
-                {"weight_decay": self.wds[idx], "parametrization": self.params[idx]})
+                {"weight_decay": self.wds[idx], "parametrization": self.params[idx],
+                 "schedules": self.schedules, "probe_points": self.probe_points})
 
 
 def compile_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,

@@ -15,6 +15,9 @@ import pytest
 # file, never in the user's ~/.cache, and the dry run reads only those
 os.environ["NORMSWEEP_TIMINGS"] = os.path.join(tempfile.mkdtemp(prefix="normsweep-timings-"),
                                                "timings.jsonl")
+# and compile into the session's own persistent cache, never the user's (a
+# test's child processes inherit it)
+os.environ.setdefault("NORMSWEEP_JAX_CACHE", tempfile.mkdtemp(prefix="normsweep-jax-"))
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -210,3 +210,61 @@ def test_available_memory_is_what_the_host_reports():
     with open("/proc/meminfo") as f:
         total = int(next(line for line in f if line.startswith("MemTotal:")).split()[1]) * 1024
     assert 0 < free <= total
+
+
+SCHEDULED = """
+name = "strides"
+[data]
+n = 12
+d = 3
+k = 2
+[train]
+steps = 9
+[record]
+jacobian_norm = 3
+jacobian_points = 5
+sharpness = 2
+[grid]
+width = [9]
+depth = [2]
+lr = [0.1]
+"""
+
+
+def test_grids_that_differ_only_in_a_probe_stride_share_their_programs():
+    """A probe's stride picks which records it measures, an input of the
+    compiled program: a second grid that changes only strides (and the
+    parametrization, a traced per-member input) compiles nothing; one that
+    changes a probe's size compiles again."""
+    import jax
+
+    from normsweep import plan
+
+    def compiles(text: str) -> int:
+        cfg = config.parse(text, source="strides.toml")
+        cohort = plan.cohorts(cfg)[0]
+        steps = plan.record_steps(cfg.train.steps, cfg.record.steps, cfg.record.log_points)
+        names = []
+
+        def listener(event, duration, **kw):
+            if event.endswith("backend_compile_duration") and "_cohort" in kw.get("fun_name", ""):
+                names.append(kw["fun_name"])
+
+        # the persistent cache off (a hit there compiles nothing either), so
+        # that a count of 0 says the in-memory jit cache served the program
+        persistent = jax.config.jax_enable_compilation_cache
+        jax.config.update("jax_enable_compilation_cache", False)
+        jax.monitoring.register_event_duration_secs_listener(listener)
+        try:
+            work.compile_cohort(cfg, cohort, *work.training_data(cfg), steps, 2**30)
+        finally:
+            jax.monitoring.unregister_event_duration_listener(listener)
+            jax.config.update("jax_enable_compilation_cache", persistent)
+        return len(names)
+
+    assert compiles(SCHEDULED) == 2                    # init and segment, never seen before
+    strides = SCHEDULED.replace("jacobian_norm = 3", 'jacobian_norm = "log"').replace(
+        "sharpness = 2", "sharpness = 4").replace("[grid]", '[model]\nparametrization = "ntk"'
+                                                  "\n[grid]")
+    assert compiles(strides) == 0
+    assert compiles(SCHEDULED.replace("jacobian_points = 5", "jacobian_points = 4")) == 2

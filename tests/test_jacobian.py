@@ -14,9 +14,10 @@ X, Y = sphere_data(jax.random.key(4), 12, 5, 3, jnp.float32)
 
 @pytest.mark.parametrize("output", ["softmax", "linear"])
 def test_jacobian_norms_match_dense_jacobian(output):
-    prog = train.Program(dims=(5, 7, 7, 3), output=output, jacobian_every=3)
+    prog = train.Program(dims=(5, 7, 7, 3), output=output, probes=("jacobian",))
     ik, pk = member_keys(np.array([1]))
-    traj = train.train_members(prog, X, Y, np.array([0.2]), ik, pk, np.arange(7), keep_weights=True)
+    traj = train.train_members(prog, X, Y, np.array([0.2]), ik, pk, np.arange(7), keep_weights=True,
+                               schedules={"jacobian": 3})
     frob, spec = traj.records["jacobian_frob_norm"][0], traj.records["jacobian_spec_norm"][0]
     assert np.isnan(frob[[1, 2, 4, 5]]).all() and np.isfinite(frob[[0, 3, 6]]).all()
     for step, ws in ((0, traj.initial), (6, traj.final)):

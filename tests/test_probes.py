@@ -23,11 +23,11 @@ STEPS = np.arange(9)
 
 @pytest.fixture(scope="module")
 def probed():
-    prog = train.Program(dims=(5, 7, 7, 3), spectra=True, activations_every=4,
-                         jacobian_every="log", probe_points=4)
+    prog = train.Program(dims=(5, 7, 7, 3), spectra=True, probes=("activations", "jacobian"))
     ik, pk = member_keys(np.array([2, 3]))
     return prog, train.train_members(prog, X, Y, np.array([0.3, 0.3]), ik, pk, STEPS,
-                                     keep_weights=True)
+                                     keep_weights=True, probe_points=4,
+                                     schedules={"activations": 4, "jacobian": "log"})
 
 
 def preactivations(ws, x):

@@ -23,10 +23,11 @@ def dense_top(program, params):
 
 
 def test_sharpness_matches_dense_hessian_along_training():
-    prog = train.Program(dims=(4, 6, 6, 3), sharpness_every=5, sharpness_iters=60)
+    prog = train.Program(dims=(4, 6, 6, 3), probes=("sharpness",), sharpness_iters=60)
     ik, pk = member_keys(np.array([0]))
     steps = np.arange(16)
-    traj = train.train_members(prog, X, Y, np.array([0.3]), ik, pk, steps, keep_weights=True)
+    traj = train.train_members(prog, X, Y, np.array([0.3]), ik, pk, steps, keep_weights=True,
+                               schedules={"sharpness": 5})
     s = traj.records["sharpness"][0]
     assert np.isnan(s[[1, 2, 3, 4, 6]]).all() and np.isfinite(s[[0, 5, 10, 15]]).all()
     init = prog.model().init(ik[0], X[:1])
@@ -96,9 +97,11 @@ def test_sharpness_is_preconditioned_by_the_lr_multipliers():
     would be off by the factor c_l = 2/fan_in."""
     from normsweep import model
     dims = (4, 6, 6, 3)
-    prog = train.Program(dims=dims, sharpness_every=5, sharpness_iters=80, parametrization="ntk")
+    prog = train.Program(dims=dims, probes=("sharpness",), sharpness_iters=80,
+                         parametrization="ntk")
     ik, pk = member_keys(np.array([1]))
-    traj = train.train_members(prog, X, Y, np.array([5.0]), ik, pk, np.arange(6), keep_weights=True)
+    traj = train.train_members(prog, X, Y, np.array([5.0]), ik, pk, np.arange(6), keep_weights=True,
+                               schedules={"sharpness": 5})
     params = {"params": {f"layer_{l:03d}": {"kernel": jnp.asarray(w[0])}
                          for l, w in enumerate(traj.initial)}}
     flat, unravel = ravel_pytree(params)

@@ -67,11 +67,13 @@ def test_every_record_agrees_whatever_the_member_count():
     steps = np.array([0, 1, 3, 4, 8])
     lrs, seeds = np.array([0.05, 0.3, 1.0]), np.array([0, 1, 2])
     prog = train.Program(dims=(D, 24, metrics.EXACT_MAX + 8, K),
-                         sharpness_every=3, jacobian_every=3, ntk_every=3, ntk_points=16)
-    trio = train.train_members(prog, X, Y, lrs, *member_keys(seeds), steps)
+                         probes=("sharpness", "jacobian", "ntk"), ntk_points=16)
+    every = {"sharpness": 3, "jacobian": 3, "ntk": 3}
+    trio = train.train_members(prog, X, Y, lrs, *member_keys(seeds), steps, schedules=every)
     assert set(trio.records) >= {"sharpness", "jacobian_spec_norm", "ntk_min_eig"}
     for idx in ([0], [1, 2]):
-        part = train.train_members(prog, X, Y, lrs[idx], *member_keys(seeds[idx]), steps)
+        part = train.train_members(prog, X, Y, lrs[idx], *member_keys(seeds[idx]), steps,
+                                   schedules=every)
         for name, value in part.records.items():
             scale = np.nanmax(trio.records["ntk_max_eig"]) if name == "ntk_min_eig" else None
             equal.assert_record_close(value, trio.records[name][idx], name, scale=scale)
@@ -150,7 +152,7 @@ def test_a_member_whose_weights_or_norms_overflow_is_diverged(planted):
     ws[1] = ws[1].at[1].set(planted)          # member 1's hidden layer
     state = state._replace(params=model.with_kernels(state.params, ws))
     records, diverged = [], None
-    for t, gap, valid, due in train.segments(STEPS, prog):
+    for t, gap, valid, due in train.segments(STEPS):
         state, rec = train.segment_cohort(prog, mesh, state, hp, x, y, t, gap, valid, due)
         records.append({k: np.asarray(v)[:, valid] for k, v in rec.items()})
     diverged = np.asarray(state.diverged_at)[:2]
@@ -196,8 +198,7 @@ def test_spectral_norm_tracks_svd_at_every_record_at_width_1024():
 
 def test_segments_cover_every_record_once():
     steps = plan.record_steps(1000, "log", 50)
-    segs = train.segments(steps, train.Program(dims=(2, 3, 2), jacobian_every="log",
-                                               sharpness_every=100), count=7)
+    segs = train.segments(steps, {"jacobian": "log", "sharpness": 100}, count=7)
     t = np.concatenate([s[0][s[2]] for s in segs])
     gap = np.concatenate([s[1][s[2]] for s in segs])
     np.testing.assert_array_equal(t, steps)
