@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from normsweep import config as config_mod
-from normsweep import metrics, plan, train
+from normsweep import linalg, plan, train
 from normsweep.data import member_keys, sphere_data
 
 import xprof
@@ -60,7 +60,10 @@ def member_args(lrs, seeds) -> tuple:
 
 
 def normsweep_run(dims, n, lrs, seeds, steps_array, x, y, precision="highest", schedules=None):
-    prog = train.Program(dims=dims, precision=precision, probes=tuple(schedules or ()))
+    schedules = dict(schedules or {})
+    spectra = bool(schedules.pop("spectra", False))     # not a scheduled probe: steps 0 and T
+    prog = train.Program(dims=dims, precision=precision, probes=tuple(schedules),
+                         spectra=spectra)
     lr, ik, pk = member_args(lrs, seeds)
     t0 = time.perf_counter()
     train.train_members(prog, x, y, lr, ik, pk, steps_array, schedules=schedules)
@@ -125,14 +128,14 @@ def peak_rss(steps: int) -> int:
 # reaches it through the environment
 UNROLL = """\
 import os
-from normsweep import metrics
-metrics.UNROLL = int(os.environ.get("NORMSWEEP_BENCH_UNROLL", metrics.UNROLL))
+from normsweep import linalg
+linalg.UNROLL = int(os.environ.get("NORMSWEEP_BENCH_UNROLL", linalg.UNROLL))
 """
 
 
 LAUNCH = UNROLL + """\
 import collections, json, sys, threading, time
-from normsweep import config, records, store, sweep, work
+from normsweep import compile_ahead, config, dataset, store, sweep, work
 cfg = config.parse(sys.argv[1], source="bench.toml", overrides=json.loads(sys.argv[4]))
 spent, lock = collections.defaultdict(float), threading.Lock()
 
@@ -151,9 +154,9 @@ def timed(owner, name, part):
 
 timed(work, "compile_cohort", "compile")         # the programs of a cohort, running nothing
 timed(work, "train_cohort", "train")             # its training, records included
-timed(records, "cohort_dataset", "write")        # its dataset built, then written
+timed(dataset, "cohort_dataset", "write")        # its dataset built, then written
 timed(store, "write_netcdf", "write")
-timed(sweep.CompileAhead, "next", "wait")        # the launching thread waiting for a compilation
+timed(compile_ahead.CompileAhead, "next", "wait")  # the launching thread waiting for one
 
 class Lines(sweep.Reporter):
     # each cohort as it is written, on stderr, which the benchmark passes
@@ -165,8 +168,8 @@ t0 = time.perf_counter()
 sweep.launch(cfg, sys.argv[2], reporter=Lines(),
              compile_workers=None if sys.argv[3] == "default" else int(sys.argv[3]))
 spent["wall"] = time.perf_counter() - t0
-spent["workers"] = sweep.default_compile_workers(len(sweep.plan.cohorts(cfg))) \\
-    if sys.argv[3] == "default" else int(sys.argv[3])
+spent["workers"] = (compile_ahead.default_compile_workers(len(sweep.plan.cohorts(cfg)))
+                    if sys.argv[3] == "default" else int(sys.argv[3]))
 print(json.dumps(spent))
 """
 
@@ -174,15 +177,15 @@ print(json.dumps(spent))
 PROGRAMS = UNROLL + """\
 import collections, json, sys, time
 import jax
-from normsweep import config, metrics, plan, sweep, train, work
+from normsweep import config, linalg, plan, resources, train, work
 from bench import LAUNCHES
 if sys.argv[2] == "1":      # an accelerator's unrolling of the small loops, on this CPU
-    metrics._unroll = metrics.accelerator_unroll
+    linalg._unroll = linalg.accelerator_unroll
 cfg = config.parse(sys.argv[1], source="bench.toml")
 work.enable_dtype(cfg)
 x, y = work.training_data(cfg)
 steps = plan.record_steps(cfg.train.steps, cfg.record.steps, cfg.record.log_points)
-budget = sweep.default_budget()
+budget = resources.default_budget()
 rows, python = [], collections.defaultdict(float)
 
 def listener(event, duration, **_):
@@ -231,13 +234,13 @@ def program_sizes(grid: str, unrolled: bool) -> list[dict]:
 COMPILE = UNROLL + """\
 import contextlib, json, sys, tempfile, time, collections
 import numpy as np, jax, jax.numpy as jnp
-from normsweep import metrics, plan, train
+from normsweep import linalg, plan, train
 from normsweep.data import member_keys, sphere_data
 import xprof
 from bench import member_args
 m, seeds, steps, n, unroll, trace, again = map(int, sys.argv[1:8])
 if unroll:
-    metrics.UNROLL = unroll
+    linalg.UNROLL = unroll
 x, y = sphere_data(jax.random.key(0), n, 16, 10, jnp.float32)
 prog = train.Program(dims=(16, m, m, 10))
 sched = plan.record_steps(steps, "log", 64)
@@ -286,7 +289,7 @@ def compile_split(m: int, seeds: int, steps: int, n: int, xla_flags: str = "",
                   unroll: int = 0, trace: bool = False, again: bool = False,
                   env: dict | None = None) -> dict:
     """One cohort in a fresh process with the cache off and `xla_flags` added
-    to XLA_FLAGS (and `metrics.UNROLL` set to `unroll`, if not 0): seconds of
+    to XLA_FLAGS (and `linalg.UNROLL` set to `unroll`, if not 0): seconds of
     its compilation alone (`train.compile_members`, which runs nothing), then
     of the same cohort trained twice, and per program (init, segment)
     the seconds JAX spent tracing, lowering and compiling it and the number
@@ -426,14 +429,14 @@ def main():
                     help="the sweep part's first launch only, without the second that "
                          "splits training from records (for comparing variants)")
     ap.add_argument("--unroll", type=int, help="loop bodies per trip of the small spectral "
-                    "loops (metrics.UNROLL) in every part, fresh processes included; 1 keeps "
-                    f"them rolled (default: the package's, {metrics.UNROLL}). It acts on an "
+                    "loops (linalg.UNROLL) in every part, fresh processes included; 1 keeps "
+                    f"them rolled (default: the package's, {linalg.UNROLL}). It acts on an "
                     "accelerator and on the programs part's count: a CPU keeps them rolled")
     args = ap.parse_args()
     if args.unroll is not None:
         if args.unroll < 1:
             ap.error(f"--unroll: {args.unroll} is not a positive integer")
-        metrics.UNROLL = args.unroll
+        linalg.UNROLL = args.unroll
         os.environ["NORMSWEEP_BENCH_UNROLL"] = str(args.unroll)
     preset = args.preset or ("smoke" if args.smoke else "cpu")
     smoke = preset == "smoke"
@@ -455,7 +458,7 @@ def main():
     x, y = sphere_data(jax.random.key(0), n, d, k, jnp.float32)
     lrs = np.geomspace(1e-3, 1e-2, 4)
     res = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
-           "preset": preset, "jax": jax.__version__, "unroll": metrics.UNROLL}
+           "preset": preset, "jax": jax.__version__, "unroll": linalg.UNROLL}
     res["matmul_flops"] = matmul_rate(cfg["matmul"], cfg["repeat"])
     res["matmul_flops_default_precision"] = matmul_rate(cfg["matmul"], cfg["repeat"], "default")
     print(f"device: {res['device']} ({res['backend']}), jax {jax.__version__}")

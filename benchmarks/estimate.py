@@ -33,11 +33,11 @@ def launch(grid: Path, out: Path, env: dict, extra=()) -> float:
 
 
 def estimate(grid: Path, out: Path, env: dict, overrides=()) -> tuple[float, int, float]:
-    code = ("import sys; from normsweep import config, sweep\n"
+    code = ("import sys; from normsweep import config, preview\n"
             f"cfg = config.load({str(grid)!r}, {list(overrides)!r})\n"
-            f"p = sweep.preview(cfg, {str(out)!r})\n"
-            "e = sweep.calibrated_estimate(p)\n"
-            "print(e[0], e[3], sweep.estimate_seconds(p, sweep.matmul_rate()))")
+            f"p = preview.preview(cfg, {str(out)!r})\n"
+            "e = preview.calibrated_estimate(p)\n"
+            "print(e[0], e[3], preview.estimate_seconds(p, preview.matmul_rate()))")
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
                          capture_output=True, text=True).stdout.split()
     return float(out[0]), int(out[1]), float(out[2])

@@ -54,7 +54,7 @@ fi
 # the CPU-only layout test and the float64 one are left to the CPU suite
 if [ "${TESTS:-1}" != 0 ]; then
     timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -p no:cacheprovider -p no:logging \
-        tests/test_train.py tests/test_metrics.py \
+        tests/test_train.py tests/test_linalg.py \
         -k "not every_record_is_identical and not float64 and not options_follow" \
         2>&1 | tee "$OUT/tests-gpu.log" | tail -15
 fi

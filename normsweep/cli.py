@@ -28,8 +28,18 @@ from normsweep.reporting import Reporter
 err_console = Console(stderr=True)
 
 
-def fail_usage(err: GridError) -> click.UsageError:
-    return click.UsageError(str(err))
+class Commands(click.Group):
+    """The command group, which maps the package's errors to exit statuses
+    in one place: a `GridError` (bad input, naming its file, key and value)
+    is a usage error, status 2; a `RunError` (a run-time failure) status 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except GridError as err:
+            raise click.UsageError(str(err)) from None
+        except RunError as err:
+            raise click.ClickException(str(err)) from None
 
 
 OWN_PROCESS = False      # set by `run`: the command owns its process (see `end_launch`)
@@ -38,11 +48,11 @@ OWN_PROCESS = False      # set by `run`: the command owns its process (see `end_
 def end_launch(code: int) -> None:
     """Exits a launch that stopped early with `code`. Where the command owns
     its process (`run`) and compilations still run ahead
-    (`sweep.compiling_ahead`), at once: Python's exit would wait for each
-    to finish, up to a minute on a GPU, and what a launch keeps is already
-    on disk."""
-    from normsweep import sweep
-    if OWN_PROCESS and sweep.compiling_ahead():
+    (`compile_ahead.compiling_ahead`), at once: Python's exit would wait for
+    each to finish, up to a minute on a GPU, and what a launch keeps is
+    already on disk."""
+    from normsweep.compile_ahead import compiling_ahead
+    if OWN_PROCESS and compiling_ahead():
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -186,6 +196,41 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
+class ByteSize(click.ParamType):
+    """A size in bytes (`parse_bytes`)."""
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        return value if isinstance(value, int) else parse_bytes(value)
+
+
+class SchedulerAddress(click.ParamType):
+    """A Dask scheduler address or local[:N] (`executors.parse_scheduler`)."""
+    name = "address"
+
+    def convert(self, value, param, ctx):
+        from normsweep.executors import parse_scheduler
+        try:
+            parse_scheduler(value)
+        except ValueError:
+            self.fail(f"{value!r}: give tcp://HOST:PORT, HOST:PORT or local[:N]", param, ctx)
+        return value
+
+
+class ResultsDir(click.ParamType):
+    """A normsweep results folder: one with grid.toml or sweep.nc."""
+    name = "dir"
+
+    def convert(self, value, param, ctx):
+        path = Path(value)
+        if not path.is_dir():
+            self.fail(f"{path}: no such folder", param, ctx)
+        if not (path / "grid.toml").exists() and not (path / "sweep.nc").exists():
+            self.fail(f"{path}: not a normsweep results folder (no grid.toml and no sweep.nc)",
+                      param, ctx)
+        return path
+
+
 def warn(message: str) -> None:
     click.echo(f"warning: {message}", err=True)
 
@@ -203,7 +248,7 @@ def sweep_warnings():
                     warn(str(w.message))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="normsweep")
 def main() -> None:
     """normsweep: how weight norms move under plain gradient descent.
@@ -220,10 +265,10 @@ def main() -> None:
 @click.argument("grid", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Results folder (default: results/<name> from the grid file).")
-@click.option("--memory-budget", metavar="SIZE",
+@click.option("--memory-budget", metavar="SIZE", type=ByteSize(),
               help="Memory one compiled chunk may use, e.g. 2GiB or 2GB (default: a quarter "
                    "of RAM on CPU, half an accelerator's memory).")
-@click.option("--scheduler", metavar="ADDRESS",
+@click.option("--scheduler", metavar="ADDRESS", type=SchedulerAddress(),
               help="Run cohorts as Dask tasks: a scheduler address (tcp://host:8786; workers "
                    "must share DIR) or local[:N] for N worker processes here. Needs "
                    "normsweep[dask].")
@@ -245,7 +290,7 @@ def main() -> None:
 @click.option("--only", multiple=True, metavar="width=M,depth=L",
               help="Train only the cohorts that match (repeatable: any match); the rest of "
                    "the grid stays to do, and sweep.nc is written once it is all done.")
-def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: str | None,
+def launch(grid: Path, out: Path | None, memory_budget: int | None, scheduler: str | None,
            devices: int | None, compile_workers: int | None, quiet: bool, dry_run: bool,
            overrides: tuple[str, ...], only: tuple[str, ...]) -> None:
     """Train every point of GRID and record norm trajectories.
@@ -265,35 +310,19 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
       normsweep launch sweeps/seed.toml --only width=1024 --only width=512,depth=3
     """
     from normsweep import config as config_mod
+    from normsweep import plan
     from normsweep import sweep as launch_mod
 
-    budget = parse_bytes(memory_budget) if memory_budget is not None else None
-    if scheduler is not None:
-        from normsweep.executors import parse_scheduler
-        try:
-            parse_scheduler(scheduler)
-        except ValueError:
-            raise click.BadParameter(f"{scheduler!r}: give tcp://HOST:PORT, HOST:PORT or "
-                                     "local[:N]", param_hint="--scheduler") from None
-    try:
-        config = config_mod.load(grid, overrides)
-    except GridError as err:
-        raise fail_usage(err) from None
+    budget = memory_budget
+    config = config_mod.load(grid, overrides)
     root = out if out is not None else Path("results") / config.name
-    try:
-        selections = launch_mod.parse_only(config, list(only)) if only else None
-    except GridError as err:
-        raise fail_usage(err) from None
+    selections = plan.parse_only(config, list(only)) if only else None
     command = launch_command(grid, out, memory_budget, scheduler, devices, compile_workers,
                              quiet, overrides, only)
     if dry_run:
-        try:
-            print_preview(grid, config, launch_mod.preview(config, root, budget_bytes=budget,
-                                                           only=selections), command)
-        except GridError as err:
-            raise fail_usage(err) from None
-        except RunError as err:
-            raise click.ClickException(str(err)) from None
+        from normsweep.preview import preview
+        print_preview(grid, config, preview(config, root, budget_bytes=budget, only=selections),
+                      command)
         return
     progress = Progress(TextColumn("{task.description}"), BarColumn(),
                         TaskProgressColumn(), TimeElapsedColumn(), TextColumn("left"),
@@ -306,8 +335,6 @@ def launch(grid: Path, out: Path | None, memory_budget: str | None, scheduler: s
                                         scheduler=scheduler, devices=devices,
                                         compile_workers=compile_workers, command=command,
                                         only=selections)
-    except GridError as err:
-        raise fail_usage(err) from None
     except (RunError, OSError, RuntimeError) as err:
         error = click.ClickException(str(err))
         error.show()
@@ -351,7 +378,7 @@ def launch_command(grid, out, memory_budget, scheduler, devices, compile_workers
 
 
 @main.command()
-@click.argument("dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("dir", type=ResultsDir())
 @click.option("--fit-accuracy", default=0.99, show_default=True,
               type=click.FloatRange(0, 1),
               help="Training accuracy at which a network counts as fit.")
@@ -373,21 +400,13 @@ def analyze(dir: Path, fit_accuracy: float) -> None:
       normsweep analyze results/seed --fit-accuracy 0.95
       normsweep analyze results/lazy-vs-mup
     """
-    if not dir.is_dir():
-        raise click.BadParameter(f"{dir}: no such folder", param_hint="DIR")
-    if not (dir / "grid.toml").exists() and not (dir / "sweep.nc").exists():
-        raise click.BadParameter(f"{dir}: not a normsweep results folder (no grid.toml and no "
-                                 "sweep.nc)", param_hint="DIR")
     try:
         from normsweep.analysis import report
     except ImportError as err:
         raise click.ClickException(f"analyze needs matplotlib: pip install 'normsweep[analysis]' "
                                    f"({err})") from None
-    try:
-        with sweep_warnings():
-            result = report.analyze(dir, fit_accuracy=fit_accuracy)
-    except (RunError, GridError) as err:
-        raise click.ClickException(str(err)) from None
+    with sweep_warnings():
+        result = report.analyze(dir, fit_accuracy=fit_accuracy)
     from normsweep.analysis.render import ci
 
     t = result.table
@@ -407,7 +426,7 @@ def analyze(dir: Path, fit_accuracy: float) -> None:
 def print_preview(grid: Path, config, p, command: str) -> None:
     """`launch --dry-run`'s output: the plan and its estimates, then the
     `command` that launches it."""
-    from normsweep import sweep as launch_mod
+    from normsweep import preview as preview_mod
     from normsweep.store import size_text
 
     console = Console()
@@ -418,7 +437,7 @@ def print_preview(grid: Path, config, p, command: str) -> None:
                       str(row["new"]) if row["selected"] else "– (--only)", str(row["kept"]),
                       f"{row['chunks']} × {row['per_chunk']}", size_text(row["memory"]))
     console.print(table)
-    calibrated = launch_mod.calibrated_estimate(p)
+    calibrated = preview_mod.calibrated_estimate(p)
     left = sum(1 for row in p.cohorts if row["new"] > 0)
     if calibrated is not None:
         seconds, train, compiled, earlier = calibrated
@@ -426,13 +445,13 @@ def print_preview(grid: Path, config, p, command: str) -> None:
                  f"training at their FLOP rate, {compiled:.0f} s of compiling at their compile "
                  "times, overlapped by the compile pool")
     else:
-        rate = launch_mod.matmul_rate()
-        seconds = launch_mod.estimate_seconds(p, rate)
+        rate = preview_mod.matmul_rate()
+        seconds = preview_mod.estimate_seconds(p, rate)
         basis = (f"uncalibrated: no earlier cohort recorded here; "
                  f"{p.train_flop / 1e12:.3g} TFLOP of training at "
-                 f"{launch_mod.TRAIN_EFFICIENCY:.0%} of this machine's matmul rate, "
+                 f"{preview_mod.TRAIN_EFFICIENCY:.0%} of this machine's matmul rate, "
                  f"{rate / 1e9:.0f} GFLOP/s measured now, plus "
-                 f"{launch_mod.compile_seconds():g} s to compile each cohort")
+                 f"{preview_mod.compile_seconds():g} s to compile each cohort")
     new = sum(row["new"] for row in p.cohorts)
     kept = sum(row["kept"] for row in p.cohorts if row["selected"])
     console.print(escape(
@@ -465,7 +484,7 @@ def sweep_summary(path: Path) -> dict:
 
 
 @main.command()
-@click.argument("dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("dir", type=ResultsDir())
 @click.option("--step", default="last", show_default=True, metavar="last|N",
               help="The recorded step whose loss, accuracy and norms are shown.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "markdown"]), default="csv",
@@ -483,11 +502,6 @@ def table(dir: Path, step: str, fmt: str, fit_accuracy: float) -> None:
       normsweep table results/quickstart > runs.csv
       normsweep table results/quickstart --step 100 --format markdown
     """
-    if not dir.is_dir():
-        raise click.BadParameter(f"{dir}: no such folder", param_hint="DIR")
-    if not (dir / "grid.toml").exists() and not (dir / "sweep.nc").exists():
-        raise click.BadParameter(f"{dir}: not a normsweep results folder (no grid.toml and no "
-                                 "sweep.nc)", param_hint="DIR")
     if step != "last" and not step.isdigit():
         raise click.BadParameter(f"--step {step!r}: must be last or a step number",
                                  param_hint="--step")
@@ -500,8 +514,6 @@ def table(dir: Path, step: str, fmt: str, fit_accuracy: float) -> None:
             rows = runs.run_table(ds, step, fit_accuracy)
         finally:
             ds.close()
-    except RunError as err:
-        raise click.ClickException(str(err)) from None
     except ValueError as err:           # a step that is not recorded
         raise click.BadParameter(str(err), param_hint="--step") from None
     if fmt == "csv":
@@ -613,10 +625,7 @@ def show(target: Path) -> None:
     from normsweep import store
 
     if target.is_file():
-        try:
-            config = config_mod.load(target)
-        except GridError as err:
-            raise fail_usage(err) from None
+        config = config_mod.load(target)
         console = Console()
         print_config(console, config, target)
         folder = Path("results") / config.name
@@ -632,10 +641,7 @@ def show(target: Path) -> None:
                                  f"{store.MARKER} marker) and not a grid file",
                                  param_hint="DIR|GRID")
     place = ResultsFolder(dir)
-    try:
-        status = place.status()
-    except RunError as err:
-        raise click.ClickException(str(err)) from None
+    status = place.status()
     config, done = status.config, status.done
     names = [c.cohort.name for c in status.cohorts]
     try:

@@ -20,7 +20,7 @@ import pandas as pd
 import xarray as xr
 
 from normsweep import outcomes, plan, schema, store
-from normsweep.config import RECORD_FORMAT, Config
+from normsweep.config import RECORD_FORMAT, Config, load
 from normsweep.errors import GridError, RunError, SweepWarning
 
 DONE = "done"            # holds every network of the grid's cohort
@@ -254,6 +254,61 @@ class ResultsFolder:
         stray = tuple(p for p in sorted(folder.glob("*.nc")) if p.name not in names) \
             if folder.is_dir() else ()
         return Status(config, states, stray)
+
+
+# -- may a launch write here? ----------------------------------------------------
+
+def precheck_folder(root: Path) -> None:
+    """Refuses, before anything is written, an --out that cannot be a results
+    folder: a file, or a folder with other content and no normsweep marker."""
+    if not root.exists() and not root.is_symlink():
+        blocked = store.file_on_path(root.parent)
+        if blocked is not None:
+            raise GridError("--out", "DIR", str(root), f"cannot be made: {blocked} is a file, "
+                                                       "not a folder")
+        return
+    if not root.is_dir():
+        raise GridError("--out", "DIR", str(root), "exists and is not a folder")
+    if store.is_sweep_folder(root):
+        return
+    # a launch killed before it marked the folder leaves at most these behind
+    leftovers = {".lock", store.MARKER}
+    if any(p.name not in leftovers for p in root.iterdir()):
+        raise GridError("--out", "DIR", str(root),
+                        "is not empty and is not a normsweep results folder (it lacks the "
+                        f"{store.MARKER} marker): pick an empty or new folder")
+
+
+def check_folder(config: Config, root: Path) -> None:
+    """Refuses a results folder whose settings would not combine with
+    `config`. Call while holding `store.folder_lock(root)`: a launch that
+    checks, then writes, under one lock cannot mix with another's cohorts."""
+    precheck_folder(root)
+    grid_file = root / "grid.toml"
+    if not store.is_sweep_folder(root) or not grid_file.exists():
+        return
+    try:
+        previous = load(grid_file)
+    except GridError as err:
+        raise RunError(f"{grid_file} is damaged ({err}); move the folder away or pick another "
+                       "--out") from None
+    old, new = previous.core_settings(), config.core_settings()
+    for key in new:
+        if old.get(key) != new[key]:
+            raise GridError(config.source, key, new[key],
+                            f"the results folder {root} was launched with {key} = {old.get(key)!r};"
+                            f" use the same value or another --out")
+    # the member axes may gain values (the new networks are trained and
+    # combined with the old), never lose one
+    held = previous.member_values()
+    for axis, values in config.member_values().items():
+        dropped = [v for v in held[axis] if v not in values]
+        if dropped:
+            key = f"grid.{axis}"
+            raise GridError(config.source, key, list(values),
+                            f"the results folder {root} also holds {axis} = {dropped}: a launch "
+                            "may add values to an axis but not drop them; keep them, or use "
+                            "another --out")
 
 
 # -- reading the folder as one Dataset ----------------------------------------

@@ -12,7 +12,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from normsweep import metrics
+from normsweep import linalg
 from normsweep.model import kernels, with_kernels
 from normsweep.schema import LAYER_METRICS, NETWORK_METRICS
 from normsweep.step import Hyper, Program, State, loss_and_logits
@@ -22,7 +22,7 @@ CHECKED = ("frob_norm", "spec_norm", "frob_dist", "spec_dist", "grad_norm", "los
 
 
 def tree_dot(a, b) -> jax.Array:
-    leaves = [metrics.inner(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+    leaves = [linalg.inner(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
     return sum(leaves[1:], leaves[0])
 
 
@@ -63,8 +63,8 @@ def gradient_sums(params, grads) -> tuple[jax.Array, jax.Array]:
     taken where the step has it (`recorded_step`), so that the gradient
     itself never leaves the step."""
     pairs = list(zip(kernels(params), kernels(grads)))
-    return (jnp.stack([metrics.sum_squares(g) for _, g in pairs]),
-            jnp.stack([metrics.inner(w, g) for w, g in pairs]))
+    return (jnp.stack([linalg.sum_squares(g) for _, g in pairs]),
+            jnp.stack([linalg.inner(w, g) for w, g in pairs]))
 
 
 def measure(program: Program, state: State, loss, z, grad_sums, y):
@@ -73,13 +73,13 @@ def measure(program: Program, state: State, loss, z, grad_sums, y):
     ws = list(kernels(state.params))
     ds = [w - w0 for w, w0 in zip(ws, state.params0)]
     # the norms of W and of W − W(0) of every layer, solved together (`spectral_norms`)
-    norms, vectors = metrics.spectral_norms(ws + ds, list(state.spec_v) + list(state.dist_v),
+    norms, vectors = linalg.spectral_norms(ws + ds, list(state.spec_v) + list(state.dist_v),
                                             program.lanczos_steps)
     depth = len(ws)
     spec_v, dist_v = vectors[:depth], vectors[depth:]
-    rec = {"frob_norm": jnp.stack([metrics.frobenius(w) for w in ws]),
+    rec = {"frob_norm": jnp.stack([linalg.frobenius(w) for w in ws]),
            "spec_norm": jnp.stack(norms[:depth]),
-           "frob_dist": jnp.stack([metrics.frobenius(d) for d in ds]),
+           "frob_dist": jnp.stack([linalg.frobenius(d) for d in ds]),
            "spec_dist": jnp.stack(norms[depth:])}
     rec["grad_norm"] = jnp.sqrt(grad_sums[0])
     rec["grad_dot_weight"] = grad_sums[1]
@@ -103,7 +103,7 @@ def preactivations(program: Program, ws, x: jax.Array) -> list[jax.Array]:
     """a_l = h_l W_l of every layer at the weights `ws` (the logits last)."""
     _, found = program.model().apply(with_kernels(None, ws), x, mutable="intermediates")
     inputs = [found["intermediates"][f"input_{l}"][0] for l in range(program.depth)]
-    return [metrics.matmul(h, w) for h, w in zip(inputs, ws)]
+    return [linalg.matmul(h, w) for h, w in zip(inputs, ws)]
 
 
 def activation_change(program: Program, params, ws0, x: jax.Array) -> jax.Array:
@@ -160,9 +160,9 @@ def jacobian_norms(program: Program, params, x: jax.Array) -> tuple[jax.Array, j
         s = output(program, params, x)[:, :, None]                            # (n, k, 1)
         sj = jnp.sum(s * jac, axis=1)                                         # sᵀJ_z: (n, d)
         jac = s * (jac - sj[:, None, :])
-    frob = jax.vmap(metrics.frobenius)(jac)
+    frob = jax.vmap(linalg.frobenius)(jac)
     # rolled: a probe measures a few records, and unrolled loops only lengthen compiling
-    spec = jax.vmap(lambda j: metrics.spectral_exact(j, rolled=True))(jac)
+    spec = jax.vmap(lambda j: linalg.spectral_exact(j, rolled=True))(jac)
     return jnp.mean(frob), jnp.mean(spec)
 
 
@@ -193,9 +193,9 @@ def ntk_gram(program: Program, params, lr_mult: jax.Array, xs: jax.Array) -> jax
     deltas = jax.vmap(lambda c: pullback(jnp.broadcast_to(c, z.shape))[0])(eye)
     gram = jnp.zeros((xs.shape[0], xs.shape[0]), xs.dtype)
     for l in range(depth):
-        hh = metrics.matmul(inputs[l], inputs[l].T)
+        hh = linalg.matmul(inputs[l], inputs[l].T)
         d = deltas[f"preactivation_{l}"]
-        dd = jnp.einsum("csf,ctf->st", d, d, precision=metrics.HIGHEST)
+        dd = jnp.einsum("csf,ctf->st", d, d, precision=linalg.HIGHEST)
         gram = gram + lr_mult[l] * hh * dd
     return gram
 
@@ -203,7 +203,7 @@ def ntk_gram(program: Program, params, lr_mult: jax.Array, xs: jax.Array) -> jax
 def ntk_eigs(program: Program, params, lr_mult, xs) -> tuple[jax.Array, jax.Array]:
     """(λ_max, λ_min) of `ntk_gram`."""
     gram = ntk_gram(program, params, lr_mult, xs)
-    return metrics.extreme_eigenvalues_psd(gram, rolled=True)     # (rolled: as the Jacobian's)
+    return linalg.extreme_eigenvalues_psd(gram, rolled=True)     # (rolled: as the Jacobian's)
 
 
 def measured(program: Program, state: State, new: State, out, hp: Hyper, x, y, t, due):

@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from normsweep.config import Config
+from normsweep.errors import GridError
 
 DTYPE_BYTES = {"float32": 4, "float64": 8}
 
@@ -200,3 +201,37 @@ def chunking(config: Config, cohort: Cohort, n_records: int, budget_bytes: int) 
     count = math.ceil(cohort.size / fit)
     size = math.ceil(cohort.size / count)
     return Chunking(size=size, count=count)
+
+
+def parse_only(config: Config, items: list[str]) -> list[dict[str, int]]:
+    """`--only` selections ("width=256,depth=3"; a cohort matches one when it
+    has every value named), checked against the grid's axes."""
+    out = []
+    for item in items:
+        selection = {}
+        for pair in item.split(","):
+            key, sep, value = pair.partition("=")
+            key = key.strip()
+            if not sep or key not in ("width", "depth"):
+                raise GridError("--only", pair.strip() or item, item,
+                                "must be width=M and/or depth=L, comma-separated "
+                                "(e.g. width=256,depth=3)")
+            axis = getattr(config.grid, key)
+            try:
+                number = int(value)
+            except ValueError:
+                number = None
+            if number not in axis:
+                raise GridError("--only", f"grid.{key}", value.strip(),
+                                f"must be one of the grid's values {list(axis)}")
+            if key in selection:
+                raise GridError("--only", key, item,
+                                f"names {key} twice: a cohort has one {key}; give each "
+                                "selection its own --only (--only width=8 --only width=12)")
+            selection[key] = number
+        out.append(selection)
+    return out
+
+
+def selected(cohort: Cohort, only: list[dict[str, int]] | None) -> bool:
+    return only is None or any(all(getattr(cohort, k) == v for k, v in s.items()) for s in only)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from normsweep import metrics
+from normsweep import linalg
 from normsweep.model import MLP, init_stds, kernels, lr_multipliers, with_kernels
 
 COLD_ITERS = 100
@@ -160,7 +160,7 @@ def step(program: Program, state: State, hp: Hyper, x, y, t, frozen=False, keep_
     moved = optax.apply_updates(state.params, updates)
     params = jax.tree.map(lambda new, old: jnp.where(moving, new, old), moved, state.params)
     update_sq = jax.lax.cond(jnp.logical_and(keep_update, jnp.logical_not(frozen)),
-                             lambda ups: jnp.stack([metrics.sum_squares(u) for u in ups]),
+                             lambda ups: jnp.stack([linalg.sum_squares(u) for u in ups]),
                              lambda _: state.update_sq, list(kernels(updates)))
     new = state._replace(params=params, opt_state=opt_state, update_sq=update_sq,
                          diverged_at=diverged_at)

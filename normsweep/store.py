@@ -1,6 +1,6 @@
 """The results database on disk: every write, every read, and the folder's
 safety (marker, lock, temporaries). The names are `schema`'s; the Datasets
-written come from `records`. Reading imports no JAX.
+written come from `dataset`. Reading imports no JAX.
 
 Layout of a results folder (see docs/schema.md)::
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from normsweep import measure, metrics, plan
+from normsweep import measure, linalg, plan
 from normsweep.measure import tree_dot, tree_scale, empty_records, gradient_sums, measured
 from normsweep.model import kernels, normals, unit_kernels, with_kernels
 from normsweep.step import Hyper, Program, State, hyper, optimizer, step
@@ -48,7 +48,7 @@ def init_member(program: Program, hp: Hyper, init_key: jax.Array, power_key: jax
     starts = [v / jnp.linalg.norm(v) for v in starts]
     # rolled: a cold start's loop, unrolled on an accelerator, is most of a
     # GPU cohort's compilation (BENCHMARKS.md)
-    spec_v = metrics.spectral_norms(list(ws), starts[:program.depth], program.cold_iters,
+    spec_v = linalg.spectral_norms(list(ws), starts[:program.depth], program.cold_iters,
                                     rolled=True)[1]
     dist_v = starts[program.depth:]
     nan = jnp.full((program.depth,), jnp.nan, dt)

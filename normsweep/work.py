@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from normsweep import calibration, folder, plan, records, store, train
+from normsweep import calibration, folder, plan, dataset, store, train
 from normsweep.config import Config
 from normsweep.data import data_key, member_keys, sphere_data
 from normsweep.errors import RunError
@@ -224,9 +224,9 @@ def run_cohort(config: Config, root: Path, cohort: plan.Cohort, x, y, steps: np.
                            compile_seconds)
     if held is not None:
         traj, seconds = merged(config, cohort, held, subset, traj, seconds, path)
-    ds = records.cohort_dataset(config, cohort, steps, traj, np.asarray(x), np.asarray(y),
+    ds = dataset.cohort_dataset(config, cohort, steps, traj, np.asarray(x), np.asarray(y),
                                 seconds)
-    groups = {"weights": records.weights_dataset(cohort, traj)} if config.record.weights else None
+    groups = {"weights": dataset.weights_dataset(cohort, traj)} if config.record.weights else None
     place.write_netcdf(path, ds, groups)
     return int((traj.diverged_at[subset if subset is not None else slice(None)] >= 0).sum())
 
@@ -244,7 +244,7 @@ def none_trained(config: Config, cohort: plan.Cohort, held) -> train.Trajectory:
         return value
 
     # the file's records are its variables over `step`, its spectra those
-    # over `spectrum_step` (`records.cohort_dataset`)
+    # over `spectrum_step` (`dataset.cohort_dataset`)
     recs = {name: empty(name, 2 if "layer" in var.dims else None)
             for name, var in cell.data_vars.items() if "step" in var.dims}
     spectra = {name: empty(name, 2) for name, var in cell.data_vars.items()

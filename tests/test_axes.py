@@ -9,7 +9,7 @@ import xarray as xr
 
 import normsweep
 from normsweep.data import member_keys
-from normsweep import sweep, measure, metrics, model, plan, step, train
+from normsweep import sweep, measure, linalg, model, plan, step, train
 from normsweep.analysis import fits, report, tables
 from normsweep.config import parse
 from normsweep.data import sphere_data
@@ -86,7 +86,7 @@ def test_ntk_gram_and_its_extreme_eigenvalues_match_dense_jacobians():
         got = measure.ntk_gram(train.Program(dims=DIMS), model.with_kernels(None, ws), mult, xs)
         want = dense_ntk(ws, xs, mult)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * float(jnp.max(want)))
-    top, bottom = jax.jit(metrics.extreme_eigenvalues_psd)(got)
+    top, bottom = jax.jit(linalg.extreme_eigenvalues_psd)(got)
     eig = np.linalg.eigvalsh(np.asarray(want, np.float64))
     assert float(top) == pytest.approx(eig[-1], rel=1e-5)
     assert abs(float(bottom) - eig[0]) < 1e-5 * eig[-1]

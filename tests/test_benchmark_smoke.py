@@ -56,7 +56,7 @@ def test_benchmark_smoke(smoke):
 
 
 def test_benchmark_runs_the_parts_asked_for(tmp_path, smoke):
-    from normsweep import metrics
+    from normsweep import linalg
 
     bench = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--smoke"]
     out = tmp_path / "bench.json"
@@ -76,7 +76,7 @@ def test_benchmark_runs_the_parts_asked_for(tmp_path, smoke):
     # --unroll reaches the processes it measures: the programs part compiles
     # in one of its own, and rolled loops there are fewer kernels than the
     # package's unrolling (the full smoke run's)
-    assert figures["unroll"] == 1 and smoke[1]["unroll"] == metrics.UNROLL > 1
+    assert figures["unroll"] == 1 and smoke[1]["unroll"] == linalg.UNROLL > 1
     assert figures["programs"]["kernels"]["segment"] < smoke[1]["programs"]["kernels"]["segment"]
     bad = subprocess.run(bench + ["--parts", "table,memroy"], capture_output=True, text=True,
                          timeout=600, cwd=ROOT)

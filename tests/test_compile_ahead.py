@@ -1,4 +1,4 @@
-"""Compiling the next cohorts on threads while one trains (`sweep.CompileAhead`)."""
+"""Compiling the next cohorts on threads while one trains (`compile_ahead.CompileAhead`)."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import time
 import pytest
 import xarray as xr
 
-from normsweep import config, sweep, work
+from normsweep import compile_ahead, config, resources, sweep, work
 from tests import equal
 from tests.conftest import TINY, write_grid
 
@@ -68,7 +68,7 @@ def test_cohorts_compile_ahead_and_no_program_compiles_twice(tmp_path, devices):
 
 def test_results_do_not_depend_on_how_many_cohorts_compile_ahead(tiny_sweep, tmp_path):
     """tiny_sweep compiled on one thread ahead (the CPU default)."""
-    assert sweep.default_compile_workers(10) == 1
+    assert compile_ahead.default_compile_workers(10) == 1
     cfg = config.load(write_grid(tmp_path, TINY))
     for workers in (0, 3):
         out = tmp_path / f"ahead{workers}"
@@ -156,7 +156,7 @@ def test_the_compile_threads_run_at_once_and_hand_out_every_cohort_once():
             together.wait()
         return float(i)
 
-    ahead = sweep.CompileAhead(8, compile_one, workers=3)
+    ahead = compile_ahead.CompileAhead(8, compile_one, workers=3)
     handed = [ahead.next() for _ in range(8)]
     assert sorted(i for i, _ in handed) == list(range(8))
     # a cohort the threads compiled comes with its seconds; one that none had
@@ -176,7 +176,7 @@ def test_a_closed_pool_starts_no_compilation_and_a_failed_one_is_left_to_the_cal
             raise RuntimeError("compilation failed")
         return 1.0
 
-    ahead = sweep.CompileAhead(5, compile_one, workers=2)
+    ahead = compile_ahead.CompileAhead(5, compile_one, workers=2)
     deadline = time.monotonic() + 30
     while len(started) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -186,9 +186,9 @@ def test_a_closed_pool_starts_no_compilation_and_a_failed_one_is_left_to_the_cal
     # the two in flight finish; the failed one is handed out to compile again
     assert sorted([ahead.next(), ahead.next()]) == [(0, None), (1, 1.0)]
     for thread in threading.enumerate():
-        if thread.name.startswith(sweep.COMPILE_THREAD):
+        if thread.name.startswith(compile_ahead.COMPILE_THREAD):
             thread.join(30)
-    assert sweep.compiling_ahead() == 0 and sorted(started) == [0, 1]   # 3 and 4 never started
+    assert compile_ahead.compiling_ahead() == 0 and sorted(started) == [0, 1]   # 3 and 4 never started
 
 
 @pytest.mark.parametrize("cores, free_gib, cohorts, want", [
@@ -198,15 +198,15 @@ def test_a_closed_pool_starts_no_compilation_and_a_failed_one_is_left_to_the_cal
     (1, 128, 20, 1),        # at least one
 ])
 def test_the_compile_pool_is_sized_to_the_host(monkeypatch, cores, free_gib, cohorts, want):
-    monkeypatch.setattr(sweep.jax, "default_backend", lambda: "gpu")
-    monkeypatch.setattr(sweep.os, "sched_getaffinity", lambda pid: set(range(cores)),
+    monkeypatch.setattr(compile_ahead.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(compile_ahead.os, "sched_getaffinity", lambda pid: set(range(cores)),
                         raising=False)
-    monkeypatch.setattr(sweep, "available_memory", lambda: free_gib * sweep.COMPILE_BYTES)
-    assert sweep.default_compile_workers(cohorts) == want
+    monkeypatch.setattr(compile_ahead, "available_memory", lambda: free_gib * resources.COMPILE_BYTES)
+    assert compile_ahead.default_compile_workers(cohorts) == want
 
 
 def test_available_memory_is_what_the_host_reports():
-    free = sweep.available_memory()
+    free = resources.available_memory()
     with open("/proc/meminfo") as f:
         total = int(next(line for line in f if line.startswith("MemTotal:")).split()[1]) * 1024
     assert 0 < free <= total

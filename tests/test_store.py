@@ -6,7 +6,7 @@ import pytest
 import xarray as xr
 
 import normsweep
-from normsweep import config, plan, records, schema, store, train
+from normsweep import config, plan, dataset, schema, store, train
 from normsweep.errors import RunError
 
 CONTRACT = ["frob_norm", "spec_norm", "frob_dist", "spec_dist", "update_norm", "grad_norm",
@@ -66,10 +66,10 @@ def test_written_equals_read_back(tmp_path):
     ws = [rng.normal(size=(6, a, b)).astype(np.float32) for a, b in ((4, 8), (8, 8), (8, 3))]
     traj = train.Trajectory(recs, np.array([-1, 2, -1, -1, 4, -1]), ws, [w + 1 for w in ws])
     x, y = rng.normal(size=(16, 4)).astype(np.float32), np.eye(3, dtype=np.float32)[rng.integers(0, 3, 16)]
-    ds = records.cohort_dataset(c, cohort, steps, traj, x, y)
+    ds = dataset.cohort_dataset(c, cohort, steps, traj, x, y)
     (tmp_path / "cohorts").mkdir()
     path = store.cohort_path(tmp_path, cohort)
-    store.write_netcdf(path, ds, {"weights": records.weights_dataset(cohort, traj)})
+    store.write_netcdf(path, ds, {"weights": dataset.weights_dataset(cohort, traj)})
     back = store.read_cohort(path)
     xr.testing.assert_identical(back.drop_attrs(), ds.drop_attrs())
     assert back.attrs["config_toml"] == ds.attrs["config_toml"]

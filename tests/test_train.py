@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from normsweep.data import member_keys
-from normsweep import metrics, model, plan, train
+from normsweep import linalg, model, plan, train
 from normsweep.data import sphere_data
 from tests import equal, reference
 
@@ -66,7 +66,7 @@ def test_every_record_agrees_whatever_the_member_count():
     same records to rounding."""
     steps = np.array([0, 1, 3, 4, 8])
     lrs, seeds = np.array([0.05, 0.3, 1.0]), np.array([0, 1, 2])
-    prog = train.Program(dims=(D, 24, metrics.EXACT_MAX + 8, K),
+    prog = train.Program(dims=(D, 24, linalg.EXACT_MAX + 8, K),
                          probes=("sharpness", "jacobian", "ntk"), ntk_points=16)
     every = {"sharpness": 3, "jacobian": 3, "ntk": 3}
     trio = train.train_members(prog, X, Y, lrs, *member_keys(seeds), steps, schedules=every)
@@ -268,7 +268,7 @@ def test_the_programs_loops_do_not_grow_with_depth(monkeypatch):
     # matrix's recursion is a loop of its own unless the matrices of one shape
     # share one loop, which is what keeps a deep network's program small.
     # (A shape no other test compiles: jit's cache does not see EXACT_MAX.)
-    monkeypatch.setattr(metrics, "EXACT_MAX", 8)
+    monkeypatch.setattr(linalg, "EXACT_MAX", 8)
     lr, ik, pk = members([0.05], [0])
     loops = {}
     for depth in (4, 6):

@@ -17,7 +17,7 @@ import xarray as xr
 from click.testing import CliRunner
 
 import normsweep
-from normsweep import config, sweep, plan, store
+from normsweep import config, folder, plan, resources, store, sweep
 from normsweep import outcomes
 from normsweep.analysis import fits, report
 from normsweep.cli import RichReporter, main, parse_bytes
@@ -57,7 +57,7 @@ def test_the_folder_is_checked_while_the_lock_is_held(tmp_path, monkeypatch):
     """Check, then write, under one lock: otherwise a second launch can pass
     the check and then mix its cohorts into the first's folder."""
     held = []
-    real = sweep.check_folder
+    real = folder.check_folder
 
     def check(cfg, root):
         with open(root / ".lock", "rb") as f:
@@ -68,7 +68,7 @@ def test_the_folder_is_checked_while_the_lock_is_held(tmp_path, monkeypatch):
                 held.append(True)
         return real(cfg, root)
 
-    monkeypatch.setattr(sweep, "check_folder", check)
+    monkeypatch.setattr(folder, "check_folder", check)
     cfg = config.parse(TINY.replace("steps = 30", "steps = 3").replace(
         "width = [16, 24]", "width = [16]").replace("depth = [2, 3]", "depth = [2]"))
     sweep.launch(cfg, tmp_path / "out")
@@ -128,8 +128,8 @@ def test_the_disk_estimate_counts_only_what_is_left_to_write(tiny_copy, tmp_path
     cfg = config.load(write_grid(tmp_path, TINY))
     cohorts = plan.cohorts(cfg)
     n = plan.record_count(cfg.train.steps, cfg.record.steps, cfg.record.log_points)
-    left = sweep.disk_needed(cfg, cohorts, [], n)          # sweep.nc only
-    fresh = sweep.disk_needed(cfg, cohorts, cohorts, n)
+    left = resources.disk_needed(cfg, cohorts, [], n)          # sweep.nc only
+    fresh = resources.disk_needed(cfg, cohorts, cohorts, n)
     assert 0 < left < fresh
     free = (left + fresh) // 2
     monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(10 * fresh, 0, free))

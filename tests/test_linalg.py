@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from normsweep import config, metrics, step
+from normsweep import config, linalg, step
 
 
 def gaussian(p, q, seed=0):
@@ -22,20 +22,20 @@ def unit_vector(key: jax.Array, size: int, dtype) -> jax.Array:
 @pytest.mark.parametrize("shape", [(16, 1024), (1024, 10), (64, 64), (16, 16), (3, 40)])
 def test_small_side_is_exact(shape):
     w = gaussian(*shape)
-    got = float(jax.jit(metrics.spectral_exact)(w))
+    got = float(jax.jit(linalg.spectral_exact)(w))
     assert got == pytest.approx(np.linalg.norm(w, 2), rel=1e-5)
 
 
 def test_small_side_with_a_tie_at_the_top():
     w = np.diag(np.array([3.0, 3.0, 1.0, 0.5], np.float32))
-    assert float(metrics.spectral_exact(w)) == pytest.approx(3.0, rel=1e-6)
+    assert float(linalg.spectral_exact(w)) == pytest.approx(3.0, rel=1e-6)
 
 
 @pytest.mark.parametrize("m", [128, 1024])
 def test_cold_lanczos_matches_svd(m):
     w = gaussian(m, m, seed=m)
     v = unit_vector(jax.random.key(0), m, jnp.float32)
-    est, _ = jax.jit(metrics.lanczos, static_argnums=2)(w, v, 50)
+    est, _ = jax.jit(linalg.lanczos, static_argnums=2)(w, v, 50)
     assert float(est) == pytest.approx(np.linalg.norm(w, 2), rel=1e-5)
     assert float(est) <= np.linalg.norm(w, 2) * (1 + 1e-6)   # a lower bound
 
@@ -50,13 +50,13 @@ def test_lanczos_matches_svd_at_every_step_count_up_to_the_largest_allowed(m):
     svd = np.linalg.norm(w.astype(np.float64), 2)
     v = unit_vector(jax.random.key(m), m, jnp.float32)
     most = config.MAX_LANCZOS_STEPS
-    run = jax.jit(jax.vmap(lambda t: metrics.lanczos(w, v, most, True, trips=t)[0]))
+    run = jax.jit(jax.vmap(lambda t: linalg.lanczos(w, v, most, True, trips=t)[0]))
     est = np.asarray(run(jnp.arange(1, most + 1)), np.float64) / svd
     assert (est <= 1 + 1e-6).all()                       # a lower bound at every count
     assert (np.diff(est) >= -1e-6).all()                 # more steps never lose ground
     np.testing.assert_allclose(est[49:], 1, rtol=1e-5)   # 50 steps and more: converged
     for steps in (step.COLD_ITERS, m - 1, m, m + 1, most):
-        got = float(jax.jit(metrics.lanczos, static_argnums=(2, 3))(w, v, steps, True)[0])
+        got = float(jax.jit(linalg.lanczos, static_argnums=(2, 3))(w, v, steps, True)[0])
         assert got == pytest.approx(svd, rel=1e-5 if steps >= 50 else 1e-2), steps
 
 
@@ -65,18 +65,18 @@ def test_lanczos_stops_where_a_low_rank_matrix_runs_out_of_directions():
     rng = np.random.default_rng(5)
     w = (rng.normal(size=(100, 3)) @ rng.normal(size=(3, 100))).astype(np.float32)
     v = unit_vector(jax.random.key(3), 100, jnp.float32)
-    got = float(jax.jit(metrics.lanczos, static_argnums=2)(w, v, 60)[0])
+    got = float(jax.jit(linalg.lanczos, static_argnums=2)(w, v, 60)[0])
     assert got == pytest.approx(np.linalg.norm(w.astype(np.float64), 2), rel=1e-5)
 
 
 def test_a_rolled_lanczos_loop_is_the_unrolled_one(monkeypatch):
     # the cold start keeps its loop rolled on every backend, where records
     # unroll theirs on an accelerator (UNROLL copies of the body): the same steps
-    monkeypatch.setattr(metrics, "_unroll", lambda trips: min(metrics.UNROLL, trips))
+    monkeypatch.setattr(linalg, "_unroll", lambda trips: min(linalg.UNROLL, trips))
     m = 128
     w = gaussian(m, m, seed=3)
     v = unit_vector(jax.random.key(1), m, jnp.float32)
-    run = jax.jit(lambda *a: metrics.lanczos(*a), static_argnums=(2, 3))
+    run = jax.jit(lambda *a: linalg.lanczos(*a), static_argnums=(2, 3))
     for steps in (10, 12):      # UNROLL copies and a remainder of 2 or 4
         unrolled, rolled = run(w, v, steps, False), run(w, v, steps, True)
         np.testing.assert_allclose(rolled[0], unrolled[0], rtol=1e-6)
@@ -87,9 +87,9 @@ def test_warm_start_needs_few_steps():
     m = 256
     w = gaussian(m, m, seed=1)
     v = unit_vector(jax.random.key(0), m, jnp.float32)
-    _, v = metrics.lanczos(w, v, 100)
+    _, v = linalg.lanczos(w, v, 100)
     w2 = w + 1e-3 * gaussian(m, m, seed=2)
-    est, _ = metrics.lanczos(w2, v, 3)
+    est, _ = linalg.lanczos(w2, v, 3)
     assert float(est) == pytest.approx(np.linalg.norm(w2, 2), rel=1e-5)
 
 
@@ -109,26 +109,26 @@ def test_lanczos_finds_a_direction_that_grew_since_the_last_record():
     m = 256
     rng = np.random.default_rng(3)
     w = rng.normal(0, np.sqrt(2 / m), (m, m)).astype(np.float32)
-    _, v = metrics.lanczos(w, unit_vector(jax.random.key(0), m, jnp.float32), 100)
+    _, v = linalg.lanczos(w, unit_vector(jax.random.key(0), m, jnp.float32), 100)
     a, b = rng.normal(size=m), rng.normal(size=m)
     w2 = (w + 1.6 * np.outer(a / np.linalg.norm(a), b / np.linalg.norm(b))).astype(np.float32)
     exact = np.linalg.norm(w2.astype(np.float64), 2)
     assert exact > 1.02 * np.linalg.norm(w.astype(np.float64), 2)
     assert power_iteration(w2, v, 10) < exact * (1 - 1e-2)      # the case is hard
-    est, _ = jax.jit(metrics.lanczos, static_argnums=2)(w2, v, 10)
+    est, _ = jax.jit(linalg.lanczos, static_argnums=2)(w2, v, 10)
     assert float(est) == pytest.approx(exact, rel=1e-4)
 
 
 def test_zero_matrix_has_norm_zero_and_keeps_its_vector():
     v = unit_vector(jax.random.key(1), 100, jnp.float32)
-    est, v2 = metrics.lanczos(jnp.zeros((100, 100)), v, 5)
+    est, v2 = linalg.lanczos(jnp.zeros((100, 100)), v, 5)
     assert float(est) == 0.0 and np.array_equal(v, v2)
-    assert float(metrics.spectral_exact(jnp.zeros((8, 100)))) == 0.0
+    assert float(linalg.spectral_exact(jnp.zeros((8, 100)))) == 0.0
 
 
 def test_frobenius():
     w = gaussian(30, 7)
-    assert float(metrics.frobenius(w)) == pytest.approx(np.linalg.norm(w), rel=1e-6)
+    assert float(linalg.frobenius(w)) == pytest.approx(np.linalg.norm(w), rel=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(1,), (17,), (32, 10), (300, 500)])
@@ -136,15 +136,15 @@ def test_inner_and_sum_squares_equal_float64_sums(shape):
     a = np.asarray(jax.random.normal(jax.random.key(1), shape))
     b = np.asarray(jax.random.normal(jax.random.key(2), shape))
     exact = np.sum(np.float64(a) * np.float64(b))
-    assert float(metrics.inner(a, b)) == pytest.approx(exact, rel=1e-5, abs=1e-5 * a.size ** 0.5)
-    assert float(metrics.sum_squares(a)) == pytest.approx(np.sum(np.float64(a) ** 2), rel=1e-6)
+    assert float(linalg.inner(a, b)) == pytest.approx(exact, rel=1e-5, abs=1e-5 * a.size ** 0.5)
+    assert float(linalg.sum_squares(a)) == pytest.approx(np.sum(np.float64(a) ** 2), rel=1e-6)
 
 
 def test_nan_matrix_gives_nan_and_returns():
     w = jnp.full((8, 100), jnp.nan)
-    assert np.isnan(float(metrics.spectral_exact(w)))
+    assert np.isnan(float(linalg.spectral_exact(w)))
     v = unit_vector(jax.random.key(1), 100, jnp.float32)
-    assert np.isnan(float(metrics.lanczos(jnp.full((100, 100), jnp.nan), v, 5)[0]))
+    assert np.isnan(float(linalg.lanczos(jnp.full((100, 100), jnp.nan), v, 5)[0]))
 
 
 def test_spectral_norms_together_equal_each_alone():
@@ -155,9 +155,9 @@ def test_spectral_norms_together_equal_each_alone():
     ws = [gaussian(*s, seed=i) for i, s in enumerate(shapes)]
     ws[3] = np.zeros((100, 100), np.float32)
     vs = [unit_vector(jax.random.key(i), s[1], jnp.float32) for i, s in enumerate(shapes)]
-    together = jax.jit(lambda ws, vs: metrics.spectral_norms(ws, vs, 8))(ws, vs)
+    together = jax.jit(lambda ws, vs: linalg.spectral_norms(ws, vs, 8))(ws, vs)
     for w, v, got, got_v in zip(ws, vs, *together):
-        want, want_v = jax.jit(metrics.spectral, static_argnums=2)(w, v, 8)
+        want, want_v = jax.jit(linalg.spectral, static_argnums=2)(w, v, 8)
         assert float(got) == pytest.approx(float(want), rel=1e-5, abs=1e-6)
         np.testing.assert_allclose(got_v, want_v, atol=1e-4)
         assert float(got) == pytest.approx(np.linalg.norm(w, 2), rel=0.05, abs=1e-6)
