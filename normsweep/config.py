@@ -144,7 +144,7 @@ class RecordConfig:
     probe_points: int = setting(16, lambda p: p.integer(2, 100_000))
     spectra: bool = setting(False, lambda p: p.boolean)
 
-    # each probe's name in the program and the records (`step.PROBES`): its schedule's key
+    # each probe (`measure.PROBES`, by name) and the key of its schedule
     PROBE_KEYS = {"sharpness": "sharpness", "jacobian": "jacobian_norm", "ntk": "ntk_eigs",
                   "activations": "activations"}
 

@@ -7,7 +7,9 @@ the member's state; `train` vmaps them over members.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -222,43 +224,70 @@ def measured(program: Program, state: State, new: State, out, hp: Hyper, x, y, t
     new = new._replace(
         params=jax.tree.map(lambda a, b: jnp.where(newly, a, b), state.params, new.params),
         diverged_at=jnp.where(newly, jnp.asarray(t, jnp.int32), new.diverged_at))
-    nan = jnp.full((), jnp.nan, program.jdtype)
-    if "sharpness" in due:
-        lam, hess_v = jax.lax.cond(
-            due["sharpness"],
-            lambda v: sharpness(program, state.params, v, x, y, program.sharpness_iters,
-                                hp.lr_mult),
-            lambda v: (nan, v), state.hess_v)
-        rec["sharpness"] = lam
-        new = new._replace(hess_v=hess_v)
-    if "jacobian" in due:
-        rec["jacobian_frob_norm"], rec["jacobian_spec_norm"] = jax.lax.cond(
-            due["jacobian"], lambda p: jacobian_norms(program, p, x[:program.jacobian_points]),
-            lambda p: (nan, nan), state.params)
-    if "ntk" in due:
-        rec["ntk_max_eig"], rec["ntk_min_eig"] = jax.lax.cond(
-            due["ntk"], lambda p: ntk_eigs(program, p, hp.lr_mult, x[:program.ntk_points]),
-            lambda p: (nan, nan), state.params)
-    if "activations" in due:
-        rec["activation_change"] = jax.lax.cond(
-            due["activations"], lambda p: activation_change(program, p, state.params0, x),
-            lambda p: jnp.full((program.depth,), jnp.nan, program.jdtype), state.params)
+    for name in due:
+        probe = PROBES[name]
+        if probe.carry:         # its warm start, carried from record to record in the state
+            values, carried = jax.lax.cond(
+                due[name], lambda v, p=probe: p.measure(program, state, hp, x, y, v),
+                lambda v, p=probe: (p.empty(program), v), getattr(state, probe.carry))
+            new = new._replace(**{probe.carry: carried})
+        else:
+            values = jax.lax.cond(due[name],
+                                  lambda s, p=probe: p.measure(program, s, hp, x, y),
+                                  lambda s, p=probe: p.empty(program), state)
+        rec.update(zip(probe.records, values))
     # every record is NaN from the member's divergence on
     dead = (new.diverged_at >= 0) & (new.diverged_at <= t)
     return new, {name: jnp.where(dead, jnp.nan, val) for name, val in rec.items()}
 
 
 def empty_records(program: Program) -> dict:
+    """NaN in every record of a step `program` measures (padding records)."""
     nan = jnp.full((program.depth,), jnp.nan, program.jdtype)
     rec = {name: nan for name in LAYER_METRICS}
     rec.update({name: nan[0] for name in NETWORK_METRICS})
-    probes = program.probes
-    if "sharpness" in probes:
-        rec["sharpness"] = nan[0]
-    if "jacobian" in probes:
-        rec["jacobian_frob_norm"] = rec["jacobian_spec_norm"] = nan[0]
-    if "ntk" in probes:
-        rec["ntk_max_eig"] = rec["ntk_min_eig"] = nan[0]
-    if "activations" in probes:
-        rec["activation_change"] = nan
+    for name in program.probes:
+        rec.update(zip(PROBES[name].records, PROBES[name].empty(program)))
     return rec
+
+
+# -- the probes: measured at the records their schedules pick -------------------
+
+def _sharpness_probe(program: Program, s: State, hp: Hyper, x, y, v):
+    """(sharpness,) at W(t) by power iteration from the carried vector `v`, and the new `v`."""
+    lam, v = sharpness(program, s.params, v, x, y, program.sharpness_iters, hp.lr_mult)
+    return (lam,), v
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """A quantity measured only at the records its schedule picks
+    (`train.segments`): its record names (documented in `schema.VARIABLES`),
+    whether each is per layer, its measurement from a member's state, and
+    the name of the `State` field it carries from record to record (a warm
+    start), passed to `measure` and returned beside its values."""
+    records: tuple[str, ...]
+    per_layer: bool
+    measure: Callable
+    carry: str | None = None
+
+    def empty(self, program: Program) -> tuple:
+        shape = (program.depth,) if self.per_layer else ()
+        return tuple(jnp.full(shape, jnp.nan, program.jdtype) for _ in self.records)
+
+
+# a probe's config key and schedule are `config.RecordConfig`'s (`PROBE_KEYS`)
+PROBES = {
+    "sharpness": Probe(("sharpness",), False, lambda *a: _sharpness_probe(*a), carry="hess_v"),
+    "jacobian": Probe(
+        ("jacobian_frob_norm", "jacobian_spec_norm"), False,
+        lambda program, s, hp, x, y: jacobian_norms(program, s.params,
+                                                    x[:program.jacobian_points])),
+    "ntk": Probe(
+        ("ntk_max_eig", "ntk_min_eig"), False,
+        lambda program, s, hp, x, y: ntk_eigs(program, s.params, hp.lr_mult,
+                                              x[:program.ntk_points])),
+    "activations": Probe(
+        ("activation_change",), True,
+        lambda program, s, hp, x, y: (activation_change(program, s.params, s.params0, x),)),
+}

@@ -3,6 +3,7 @@ schedule against independent computations; the analysis of them against
 planted laws."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -345,3 +346,15 @@ def test_sharpness_table_reads_a_planted_rise_to_the_threshold():
         assert row["peak"] == pytest.approx(3.0)
         assert row["second_half"] == pytest.approx(1.0)
         assert row["second_half_q25"] == pytest.approx(1.0) == row["second_half_q75"]
+
+
+def test_every_probe_has_a_grid_key_and_documented_records():
+    """A probe is declared in `measure.PROBES`; its schedule's key in
+    `RecordConfig.PROBE_KEYS` and its records in `schema.VARIABLES` (which
+    feeds docs/schema.md) must name the same probes and records."""
+    from normsweep import config, measure, schema
+    assert set(config.RecordConfig.PROBE_KEYS) == set(measure.PROBES)
+    for name, probe in measure.PROBES.items():
+        assert set(probe.records) <= set(schema.VARIABLES), name
+        key = config.RecordConfig.PROBE_KEYS[name]
+        assert key in {f.name for f in dataclasses.fields(config.RecordConfig)}, key
