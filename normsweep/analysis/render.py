@@ -390,8 +390,6 @@ def render_folder(folder: str | Path) -> str:
 def view(t: dict[str, pd.DataFrame], s: dict) -> dict:
     """What the template shows beyond the summary: each table formatted, and
     the few lists of words derived from them."""
-    t = {name: frame for name, frame in t.items()}
-    empty = pd.DataFrame()
     ref = s["reference"]
     fits_all = t["fits"]
     table = select(fits_all, ref)
@@ -399,7 +397,7 @@ def view(t: dict[str, pd.DataFrame], s: dict) -> dict:
     v = {"c": c, "total": c["fit"] + c["training"] + c["failed"] + c["diverged"],
          "softmax": s["output"] == "softmax",
          "md": {name: show(frame, SPECS[name]) for name, frame in t.items()
-                if name in SPECS and name not in ("cumulative_terms", "balance")},
+                if name in SPECS and name not in ("cumulative_terms", "data_size")},
          "fits": table, "t": t}
     md = v["md"]
     md["init"] = init_table(t["init"])
@@ -410,8 +408,6 @@ def view(t: dict[str, pd.DataFrame], s: dict) -> dict:
         if (table.metric == "early_update_norm").any() else ""
     rows = theory_rows(table)
     md["theory"] = theory_table(rows) if len(rows) else ""
-    if "balance" in t:
-        md["balance"] = show(t["balance"], SPECS["balance"])
     if "cumulative_terms" in t:
         spec = list(SPECS["cumulative_terms"])
         if s["parametrization"] != "standard":
@@ -425,8 +421,7 @@ def view(t: dict[str, pd.DataFrame], s: dict) -> dict:
         md["norm_by_loss"] = by_loss_table(t["norm_by_loss"], s["loss_levels"])
     if "kernel" in t and (t["kernel"]["networks"] > 0).any():
         md["kernel"] = kernel_shown(t["kernel"][t["kernel"]["networks"] > 0])
-    md["regimes"], v["drift"] = regime_rows(t.get("regimes", empty)) if "regimes" in t \
-        else ("", [])
+    md["regimes"], v["drift"] = regime_rows(t["regimes"]) if "regimes" in t else ("", [])
     v["drifting"] = sorted({line.split("`")[1] for line in v["drift"]})
     md["local"], v["moving"] = local_table(t["local_slopes"]) if "local_slopes" in t \
         else ("", [])
@@ -442,7 +437,7 @@ def view(t: dict[str, pd.DataFrame], s: dict) -> dict:
     first = table[(table.metric == "first_update_spec") & (table.layer_role == "hidden")]
     v["first_step"] = first[np.isfinite(first.width_exponent_at_lr0)
                             & np.isfinite(first.theory_width_exponent)]
-    v["answer"] = answer(t["init"], table, s, v["drifting"])
+    v["answer"] = answer(t["init"], table, s)
     if "balance_by_lr" in t:
         v["spread"] = "; ".join(f"η₀ {lr(r.lr)}: {fmt(r.spread, 2)}"
                                 for r in t["balance_by_lr"].itertuples())
@@ -450,7 +445,7 @@ def view(t: dict[str, pd.DataFrame], s: dict) -> dict:
     return v
 
 
-def answer(init: pd.DataFrame, table: pd.DataFrame, s: dict, drifting: list) -> list[str]:
+def answer(init: pd.DataFrame, table: pd.DataFrame, s: dict) -> list[str]:
     """The first screen's lines on init and the exponents (the outcomes
     follow in the template): the widest hidden (or input) layer at init
     beside theory; the width exponents of one step and of the whole run per
