@@ -20,7 +20,7 @@ import pandas as pd
 import xarray as xr
 
 from normsweep import outcomes, plan, schema, store
-from normsweep.config import RECORD_FORMAT, Config, load
+from normsweep.config import RECORD_FORMAT, Config
 from normsweep.errors import GridError, RunError, SweepWarning
 
 DONE = "done"            # holds every network of the grid's cohort
@@ -284,14 +284,13 @@ def check_folder(config: Config, root: Path) -> None:
     `config`. Call while holding `store.folder_lock(root)`: a launch that
     checks, then writes, under one lock cannot mix with another's cohorts."""
     precheck_folder(root)
-    grid_file = root / "grid.toml"
-    if not store.is_sweep_folder(root) or not grid_file.exists():
+    place = ResultsFolder(root)
+    if not place.is_results_folder() or not place.grid_file.exists():
         return
     try:
-        previous = load(grid_file)
-    except GridError as err:
-        raise RunError(f"{grid_file} is damaged ({err}); move the folder away or pick another "
-                       "--out") from None
+        previous = place.recorded_grid()
+    except RunError as err:
+        raise RunError(f"{err}; move the folder away or pick another --out") from None
     old, new = previous.core_settings(), config.core_settings()
     for key in new:
         if old.get(key) != new[key]:

@@ -278,7 +278,7 @@ class Probe:
 
 # a probe's config key and schedule are `config.RecordConfig`'s (`PROBE_KEYS`)
 PROBES = {
-    "sharpness": Probe(("sharpness",), False, lambda *a: _sharpness_probe(*a), carry="hess_v"),
+    "sharpness": Probe(("sharpness",), False, _sharpness_probe, carry="hess_v"),
     "jacobian": Probe(
         ("jacobian_frob_norm", "jacobian_spec_norm"), False,
         lambda program, s, hp, x, y: jacobian_norms(program, s.params,

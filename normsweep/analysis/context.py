@@ -10,6 +10,7 @@ the first training set, where the sweep has those axes).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import pandas as pd
@@ -46,7 +47,7 @@ class Context:
     def full_keep(self) -> xr.DataArray:
         return outcomes.usable(self.full_outcome)
 
-    @property
+    @functools.cached_property
     def multipliers(self) -> xr.DataArray:
         """c_l of the reference slice's parametrization per (width, depth, layer)."""
         return tables.layer_multipliers(self.ds, self.cfg, self.param)

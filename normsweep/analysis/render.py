@@ -222,10 +222,10 @@ def stability_table(t: pd.DataFrame) -> str:
     return markdown(wide.reset_index().rename(columns={"index": ""}))
 
 
-def regime_rows(t: pd.DataFrame) -> tuple[str, list[str]]:
-    """The slice-by-slice exponents as a table, and a sentence per family
-    whose exponents drift (F test)."""
-    rows, drift = [], []
+def regime_rows(t: pd.DataFrame) -> tuple[str, list[str], list[str]]:
+    """The slice-by-slice exponents as a table, a sentence per family whose
+    exponents drift (F test), and the metrics of those families."""
+    rows, drift, drifting = [], [], set()
     for (metric, depth, lay), g in t.groupby(["metric", "depth", "layer"], sort=False):
         row = {"metric": metric, "depth, layer": f"{depth}, {lay}"}
         for along, title, label, p in (("width", "width exponent at each η", "η₀", "p"),
@@ -238,15 +238,16 @@ def regime_rows(t: pd.DataFrame) -> tuple[str, list[str]]:
             if len(finite) and bool(fam.differ.iloc[0]):
                 what = "width exponent across η" if along == "width" else \
                     "η exponent across widths"
+                drifting.add(metric)
                 drift.append(f"- `{metric}`: the {what} drifts from "
                              f"{finite.exponent.iloc[0]:+.2f} to {finite.exponent.iloc[-1]:+.2f} "
                              f"(p = {fmt(fam.p.iloc[0], 2)}): the pooled exponent averages "
                              "regimes; read the slices.")
         rows.append(row)
-    return markdown(pd.DataFrame(rows)), drift
+    return markdown(pd.DataFrame(rows)), drift, sorted(drifting)
 
 
-def local_table(t: pd.DataFrame) -> tuple[str, list[dict]]:
+def local_table(t: pd.DataFrame) -> tuple[str, list[str]]:
     """The local width slopes per (metric, layer, η), and the rows whose
     slope still moves by more than 0.1 from the smallest to the largest widths."""
     rows, moving = [], []
@@ -421,8 +422,8 @@ def view(t: dict[str, pd.DataFrame], s: dict) -> dict:
         md["norm_by_loss"] = by_loss_table(t["norm_by_loss"], s["loss_levels"])
     if "kernel" in t and (t["kernel"]["networks"] > 0).any():
         md["kernel"] = kernel_shown(t["kernel"][t["kernel"]["networks"] > 0])
-    md["regimes"], v["drift"] = regime_rows(t["regimes"]) if "regimes" in t else ("", [])
-    v["drifting"] = sorted({line.split("`")[1] for line in v["drift"]})
+    md["regimes"], v["drift"], v["drifting"] = regime_rows(t["regimes"]) if "regimes" in t \
+        else ("", [], [])
     md["local"], v["moving"] = local_table(t["local_slopes"]) if "local_slopes" in t \
         else ("", [])
     v["local_rows"] = len(md["local"].splitlines()) - 2 if md["local"] else 0

@@ -57,10 +57,6 @@ def _plain(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-def _frame(rows) -> pd.DataFrame | None:
-    return rows if rows is None or len(rows) else None
-
-
 def compute(ctx: Context) -> tuple[dict[str, pd.DataFrame], dict, dict]:
     """The analysis as data: (tables by file name, the summary's scalars,
     the arrays the figures need). Tables without rows are left out."""
@@ -136,7 +132,8 @@ def compute(ctx: Context) -> tuple[dict[str, pd.DataFrame], dict, dict]:
         summary["coordinate"] = {"lr": lr, "depth": depth, "counts": outcomes.counts(
             ctx.full_outcome.sel(depth=depth))}
     extra["coordinate_lr"] = lr
-    found.update({name: frame for name, frame in more.items() if _frame(frame) is not None})
+    found.update({name: frame for name, frame in more.items()
+                  if frame is not None and len(frame)})
     return found, summary, extra
 
 
