@@ -2,6 +2,7 @@
 float64 upcast or a broadcast between mismatched ranks is a bug here."""
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -50,15 +51,31 @@ def write_grid(folder: Path, text: str, name: str = "grid.toml") -> Path:
     return path
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(folder)` run once per test session, shared by its xdist workers:
+    the first worker to ask builds it under a lock, the others wait and read."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent          # the session's folder above each worker's own
+    folder, done = shared / name, shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_sweep(tmp_path_factory) -> Path:
     """A launched tiny sweep, shared read-only by the tests that inspect one."""
     from normsweep import config, sweep
 
-    root = tmp_path_factory.mktemp("sweeps") / "tiny"
-    grid = write_grid(tmp_path_factory.mktemp("grids"), TINY)
-    sweep.launch(config.load(grid), root)
-    return root
+    def build(root):
+        root.mkdir()
+        sweep.launch(config.load(write_grid(tmp_path_factory.mktemp("grids"), TINY)), root / "tiny")
+    return built_once(tmp_path_factory, "tiny-sweep", build) / "tiny"
 
 
 @pytest.fixture(scope="session")
@@ -67,11 +84,16 @@ def analyzed(tiny_sweep, tmp_path_factory):
     from click.testing import CliRunner
 
     from normsweep.cli import main
-    root = tmp_path_factory.mktemp("an") / "tiny"
-    shutil.copytree(tiny_sweep, root)
-    result = CliRunner().invoke(main, ["analyze", str(root)], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return root, result.output
+
+    def build(folder):
+        folder.mkdir()
+        shutil.copytree(tiny_sweep, folder / "tiny")
+        result = CliRunner().invoke(main, ["analyze", str(folder / "tiny")],
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        (folder / "output.txt").write_text(result.output)
+    folder = built_once(tmp_path_factory, "tiny-analyzed", build)
+    return folder / "tiny", (folder / "output.txt").read_text()
 
 
 @pytest.fixture

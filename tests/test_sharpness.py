@@ -72,7 +72,7 @@ def test_report_has_an_edge_of_stability_section(tmp_path):
     from normsweep import sweep
     from normsweep.analysis import report
     text = ('name = "eos"\n[data]\nn = 16\nd = 4\nk = 3\n[train]\nsteps = 12\n'
-            '[record]\nsharpness = 4\n[grid]\nwidth = [6, 8]\ndepth = [2, 3]\n'
+            '[record]\nsharpness = 4\njacobian_norm = 0\n[grid]\nwidth = [6, 8]\ndepth = [3]\n'
             'lr = [0.1, 0.3]\nseed = [0, 1]\n')
     sweep.launch(parse(text), tmp_path / "eos")
     result = report.analyze(tmp_path / "eos")
