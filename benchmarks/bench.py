@@ -314,18 +314,21 @@ def compile_split(m: int, seeds: int, steps: int, n: int, xla_flags: str = "",
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def launch_split(grid: str, root: str, workers: str, cache: bool = False,
+def launch_split(grid: str, root: str, workers: str, cache: bool | str = False,
                  overrides: tuple[str, ...] = ()) -> dict:
     """`normsweep launch` of `grid` (with `--set` `overrides`) in a fresh
     process, the persistent compilation cache off (or on, for the smoke run,
-    which times nothing): wall seconds from the call (import excluded), and
+    which times nothing; or in the folder `cache`, to time a warm cache
+    against the cold launch that filled it): wall seconds from the call (import excluded), and
     the seconds its launching thread spent compiling, waiting for a
     compilation ahead, training (records included) and building and writing
     files; "compile_ahead" sums the compile threads' seconds, which overlap
     the rest. Its stderr passes through: a line as each cohort is written,
     and any error."""
     env = dict(os.environ)
-    if not cache:
+    if isinstance(cache, str):
+        env["NORMSWEEP_JAX_CACHE"] = cache
+    elif not cache:
         env["NORMSWEEP_JAX_CACHE"] = "off"
     # an accelerator's memory as a user's launch has it: preallocated (gpu.sh
     # turns preallocation off for the benchmark's own process)
@@ -650,6 +653,13 @@ def main():
                             res["sweep"]["launching_thread_s"], wall)
                 return
             steps_only = launch_split(grid, f"{tmp}/bare", "default", cache=smoke, overrides=bare)
+            # the same launch twice into a fresh cache: cold (filling it), then warm
+            os.mkdir(f"{tmp}/cache")
+            cold = launch_split(grid, f"{tmp}/cold", "default", cache=f"{tmp}/cache")
+            warm = launch_split(grid, f"{tmp}/warm", "default", cache=f"{tmp}/cache")
+        res["sweep"]["wall_over_training"] = {
+            "cache off": wall / full.get("train", wall), "cold cache": cold["wall"] / cold["train"],
+            "warm cache": warm["wall"] / warm["train"]}
         split = {"compile": full.get("compile", 0.0), "wait for compile": full.get("wait", 0.0),
                  "train (steps)": steps_only.get("train", 0.0),
                  "record": full.get("train", 0.0) - steps_only.get("train", 0.0),
@@ -659,6 +669,9 @@ def main():
         print_split("  the launching thread's time:", split, wall)
         print(f"  the same launch recording only the first and last steps, no probes: "
               f"{steps_only['wall']:.1f} s wall")
+        print("  wall / training (the launching thread's, records included): " + ", ".join(
+            f"{k} ×{v:.2f}" for k, v in res["sweep"]["wall_over_training"].items()) +
+            f" (cold {cold['wall']:.1f} s, warm {warm['wall']:.1f} s wall)")
 
     def print_split(title, seconds, wall):
         print(title)

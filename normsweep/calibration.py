@@ -164,3 +164,33 @@ def estimate(rows: list[dict], todo: list[tuple[str, float]], workers: int = 1
     compile_total = sum(seconds)
     wall = seconds[0] + max(train, (compile_total - seconds[0]) / max(1, workers))
     return wall, train, compile_total
+
+
+def grow_chunking(config: Config, cohort: plan.Cohort, n_records: int, budget_bytes: int,
+                  new: int, kept: int, rows: list[dict]) -> plan.Chunking:
+    """The chunks that train a grow's `new` networks of `cohort` when `kept`
+    are on disk from an earlier launch. Chunks of the size that launch
+    compiled (`plan.chunking` of `kept` members), the last padded, so that
+    when only seeds or rates were added its programs are found compiled (in
+    this process or the persistent cache); unless that takes more chunks,
+    or by this machine's recorded times (`rows`) the padding trains for
+    longer than compiling a program of the new size takes. Otherwise, and
+    with the cache off, chunks as few and as equal as the cohort's size
+    allows."""
+    whole = plan.chunking(config, cohort, n_records, budget_bytes)
+    count = -(-new // whole.size)
+    fresh = plan.Chunking(size=-(-new // count), count=count)
+    earlier = plan.chunking(config, cohort, n_records, budget_bytes, kept).size
+    padded = plan.Chunking(size=earlier, count=-(-new // earlier))
+    extra = padded.size * padded.count - new
+    if padded == fresh or padded.count > fresh.count or not cache_on():
+        return fresh
+    timed = [r for r in rows if r.get("train_seconds") and r.get("flop")]
+    if extra == 0 or not timed:
+        return padded
+    fresh_key = program_key(config, cohort, fresh.size)
+    padded_key = program_key(config, cohort, padded.size)
+    extra_seconds = plan.train_flop(config, cohort) * extra / cohort.size \
+        / rate_guess(timed, padded_key)
+    worth = extra_seconds + compile_guess(rows, padded_key) <= compile_guess(rows, fresh_key)
+    return padded if worth else fresh

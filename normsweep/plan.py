@@ -194,12 +194,15 @@ class Chunking:
         return out
 
 
-def chunking(config: Config, cohort: Cohort, n_records: int, budget_bytes: int) -> Chunking:
-    """The fewest equal chunks whose members fit `budget_bytes` together."""
+def chunking(config: Config, cohort: Cohort, n_records: int, budget_bytes: int,
+             members: int | None = None) -> Chunking:
+    """The fewest equal chunks whose members (`members` of the cohort's;
+    default all of them) fit `budget_bytes` together."""
     per = member_bytes(config, cohort, n_records)
     fit = max(1, budget_bytes // per)
-    count = math.ceil(cohort.size / fit)
-    size = math.ceil(cohort.size / count)
+    members = cohort.size if members is None else members
+    count = math.ceil(members / fit)
+    size = math.ceil(members / count)
     return Chunking(size=size, count=count)
 
 

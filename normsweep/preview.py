@@ -64,17 +64,23 @@ def preview(config: Config, root: Path, *, budget_bytes: int | None = None,
                                   config.record.log_points)
     check_memory(config, cohorts, n_records, budget)
     rows, flop = [], 0.0
+    timings = calibration.load(jax.default_backend(), jax.devices()[0].device_kind)
     for c in cohorts:
         chunks = plan.chunking(config, c, n_records, budget)
         kept = kept_networks(config, root, c)
         chosen = plan.selected(c, only)
         new = c.size - kept if chosen else 0    # the time estimate weighs the new networks
+        # what trains them: a grow's chunks, padded as the launch pads them
+        grow = 0 < new < c.size
+        trains = calibration.grow_chunking(config, c, n_records, budget, new, kept, timings) \
+            if grow else chunks
         rows.append({"name": c.name, "networks": c.size, "chunks": chunks.count,
                      "per_chunk": chunks.size,
                      "memory": chunks.size * plan.member_bytes(config, c, n_records),
                      "kept": kept, "new": new, "selected": chosen,
-                     "program": calibration.program_key(config, c, new or None),
-                     "flop": plan.train_flop(config, c) * new / c.size})
+                     "program": calibration.program_key(config, c, trains.size),
+                     "flop": plan.train_flop(config, c)
+                     * (trains.size * trains.count if grow else new) / c.size})
         flop += rows[-1]["flop"]
     # done: a file that holds every network of this grid (`store.holds`); a
     # file of an earlier grid this one extends still has networks to train

@@ -140,17 +140,29 @@ def train_here(config: Config, root: Path, todo: list[plan.Cohort], steps: np.nd
 
     for cohort in todo:         # drawn here, before any compile thread needs one
         data_of(cohort)
-    ahead = CompileAhead(len(todo), lambda j: work.compile_cohort(
-        config, todo[j], *data_of(todo[j]), steps, budget, devices),
-        workers) if workers > 0 else None
+    # what each cohort trains (a grow's new networks), read here: HDF5 on one thread
+    planned = [work.to_train(config, root, c, len(steps), budget)[1:] for c in todo]
+
+    def compile_ahead(j: int) -> float:
+        subset, chunks = planned[j]
+        if subset is not None and not len(subset):
+            return 0.0
+        return work.compile_cohort(config, todo[j], *data_of(todo[j]), steps, budget, devices,
+                                   subset, chunks)
+
+    # a cohort's programs grow with its layers (kernels per layer: BENCHMARKS.md)
+    ahead = CompileAhead(len(todo), compile_ahead, workers,
+                         cost=lambda j: (todo[j].depth, todo[j].width)) \
+        if workers > 0 else None
     try:
         for i in range(len(todo)):
             index, compiled = ahead.next() if ahead is not None else (i, None)
             cohort = todo[index]
-            n_chunks = plan.chunking(config, cohort, len(steps), budget).count
+            n_chunks = (planned[index][1] or plan.chunking(config, cohort, len(steps), budget)
+                        ).count
             reporter.cohort(cohort.name, config.train.steps * n_chunks)
             work.run_cohort(config, root, cohort, *data_of(cohort), steps, budget,
-                            reporter.advance, devices, compiled)
+                            reporter.advance, devices, compiled, planned[index][1])
             reporter.done(cohort.name)
     finally:
         if ahead is not None:       # on success nothing is in flight: every cohort was handed out

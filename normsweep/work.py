@@ -68,7 +68,10 @@ def enable_compilation_cache() -> None:
     except OSError:
         return  # an unwritable cache is no reason to fail a sweep
     jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    # every program, however quick to compile: with a threshold, a program
+    # just under it on a quiet machine is not stored, and compiles again when
+    # a busier one takes it over (a relaunch that missed the cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def damaged_name(path: Path) -> Path:
@@ -127,13 +130,13 @@ class Members:
     compilation)."""
 
     def __init__(self, config: Config, cohort: plan.Cohort, n_records: int, budget_bytes: int,
-                 subset: np.ndarray | None = None):
+                 subset: np.ndarray | None = None, chunks: plan.Chunking | None = None):
         self.program = program_for(config, cohort)
         subset = np.arange(cohort.size) if subset is None else np.asarray(subset)
-        chunks = plan.chunking(config, cohort, n_records, budget_bytes)
-        if len(subset) < cohort.size:       # as few equal chunks as the whole cohort's size allows
-            count = -(-len(subset) // chunks.size)
-            chunks = plan.Chunking(size=-(-len(subset) // count), count=count)
+        if chunks is None:
+            chunks = plan.chunking(config, cohort, n_records, budget_bytes) \
+                if len(subset) == cohort.size else \
+                grow_chunking(config, cohort, n_records, budget_bytes, len(subset))
         self.chunks = [subset[idx] for idx in chunks.slices(len(subset))]
         self.lrs, seeds = cohort.member_lr(), cohort.member_seed()
         self.wds, self.params = cohort.member_weight_decay(), cohort.member_parametrization()
@@ -148,15 +151,40 @@ class Members:
                  "schedules": self.schedules, "probe_points": self.probe_points})
 
 
+def to_train(config: Config, root: Path, cohort: plan.Cohort, n_records: int,
+             budget_bytes: int) -> tuple:
+    """(held, subset, chunks): the networks of an earlier grid's file in
+    `root` that `config` extends (`held_members`, or None), the members left
+    to train (None: all) and the chunks that train them."""
+    held = held_members(config, cohort, ResultsFolder(root).cohort_path(cohort))
+    if held is None:
+        return None, None, plan.chunking(config, cohort, n_records, budget_bytes)
+    subset = np.flatnonzero(np.isnan(held[2]))
+    chunks = grow_chunking(config, cohort, n_records, budget_bytes, len(subset)) \
+        if len(subset) else None
+    return held, subset, chunks
+
+
+def grow_chunking(config: Config, cohort: plan.Cohort, n_records: int, budget_bytes: int,
+                  new: int) -> plan.Chunking:
+    """The chunks that train `new` of `cohort`'s networks, the others held
+    from an earlier launch (`calibration.grow_chunking`, by this machine's
+    recorded times)."""
+    rows = calibration.load(jax.default_backend(), jax.devices()[0].device_kind)
+    return calibration.grow_chunking(config, cohort, n_records, budget_bytes, new,
+                                     cohort.size - new, rows)
+
+
 def compile_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
                    budget_bytes: int, devices: int | None = 1,
-                   subset: np.ndarray | None = None) -> float:
+                   subset: np.ndarray | None = None, chunks: plan.Chunking | None = None
+                   ) -> float:
     """Compiles the programs `train_cohort` will run for `cohort` (or its
     members `subset`), running nothing (`train.compile_members`): its chunks
     all share one shape. Returns the wall seconds it took (near 0 for
     programs already compiled)."""
     started = time.perf_counter()
-    members = Members(config, cohort, len(steps), budget_bytes, subset)
+    members = Members(config, cohort, len(steps), budget_bytes, subset, chunks)
     args, kwargs = members.arguments(members.chunks[0])
     train.compile_members(members.program, x, y, *args, steps, devices, **kwargs)
     return time.perf_counter() - started
@@ -164,11 +192,11 @@ def compile_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
 
 def train_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
                  budget_bytes: int, on_steps: Callable[[int], None] | None = None,
-                 devices: int | None = 1, subset: np.ndarray | None = None
-                 ) -> train.Trajectory:
+                 devices: int | None = 1, subset: np.ndarray | None = None,
+                 chunks: plan.Chunking | None = None) -> train.Trajectory:
     """All members of a cohort (or those of `subset`, in its order), in chunks
-    of equal size (one compilation)."""
-    members = Members(config, cohort, len(steps), budget_bytes, subset)
+    of equal size (one compilation; `chunks`, default `Members`')."""
+    members = Members(config, cohort, len(steps), budget_bytes, subset, chunks)
     parts = []
     for idx in members.chunks:
         args, kwargs = members.arguments(idx)
@@ -193,35 +221,36 @@ def train_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
 
 def run_cohort(config: Config, root: Path, cohort: plan.Cohort, x, y, steps: np.ndarray,
                budget: int, on_steps: Callable[[int], None] | None,
-               devices: int | None = 1, compile_seconds: float | None = None) -> int:
-    """Compiles (unless `compile_seconds` says it was, ahead) and trains one
-    cohort, and writes its file with both wall times; returns how many
-    members diverged. A file of an earlier grid that this one extends
-    (`held_members`) keeps its networks: only the others are trained, and
-    the file is rewritten with all of them."""
+               devices: int | None = 1, compile_seconds: float | None = None,
+               chunks: plan.Chunking | None = None) -> int:
+    """Compiles (unless `compile_seconds` says it was, ahead, for `chunks`)
+    and trains one cohort, and writes its file with both wall times; returns
+    how many members diverged. A file of an earlier grid that this one
+    extends (`held_members`) keeps its networks: only the others are
+    trained, and the file is rewritten with all of them."""
     place = ResultsFolder(root)
     path = place.cohort_path(cohort)
-    held = held_members(config, cohort, path)
-    subset = None if held is None else np.flatnonzero(np.isnan(held[2]))
+    held, subset, own = to_train(config, root, cohort, len(steps), budget)
+    chunks = chunks or own      # (the timings a grow's chunks follow may have moved since)
     if subset is not None and not len(subset):
         # every network is held (a fixed setting became a one-value axis, say):
         # nothing to train, only the file's layout to rewrite
         traj, seconds = none_trained(config, cohort, held), {"train_seconds": 0.0,
                                                               "compile_seconds": 0.0}
     else:
-        if compile_seconds is None or held is not None:
+        if compile_seconds is None:
             compile_seconds = compile_cohort(config, cohort, x, y, steps, budget, devices,
-                                             subset)
+                                             subset, chunks)
         started = time.perf_counter()
-        traj = train_cohort(config, cohort, x, y, steps, budget, on_steps, devices, subset)
+        traj = train_cohort(config, cohort, x, y, steps, budget, on_steps, devices, subset,
+                            chunks)
         seconds = {"train_seconds": time.perf_counter() - started,
                    "compile_seconds": compile_seconds}
-        share = 1.0 if subset is None else len(subset) / cohort.size
+        trained = cohort.size if subset is None else chunks.size * chunks.count   # padding too
         calibration.record(jax.default_backend(), jax.devices()[0].device_kind,
-                           calibration.program_key(config, cohort,
-                                                   None if subset is None else len(subset)),
-                           plan.train_flop(config, cohort) * share, seconds["train_seconds"],
-                           compile_seconds)
+                           calibration.program_key(config, cohort, chunks.size),
+                           plan.train_flop(config, cohort) * trained / cohort.size,
+                           seconds["train_seconds"], compile_seconds)
     if held is not None:
         traj, seconds = merged(config, cohort, held, subset, traj, seconds, path)
     ds = dataset.cohort_dataset(config, cohort, steps, traj, np.asarray(x), np.asarray(y),

@@ -199,3 +199,63 @@ def test_a_grow_cut_short_leaves_the_earlier_sweep_whole(tmp_path):
     ds = normsweep.open_sweep(root)
     assert list(ds["seed"].values) == [0, 1]
     np.testing.assert_array_equal(ds["frob_norm"].sel(seed=[0]).values, before["frob_norm"].values)
+
+
+def test_a_grow_by_seeds_compiles_nothing_and_equals_a_whole_launch(tmp_path, monkeypatch):
+    """The new networks train padded to the earlier launch's member count,
+    whose programs are already compiled: the grow compiles none, and its
+    networks equal those of a launch of the whole grid."""
+    import jax
+
+    monkeypatch.setenv("NORMSWEEP_TIMINGS", str(tmp_path / "timings.jsonl"))
+    text = SMALL.replace("depth = [2, 3]", "depth = [2]").replace("seed = [0]", "seed = [0, 1]")
+    grown = config.parse(text, overrides=["grid.seed=[0, 1, 2]"])
+    sweep.launch(config.parse(text), tmp_path / "grow")
+    names = []
+
+    def listener(event, duration, **kw):
+        if event.endswith("backend_compile_duration") and "_cohort" in kw.get("fun_name", ""):
+            names.append(kw["fun_name"])
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        summary = sweep.launch(grown, tmp_path / "grow")
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert summary.trained == ["width8_depth2"] and names == []
+    sweep.launch(grown, tmp_path / "whole")
+    with xr.open_dataset(tmp_path / "grow" / "sweep.nc") as got, \
+            xr.open_dataset(tmp_path / "whole" / "sweep.nc") as want:
+        equal.assert_sweeps_close(got, want)
+
+
+def test_a_grow_pads_only_where_the_padding_costs_less_than_a_compile(monkeypatch):
+    """`calibration.grow_chunking`: one seed added to 3 trains in the earlier
+    launch's chunk of 3 (two of them padding) with nothing recorded, or when
+    the recorded compile time exceeds the padding's training; in a chunk of
+    its own when compiling is cheaper, or when that would take more chunks."""
+    from normsweep import calibration, plan
+    monkeypatch.setenv("NORMSWEEP_JAX_CACHE", "on")
+    cfg = config.parse(SMALL, overrides=["grid.depth=[2]", "grid.seed=[0, 1, 2, 3]"])
+    cohort = plan.cohorts(cfg)[0]
+    flop = plan.train_flop(cfg, cohort)
+
+    def chunks(rows, new=1, budget=2**30):
+        return calibration.grow_chunking(cfg, cohort, 13, budget, new, cohort.size - new, rows)
+
+    assert chunks([]) == plan.Chunking(size=3, count=1)
+
+    def rows(train_seconds, compile_seconds):
+        # the earlier launch's program (3 members) compiled and trained here;
+        # training runs at flop/train_seconds for the whole cohort of 4
+        return [{"program": calibration.program_key(cfg, cohort, 3), "flop": flop,
+                 "train_seconds": train_seconds, "compile_seconds": compile_seconds,
+                 "cache": True}]
+    # padding: 2 members of 4 → half of train_seconds; a new program: compile_seconds
+    assert chunks(rows(train_seconds=1.0, compile_seconds=5.0)) == plan.Chunking(3, 1)
+    assert chunks(rows(train_seconds=30.0, compile_seconds=5.0)) == plan.Chunking(1, 1)
+    # three new networks where the memory holds one at a time: three chunks either way
+    one = plan.member_bytes(cfg, cohort, 13)
+    assert chunks([], new=3, budget=one) == plan.Chunking(1, 3)
+    monkeypatch.setenv("NORMSWEEP_JAX_CACHE", "off")     # nothing to find compiled
+    assert chunks([]) == plan.Chunking(1, 1)
