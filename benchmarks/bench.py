@@ -626,17 +626,20 @@ def main():
               f"(×{alone / ahead:.2f})")
 
     def part_sweep():
-        # a whole launch in a fresh process (cache off), split into what its
-        # launching thread did; then the same launch recording only the first
-        # and last steps with no probes, whose training is the steps alone:
-        # the difference is the records' cost
+        # a whole launch in a fresh process, into a fresh compilation cache,
+        # split into what its launching thread did; the same launch again (the
+        # cache warm); then recording only the first and last steps with no
+        # probes, whose training is the steps alone: the difference is the
+        # records' cost
         name, grid = sweep_grid()
         parsed = config_mod.parse(grid, source=name)
         steps = parsed.train.steps
         bare = (f"record.steps={steps}", "record.jacobian_norm=0", "record.sharpness=0",
                 "record.ntk_eigs=0", "record.activations=0", "record.spectra=false")
         with tempfile.TemporaryDirectory() as tmp:
-            full = launch_split(grid, f"{tmp}/sweep", "default", cache=smoke)
+            # into a fresh compilation cache: cold, as a first launch is
+            os.mkdir(f"{tmp}/cache")
+            full = launch_split(grid, f"{tmp}/sweep", "default", cache=f"{tmp}/cache")
             wall = full["wall"]
             res["sweep"] = {"grid": name, "cohorts": len(plan.cohorts(parsed)), "wall_s": wall,
                             "launching_thread_s": {k: full.get(k, 0.0) for k in
@@ -645,21 +648,19 @@ def main():
                             "compile_workers": full["workers"],
                             "training_share": full.get("train", 0.0) / wall}
             save()          # the launch's own figures, should the second launch run out of time
-            print(f"launch of {name}, {'cache on (smoke)' if smoke else 'no compilation cache'}"
+            print(f"launch of {name}, cold compilation cache"
                   f", {full['workers']} compile thread(s): {wall:.1f} s wall; the compile "
                   f"threads compiled for {full.get('compile_ahead', 0.0):.1f} s beside it")
             if args.one_launch:
                 print_split("  the launching thread's time (training includes the records):",
                             res["sweep"]["launching_thread_s"], wall)
                 return
-            steps_only = launch_split(grid, f"{tmp}/bare", "default", cache=smoke, overrides=bare)
-            # the same launch twice into a fresh cache: cold (filling it), then warm
-            os.mkdir(f"{tmp}/cache")
-            cold = launch_split(grid, f"{tmp}/cold", "default", cache=f"{tmp}/cache")
+            # the same launch again, its programs in the cache now
             warm = launch_split(grid, f"{tmp}/warm", "default", cache=f"{tmp}/cache")
-        res["sweep"]["wall_over_training"] = {
-            "cache off": wall / full.get("train", wall), "cold cache": cold["wall"] / cold["train"],
-            "warm cache": warm["wall"] / warm["train"]}
+            steps_only = launch_split(grid, f"{tmp}/bare", "default", cache=smoke, overrides=bare)
+        res["sweep"]["warm_wall_s"] = warm["wall"]
+        res["sweep"]["wall_over_training"] = {"cold cache": wall / full["train"],
+                                              "warm cache": warm["wall"] / warm["train"]}
         split = {"compile": full.get("compile", 0.0), "wait for compile": full.get("wait", 0.0),
                  "train (steps)": steps_only.get("train", 0.0),
                  "record": full.get("train", 0.0) - steps_only.get("train", 0.0),
@@ -671,7 +672,7 @@ def main():
               f"{steps_only['wall']:.1f} s wall")
         print("  wall / training (the launching thread's, records included): " + ", ".join(
             f"{k} ×{v:.2f}" for k, v in res["sweep"]["wall_over_training"].items()) +
-            f" (cold {cold['wall']:.1f} s, warm {warm['wall']:.1f} s wall)")
+            f" (warm: {warm['wall']:.1f} s wall)")
 
     def print_split(title, seconds, wall):
         print(title)
