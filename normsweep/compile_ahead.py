@@ -19,12 +19,10 @@ COMPILE_THREAD = "normsweep-compile"     # the name prefix of the compile-ahead 
 
 class CompileAhead:
     """Compiles cohorts' programs (`compile(i)` for i in range(count)) on
-    `workers` threads, the costliest first (by `cost(i)`, default in order),
-    while the launching thread trains those already compiled: `next()` hands
-    out a cohort whose programs are ready, or, when none is, the cheapest that
-    no thread has started (which the caller compiles itself, so that it
-    trains again soonest), or else waits for the first thread to finish.
-    Longest first is the classic rule for keeping a pool's makespan short.
+    `workers` threads, in order, while the launching thread trains those
+    already compiled: `next()` hands out a cohort whose programs are ready,
+    or, when none is, one that no thread has started (which the caller
+    compiles itself), or else waits for the first thread to finish.
 
     XLA compiles with the GIL released (only tracing and lowering hold it),
     so an accelerator, or a CPU's other cores, keep training meanwhile, and
@@ -34,21 +32,19 @@ class CompileAhead:
     compilation; those in flight finish on their threads (XLA cannot be
     stopped mid-compilation; on a GPU one can take a minute)."""
 
-    def __init__(self, count: int, compile: Callable[[int], float], workers: int,
-                 cost: Callable[[int], tuple | float] | None = None):
+    def __init__(self, count: int, compile: Callable[[int], float], workers: int):
         self._compile = compile
-        order = sorted(range(count), key=cost, reverse=True) if cost else range(count)
-        self._pending = collections.deque(order)
+        self._pending = collections.deque(range(count))
         self._lock = threading.Lock()
         self._ready: queue.SimpleQueue = queue.SimpleQueue()
         for i in range(min(workers, count)):
             threading.Thread(target=self._work, name=f"{COMPILE_THREAD}-{i}").start()
 
-    def _take(self, cheapest: bool = False) -> int | None:
+    def _take(self) -> int | None:
         with self._lock:
             if not self._pending:
                 return None
-            return self._pending.pop() if cheapest else self._pending.popleft()
+            return self._pending.popleft()
 
     def _work(self) -> None:
         while (i := self._take()) is not None:
@@ -63,7 +59,7 @@ class CompileAhead:
             return self._ready.get_nowait()
         except queue.Empty:
             pass
-        i = self._take(cheapest=True)
+        i = self._take()
         return (i, None) if i is not None else self._ready.get()
 
     def close(self) -> None:

@@ -150,10 +150,7 @@ def train_here(config: Config, root: Path, todo: list[plan.Cohort], steps: np.nd
         return work.compile_cohort(config, todo[j], *data_of(todo[j]), steps, budget, devices,
                                    subset, chunks)
 
-    # a cohort's programs grow with its layers (kernels per layer: BENCHMARKS.md)
-    ahead = CompileAhead(len(todo), compile_ahead, workers,
-                         cost=lambda j: (todo[j].depth, todo[j].width)) \
-        if workers > 0 else None
+    ahead = CompileAhead(len(todo), compile_ahead, workers) if workers > 0 else None
     try:
         for i in range(len(todo)):
             index, compiled = ahead.next() if ahead is not None else (i, None)

@@ -62,14 +62,13 @@ def test_benchmark_runs_the_parts_asked_for(tmp_path, smoke):
 
     bench = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--smoke"]
     out = tmp_path / "bench.json"
-    result = subprocess.run(bench + ["--parts", "compilations,memory,sweep,programs",
+    result = subprocess.run(bench + ["--parts", "sweep,programs",
                                      "--one-launch", "--unroll", "1", "--json", str(out)],
                             capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(out.read_text())
-    assert figures["compilations_for_3_lr_cohorts"] == 2
-    assert "peak memory" in result.stdout
-    assert "cohorts" not in figures and "compile_ahead" not in figures
+    assert not {"cohorts", "compile_ahead", "compilations_for_3_lr_cohorts"} & set(figures)
+    assert "peak memory" not in result.stdout
     # one launch: its own split, and no steps-only launch
     assert figures["sweep"]["launching_thread_s"]["train"] > 0
     assert "split_s" not in figures["sweep"] and "recording only the first" not in result.stdout
