@@ -23,7 +23,7 @@ steps = 20
 weights = true
 jacobian_norm = 0
 [grid]
-width = [8, 16]
+width = [16]
 depth = [2]
 lr = [0.1, 0.4]
 seed = [0, 1]
@@ -41,15 +41,14 @@ def swept(tmp_path_factory):
 
 def test_cohorts_are_named_by_their_training_set(swept):
     names = sorted(p.name for p in (swept / "cohorts").glob("*.nc"))
-    assert names == sorted(f"n{n}_d{d}_width{m}_depth2.nc" for n in (8, 16) for d in (4, 6)
-                           for m in (8, 16))
+    assert names == sorted(f"n{n}_d{d}_width16_depth2.nc" for n in (8, 16) for d in (4, 6))
     ds = normsweep.open_sweep(swept)
     assert ds["frob_norm"].dims[:4] == ("width", "depth", "n", "d")
     assert ds["inputs"].dims == ("n", "d", "sample", "feature")
     x = ds["inputs"].sel(n=8, d=4).values
     assert np.isnan(x[8:]).all() and np.isnan(x[:, 4:]).all()
     np.testing.assert_allclose(np.linalg.norm(x[:8, :4], axis=1), 1.0, rtol=1e-6)
-    assert int(ds["diverged_at"].size) == config.parse(AXES).grid.size == 32
+    assert int(ds["diverged_at"].size) == config.parse(AXES).grid.size == 16
 
 
 @pytest.mark.parametrize("n, d", [(8, 6), (16, 4)])
@@ -75,19 +74,19 @@ def test_a_grown_n_axis_trains_only_the_new_training_set(swept, tmp_path):
     grown = config.parse(AXES.replace("n = [8, 16]", "n = [8, 16, 32]"))
     status = ResultsFolder(root).status(grown)
     assert {c.cohort.name: c.state for c in status.cohorts if c.cohort.n == 32} == {
-        f"n32_d{d}_width{m}_depth2": folder.MISSING for d in (4, 6) for m in (8, 16)}
+        f"n32_d{d}_width16_depth2": folder.MISSING for d in (4, 6)}
     summary = sweep.launch(grown, root)
-    assert summary.new == 16 and summary.kept == 32
+    assert summary.new == 8 and summary.kept == 16
     assert normsweep.open_sweep(root).sizes["n"] == 3
 
 
 def test_a_file_of_another_training_set_is_foreign(swept, tmp_path):
     root = tmp_path / "nd"
     shutil.copytree(swept, root)
-    shutil.copy(root / "cohorts" / "n8_d4_width8_depth2.nc",
-                root / "cohorts" / "n16_d4_width8_depth2.nc")
+    shutil.copy(root / "cohorts" / "n8_d4_width16_depth2.nc",
+                root / "cohorts" / "n16_d4_width16_depth2.nc")
     cohort = next(c for c in plan.cohorts(config.parse(AXES))
-                  if c.name == "n16_d4_width8_depth2")
+                  if c.name == "n16_d4_width16_depth2")
     state = ResultsFolder(root).cohort_state(config.parse(AXES), cohort)
     assert state.state == folder.FOREIGN and "n=16, d=4" in state.reason
 
