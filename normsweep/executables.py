@@ -51,20 +51,23 @@ def _signature(tree) -> tuple:
                                  str(getattr(a, "sharding", None))) for a in leaves))
 
 
-def key(name: str, program, static: tuple, args: tuple) -> str:
+def key(name: str, program, static: tuple, args: tuple, context: tuple = ()) -> str:
+    """What determines the executable; `context`: settings of the process
+    that change the traced program (the loops' unrolling)."""
     shape = tuple((f.name, getattr(program, f.name)) for f in dataclasses.fields(program)
                   if f.compare)
     devices = tuple((d.platform, d.device_kind, d.id) for d in jax.local_devices())
-    text = repr((name, shape, static, _signature(args), devices, jax.__version__,
-                 jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
+    text = repr((name, shape, static, _signature(args), context, devices, jax.__version__,
+                 os.environ.get("XLA_FLAGS", ""), os.environ.get("LIBTPU_INIT_ARGS", ""),
                  _source_digest()))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def compiled(name: str, jitted, program, static: tuple, args: tuple) -> jax.stages.Compiled:
+def compiled(name: str, jitted, program, static: tuple, args: tuple,
+             context: tuple = ()) -> jax.stages.Compiled:
     """`jitted.lower(program, *static, *args).compile()`, or the same
-    executable loaded from this process or the disk."""
-    k = key(name, program, tuple(repr(s) for s in static), args)
+    executable loaded from this process or the disk (`key`)."""
+    k = key(name, program, tuple(repr(s) for s in static), args, context)
     with _lock:
         if k in _loaded:
             return _loaded[k]

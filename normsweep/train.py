@@ -279,10 +279,12 @@ def programs(program: Program, mesh: Mesh | None, hp: Hyper, init_keys, power_ke
         return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type),
                             info)
 
+    # the loops' unrolling shapes the traced program too (the benchmark sets it)
+    context = (linalg.UNROLL, linalg._unroll.__name__)
     # (the annotations name each program's compilation in a jax.profiler trace)
     with jax.profiler.TraceAnnotation("normsweep compile init"):
         out = {"init": executables.compiled("init", init_cohort, program, (mesh,),
-                                            (hp, init_keys, power_keys, x))}
+                                            (hp, init_keys, power_keys, x), context)}
     # every segment has the same shapes
     t, gap, valid, due = segments(steps, schedules, probe_points)[0]
     # init_cohort places its output as segment_cohort does, so one program
@@ -290,12 +292,12 @@ def programs(program: Program, mesh: Mesh | None, hp: Hyper, init_keys, power_ke
     state = like_outputs(out["init"])
     with jax.profiler.TraceAnnotation("normsweep compile segment"):
         out["segment"] = executables.compiled("segment", segment_cohort, program, (mesh,),
-                                              (state, hp, x, y, t, gap, valid, due))
+                                              (state, hp, x, y, t, gap, valid, due), context)
     if program.spectra:
         with jax.profiler.TraceAnnotation("normsweep compile spectra"):
             out["spectra"] = executables.compiled(
                 "spectra", spectra_cohort, program, (mesh, plan.spectral_rank(program.dims)),
-                (state, x, y))
+                (state, x, y), context)
     return out
 
 
