@@ -23,7 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from normsweep import executables, measure, linalg, plan
+from normsweep import measure, linalg, plan
 from normsweep.measure import tree_dot, tree_scale, empty_records, gradient_sums, measured
 from normsweep.model import kernels, normals, unit_kernels, with_kernels
 from normsweep.step import Hyper, Program, State, hyper, optimizer, step
@@ -264,13 +264,22 @@ def probe_schedules(program: Program, schedules: dict | None) -> dict[str, int |
     return {name: schedules.get(name, "log") for name in program.probes}
 
 
-def programs(program: Program, mesh: Mesh | None, hp: Hyper, init_keys, power_keys, x, y,
-             steps: np.ndarray, schedules: dict[str, int | str], probe_points: int) -> dict:
-    """The compiled programs of a cohort, by name ("init", "segment", and
-    "spectra" when recorded), for arguments placed as `placed` places them:
-    found in this process or on disk (`executables`), else compiled. Each is
-    lowered against the shapes and placements the previous one outputs, so
-    that the state is never built to compile them."""
+def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys,
+                    steps: np.ndarray, devices: int | None = 1, *,
+                    weight_decay: np.ndarray | None = None, parametrization=None,
+                    schedules: dict | None = None, probe_points: int = 16) -> dict:
+    """Compiles, and runs nothing of, the programs that `train_members` with
+    the same arguments runs, so that its calls find them compiled (in JAX's
+    in-memory cache; the persistent cache too, where enabled). The state is
+    never built: each program is lowered against the shapes and placements
+    the previous one outputs. `launch` calls this on its compile threads to
+    compile the next cohort while one trains (on an accelerator the device
+    would otherwise idle for the whole compilation). Thread-safe. Returns
+    the compiled programs by name ("init", "segment", and "spectra" when
+    recorded), for inspection (the benchmark counts their kernels)."""
+    mesh, hp, init_keys, power_keys, x, y = placed(program, x, y, lrs, init_keys, power_keys,
+                                                    steps, devices, weight_decay, parametrization)
+
     def like_outputs(compiled):
         # on one device train_members' arrays are uncommitted: no placement
         info = compiled.out_info
@@ -279,42 +288,23 @@ def programs(program: Program, mesh: Mesh | None, hp: Hyper, init_keys, power_ke
         return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type),
                             info)
 
-    # the loops' unrolling shapes the traced program too (the benchmark sets it)
-    context = (linalg.UNROLL, linalg._unroll.__name__)
     # (the annotations name each program's compilation in a jax.profiler trace)
     with jax.profiler.TraceAnnotation("normsweep compile init"):
-        out = {"init": executables.compiled("init", init_cohort, program, (mesh,),
-                                            (hp, init_keys, power_keys, x), context)}
+        compiled = {"init": init_cohort.lower(program, mesh, hp, init_keys, power_keys,
+                                              x).compile()}
     # every segment has the same shapes
-    t, gap, valid, due = segments(steps, schedules, probe_points)[0]
+    t, gap, valid, due = segments(steps, probe_schedules(program, schedules), probe_points)[0]
     # init_cohort places its output as segment_cohort does, so one program
     # serves every segment (tested on two devices)
-    state = like_outputs(out["init"])
+    state = like_outputs(compiled["init"])
     with jax.profiler.TraceAnnotation("normsweep compile segment"):
-        out["segment"] = executables.compiled("segment", segment_cohort, program, (mesh,),
-                                              (state, hp, x, y, t, gap, valid, due), context)
+        compiled["segment"] = segment_cohort.lower(program, mesh, state, hp, x, y, t, gap, valid,
+                                                   due).compile()
     if program.spectra:
         with jax.profiler.TraceAnnotation("normsweep compile spectra"):
-            out["spectra"] = executables.compiled(
-                "spectra", spectra_cohort, program, (mesh, plan.spectral_rank(program.dims)),
-                (state, x, y), context)
-    return out
-
-
-def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys,
-                    steps: np.ndarray, devices: int | None = 1, *,
-                    weight_decay: np.ndarray | None = None, parametrization=None,
-                    schedules: dict | None = None, probe_points: int = 16) -> dict:
-    """Compiles, and runs nothing of, the programs that `train_members` with
-    the same arguments runs (`programs`), so that its calls find them
-    compiled. `launch` calls this on its compile threads to compile the next
-    cohort while one trains (on an accelerator the device would otherwise
-    idle for the whole compilation). Thread-safe. Returns the compiled
-    programs by name, for inspection (the benchmark counts their kernels)."""
-    mesh, hp, init_keys, power_keys, x, y = placed(program, x, y, lrs, init_keys, power_keys,
-                                                    steps, devices, weight_decay, parametrization)
-    return programs(program, mesh, hp, init_keys, power_keys, x, y, steps,
-                    probe_schedules(program, schedules), probe_points)
+            compiled["spectra"] = spectra_cohort.lower(
+                program, mesh, plan.spectral_rank(program.dims), state, x, y).compile()
+    return compiled
 
 
 def train_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys,
@@ -337,23 +327,21 @@ def train_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys
     members = len(lrs)
     mesh, hp, init_keys, power_keys, x, y = placed(program, x, y, lrs, init_keys, power_keys,
                                                     steps, devices, weight_decay, parametrization)
-    schedules = probe_schedules(program, schedules)
-    run = programs(program, mesh, hp, init_keys, power_keys, x, y, steps, schedules,
-                   probe_points)
-    state = run["init"](hp, init_keys, power_keys, x)
+    state = init_cohort(program, mesh, hp, init_keys, power_keys, x)
     # A copy, not a view: the state's buffers are donated to the next call.
     initial = [np.array(w, copy=True)[:members] for w in state.params0] if keep_weights else None
     taken = []
 
     def take_spectra(state):
         if program.spectra:
-            out = run["spectra"](state, x, y)
+            out = spectra_cohort(program, mesh, plan.spectral_rank(program.dims), state, x, y)
             taken.append({k: np.asarray(v)[:members] for k, v in out.items()})
 
     take_spectra(state)
     chunks = []
-    for t, gap, valid, due in segments(steps, schedules, probe_points):
-        state, rec = run["segment"](state, hp, x, y, t, gap, valid, due)
+    for t, gap, valid, due in segments(steps, probe_schedules(program, schedules),
+                                       probe_points):
+        state, rec = segment_cohort(program, mesh, state, hp, x, y, t, gap, valid, due)
         chunks.append({k: np.asarray(v)[:members, valid] for k, v in rec.items()})
         if on_steps is not None:
             on_steps(int(np.sum(gap[valid] + 1)))
