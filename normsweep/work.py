@@ -134,9 +134,7 @@ class Members:
         self.program = program_for(config, cohort)
         subset = np.arange(cohort.size) if subset is None else np.asarray(subset)
         if chunks is None:
-            chunks = plan.chunking(config, cohort, n_records, budget_bytes) \
-                if len(subset) == cohort.size else \
-                grow_chunking(config, cohort, n_records, budget_bytes, len(subset))
+            chunks = chunking(config, cohort, n_records, budget_bytes, len(subset))
         self.chunks = [subset[idx] for idx in chunks.slices(len(subset))]
         self.lrs, seeds = cohort.member_lr(), cohort.member_seed()
         self.wds, self.params = cohort.member_weight_decay(), cohort.member_parametrization()
@@ -158,18 +156,20 @@ def to_train(config: Config, root: Path, cohort: plan.Cohort, n_records: int,
     to train (None: all) and the chunks that train them."""
     held = held_members(config, cohort, ResultsFolder(root).cohort_path(cohort))
     if held is None:
-        return None, None, plan.chunking(config, cohort, n_records, budget_bytes)
+        return None, None, chunking(config, cohort, n_records, budget_bytes, cohort.size)
     subset = np.flatnonzero(np.isnan(held[2]))
-    chunks = grow_chunking(config, cohort, n_records, budget_bytes, len(subset)) \
+    chunks = chunking(config, cohort, n_records, budget_bytes, len(subset)) \
         if len(subset) else None
     return held, subset, chunks
 
 
-def grow_chunking(config: Config, cohort: plan.Cohort, n_records: int, budget_bytes: int,
-                  new: int) -> plan.Chunking:
-    """The chunks that train `new` of `cohort`'s networks, the others held
-    from an earlier launch (`calibration.grow_chunking`, by this machine's
-    recorded times)."""
+def chunking(config: Config, cohort: plan.Cohort, n_records: int, budget_bytes: int,
+             new: int) -> plan.Chunking:
+    """The chunks that train `new` of `cohort`'s networks: the whole cohort's
+    (`plan.chunking`), or a grow's, the others held from an earlier launch
+    (`calibration.grow_chunking`, by this machine's recorded times)."""
+    if new == cohort.size:
+        return plan.chunking(config, cohort, n_records, budget_bytes)
     rows = calibration.load(jax.default_backend(), jax.devices()[0].device_kind)
     return calibration.grow_chunking(config, cohort, n_records, budget_bytes, new,
                                      cohort.size - new, rows)
