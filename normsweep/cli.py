@@ -231,6 +231,27 @@ class ResultsDir(click.ParamType):
         return path
 
 
+class OnlyCohorts(click.ParamType):
+    """A `--only` selection, "width=M,depth=L" (either or both), as
+    {"width": M, "depth": L}; `plan.check_only` checks it against the grid."""
+    name = "selection"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, dict):
+            return value
+        selection = {}
+        for pair in value.split(","):
+            key, sep, number = (part.strip() for part in pair.partition("="))
+            if not sep or key not in ("width", "depth") or not number.isdigit():
+                self.fail(f"{pair.strip() or value!r}: must be width=M and/or depth=L, "
+                          "comma-separated (e.g. width=256,depth=3)", param, ctx)
+            if key in selection:
+                self.fail(f"{value!r} names {key} twice: a cohort has one {key}; give each "
+                          "selection its own --only (--only width=8 --only width=12)", param, ctx)
+            selection[key] = int(number)
+        return selection
+
+
 def warn(message: str) -> None:
     click.echo(f"warning: {message}", err=True)
 
@@ -287,12 +308,12 @@ def main() -> None:
               help="Override a key of GRID, as TOML (train.steps=100, grid.lr='[0.01, 0.1]', "
                    "model.init=width); repeatable. The results folder records the effective "
                    "grid.")
-@click.option("--only", multiple=True, metavar="width=M,depth=L",
+@click.option("--only", multiple=True, metavar="width=M,depth=L", type=OnlyCohorts(),
               help="Train only the cohorts that match (repeatable: any match); the rest of "
                    "the grid stays to do, and sweep.nc is written once it is all done.")
 def launch(grid: Path, out: Path | None, memory_budget: int | None, scheduler: str | None,
            devices: int | None, compile_workers: int | None, quiet: bool, dry_run: bool,
-           overrides: tuple[str, ...], only: tuple[str, ...]) -> None:
+           overrides: tuple[str, ...], only: tuple[dict[str, int], ...]) -> None:
     """Train every point of GRID and record norm trajectories.
 
     Writes OUT/cohorts/<cohort>.nc as each (width, depth) cohort finishes and
@@ -316,7 +337,7 @@ def launch(grid: Path, out: Path | None, memory_budget: int | None, scheduler: s
     budget = memory_budget
     config = config_mod.load(grid, overrides)
     root = out if out is not None else Path("results") / config.name
-    selections = plan.parse_only(config, list(only)) if only else None
+    selections = plan.check_only(config, list(only)) if only else None
     command = launch_command(grid, out, memory_budget, scheduler, devices, compile_workers,
                              quiet, overrides, only)
     if dry_run:
@@ -373,7 +394,7 @@ def launch_command(grid, out, memory_budget, scheduler, devices, compile_workers
     for item in overrides:
         words += ["--set", item]
     for item in only:
-        words += ["--only", item]
+        words += ["--only", ",".join(f"{key}={value}" for key, value in item.items())]
     return shlex.join(words)
 
 

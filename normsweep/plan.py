@@ -206,34 +206,17 @@ def chunking(config: Config, cohort: Cohort, n_records: int, budget_bytes: int,
     return Chunking(size=size, count=count)
 
 
-def parse_only(config: Config, items: list[str]) -> list[dict[str, int]]:
-    """`--only` selections ("width=256,depth=3"; a cohort matches one when it
-    has every value named), checked against the grid's axes."""
-    out = []
-    for item in items:
-        selection = {}
-        for pair in item.split(","):
-            key, sep, value = pair.partition("=")
-            key = key.strip()
-            if not sep or key not in ("width", "depth"):
-                raise GridError("--only", pair.strip() or item, item,
-                                "must be width=M and/or depth=L, comma-separated "
-                                "(e.g. width=256,depth=3)")
+def check_only(config: Config, only: list[dict[str, int]]) -> list[dict[str, int]]:
+    """`--only` selections ({"width": 256, "depth": 3}; a cohort matches one
+    when it has every value named; parsed by the CLI's `OnlyCohorts`),
+    checked against the grid's axes."""
+    for selection in only:
+        for key, number in selection.items():
             axis = getattr(config.grid, key)
-            try:
-                number = int(value)
-            except ValueError:
-                number = None
             if number not in axis:
-                raise GridError("--only", f"grid.{key}", value.strip(),
+                raise GridError("--only", f"grid.{key}", number,
                                 f"must be one of the grid's values {list(axis)}")
-            if key in selection:
-                raise GridError("--only", key, item,
-                                f"names {key} twice: a cohort has one {key}; give each "
-                                "selection its own --only (--only width=8 --only width=12)")
-            selection[key] = number
-        out.append(selection)
-    return out
+    return only
 
 
 def selected(cohort: Cohort, only: list[dict[str, int]] | None) -> bool:

@@ -86,7 +86,7 @@ def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
     `compile_workers`: threads compiling cohorts ahead while one trains
     (`train_here`; None: `default_compile_workers`, 0: none). `command`:
     how the launch was asked for, recorded in sweep.nc's `command` and `history` (default:
-    this process's command line). `only` (`parse_only`): train just the
+    this process's command line). `only` (`plan.check_only`): train just the
     cohorts that match one of its selections; sweep.nc is written once every
     cohort of the grid is done."""
     started = time.perf_counter()
@@ -96,6 +96,8 @@ def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
     folder.precheck_folder(root)
     work.enable_dtype(config)
     budget = budget_bytes or default_budget()
+    if only is not None:
+        plan.check_only(config, only)
     cohorts = plan.cohorts(config)
     n_records = plan.record_count(config.train.steps, config.record.steps,
                                   config.record.log_points)
