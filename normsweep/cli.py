@@ -605,8 +605,10 @@ def sweep_folders(root: Path) -> list[Path]:
 def probes(record) -> list[tuple[str, object]]:
     """The probes `record` turns on, and the spectra: what `show` lists
     beside the record schedule."""
-    on = [(key, getattr(record, key)) for key in record.PROBE_KEYS.values()
-          if getattr(record, key)]
+    from normsweep.probes import PROBES
+
+    on = [(probe.key, getattr(record, probe.key)) for probe in PROBES.values()
+          if getattr(record, probe.key)]
     return on + ([("spectra", "true")] if record.spectra else [])
 
 

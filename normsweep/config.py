@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tomli_w
 
+from normsweep import probes
 from normsweep.errors import GridError
 
 INITS = ("he", "width")
@@ -106,52 +107,44 @@ class TrainConfig:
     weight_decay: float = setting(0.0, lambda p: p.nonnegative)
 
 
+def with_probes(cls: type) -> type:
+    """`cls` with a `setting` for each probe's schedule and sizes
+    (`probes.PROBES`, where each probe is declared once), after its own."""
+    for probe in probes.PROBES.values():
+        cls.__annotations__[probe.key] = int | str
+        setattr(cls, probe.key, setting(probe.default, lambda p: p.probe))
+        for key, (default, lo, hi) in probe.sizes.items():
+            cls.__annotations__[key] = int
+            setattr(cls, key, setting(default, lambda p, lo=lo, hi=hi: p.integer(lo, hi)))
+    return cls
+
+
 @dataclasses.dataclass(frozen=True)
+@with_probes
 class RecordConfig:
     """Which steps are recorded: "log" (log-spaced, at most `log_points` of
     them, always step 0 and the last step), "all", or an integer stride (every
     stride-th step and the last). `weights` keeps initial and final weights.
     `lanczos_steps`: Lanczos steps (products with WᵀW) per record and
     matrix, warm-started from the previous record (`power_iters` is accepted
-    as its old name).
-    The probes below are each 0 (off), a stride s (the recorded steps that
-    are multiples of s, and the last step) or "log" (`probe_points` of the
-    recorded steps, spread evenly in log(step), step 0 and the last included;
-    all of them when there are no more):
-    `sharpness`: the top Hessian eigenvalue, by `sharpness_iters`
-    warm-started power iterations on Hessian-vector products.
-    `jacobian_norm`: the mean Frobenius and spectral norms of the
-    input–output Jacobian ∂F(x_i)/∂x_i over the first `jacobian_points`
-    training points (all of them when n is smaller). On by default: at
-    "log" it adds about 6% to a cohort's training (BENCHMARKS.md).
-    `ntk_eigs`: the largest and smallest eigenvalues of the empirical NTK
-    Gram matrix on the first `ntk_points` training points.
-    `activations`: per layer, the mean |a_l(t) − a_l(0)| of the
-    preactivations over the data (the μP coordinate check).
-    `spectra`: the singular values of W_l and W_l − W_l(0) and the effective
-    rank of the gradient, at step 0 and the last step."""
+    as its old name). `spectra`: the singular values of W_l and W_l − W_l(0)
+    and the effective rank of the gradient, at step 0 and the last step.
+    Then each probe's keys (`with_probes`): its schedule, 0 (off), a stride
+    s (the recorded steps that are multiples of s, and the last step) or
+    "log" (`probe_points` of the recorded steps, spread evenly in log(step),
+    step 0 and the last included; all of them when there are no more), and
+    its sizes."""
     steps: str | int = setting("log", lambda p: p.schedule)
     weights: bool = setting(False, lambda p: p.boolean)
     lanczos_steps: int = setting(10, lambda p: p.integer(1, MAX_LANCZOS_STEPS))
     log_points: int = setting(256, lambda p: p.integer(2, 100_000))
-    sharpness: int | str = setting(0, lambda p: p.probe)
-    sharpness_iters: int = setting(20, lambda p: p.integer(1, 1000))
-    jacobian_norm: int | str = setting("log", lambda p: p.probe)
-    jacobian_points: int = setting(64, lambda p: p.integer(1, 10**9))
-    ntk_eigs: int | str = setting(0, lambda p: p.probe)
-    ntk_points: int = setting(32, lambda p: p.integer(1, 256))
-    activations: int | str = setting(0, lambda p: p.probe)
     probe_points: int = setting(16, lambda p: p.integer(2, 100_000))
     spectra: bool = setting(False, lambda p: p.boolean)
 
-    # each probe (`measure.PROBES`, by name) and the key of its schedule
-    PROBE_KEYS = {"sharpness": "sharpness", "jacobian": "jacobian_norm", "ntk": "ntk_eigs",
-                  "activations": "activations"}
-
     def schedules(self) -> dict[str, int | str]:
         """The probes that are on, by name, with their schedules."""
-        return {name: getattr(self, key) for name, key in self.PROBE_KEYS.items()
-                if getattr(self, key)}
+        return {name: getattr(self, probe.key) for name, probe in probes.PROBES.items()
+                if getattr(self, probe.key)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,15 +7,14 @@ the member's state; `train` vmaps them over members.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from normsweep import linalg
 from normsweep.model import kernels, with_kernels
+from normsweep.probes import PROBES
 from normsweep.schema import LAYER_METRICS, NETWORK_METRICS
 from normsweep.step import Hyper, Program, State, loss_and_logits
 
@@ -225,16 +224,15 @@ def measured(program: Program, state: State, new: State, out, hp: Hyper, x, y, t
         params=jax.tree.map(lambda a, b: jnp.where(newly, a, b), state.params, new.params),
         diverged_at=jnp.where(newly, jnp.asarray(t, jnp.int32), new.diverged_at))
     for name in due:
-        probe = PROBES[name]
+        probe, measurement = PROBES[name], MEASUREMENTS[name]
         if probe.carry:         # its warm start, carried from record to record in the state
             values, carried = jax.lax.cond(
-                due[name], lambda v, p=probe: p.measure(program, state, hp, x, y, v),
-                lambda v, p=probe: (p.empty(program), v), getattr(state, probe.carry))
+                due[name], lambda v, f=measurement: f(program, state, hp, x, y, v),
+                lambda v, n=name: (empty_probe(program, n), v), getattr(state, probe.carry))
             new = new._replace(**{probe.carry: carried})
         else:
-            values = jax.lax.cond(due[name],
-                                  lambda s, p=probe: p.measure(program, s, hp, x, y),
-                                  lambda s, p=probe: p.empty(program), state)
+            values = jax.lax.cond(due[name], lambda s, f=measurement: f(program, s, hp, x, y),
+                                  lambda s, n=name: empty_probe(program, n), state)
         rec.update(zip(probe.records, values))
     # every record is NaN from the member's divergence on
     dead = (new.diverged_at >= 0) & (new.diverged_at <= t)
@@ -247,47 +245,33 @@ def empty_records(program: Program) -> dict:
     rec = {name: nan for name in LAYER_METRICS}
     rec.update({name: nan[0] for name in NETWORK_METRICS})
     for name in program.probes:
-        rec.update(zip(PROBES[name].records, PROBES[name].empty(program)))
+        rec.update(zip(PROBES[name].records, empty_probe(program, name)))
     return rec
 
 
-# -- the probes: measured at the records their schedules pick -------------------
+# -- the probes (declared in `probes.PROBES`): measured at the records their
+# schedules pick. Each takes (program, state, hp, x, y), and a probe with a
+# `carry` also its carried value; it returns its records' values (and the
+# new carried value).
 
-def _sharpness_probe(program: Program, s: State, hp: Hyper, x, y, v):
+def _sharpness(program: Program, s: State, hp: Hyper, x, y, v):
     """(sharpness,) at W(t) by power iteration from the carried vector `v`, and the new `v`."""
-    lam, v = sharpness(program, s.params, v, x, y, program.sharpness_iters, hp.lr_mult)
+    lam, v = sharpness(program, s.params, v, x, y, program.size("sharpness_iters"), hp.lr_mult)
     return (lam,), v
 
 
-@dataclasses.dataclass(frozen=True)
-class Probe:
-    """A quantity measured only at the records its schedule picks
-    (`train.segments`): its record names (documented in `schema.VARIABLES`),
-    whether each is per layer, its measurement from a member's state, and
-    the name of the `State` field it carries from record to record (a warm
-    start), passed to `measure` and returned beside its values."""
-    records: tuple[str, ...]
-    per_layer: bool
-    measure: Callable
-    carry: str | None = None
-
-    def empty(self, program: Program) -> tuple:
-        shape = (program.depth,) if self.per_layer else ()
-        return tuple(jnp.full(shape, jnp.nan, program.jdtype) for _ in self.records)
-
-
-# a probe's config key and schedule are `config.RecordConfig`'s (`PROBE_KEYS`)
-PROBES = {
-    "sharpness": Probe(("sharpness",), False, _sharpness_probe, carry="hess_v"),
-    "jacobian": Probe(
-        ("jacobian_frob_norm", "jacobian_spec_norm"), False,
-        lambda program, s, hp, x, y: jacobian_norms(program, s.params,
-                                                    x[:program.jacobian_points])),
-    "ntk": Probe(
-        ("ntk_max_eig", "ntk_min_eig"), False,
-        lambda program, s, hp, x, y: ntk_eigs(program, s.params, hp.lr_mult,
-                                              x[:program.ntk_points])),
-    "activations": Probe(
-        ("activation_change",), True,
-        lambda program, s, hp, x, y: (activation_change(program, s.params, s.params0, x),)),
+MEASUREMENTS = {
+    "sharpness": _sharpness,
+    "jacobian": lambda program, s, hp, x, y: jacobian_norms(
+        program, s.params, x[:program.size("jacobian_points")]),
+    "ntk": lambda program, s, hp, x, y: ntk_eigs(program, s.params, hp.lr_mult,
+                                                 x[:program.size("ntk_points")]),
+    "activations": lambda program, s, hp, x, y: (
+        activation_change(program, s.params, s.params0, x),),
 }
+
+
+def empty_probe(program: Program, name: str) -> tuple:
+    """NaN in each record of the probe `name`: a record it does not measure."""
+    shape = (program.depth,) if PROBES[name].per_layer else ()
+    return tuple(jnp.full(shape, jnp.nan, program.jdtype) for _ in PROBES[name].records)

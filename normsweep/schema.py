@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import xarray as xr
 
+from normsweep import probes
+
 LAYER_METRICS = ("frob_norm", "spec_norm", "frob_dist", "spec_dist", "update_norm", "grad_norm",
                  "grad_dot_weight")
 NETWORK_METRICS = ("loss", "accuracy", "margin")
@@ -34,10 +36,6 @@ VARIABLES = {
     "margin": ("margin", "1",
                "min over the training points of z_i[y_i] − max_{j≠y_i} z_i[j] of the logits z "
                "(positive when every point is classified right)"),
-    "activation_change": ("mean |a(t) − a(0)|", "1",
-                          "mean over the data and units of |a_l(t) − a_l(0)|, a_l = h_l W_l the "
-                          "preactivations of layer l (the logits for the last; NaN where not "
-                          "measured)"),
     "singular_values": ("singular value σ(W)", "1",
                         "singular values of W_l, descending, NaN beyond min(fan_in, fan_out)"),
     "change_singular_values": ("singular value σ(W − W(0))", "1",
@@ -46,21 +44,7 @@ VARIABLES = {
     "gradient_effective_rank": ("effective rank of ∇L", "1",
                                 "exp of the entropy of the normalised singular values of "
                                 "∂L/∂W_l (Roy & Vetterli), the effective rank of the GD update"),
-    "jacobian_frob_norm": ("Jacobian norm ‖∂F/∂x‖_F", "1",
-                           "mean over the data of the Frobenius norm of ∂F(x_i)/∂x_i "
-                           "(NaN where not measured)"),
-    "jacobian_spec_norm": ("Jacobian norm ‖∂F/∂x‖₂", "1",
-                           "mean over the data of the spectral norm of ∂F(x_i)/∂x_i "
-                           "(NaN where not measured)"),
-    "sharpness": ("sharpness λ_max", "1",
-                  "largest-magnitude eigenvalue of the loss Hessian at W(t), preconditioned "
-                  "by the per-layer lr multipliers (NaN where not measured)"),
-    "ntk_max_eig": ("NTK λ_max", "1",
-                    "largest eigenvalue of the empirical NTK Gram matrix of the logits on the "
-                    "first ntk_points training points (NaN where not measured)"),
-    "ntk_min_eig": ("NTK λ_min", "1",
-                    "smallest eigenvalue of the empirical NTK Gram matrix of the logits on the "
-                    "first ntk_points training points (NaN where not measured)"),
+    **probes.variables(),           # each probe's, declared with it
     "diverged_at": ("divergence step", None,
                     "first step with a non-finite loss, weight or recorded norm, −1 if none"),
     "train_seconds": ("training time", "s",

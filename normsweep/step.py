@@ -21,6 +21,7 @@ import optax
 
 from normsweep import linalg
 from normsweep.model import MLP, init_stds, kernels, lr_multipliers, with_kernels
+from normsweep.probes import PROBES, sizes as probe_sizes
 
 COLD_ITERS = 100
 
@@ -31,9 +32,11 @@ class Program:
     its cache on a Program, so two cohorts with equal Programs share one
     compilation. Which records a probe measures is an input (`train.segments`
     from its schedule), so only whether it is on (`probes`) is here: grids
-    that differ only in a probe's stride share their programs. `init` and
-    `parametrization` are defaults of the host-side `hyper` (each member's
-    init stds and lr multipliers are traced), left out of the comparison."""
+    that differ only in a probe's stride share their programs; `sizes` holds
+    the sizes of those on ({key: value}, `probes.Probe.sizes`; defaults where
+    not given). `init` and `parametrization` are defaults of the host-side
+    `hyper` (each member's init stds and lr multipliers are traced), left
+    out of the comparison."""
     dims: tuple[int, ...]
     init: str = dataclasses.field(default="he", compare=False)
     output: str = "softmax"
@@ -41,17 +44,29 @@ class Program:
     dtype: str = "float32"
     lanczos_steps: int = 10
     cold_iters: int = COLD_ITERS
-    probes: tuple[str, ...] = ()        # `measure.PROBES` that are on, sorted
-    sharpness_iters: int = 20
-    jacobian_points: int = 64
+    probes: tuple[str, ...] = ()        # `probes.PROBES` that are on, sorted
+    sizes: Any = ()                     # their sizes: {key: value}, stored sorted
     parametrization: str = dataclasses.field(default="standard", compare=False)
     precision: str = "highest"
     decay: bool = False                 # any member with weight decay > 0
-    ntk_points: int = 32
     spectra: bool = False           # singular values at step 0 and the last (`measure.spectra`)
 
     def __post_init__(self):
-        object.__setattr__(self, "probes", tuple(sorted(set(self.probes))))
+        on = tuple(sorted(set(self.probes)))
+        unknown = set(on) - set(PROBES)
+        if unknown:
+            raise ValueError(f"unknown probes {sorted(unknown)}: the probes are "
+                             f"{sorted(PROBES)}")
+        sizes = {**probe_sizes(on), **dict(self.sizes)}
+        if set(sizes) != set(probe_sizes(on)):
+            raise ValueError(f"sizes {sorted(set(sizes) - set(probe_sizes(on)))}: not of the "
+                             f"probes on, {list(on)}")
+        object.__setattr__(self, "probes", on)
+        object.__setattr__(self, "sizes", tuple(sorted(sizes.items())))
+
+    def size(self, key: str) -> int:
+        """A probe's size setting (`jacobian_points`, …)."""
+        return dict(self.sizes)[key]
 
     @property
     def depth(self) -> int:

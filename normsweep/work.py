@@ -19,6 +19,7 @@ from normsweep.config import Config
 from normsweep.data import data_key, member_keys, sphere_data
 from normsweep.errors import RunError
 from normsweep.folder import ResultsFolder
+from normsweep.probes import sizes as probe_sizes
 
 
 def program_for(config: Config, cohort: plan.Cohort) -> train.Program:
@@ -26,16 +27,16 @@ def program_for(config: Config, cohort: plan.Cohort) -> train.Program:
     output and loss, and which probes are on with their sizes (their
     schedules are inputs: `RecordConfig.schedules`)."""
     config = plan.cohort_config(config, cohort)
+    on = config.record.schedules()
     return train.Program(dims=cohort.dims(config.data.d, config.data.k), init=config.model.init,
                          output=config.model.output, loss=config.train.loss,
                          dtype=config.train.dtype, lanczos_steps=config.record.lanczos_steps,
-                         probes=tuple(config.record.schedules()),
-                         sharpness_iters=config.record.sharpness_iters,
-                         jacobian_points=config.record.jacobian_points,
+                         probes=tuple(on), sizes={key: getattr(config.record, key)
+                                                  for key in probe_sizes(on)},
                          parametrization=config.model.parametrization,
                          precision=config.train.matmul_precision,
                          decay=any(wd > 0 for wd in config.weight_decays()),
-                         ntk_points=config.record.ntk_points, spectra=config.record.spectra)
+                         spectra=config.record.spectra)
 
 
 def training_data(config: Config, cohort: plan.Cohort | None = None):

@@ -94,7 +94,8 @@ def test_ntk_gram_and_its_extreme_eigenvalues_match_dense_jacobians():
 
 
 def test_ntk_eigenvalues_are_recorded_at_their_stride():
-    prog = train.Program(dims=DIMS, probes=("ntk",), ntk_points=10, parametrization="ntk")
+    prog = train.Program(dims=DIMS, probes=("ntk",), sizes={"ntk_points": 10},
+                         parametrization="ntk")
     traj = run(prog, [5.0], [0], np.arange(10), schedules={"ntk": 4})
     top, bottom = traj.records["ntk_max_eig"][0], traj.records["ntk_min_eig"][0]
     measured = np.flatnonzero(np.isfinite(top))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from normsweep.data import member_keys
 from normsweep import train
 from normsweep.analysis import tables, theory
 from normsweep.data import sphere_data
+from normsweep.errors import GridError
 from tests import reference, synthetic
 
 X, Y = sphere_data(jax.random.key(5), 24, 5, 3, jnp.float32)
@@ -348,13 +350,36 @@ def test_sharpness_table_reads_a_planted_rise_to_the_threshold():
         assert row["second_half_q25"] == pytest.approx(1.0) == row["second_half_q75"]
 
 
-def test_every_probe_has_a_grid_key_and_documented_records():
-    """A probe is declared in `measure.PROBES`; its schedule's key in
-    `RecordConfig.PROBE_KEYS` and its records in `schema.VARIABLES` (which
-    feeds docs/schema.md) must name the same probes and records."""
-    from normsweep import config, measure, schema
-    assert set(config.RecordConfig.PROBE_KEYS) == set(measure.PROBES)
-    for name, probe in measure.PROBES.items():
-        assert set(probe.records) <= set(schema.VARIABLES), name
-        key = config.RecordConfig.PROBE_KEYS[name]
-        assert key in {f.name for f in dataclasses.fields(config.RecordConfig)}, key
+def test_every_probe_has_a_grid_key_a_measurement_and_documented_records():
+    """A probe is declared once (`probes.PROBES`): from that, the grid file
+    takes its schedule and size keys, with their defaults and bounds; the
+    dataset its records; `measure` must give it a measurement; and
+    docs/schema.md must document each key and record."""
+    from normsweep import config, measure, probes, schema
+    docs = (Path(__file__).parent.parent / "docs" / "schema.md").read_text()
+    fields = {f.name: f.default for f in dataclasses.fields(config.RecordConfig)}
+    assert set(measure.MEASUREMENTS) == set(probes.PROBES)
+    for name, probe in probes.PROBES.items():
+        assert fields[probe.key] == probe.default, name
+        assert f"`{probe.key}`" in docs or f"\n{probe.key} = " in docs, probe.key
+        for record, labels in probe.records.items():
+            assert schema.VARIABLES[record] == labels and f"| `{record}` |" in docs, record
+        for key, (default, lo, hi) in probe.sizes.items():
+            assert fields[key] == default and f"\n{key} = " in docs, key
+            grid = f'name = "p"\n[record]\n{key} = {{}}\n[grid]\nwidth = [8]\ndepth = [2]\nlr = [0.1]\n'
+            assert getattr(config.parse(grid.format(hi)).record, key) == hi
+            with pytest.raises(GridError, match=f"record.{key} = {hi + 1}: must be an integer "
+                                                f"between {lo} and {hi}"):
+                config.parse(grid.format(hi + 1))
+    assert config.RecordConfig().schedules() == {"jacobian": "log"}      # the defaults
+    # a program holds the sizes of the probes it runs, and only those
+    on = train.Program(dims=(4, 6, 3), probes=("jacobian",))
+    assert on.size("jacobian_points") == 64 and on.sizes == (("jacobian_points", 64),)
+    assert on != train.Program(dims=(4, 6, 3), probes=("jacobian",), sizes={"jacobian_points": 5})
+    assert train.Program(dims=(4, 6, 3)).sizes == ()
+    with pytest.raises(ValueError, match="jacobian_points"):
+        train.Program(dims=(4, 6, 3), sizes={"jacobian_points": 5})
+    with pytest.raises(ValueError, match="unknown probes"):
+        train.Program(dims=(4, 6, 3), probes=("hessian",))
+
+

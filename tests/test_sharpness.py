@@ -23,7 +23,7 @@ def dense_top(program, params):
 
 
 def test_sharpness_matches_dense_hessian_along_training():
-    prog = train.Program(dims=(4, 6, 6, 3), probes=("sharpness",), sharpness_iters=60)
+    prog = train.Program(dims=(4, 6, 6, 3), probes=("sharpness",), sizes={"sharpness_iters": 60})
     ik, pk = member_keys(np.array([0]))
     steps = np.arange(16)
     traj = train.train_members(prog, X, Y, np.array([0.3]), ik, pk, steps, keep_weights=True,
@@ -97,7 +97,7 @@ def test_sharpness_is_preconditioned_by_the_lr_multipliers():
     would be off by the factor c_l = 2/fan_in."""
     from normsweep import model
     dims = (4, 6, 6, 3)
-    prog = train.Program(dims=dims, probes=("sharpness",), sharpness_iters=80,
+    prog = train.Program(dims=dims, probes=("sharpness",), sizes={"sharpness_iters": 80},
                          parametrization="ntk")
     ik, pk = member_keys(np.array([1]))
     traj = train.train_members(prog, X, Y, np.array([5.0]), ik, pk, np.arange(6), keep_weights=True,

@@ -67,7 +67,7 @@ def test_every_record_agrees_whatever_the_member_count():
     steps = np.array([0, 1, 3, 4, 8])
     lrs, seeds = np.array([0.05, 0.3, 1.0]), np.array([0, 1, 2])
     prog = train.Program(dims=(D, 24, linalg.EXACT_MAX + 8, K),
-                         probes=("sharpness", "jacobian", "ntk"), ntk_points=16)
+                         probes=("sharpness", "jacobian", "ntk"), sizes={"ntk_points": 16})
     every = {"sharpness": 3, "jacobian": 3, "ntk": 3}
     trio = train.train_members(prog, X, Y, lrs, *member_keys(seeds), steps, schedules=every)
     assert set(trio.records) >= {"sharpness", "jacobian_spec_norm", "ntk_min_eig"}
