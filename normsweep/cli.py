@@ -149,30 +149,21 @@ class Interrupt:
             raise KeyboardInterrupt
 
 
-class InterruptibleReporter(Reporter):
-    """`inner`'s callbacks, each after checking `interrupt`."""
+class InterruptibleReporter:
+    """`inner`'s progress callbacks, each after checking `interrupt`."""
 
     def __init__(self, inner: Reporter, interrupt: Interrupt):
         self.inner, self.interrupt = inner, interrupt
 
-    def start(self, cohorts: int, skipped: int, work: dict[str, float] | None = None) -> None:
-        self.interrupt.check()
-        self.inner.start(cohorts, skipped, work)
+    def __getattr__(self, name: str):
+        method = getattr(self.inner, name)
+        if name == "warn":
+            return method
 
-    def cohort(self, name: str, steps: int) -> None:
-        self.interrupt.check()
-        self.inner.cohort(name, steps)
-
-    def advance(self, steps: int) -> None:
-        self.interrupt.check()
-        self.inner.advance(steps)
-
-    def done(self, name: str, where: str = "") -> None:
-        self.interrupt.check()
-        self.inner.done(name, where)
-
-    def warn(self, message: str) -> None:
-        self.inner.warn(message)
+        def checked(*args, **kwargs):
+            self.interrupt.check()
+            return method(*args, **kwargs)
+        return checked
 
 
 UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,

@@ -193,6 +193,33 @@ def _solve(design: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.linalg.solve(a, c[..., None])[..., 0]
 
 
+def seed_refits(design: np.ndarray, logy: np.ndarray, ok: np.ndarray, intercepts: int = 1
+                ) -> tuple[np.ndarray | None, np.ndarray]:
+    """Least squares of `logy` on `design` (…, seed, k) over the points `ok`
+    marks, pooled and then refitted on each seed alone: (the pooled
+    coefficients, None where the points do not identify them; the (S, k)
+    coefficients of the S seeds whose points identify them). Of the first
+    `intercepts` columns (indicators: one intercept per η), one that is
+    zero on every point of a fit (no network at that η) drops out of it."""
+    k, n_s = design.shape[-1], design.shape[-2]
+    per_d = np.moveaxis(design, -2, 0).reshape(n_s, -1, k)
+    per_y = np.moveaxis(np.where(ok, logy, 0.0), -1, 0).reshape(n_s, -1)
+    per_w = np.moveaxis(ok, -1, 0).reshape(n_s, -1).astype(float)
+
+    def identified(d, w):
+        rows = d[w > 0]
+        active = rows.any(0) | (np.arange(k) >= intercepts)
+        return len(rows) > active.sum() and \
+            np.linalg.matrix_rank(rows[:, active], tol=1e-9) == active.sum()
+
+    if not identified(per_d.reshape(-1, k), per_w.reshape(-1)):
+        return None, np.zeros((0, k))
+    beta = _solve(per_d.reshape(1, -1, k), per_y.reshape(1, -1), per_w.reshape(1, -1))[0]
+    usable = [s for s in range(n_s) if identified(per_d[s], per_w[s])]
+    per = _solve(per_d[usable], per_y[usable], per_w[usable]) if usable else np.zeros((0, k))
+    return beta, per
+
+
 def fit_power_law(y: np.ndarray, lr: np.ndarray, width: np.ndarray, *,
                   lr_width_exponent: float = 0.0) -> Fit:
     """Fits y ≈ C·lr^a·width^b.
@@ -238,28 +265,15 @@ def fit_power_law(y: np.ndarray, lr: np.ndarray, width: np.ndarray, *,
     fitted = "+".join(["lr"] * use_lr + ["width"] * use_w) or "none"
     if collinear:
         fitted = "width (η scaled with width: one law along η ∝ m^p)"
-    if n <= k:
+    beta, per = seed_refits(design, logy, ok) if n > k else (None, None)
+    if beta is None:
         return Fit(nan, nan, nan, nan, nan, nan, nan, nan, n, "none (too few points)")
-    flat = design.reshape(1, -1, k)
-    beta = _solve(flat, logy.reshape(1, -1), ok.reshape(1, -1).astype(float))[0]
-    pred = flat[0] @ beta
-    resid = (logy.ravel() - pred)[ok.ravel()]
-    total = logy.ravel()[ok.ravel()] - logy.ravel()[ok.ravel()].mean()
+    resid = (logy - design @ beta)[ok]
+    total = logy[ok] - logy[ok].mean()
     r2 = 1 - (resid @ resid) / (total @ total) if total @ total > 0 else 1.0
-    # each seed alone, where its networks identify every fitted coefficient
-    per_design = np.moveaxis(design, 2, 0).reshape(n_s, -1, k)
-    per_ok = np.moveaxis(ok, 2, 0).reshape(n_s, -1)
-    usable = [s for s in range(n_s) if per_ok[s].sum() > k
-              and np.linalg.matrix_rank(per_design[s][per_ok[s]], tol=1e-9) == k]
-    per = _solve(per_design[usable], np.moveaxis(logy, 2, 0).reshape(n_s, -1)[usable],
-                 per_ok[usable].astype(float)) if usable else np.zeros((0, k))
-    n_seeds = len(usable)
-
-    def interval(estimate: float, replicates: np.ndarray) -> tuple[float, float, float]:
-        return seed_interval(replicates, estimate)
 
     def coef(j: int | None) -> tuple[float, float, float]:
-        return (nan, nan, nan) if j is None else interval(float(beta[j]), per[:, j])
+        return (nan, nan, nan) if j is None else seed_interval(per[:, j], float(beta[j]))
 
     ja = 1 if use_lr else None
     jb = (2 if use_lr else 1) if use_w else None
@@ -268,8 +282,8 @@ def fit_power_law(y: np.ndarray, lr: np.ndarray, width: np.ndarray, *,
     if jb is not None:       # along η = η₀·m^p: b + p·a (just b where a is not fitted)
         pa = lr_width_exponent if ja is not None else 0.0
         along = per[:, jb] + pa * (per[:, ja] if ja is not None else 0.0)
-        c = interval(float(beta[jb] + pa * (beta[ja] if ja is not None else 0.0)), along)
-    return Fit(*a, *b, float(np.exp(beta[0])), float(r2), n, fitted, *c, n_seeds)
+        c = seed_interval(along, float(beta[jb] + pa * (beta[ja] if ja is not None else 0.0)))
+    return Fit(*a, *b, float(np.exp(beta[0])), float(r2), n, fitted, *c, len(per))
 
 
 @dataclasses.dataclass
@@ -303,29 +317,14 @@ def fit_finite_width(y: np.ndarray, width: np.ndarray) -> FiniteWidth:
     design = np.concatenate([rows, np.broadcast_to(np.log(m)[None, :, None, None], y.shape + (1,)),
                              np.broadcast_to((1 / np.sqrt(m))[None, :, None, None],
                                              y.shape + (1,))], -1)
-    keep_rows = [i for i in range(n_lr) if ok[i].any()]
-    design = design[keep_rows][..., keep_rows + [n_lr, n_lr + 1]]
-    logy, ok = logy[keep_rows], ok[keep_rows]
-    k = design.shape[-1]
     nan = float("nan")
-
-    def solvable(d, w):
-        return w.sum() > k and np.linalg.matrix_rank(d[w > 0], tol=1e-9) == k
-
-    flat, w = design.reshape(-1, k), ok.reshape(-1).astype(float)
-    if len(np.unique(np.nonzero(ok)[1])) < 3 or not solvable(flat, w):
+    beta, per = seed_refits(design, logy, ok, n_lr) \
+        if len(np.unique(np.nonzero(ok)[1])) >= 3 else (None, None)
+    if beta is None:
         return FiniteWidth(nan, nan, nan, nan, nan, 0)
-    beta = _solve(flat[None], logy.reshape(1, -1), w[None])[0]
-    per_d = np.moveaxis(design, 2, 0).reshape(n_s, -1, k)
-    per_w = np.moveaxis(ok, 2, 0).reshape(n_s, -1).astype(float)
-    usable = [s for s in range(n_s) if solvable(per_d[s], per_w[s])]
-    lo = hi = nan
-    if len(usable) >= 2:
-        per = _solve(per_d[usable], np.moveaxis(logy, 2, 0).reshape(n_s, -1)[usable],
-                     per_w[usable])[:, -2]
-        _, lo, hi = seed_interval(per, beta[-2])
+    _, lo, hi = seed_interval(per[:, -2], beta[-2])
     return FiniteWidth(float(beta[-2]), lo, hi, float(beta[-1]),
-                       abs(float(beta[-1])) / (2 * np.sqrt(m.max())), len(usable))
+                       abs(float(beta[-1])) / (2 * np.sqrt(m.max())), len(per))
 
 
 def fit_sweep(ds: xr.Dataset, *,
@@ -472,34 +471,36 @@ def local_exponents(y: np.ndarray, lr: np.ndarray, width: np.ndarray, along: str
     ok = np.isfinite(y) & (y > 0)
     logy = np.log(np.where(ok, y, 1.0))
     xs = np.broadcast_to(x[..., None], y.shape)
-    est, lo, hi, kept, rss_sep, dof_sep = [], [], [], [], 0.0, 0
-    pooled = []
+    est, lo, hi, rss_sep, dof_sep, pooled = [], [], [], 0.0, 0, []
     for s in range(y.shape[0]):
-        m = ok[s]
-        xv, yv = xs[s][m], logy[s][m]
+        xv, yv = xs[s][ok[s]], logy[s][ok[s]]
         if len(yv) < 3 or np.ptp(xv) == 0:
             est.append(np.nan), lo.append(np.nan), hi.append(np.nan)
             continue
-        xc = xv - xv.mean()
-        slope = float(xc @ (yv - yv.mean()) / (xc @ xc))
-        resid = yv - yv.mean() - slope * xc
-        dof = len(yv) - 2
-        se = np.sqrt(resid @ resid / dof / (xc @ xc)) if dof > 0 else np.nan
-        half = stats.t.ppf(0.975, dof) * se if dof > 0 else np.nan
+        pooled.append((xv - xv.mean(), yv - yv.mean()))
+        slope, half, rss = centred_slope(*pooled[-1], len(yv) - 2)
         est.append(slope), lo.append(slope - half), hi.append(slope + half)
-        rss_sep += float(resid @ resid)
-        dof_sep += dof
-        kept.append(s)
-        pooled.append((xc, yv - yv.mean()))
+        rss_sep += rss
+        dof_sep += len(yv) - 2
     p = np.nan
-    if len(kept) >= 2 and dof_sep > 0 and rss_sep > 0:
-        xc = np.concatenate([a for a, _ in pooled])
-        yc = np.concatenate([b for _, b in pooled])
-        common = float(xc @ yc / (xc @ xc))
-        rss_common = float((yc - common * xc) @ (yc - common * xc))
-        f = ((rss_common - rss_sep) / (len(kept) - 1)) / (rss_sep / dof_sep)
-        p = float(stats.f.sf(f, len(kept) - 1, dof_sep))
+    if len(pooled) >= 2 and rss_sep > 0:
+        _, _, rss_common = centred_slope(*map(np.concatenate, zip(*pooled)), 0)
+        f = ((rss_common - rss_sep) / (len(pooled) - 1)) / (rss_sep / dof_sep)
+        p = float(stats.f.sf(f, len(pooled) - 1, dof_sep))
     return Local(along, at, np.array(est), np.array(lo), np.array(hi), p)
+
+
+def centred_slope(xc: np.ndarray, yc: np.ndarray, dof: int) -> tuple[float, float, float]:
+    """The least-squares slope of centred `yc` on centred `xc`, the half-width
+    of its 95% t interval on `dof` degrees of freedom (NaN without any), and
+    the residual sum of squares."""
+    from scipy import stats
+
+    slope = float(xc @ yc / (xc @ xc))
+    rss = float((yc - slope * xc) @ (yc - slope * xc))
+    half = float(stats.t.ppf(0.975, dof) * np.sqrt(rss / dof / (xc @ xc))) if dof > 0 \
+        else np.nan
+    return slope, half, rss
 
 
 REGIME_METRICS = ("rel_frob_dist", "rel_spec_dist", "early_update_norm")
@@ -545,7 +546,6 @@ def common_slope(y: np.ndarray, x: np.ndarray) -> tuple[float, float, float, int
     `y`, groups × points along x × seeds flattened last two) and one slope e:
     (e, 95% interval, points used). NaN, ≤ 0 or inf values left out; groups
     with fewer than two distinct x left out."""
-    from scipy import stats
 
     y = np.asarray(y, np.float64)
     xs, ys = [], []
@@ -558,13 +558,9 @@ def common_slope(y: np.ndarray, x: np.ndarray) -> tuple[float, float, float, int
         xs.append(lx - lx.mean())
         ys.append(ly - ly.mean())
     n = sum(len(v) for v in xs)
-    dof = n - len(xs) - 1
-    if not xs or dof < 1:
+    if not xs or n - len(xs) - 1 < 1:
         return np.nan, np.nan, np.nan, n
-    xc, yc = np.concatenate(xs), np.concatenate(ys)
-    slope = float(xc @ yc / (xc @ xc))
-    resid = yc - slope * xc
-    half = stats.t.ppf(0.975, dof) * np.sqrt(resid @ resid / dof / (xc @ xc))
+    slope, half, _ = centred_slope(np.concatenate(xs), np.concatenate(ys), n - len(xs) - 1)
     return slope, slope - half, slope + half, n
 
 
@@ -639,33 +635,21 @@ def data_size_exponents(ds: xr.Dataset, fit_accuracy: float = outcomes.FIT_ACCUR
 def _mn_fit(y: np.ndarray, lr, width, n) -> dict | None:
     """The law of `data_size_exponents` on y (lr, width, n, seed)."""
     n_lr, n_w, n_n, n_s = y.shape
-    logy = np.log(np.where((y > 0) & np.isfinite(y), y, np.nan))
-    design = np.zeros((n_lr, n_w, n_n, n_lr + 2))
+    ok = (y > 0) & np.isfinite(y)
+    logy = np.log(np.where(ok, y, 1.0))
+    design = np.zeros((n_lr, n_w, n_n, n_s, n_lr + 2))
     for i in range(n_lr):
         design[i, ..., i] = 1.0
-    design[..., n_lr] = np.log(np.asarray(width, float))[None, :, None]
-    design[..., n_lr + 1] = np.log(np.asarray(n, float))[None, None, :]
-
-    def fit(mask):
-        d = np.repeat(design[..., None, :], mask.sum(), axis=3).reshape(-1, n_lr + 2)
-        v = logy[..., mask].reshape(-1)
-        good = np.isfinite(v)
-        d, v = d[good], v[good]
-        d = d[:, d.any(axis=0)]          # η without a network drop their intercept
-        if len(v) <= d.shape[1] or np.linalg.matrix_rank(d) < d.shape[1]:
-            return None
-        beta = np.linalg.lstsq(d, v, rcond=None)[0]
-        return beta[-2], beta[-1], int(good.sum())
-
-    pooled = fit(np.ones(n_s, bool))
-    if pooled is None:
+    design[..., n_lr] = np.log(np.asarray(width, float))[None, :, None, None]
+    design[..., n_lr + 1] = np.log(np.asarray(n, float))[None, None, :, None]
+    beta, per = seed_refits(design, logy, ok, n_lr)
+    if beta is None:
         return None
-    per = [fit(np.arange(n_s) == s) for s in range(n_s)]
-    per = np.array([p[:2] for p in per if p is not None]).reshape(-1, 2)
-    b, b_lo, b_hi = seed_interval(per[:, 0], pooled[0])
-    c, c_lo, c_hi = seed_interval(per[:, 1], pooled[1])
-    t, t_lo, t_hi = seed_interval(per.sum(axis=1), pooled[0] + pooled[1])
+    per = per[:, -2:]
+    b, b_lo, b_hi = seed_interval(per[:, 0], beta[-2])
+    c, c_lo, c_hi = seed_interval(per[:, 1], beta[-1])
+    t, t_lo, t_hi = seed_interval(per.sum(axis=1), beta[-2] + beta[-1])
     return {"width_exponent": b, "width_exponent_lo": b_lo, "width_exponent_hi": b_hi,
             "n_exponent": c, "n_exponent_lo": c_lo, "n_exponent_hi": c_hi,
-            "sum": t, "sum_lo": t_lo, "sum_hi": t_hi, "networks": pooled[2],
+            "sum": t, "sum_lo": t_lo, "sum_hi": t_hi, "networks": int(ok.sum()),
             "n_seeds": len(per)}
