@@ -54,8 +54,9 @@ def init_member(program: Program, hp: Hyper, init_key: jax.Array, power_key: jax
     nan = jnp.full((program.depth,), jnp.nan, dt)
     hess_v = ()
     if "sharpness" in program.probes:
-        hess_v = jax.tree.map(lambda w: jax.random.normal(jax.random.fold_in(power_key, 2000),
-                                                          w.shape, dt), params)
+        # every layer's start from the key (power_key, 2000), in one batched draw
+        hess_v = with_kernels(None, normals([jax.random.fold_in(power_key, 2000)] * program.depth,
+                                            [w.shape for w in ws], dt))
         hess_v = tree_scale(hess_v, 1 / jnp.sqrt(tree_dot(hess_v, hess_v)))
     return State(params, ws, optimizer(program, hp).init(params), tuple(spec_v), tuple(dist_v),
                  nan, jnp.asarray(-1, jnp.int32), hess_v)
