@@ -62,7 +62,7 @@ def preview(config: Config, root: Path, *, budget_bytes: int | None = None,
     cohorts = plan.cohorts(config)
     n_records = plan.record_count(config.train.steps, config.record.steps,
                                   config.record.log_points)
-    check_memory(config, cohorts, n_records, budget)
+    check_memory(config, [c for c in cohorts if plan.selected(c, only)], n_records, budget)
     rows, flop = [], 0.0
     timings = calibration.load(jax.default_backend(), jax.devices()[0].device_kind)
     for c in cohorts:
@@ -90,7 +90,7 @@ def preview(config: Config, root: Path, *, budget_bytes: int | None = None,
     check_disk(config, where, cohorts, todo, n_records)
     need = disk_needed(config, cohorts, todo, n_records)
     return Preview(root, rows, config.grid.size, config.train.steps, n_records, done,
-                   max(r["memory"] for r in rows), budget, need, flop)
+                   max(r["memory"] for r in rows if r["selected"]), budget, need, flop)
 
 
 # a stored figure for the time estimate: seconds to compile one cohort's programs

@@ -182,6 +182,30 @@ def test_grid_too_large_for_memory_is_a_usage_error(tmp_path):
     assert not out.exists()
 
 
+def test_only_the_cohorts_a_launch_trains_need_to_fit_its_memory(tmp_path):
+    """--only may leave out a cohort too large for this machine's budget (to
+    be launched on another): the launch and its dry run check only the
+    cohorts they train, and refuse the whole grid."""
+    from normsweep import config, plan
+    text = 'name = "wide"\n[data]\nn = 16\nd = 4\nk = 3\n[train]\nsteps = 3\n' \
+        '[record]\njacobian_norm = 0\n[grid]\nwidth = [8, 2048]\ndepth = [2]\nlr = [0.1]\n'
+    grid = write_grid(tmp_path, text)
+    cfg = config.load(grid)
+    small, large = (plan.member_bytes(cfg, c, 4) for c in plan.cohorts(cfg))
+    budget = str((small + large) // 2)
+    out = tmp_path / "wide"
+    refused = invoke("launch", grid, "--out", out, "--memory-budget", budget, "--quiet")
+    assert refused.exit_code == 2 and "width 2048" in refused.output and not out.exists()
+    dry = invoke("launch", grid, "--out", out, "--memory-budget", budget, "--only", "width=8",
+                 "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    memory = dry.output.split("memory: about ")[1].split(" for")[0]
+    assert memory.endswith("KiB") and float(memory.split()[0]) * 1024 <= small * 1.01
+    done = invoke("launch", grid, "--out", out, "--memory-budget", budget, "--only", "width=8",
+                  "--quiet")
+    assert done.exit_code == 0 and "1 cohorts still to do (width2048_depth2)" in done.output
+
+
 def test_grid_too_large_for_disk_is_a_usage_error(tmp_path, monkeypatch):
     import collections
     usage = collections.namedtuple("usage", "total used free")
