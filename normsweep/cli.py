@@ -477,24 +477,6 @@ def print_preview(grid: Path, config, p, command: str) -> None:
     click.echo(f"next: {command}")
 
 
-def sweep_summary(path: Path) -> dict:
-    """What `ls` and `show` print of a sweep.nc: {} when there is none; a
-    RunError when it cannot be read."""
-    if not path.exists():
-        return {}
-    from normsweep import store
-
-    from normsweep import outcomes
-
-    with store.open_checked(path, what="sweep file") as ds:
-        at = ds["diverged_at"].values
-        return {"networks": int(at.size), "diverged": int((at >= 0).sum()),
-                "outcomes": outcomes.counts(outcomes.classify(ds)),
-                "steps": int(ds.sizes["step"]), "created": str(ds.attrs.get("created", "")),
-                "backend": str(ds.attrs.get("backend")),
-                "device_kind": str(ds.attrs.get("device_kind"))}
-
-
 @main.command()
 @click.argument("dir", type=ResultsDir())
 @click.option("--step", default="last", show_default=True, metavar="last|N",
@@ -555,7 +537,7 @@ def ls_cmd(root: Path) -> None:
     table = Table(Column("sweep", overflow="fold"), "cohorts done", "networks trained/planned",
                   "sweep.nc", "created", title=escape(str(root)))
     found = 0
-    for folder in sweep_folders(root):
+    for folder in folder_mod.find_results_folders(root):
         found += 1
         name = escape(str(folder.relative_to(root)) if folder != root else folder.name)
         try:
@@ -566,7 +548,7 @@ def ls_cmd(root: Path) -> None:
         done, names = status.done, [c.cohort.name for c in status.cohorts]
         networks = f"{status.kept}/{status.config.grid.size}"
         try:
-            summary = sweep_summary(folder / "sweep.nc")
+            summary = ResultsFolder(folder).summary()
         except RunError:
             table.add_row(name, f"{len(done)}/{len(names)}", networks, "[red]unreadable", "")
             continue
@@ -576,21 +558,6 @@ def ls_cmd(root: Path) -> None:
         click.echo(f"no sweeps under {root}")
         return
     Console().print(table)
-
-
-def sweep_folders(root: Path) -> list[Path]:
-    """The results folders at or below `root`, at any depth (not looking
-    inside one, nor into hidden folders), sorted by path."""
-    from normsweep import store
-
-    found = []
-    for folder, subdirs, _ in os.walk(root):
-        if store.is_sweep_folder(Path(folder)):
-            found.append(Path(folder))
-            subdirs.clear()
-        else:
-            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
-    return sorted(found)
 
 
 def probes(record) -> list[tuple[str, object]]:
@@ -659,7 +626,7 @@ def show(target: Path) -> None:
     config, done = status.config, status.done
     names = [c.cohort.name for c in status.cohorts]
     try:
-        summary, damaged = sweep_summary(dir / "sweep.nc"), ""
+        summary, damaged = place.summary(), ""
     except RunError as err:
         summary, damaged = {}, str(err)
     console = Console()

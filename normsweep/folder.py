@@ -243,6 +243,20 @@ class ResultsFolder:
         kept = int(np.isfinite(by_member(at, held, cohort)).sum())
         return CohortState(cohort, path, GROWABLE, kept=kept, attrs=dict(ds.attrs))
 
+    def summary(self) -> dict:
+        """What `ls` and `show` print of sweep.nc: its networks, how many
+        diverged, the outcome counts, steps, creation time, backend and
+        device; {} when there is none, a RunError when it cannot be read."""
+        if not self.sweep_file.exists():
+            return {}
+        with store.open_checked(self.sweep_file, what="sweep file") as ds:
+            at = ds["diverged_at"].values
+            return {"networks": int(at.size), "diverged": int((at >= 0).sum()),
+                    "outcomes": outcomes.counts(outcomes.classify(ds)),
+                    "steps": int(ds.sizes["step"]), "created": str(ds.attrs.get("created", "")),
+                    "backend": str(ds.attrs.get("backend")),
+                    "device_kind": str(ds.attrs.get("device_kind"))}
+
     def status(self, config: Config | None = None, *, verify: bool = False) -> Status:
         """Every cohort of `config` (default: the recorded grid) in the
         folder (`cohort_state`), and the cohort files of no cohort of it."""
@@ -254,6 +268,19 @@ class ResultsFolder:
         stray = tuple(p for p in sorted(folder.glob("*.nc")) if p.name not in names) \
             if folder.is_dir() else ()
         return Status(config, states, stray)
+
+
+def find_results_folders(root: str | os.PathLike) -> list[Path]:
+    """The results folders at or below `root`, at any depth (not looking
+    inside one, nor into hidden folders), sorted by path."""
+    found = []
+    for here, subdirs, _ in os.walk(root):
+        if store.is_sweep_folder(Path(here)):
+            found.append(Path(here))
+            subdirs.clear()
+        else:
+            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+    return sorted(found)
 
 
 # -- may a launch write here? ----------------------------------------------------
