@@ -329,8 +329,7 @@ def launch(grid: Path, out: Path | None, memory_budget: int | None, scheduler: s
     config = config_mod.load(grid, overrides)
     root = out if out is not None else Path("results") / config.name
     selections = plan.check_only(config, list(only)) if only else None
-    command = launch_command(grid, out, memory_budget, scheduler, devices, compile_workers,
-                             quiet, overrides, only)
+    command = launch_command(click.get_current_context().params)
     if dry_run:
         from normsweep.preview import preview
         print_preview(grid, config, preview(config, root, budget_bytes=budget, only=selections),
@@ -363,28 +362,25 @@ def launch(grid: Path, out: Path | None, memory_budget: int | None, scheduler: s
     if summary.left:
         click.echo(f"{len(summary.left)} cohorts still to do ({', '.join(summary.left)}); "
                    f"sweep.nc is written when they are done")
-        rest = launch_command(grid, out, memory_budget, scheduler, devices, compile_workers,
-                              quiet, overrides, ())
+        rest = launch_command({**click.get_current_context().params, "only": ()})
         click.echo(f"next: {rest}")
         return
     click.echo(f"results: {summary.root / 'sweep.nc'}")
     click.echo(f"next: normsweep analyze {summary.root}")
 
 
-def launch_command(grid, out, memory_budget, scheduler, devices, compile_workers, quiet,
-                   overrides, only) -> str:
-    """The `normsweep launch` command line that asks for this launch, as
-    sweep.nc records it (its options in a fixed order)."""
-    words = ["normsweep", "launch", str(grid)]
-    for flag, value in (("--out", out), ("--memory-budget", memory_budget),
-                        ("--scheduler", scheduler), ("--devices", devices),
-                        ("--compile-workers", compile_workers)):
-        if value is not None:
-            words += [flag, str(value)]
-    words += ["--quiet"] if quiet else []
-    for item in overrides:
+def launch_command(params: dict) -> str:
+    """The `normsweep launch` command line that asks for the launch of
+    `params` (the command's own, by option name), as sweep.nc records it:
+    its options in a fixed order, --dry-run left out."""
+    words = ["normsweep", "launch", str(params["grid"])]
+    for name in ("out", "memory_budget", "scheduler", "devices", "compile_workers"):
+        if params[name] is not None:
+            words += ["--" + name.replace("_", "-"), str(params[name])]
+    words += ["--quiet"] if params["quiet"] else []
+    for item in params["overrides"]:
         words += ["--set", item]
-    for item in only:
+    for item in params["only"]:
         words += ["--only", ",".join(f"{key}={value}" for key, value in item.items())]
     return shlex.join(words)
 

@@ -221,6 +221,13 @@ def test_set_overrides_the_grid_and_the_folder_records_the_effective_grid(tmp_pa
     assert result.exit_code == 0, result.output
     assert "8 networks (8 new, 0 kept), 6 steps each" in result.output and not out.exists()
     assert f"next: normsweep launch {grid} --out {out} --set train.steps=6" in result.output
+    # every option, in the recorded command's fixed order, --dry-run left out
+    result = invoke("launch", grid, "--dry-run", "--only", "depth=2,width=16", "--quiet",
+                    "--compile-workers", "0", "--devices", "1", "--memory-budget", "1GiB",
+                    "--out", out, "--set", "train.steps=6")
+    assert result.output.strip().endswith(
+        f"next: normsweep launch {grid} --out {out} --memory-budget 1073741824 --devices 1 "
+        "--compile-workers 0 --quiet --set train.steps=6 --only depth=2,width=16"), result.output
     bad = invoke("launch", grid, "--out", out, "--set", "train.steps=six steps", "--quiet")
     assert bad.exit_code == 2 and "train.steps" in bad.output and "--set" in bad.output
     assert not out.exists()
