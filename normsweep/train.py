@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from normsweep import measure, linalg, plan
 from normsweep.measure import tree_dot, tree_scale, empty_records, gradient_sums, measured
-from normsweep.model import kernels, normals, unit_kernels, with_kernels
+from normsweep.model import kernels, normals, unit_kernels, unit_vectors, with_kernels
 from normsweep.step import Hyper, Program, State, hyper, optimizer, step
 
 SEGMENTS = 16
@@ -44,8 +44,7 @@ def init_member(program: Program, hp: Hyper, init_key: jax.Array, power_key: jax
     # (the keys folded in one batched call: one loop in the program at any depth)
     folds = np.concatenate([np.arange(program.depth), 1000 + np.arange(program.depth)])
     keys = jax.vmap(jax.random.fold_in, (None, 0))(power_key, jnp.asarray(folds, jnp.uint32))
-    starts = normals(list(keys), [(w.shape[1],) for w in ws] * 2, dt)
-    starts = [v / jnp.linalg.norm(v) for v in starts]
+    starts = unit_vectors(keys, [w.shape[1] for w in ws] * 2, dt)
     # rolled: a cold start's loop, unrolled on an accelerator, is most of a
     # GPU cohort's compilation (BENCHMARKS.md)
     spec_v = linalg.spectral_norms(list(ws), starts[:program.depth], program.cold_iters,

@@ -11,7 +11,7 @@ import pytest
 from normsweep import plan
 from normsweep.config import parse
 from normsweep.data import member_keys, sphere_data
-from normsweep.model import MLP, kernels, normals, unit_kernels
+from normsweep.model import MLP, kernels, normals, unit_kernels, unit_vectors
 
 
 def test_he_init_is_untruncated_with_variance_2_over_fan_in():
@@ -85,6 +85,19 @@ def test_normals_draw_one_by_one_without_partitionable_threefry():
         got = normals(keys, shapes, jnp.float32)
         want = [jax.random.normal(k, s, jnp.float32) for k, s in zip(keys, shapes)]
         assert all(np.array_equal(g, w) for g, w in zip(got, want))
+
+
+@pytest.mark.parametrize("partitionable", [True, False])
+def test_unit_vectors_are_the_draws_one_by_one_normalised(partitionable):
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(6), jnp.arange(6))
+    sizes = [40, 40, 3, 40, 40, 3]              # a depth-3 network's start vectors
+    with jax.threefry_partitionable(partitionable):
+        got = jax.jit(lambda k: unit_vectors(k, sizes, jnp.float32))(keys)
+        for k, n, g in zip(keys, sizes, got):
+            want = jax.random.normal(k, (n,), jnp.float32)
+            assert g.shape == (n,) and _ulps(g, want / jnp.linalg.norm(want)) <= 4
+    jaxpr = jax.make_jaxpr(lambda k: unit_vectors(k, sizes, jnp.float32))(keys)
+    assert _count(jaxpr.jaxpr, "random_bits") == 1     # one batched draw
 
 
 def test_sphere_data():
