@@ -322,13 +322,12 @@ def launch(grid: Path, out: Path | None, memory_budget: int | None, scheduler: s
       normsweep launch sweeps/seed.toml --only width=1024 --only width=512,depth=3
     """
     from normsweep import config as config_mod
-    from normsweep import plan
     from normsweep import sweep as launch_mod
 
     budget = memory_budget
     config = config_mod.load(grid, overrides)
     root = out if out is not None else Path("results") / config.name
-    selections = plan.check_only(config, list(only)) if only else None
+    selections = list(only) or None         # checked against the grid by the launch
     command = launch_command(click.get_current_context().params)
     if dry_run:
         from normsweep.preview import preview
@@ -536,15 +535,16 @@ def ls_cmd(root: Path) -> None:
     for folder in folder_mod.find_results_folders(root):
         found += 1
         name = escape(str(folder.relative_to(root)) if folder != root else folder.name)
+        place = ResultsFolder(folder)
         try:
-            status = ResultsFolder(folder).status()
+            status = place.status()
         except RunError:
             table.add_row(name, "[red]unreadable grid.toml", "", "", "")
             continue
         done, names = status.done, [c.cohort.name for c in status.cohorts]
         networks = f"{status.kept}/{status.config.grid.size}"
         try:
-            summary = ResultsFolder(folder).summary()
+            summary = place.summary()
         except RunError:
             table.add_row(name, f"{len(done)}/{len(names)}", networks, "[red]unreadable", "")
             continue

@@ -57,12 +57,14 @@ def preview(config: Config, root: Path, *, budget_bytes: int | None = None,
     disk); reads `root` and writes nothing. `only` as `launch`'s: the
     cohorts it leaves out are listed as not selected and cost nothing."""
     root = Path(root)
+    if only is not None:
+        plan.check_only(config, only)
     folder.check_folder(config, root)
     budget = budget_bytes or default_budget()
     cohorts = plan.cohorts(config)
     n_records = plan.record_count(config.train.steps, config.record.steps,
                                   config.record.log_points)
-    check_memory(config, [c for c in cohorts if plan.selected(c, only)], n_records, budget)
+    check_memory(config, cohorts, n_records, budget, only)
     rows, flop = [], 0.0
     timings = calibration.load(jax.default_backend(), jax.devices()[0].device_kind)
     for c in cohorts:

@@ -27,12 +27,14 @@ def default_budget() -> int:
 
 
 def check_memory(config: Config, cohorts: list[plan.Cohort], n_records: int,
-                 budget: int) -> None:
+                 budget: int, only: list[dict[str, int]] | None = None) -> None:
     """Refuses a grid with a network too large for the memory budget alone,
     naming the grid key whose part of the estimate is largest
-    (`plan.member_terms`)."""
+    (`plan.member_terms`). Only the cohorts a launch trains (`only`,
+    `plan.selected`) need to fit: those it leaves out may be launched on
+    another machine."""
     grid = config
-    for cohort in cohorts:
+    for cohort in (c for c in cohorts if plan.selected(c, only)):
         config = plan.cohort_config(grid, cohort)
         terms = plan.member_terms(config, cohort, n_records)
         need = sum(terms.values())

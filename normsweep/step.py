@@ -57,9 +57,10 @@ class Program:
         if unknown:
             raise ValueError(f"unknown probes {sorted(unknown)}: the probes are "
                              f"{sorted(PROBES)}")
-        sizes = {**probe_sizes(on), **dict(self.sizes)}
-        if set(sizes) != set(probe_sizes(on)):
-            raise ValueError(f"sizes {sorted(set(sizes) - set(probe_sizes(on)))}: not of the "
+        defaults = probe_sizes(on)
+        sizes = {**defaults, **dict(self.sizes)}
+        if set(sizes) != set(defaults):
+            raise ValueError(f"sizes {sorted(set(sizes) - set(defaults))}: not of the "
                              f"probes on, {list(on)}")
         object.__setattr__(self, "probes", on)
         object.__setattr__(self, "sizes", tuple(sorted(sizes.items())))

@@ -101,9 +101,7 @@ def launch(config: Config, root: Path, *, budget_bytes: int | None = None,
     cohorts = plan.cohorts(config)
     n_records = plan.record_count(config.train.steps, config.record.steps,
                                   config.record.log_points)
-    # only the cohorts this launch trains need to fit (`only` may leave out
-    # those too large for this machine, to be launched on another)
-    check_memory(config, [c for c in cohorts if plan.selected(c, only)], n_records, budget)
+    check_memory(config, cohorts, n_records, budget, only)
     with contextlib.ExitStack() as stack:
         client = None
         if scheduler is not None:
