@@ -25,7 +25,9 @@ import fcntl
 import os
 import re
 import shutil
+import signal
 import stat
+import threading
 from pathlib import Path
 from collections.abc import Iterator
 
@@ -141,6 +143,40 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Holds Ctrl-C (SIGINT) back until the block ends, then delivers it to
+    the handler that was in place. A KeyboardInterrupt raised inside
+    xarray's netCDF writer can leave its HDF5 lock held, and the writer's
+    own cleanup then waits on that lock for ever. A second Ctrl-C is
+    delivered at once. Only in the main thread, the only one Python
+    delivers signals to."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+    held = []
+
+    def deliver(frame) -> None:
+        if callable(previous):
+            previous(signal.SIGINT, frame)
+        elif previous == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGINT)
+
+    def hold(signum, frame) -> None:
+        if held:
+            deliver(frame)
+        held.append(frame)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            deliver(held[0])
+
+
 def write_failure(path: Path, err: BaseException) -> RunError:
     """A write error that names the file and the cause. HDF5 reports a full
     disk or a vanished folder only as "NetCDF: HDF error", and a vanished
@@ -226,9 +262,10 @@ def size_text(n: int) -> str:
 
 
 def write_netcdf(path: Path, ds: xr.Dataset, groups: dict[str, xr.Dataset] | None = None) -> None:
-    """Writes `ds` (and extra groups) to `path` atomically."""
+    """Writes `ds` (and extra groups) to `path` atomically, Ctrl-C held back
+    until the file is whole (`interrupts_held`)."""
     try:
-        with atomic_path(path) as tmp:
+        with interrupts_held(), atomic_path(path) as tmp:
             with_digest(ds).to_netcdf(tmp, engine="netcdf4", encoding=_encoding(ds))
             for group, gds in (groups or {}).items():
                 with_digest(gds).to_netcdf(tmp, mode="a", group=group, engine="netcdf4",
@@ -353,13 +390,14 @@ def cohort_path(root: Path, cohort: Cohort) -> Path:
 def read_cohort(path: Path, *, weights: bool = False) -> xr.Dataset:
     """A cohort file, fully loaded (the file is closed afterwards); with
     `weights`, its "weights" group is read through too, so that its
-    checksums are verified (a damaged group raises here, naming the file)."""
-    with open_checked(path, what="cohort file") as ds:
+    checksums are verified (a damaged group raises here, naming the file).
+    Ctrl-C is held back while the file is open (`interrupts_held`)."""
+    with interrupts_held(), open_checked(path, what="cohort file") as ds:
         out = ds.load()
     if "width" not in out.dims or "depth" not in out.dims:
         raise RunError(f"{path}: not a cohort file (no width and depth)")
     if weights:
-        with open_checked(path, "weights", "cohort file") as group:
+        with interrupts_held(), open_checked(path, "weights", "cohort file") as group:
             group.load()
     return out
 

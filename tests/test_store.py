@@ -1,6 +1,8 @@
 """The results database: schema, written == read back, weights, combining."""
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -117,6 +119,60 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(RunError, match="No space left"):
         store.write_netcdf(tmp_path / "x.nc", ds)
     assert list(tmp_path.iterdir()) == []
+
+
+def interrupting_writes(monkeypatch, times: int) -> None:
+    """Every netCDF write raises SIGINT `times` times before it writes."""
+    write = xr.Dataset.to_netcdf
+
+    def interrupted(self, *args, **kwargs):
+        for _ in range(times):
+            signal.raise_signal(signal.SIGINT)
+        return write(self, *args, **kwargs)
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", interrupted)
+
+
+@pytest.fixture
+def sigint_raises():
+    """SIGINT raises KeyboardInterrupt, as a launch's handler does."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_during_a_write_lands_once_the_file_is_whole(tmp_path, monkeypatch,
+                                                            sigint_raises):
+    """A KeyboardInterrupt inside xarray's writer could leave its HDF5 lock
+    held and the launch waiting on it for ever: it is delivered after the write."""
+    ds = xr.Dataset({"a": ("x", np.arange(3.0))})
+    interrupting_writes(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        store.write_netcdf(tmp_path / "x.nc", ds)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert [p.name for p in tmp_path.iterdir()] == ["x.nc"]
+    with xr.open_dataset(tmp_path / "x.nc") as back:
+        xr.testing.assert_equal(back.load().drop_attrs(), ds)
+    monkeypatch.undo()
+    store.write_netcdf(tmp_path / "y.nc", ds)         # and the next write runs as usual
+    assert (tmp_path / "y.nc").exists()
+
+
+def test_a_second_ctrl_c_stops_a_write_at_once(tmp_path, monkeypatch, sigint_raises):
+    interrupting_writes(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        store.write_netcdf(tmp_path / "x.nc", xr.Dataset({"a": ("x", np.arange(3.0))}))
+    assert list(tmp_path.iterdir()) == []            # the temporary is gone too
+
+
+def test_an_ignored_ctrl_c_stays_ignored_through_a_write(tmp_path, monkeypatch):
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        interrupting_writes(monkeypatch, 1)
+        store.write_netcdf(tmp_path / "x.nc", xr.Dataset({"a": ("x", np.arange(3.0))}))
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert (tmp_path / "x.nc").exists()
 
 
 def test_open_sweep_on_a_foreign_folder(tmp_path):
