@@ -62,7 +62,15 @@ def test_benchmark_runs_the_parts_asked_for(tmp_path, smoke):
 
     bench = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--smoke"]
     out = tmp_path / "bench.json"
-    result = subprocess.run(bench + ["--parts", "sweep,programs",
+    # the smoke grid's first cohort alone, from a file (--grid)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from bench import compile_ahead_grid
+    finally:
+        sys.path.pop(0)
+    grid = tmp_path / "one.toml"
+    grid.write_text(compile_ahead_grid([8], [2], 32, 5))
+    result = subprocess.run(bench + ["--parts", "sweep,programs", "--grid", str(grid),
                                      "--one-launch", "--unroll", "1", "--json", str(out)],
                             capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -77,8 +85,11 @@ def test_benchmark_runs_the_parts_asked_for(tmp_path, smoke):
     # --unroll reaches the processes it measures: the programs part compiles
     # in one of its own, and rolled loops there are fewer kernels than the
     # package's unrolling (the full smoke run's)
+    assert figures["sweep"]["grid"] == "one" and figures["sweep"]["cohorts"] == 1
     assert figures["unroll"] == 1 and smoke[1]["unroll"] == linalg.UNROLL > 1
-    assert figures["programs"]["kernels"]["segment"] < smoke[1]["programs"]["kernels"]["segment"]
+    [rolled], unrolled = figures["programs"]["cohorts"], smoke[1]["programs"]["cohorts"][0]
+    assert rolled["cohort"] == unrolled["cohort"] == "width8_depth2"
+    assert rolled["kernels"]["segment"] < unrolled["kernels"]["segment"]
     bad = subprocess.run(bench + ["--parts", "table,memroy"], capture_output=True, text=True,
                          timeout=600, cwd=ROOT)
     assert bad.returncode == 2

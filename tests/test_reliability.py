@@ -224,7 +224,7 @@ def test_results_agree_whatever_the_chunking(tmp_path):
     change of machine or version would make it grow)."""
     from normsweep import plan
     text = TINY.replace("lr = { geomspace = [0.5, 8.0, 3] }", "lr = [0.02, 0.1]") \
-               .replace("width = [16, 24]", "width = [16]")
+               .replace("width = [16, 24]", "width = [16]").replace("depth = [2, 3]", "depth = [3]")
     cfg = config.load(write_grid(tmp_path, text))
     per = max(plan.member_bytes(cfg, c, 31) for c in plan.cohorts(cfg))
     budget = int(1.5 * per)
