@@ -97,20 +97,22 @@ def open_checked(path: Path, group: str | None = None,
                  what: str = "netCDF file") -> Iterator[xr.Dataset]:
     """A netCDF file (or its `group`) opened lazily, attributes checked
     (`check_digest`); whatever a damaged file raises, opening or reading it
-    in the block, becomes a `RunError` that names it as a `what`."""
+    in the block, becomes a `RunError` that names it as a `what`. Ctrl-C is
+    held back until the file is closed (`interrupts_held`)."""
     where = f"{path}" if group is None else f"{path} (group {group})"
-    try:
-        ds = xr.open_dataset(path, group=group, engine="netcdf4")
-    except DAMAGE as err:
-        raise RunError(f"{where}: not a readable {what} ({type(err).__name__}: {err})") \
-            from None
-    try:
-        yield check_digest(ds, path)
-    except DAMAGE as err:
-        raise RunError(f"{where}: not a readable {what} ({type(err).__name__}: {err})") \
-            from None
-    finally:
-        ds.close()
+    with interrupts_held():
+        try:
+            ds = xr.open_dataset(path, group=group, engine="netcdf4")
+        except DAMAGE as err:
+            raise RunError(f"{where}: not a readable {what} ({type(err).__name__}: {err})") \
+                from None
+        try:
+            yield check_digest(ds, path)
+        except DAMAGE as err:
+            raise RunError(f"{where}: not a readable {what} ({type(err).__name__}: {err})") \
+                from None
+        finally:
+            ds.close()
 
 
 TEMP_RE = re.compile(r"\.(.+)\.normsweep-tmp-\d+")
@@ -147,8 +149,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def interrupts_held() -> Iterator[None]:
     """Holds Ctrl-C (SIGINT) back until the block ends, then delivers it to
     the handler that was in place. A KeyboardInterrupt raised inside
-    xarray's netCDF writer can leave its HDF5 lock held, and the writer's
-    own cleanup then waits on that lock for ever. A second Ctrl-C is
+    xarray's netCDF code can leave its HDF5 lock held, and the next close
+    (the writer's own cleanup, or Python's exit) then waits on it for ever. A second Ctrl-C is
     delivered at once. Only in the main thread, the only one Python
     delivers signals to."""
     previous = signal.getsignal(signal.SIGINT)
@@ -390,14 +392,13 @@ def cohort_path(root: Path, cohort: Cohort) -> Path:
 def read_cohort(path: Path, *, weights: bool = False) -> xr.Dataset:
     """A cohort file, fully loaded (the file is closed afterwards); with
     `weights`, its "weights" group is read through too, so that its
-    checksums are verified (a damaged group raises here, naming the file).
-    Ctrl-C is held back while the file is open (`interrupts_held`)."""
-    with interrupts_held(), open_checked(path, what="cohort file") as ds:
+    checksums are verified (a damaged group raises here, naming the file)."""
+    with open_checked(path, what="cohort file") as ds:
         out = ds.load()
     if "width" not in out.dims or "depth" not in out.dims:
         raise RunError(f"{path}: not a cohort file (no width and depth)")
     if weights:
-        with interrupts_held(), open_checked(path, "weights", "cohort file") as group:
+        with open_checked(path, "weights", "cohort file") as group:
             group.load()
     return out
 

@@ -313,7 +313,8 @@ def merged(config: Config, cohort: plan.Cohort, held, subset: np.ndarray,
     diverged[subset] = new.diverged_at
     weights = {}
     if config.record.weights:
-        with xr.open_dataset(path, group="weights", engine="netcdf4") as held_weights:
+        with store.interrupts_held(), \
+                xr.open_dataset(path, group="weights", engine="netcdf4") as held_weights:
             for which in ("initial", "final"):
                 layers = []
                 for l, w in enumerate(getattr(new, which)):

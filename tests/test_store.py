@@ -157,6 +157,18 @@ def test_ctrl_c_during_a_write_lands_once_the_file_is_whole(tmp_path, monkeypatc
     assert (tmp_path / "y.nc").exists()
 
 
+def test_ctrl_c_while_a_file_is_read_lands_once_it_is_closed(tmp_path, sigint_raises):
+    ds = xr.Dataset({"a": ("x", np.arange(3.0))})
+    store.write_netcdf(tmp_path / "x.nc", ds)
+    read = []
+    with pytest.raises(KeyboardInterrupt):
+        with store.open_checked(tmp_path / "x.nc") as back:
+            signal.raise_signal(signal.SIGINT)
+            read.append(back["a"].values.tolist())
+    assert read == [[0.0, 1.0, 2.0]]            # the block ran to its end first
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_second_ctrl_c_stops_a_write_at_once(tmp_path, monkeypatch, sigint_raises):
     interrupting_writes(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
