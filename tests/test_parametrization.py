@@ -34,7 +34,7 @@ def test_ntk_equals_standard_with_per_layer_rates_2eta_over_fan_in():
 
 
 def test_mup_hidden_first_step_update_is_width_independent():
-    widths = np.array([128, 256, 512, 1024])
+    widths = np.array([128, 256, 512])
     ik, pk = member_keys(np.array([0, 1]))
     spec, std = [], []
     for m in widths:
