@@ -1,6 +1,8 @@
 """Sharpness: power iteration on Hessian-vector products against a dense Hessian."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,10 +17,16 @@ from normsweep.data import sphere_data
 X, Y = sphere_data(jax.random.key(2), 16, 4, 3, jnp.float32)
 
 
-def dense_top(program, params):
+@functools.partial(jax.jit, static_argnums=0)
+def dense_hessian(program, params):
+    """The loss's Hessian in the flattened weights: one compiled program
+    (run eagerly, its hundreds of small operations each compiled on their own)."""
     flat, unravel = ravel_pytree(params)
-    hess = jax.hessian(lambda f: step.loss_and_logits(program, unravel(f), X, Y)[0])(flat)
-    eig = np.linalg.eigvalsh(np.asarray(hess, np.float64))
+    return jax.hessian(lambda f: step.loss_and_logits(program, unravel(f), X, Y)[0])(flat)
+
+
+def dense_top(program, params):
+    eig = np.linalg.eigvalsh(np.asarray(dense_hessian(program, params), np.float64))
     return eig[np.argmax(np.abs(eig))]
 
 
@@ -104,9 +112,7 @@ def test_sharpness_is_preconditioned_by_the_lr_multipliers():
                                schedules={"sharpness": 5})
     params = {"params": {f"layer_{l:03d}": {"kernel": jnp.asarray(w[0])}
                          for l, w in enumerate(traj.initial)}}
-    flat, unravel = ravel_pytree(params)
-    hess = np.asarray(jax.hessian(lambda f: step.loss_and_logits(prog, unravel(f), X, Y)[0])(flat),
-                      np.float64)
+    hess = np.asarray(dense_hessian(prog, params), np.float64)
     c = model.lr_multipliers("ntk", "he", dims)
     root = np.concatenate([np.full(a * b, np.sqrt(cl)) for (a, b), cl in
                            zip(zip(dims[:-1], dims[1:]), c)])
