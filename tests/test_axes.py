@@ -71,6 +71,7 @@ def test_zero_weight_decay_in_a_decay_program_changes_nothing():
         run(train.Program(dims=DIMS), [0.3], [0], steps, weight_decay=[0.1])
 
 
+@jax.jit
 def dense_ntk(ws, xs, mult):
     jac = jax.jacrev(lambda ws: reference.forward(ws, xs))(ws)   # per layer (s, k, fan_in, fan_out)
     return sum(c * jnp.einsum("ickl,jckl->ij", j, j, precision="highest")
@@ -83,7 +84,8 @@ def test_ntk_gram_and_its_extreme_eigenvalues_match_dense_jacobians():
     xs = X[:10]
     mult = jnp.asarray(model.lr_multipliers("ntk", "he", DIMS), jnp.float32)
     with jax.default_matmul_precision("highest"):
-        got = measure.ntk_gram(train.Program(dims=DIMS), model.with_kernels(None, ws), mult, xs)
+        got = jax.jit(measure.ntk_gram, static_argnums=0)(
+            train.Program(dims=DIMS), model.with_kernels(None, ws), mult, xs)
         want = dense_ntk(ws, xs, mult)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * float(jnp.max(want)))
     top, bottom = jax.jit(linalg.extreme_eigenvalues_psd)(got)
