@@ -48,7 +48,7 @@ def test_one_step_with_weight_decay_is_the_stated_update(name):
     prog = train.Program(dims=DIMS, decay=True)
     traj = run(prog, [lr], [0], np.arange(2), weight_decay=[wd], parametrization=[name])
     w0 = [jnp.asarray(w[0]) for w in traj.initial]
-    grads = jax.grad(loss_of)(w0)
+    grads = jax.jit(jax.grad(loss_of))(w0)
     c = model.lr_multipliers(name, "he", DIMS)
     for l in range(len(DIMS) - 1):
         expect = w0[l] - lr * c[l] * grads[l] - lr * wd * w0[l]

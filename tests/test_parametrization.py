@@ -22,7 +22,7 @@ def test_ntk_equals_standard_with_per_layer_rates_2eta_over_fan_in():
     traj = train.train_members(prog, X, Y, np.array([lr]), ik, pk, np.arange(6), keep_weights=True)
     ws = [jnp.asarray(w[0]) for w in traj.initial]
     rates = [lr * 2 / fan_in for fan_in in dims[:-1]]
-    grad = jax.grad(reference.loss)
+    grad = jax.jit(jax.grad(reference.loss))
     for _ in range(5):
         gs = grad(ws, X, Y)
         ws = [w - r * g for w, r, g in zip(ws, rates, gs)]
