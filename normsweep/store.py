@@ -150,9 +150,9 @@ def interrupts_held() -> Iterator[None]:
     """Holds Ctrl-C (SIGINT) back until the block ends, then delivers it to
     the handler that was in place. A KeyboardInterrupt raised inside
     xarray's netCDF code can leave its HDF5 lock held, and the next close
-    (the writer's own cleanup, or Python's exit) then waits on it for ever. A second Ctrl-C is
-    delivered at once. Only in the main thread, the only one Python
-    delivers signals to."""
+    (the writer's own cleanup, or Python's exit) then waits on it for ever.
+    A second Ctrl-C is delivered at once. Only in the main thread, the only
+    one Python delivers signals to."""
     previous = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is not threading.main_thread() or previous is None:
         yield

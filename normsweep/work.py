@@ -12,7 +12,6 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import xarray as xr
 
 from normsweep import calibration, folder, plan, dataset, store, train
 from normsweep.config import Config
@@ -313,8 +312,7 @@ def merged(config: Config, cohort: plan.Cohort, held, subset: np.ndarray,
     diverged[subset] = new.diverged_at
     weights = {}
     if config.record.weights:
-        with store.interrupts_held(), \
-                xr.open_dataset(path, group="weights", engine="netcdf4") as held_weights:
+        with store.open_checked(path, "weights", "cohort file") as held_weights:
             for which in ("initial", "final"):
                 layers = []
                 for l, w in enumerate(getattr(new, which)):

@@ -63,13 +63,8 @@ def test_benchmark_runs_the_parts_asked_for(tmp_path, smoke):
     bench = [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--smoke"]
     out = tmp_path / "bench.json"
     # the smoke grid's first cohort alone, from a file (--grid)
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from bench import compile_ahead_grid
-    finally:
-        sys.path.pop(0)
     grid = tmp_path / "one.toml"
-    grid.write_text(compile_ahead_grid([8], [2], 32, 5))
+    grid.write_text(_benchmarks_module("bench").compile_ahead_grid([8], [2], 32, 5))
     result = subprocess.run(bench + ["--parts", "sweep,programs", "--grid", str(grid),
                                      "--one-launch", "--unroll", "1", "--json", str(out)],
                             capture_output=True, text=True, timeout=600, cwd=ROOT)
@@ -99,20 +94,21 @@ def test_benchmark_runs_the_parts_asked_for(tmp_path, smoke):
     assert bad.returncode == 2 and "--unroll: 0" in bad.stderr
 
 
-def _xprof():
+def _benchmarks_module(name: str):
+    """A module of benchmarks/ (not a package), imported from its folder."""
+    import importlib
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        import xprof
+        return importlib.import_module(name)
     finally:
         sys.path.pop(0)
-    return xprof
 
 
 def test_profile_attributes_each_kernel_to_the_function_that_wrote_it(tmp_path):
     import jax
     import jax.numpy as jnp
 
-    xprof = _xprof()
+    xprof = _benchmarks_module("xprof")
 
     def product(a):
         return jnp.matmul(a, a.T)
@@ -152,7 +148,7 @@ def test_host_events_are_timed_exclusive_of_their_children_and_cut_into_windows(
 
     import jax
 
-    xprof = _xprof()
+    xprof = _benchmarks_module("xprof")
 
     def timed(name, seconds, *inner):
         with jax.profiler.TraceAnnotation(name):
