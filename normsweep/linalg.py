@@ -45,10 +45,8 @@ def _unroll(trips: int) -> int:
     """Bodies per trip of the small spectral loops (Lanczos' steps, the
     squarings): UNROLL on an accelerator, where each trip of a rolled loop
     costs a host round trip; none on a CPU, where unrolling only lengthened
-    the compilation (Lanczos: 6.0 against 9.2 s per cohort at width 1024)
-    and made records no faster. Fewer than 2·UNROLL trips (Lanczos' default
-    10) are unrolled whole: UNROLL bodies and the remainder would be as many
-    copies of the body, plus a loop."""
+    the compilation (BENCHMARKS.md). Fewer than 2·UNROLL trips are unrolled
+    whole: UNROLL bodies and the remainder would be as many copies, plus a loop."""
     if jax.default_backend() == "cpu":
         return 1
     return accelerator_unroll(trips)
@@ -64,17 +62,15 @@ def top_eigenvalue_psd(gram: jax.Array, squarings: int = SQUARINGS, rolled: bool
                        ) -> jax.Array:
     """The largest eigenvalue of a symmetric positive semi-definite matrix.
 
-    G^(2^s), renormalised after each squaring, is (to rounding) the projector
+    G^(2^s), renormalised as it is squared, is (to rounding) the projector
     on the top eigenvectors of G whenever λ₂/λ₁ < 1 − 2^-s; its largest column
     is then a top eigenvector v, and λ₁ = vᵀGv (a Rayleigh quotient, whose
     error is quadratic in the error of v; for a near-tie λ₁ ≈ λ₂ any mix of
     the two gives λ₁ to within the tie). Pure XLA: LAPACK's eigvalsh, called
-    from inside the training loop, can deadlock the CPU runtime. On an
-    accelerator the loop is unrolled by UNROLL (`_unroll`): on a GPU each trip
-    of a rolled loop costs a host round trip (a rolled loop made a record 3–4×
-    dearer on an H100). `rolled` keeps it rolled on every backend, for what
-    runs rarely (a cold start, a probe): unrolled copies would only lengthen
-    the compilation.
+    from inside the training loop, can deadlock the CPU runtime. The loop is
+    unrolled on an accelerator (`_unroll`); `rolled` keeps it rolled on every
+    backend, for what runs rarely (a cold start, a probe), where unrolled
+    copies would only lengthen the compilation.
     """
     return top_eigenpair_psd(gram, squarings, rolled)[0]
 
@@ -83,11 +79,16 @@ def top_eigenpair_psd(gram: jax.Array, squarings: int = SQUARINGS, rolled: bool 
                       ) -> tuple[jax.Array, jax.Array]:
     """(λ₁, v): `top_eigenvalue_psd` and its eigenvector v (not normalised;
     zero for G = 0)."""
-    def square(_, a):
-        return _rescale(matmul(a, a))
+    def square_twice(_, a):
+        # a power-of-two rescale is exact: once per two squarings gives the
+        # values of one per squaring, and the entries stay below size³ between
+        return _rescale(matmul(*[matmul(a, a)] * 2))
 
-    a = jax.lax.fori_loop(0, squarings, square, _rescale(gram),
-                          unroll=1 if rolled else _unroll(squarings))
+    a = _rescale(gram)
+    if squarings % 2:
+        a = _rescale(matmul(a, a))
+    a = jax.lax.fori_loop(0, squarings // 2, square_twice, a,
+                          unroll=1 if rolled else max(1, _unroll(squarings) // 2))
     v = a[:, jnp.argmax(jnp.sum(jnp.square(a), axis=0))]
     norm = sum_squares(v)
     return inner(v, matmul(gram, v)) / jnp.where(norm > 0, norm, 1), v
@@ -163,28 +164,27 @@ def lanczos_basis(w: jax.Array, v: jax.Array, steps: int, rolled: bool = False, 
     tol = n * jnp.finfo(v.dtype).eps
 
     def body(j, carry):
-        basis, alpha, beta, q = carry
+        basis, coeffs, q = carry          # coeffs: T's diagonal α and off-diagonal β
         basis = basis.at[j].set(q)
         z = matmul(w.T, matmul(w, q))
-        scale = frobenius(z)
         c = matmul(basis, z)                       # ⟨q_i, z⟩ for i ≤ j, 0 above
         z = z - matmul(basis.T, c)
         z = z - matmul(basis.T, matmul(basis, z))  # twice is enough
         b = frobenius(z)
-        # breakdown: what is left of z is rounding, not a new direction
-        b = jnp.where(b > tol * scale, b, 0)
+        # breakdown: what is left of z is rounding, not a new direction (‖z‖
+        # before the projections is √(‖c‖² + b²), the basis being orthonormal)
+        b = jnp.where(b > tol * jnp.sqrt(sum_squares(c) + b * b), b, 0)
         q = jnp.where(b > 0, z / jnp.where(b > 0, b, 1), 0)
-        return basis, alpha.at[j].set(c[j]), beta.at[j].set(b), q
+        return basis, coeffs.at[:, j].set(jnp.stack([c[j], b])), q
 
-    zero = jnp.zeros((size,), v.dtype)
-    init = (jnp.zeros((size, n), v.dtype), zero, zero, v)
+    init = (jnp.zeros((size, n), v.dtype), jnp.zeros((2, size), v.dtype), v)
     if trips is None:
         k = size
         carry = jax.lax.fori_loop(0, size, body, init, unroll=1 if rolled else _unroll(size))
     else:
         k = jnp.minimum(trips, size)
         carry = jax.lax.fori_loop(0, k, body, init)
-    basis, alpha, beta, _ = carry
+    basis, (alpha, beta), _ = carry
     # T is k×k: the last step's β couples to no basis vector
     off = jnp.diag(jnp.where(jnp.arange(size - 1) < k - 1, beta[:-1], 0), 1)
     return basis, jnp.diag(alpha) + off + off.T
@@ -227,8 +227,8 @@ def spectral_norms(ws: list[jax.Array], vs: list[jax.Array], iters: int, rolled:
     small, finish = [], []          # the small PSD matrices; how to finish each group
     for shape, idx in shapes.items():
         if uses_lanczos(shape):
-            # a loop over the matrices (not vmap: a batched matrix-vector
-            # product ran 27% slower on a CPU), compiled once for any depth
+            # a loop over the matrices, compiled once for any depth (not
+            # vmap: batched matrix-vector products were slower, BENCHMARKS.md)
             w, v = jnp.stack([ws[i] for i in idx]), jnp.stack([vs[i] for i in idx])
             basis, tri = jax.lax.map(lambda a: lanczos_basis(*a, iters, rolled), (w, v))
             small.append(tri)

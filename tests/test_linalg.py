@@ -31,6 +31,29 @@ def test_small_side_with_a_tie_at_the_top():
     assert float(linalg.spectral_exact(w)) == pytest.approx(3.0, rel=1e-6)
 
 
+@pytest.mark.parametrize("squarings", [23, 24])
+def test_rescaling_once_per_two_squarings_changes_no_bit(squarings):
+    """A power-of-two rescale is exact: the top eigenpair equals, to the bit
+    (v up to a power of two), that of the matrix rescaled after every squaring."""
+    a = gaussian(12, 12, seed=squarings)
+    gram = a @ a.T
+
+    @jax.jit
+    def every_squaring(g):
+        a = linalg._rescale(g)
+        for _ in range(squarings):
+            a = linalg._rescale(linalg.matmul(a, a))
+        v = a[:, jnp.argmax(jnp.sum(jnp.square(a), axis=0))]
+        return linalg.inner(v, linalg.matmul(g, v)) / linalg.sum_squares(v), v
+
+    lam, v = jax.jit(linalg.top_eigenpair_psd, static_argnums=(1, 2))(gram, squarings, True)
+    want_lam, want_v = every_squaring(gram)
+    assert float(lam) == float(want_lam)
+    assert float(lam) == pytest.approx(np.linalg.eigvalsh(gram.astype(np.float64))[-1], rel=1e-5)
+    ratio = np.asarray(v) / np.asarray(want_v)
+    assert np.all(ratio == ratio[0]) and np.log2(ratio[0]) == np.round(np.log2(ratio[0]))
+
+
 @pytest.mark.parametrize("m", [128, 1024])
 def test_cold_lanczos_matches_svd(m):
     w = gaussian(m, m, seed=m)
