@@ -68,8 +68,7 @@ def unit_kernels(model: MLP, key: jax.Array, x: jax.Array) -> tuple[jax.Array, .
     """The kernels `model.init(key, x)` draws with `init_scheme="unit"`, from
     the same random bits, in fewer random-number computations (`normals`):
     Flax derives each layer's key and draws it alone, and each draw is a
-    threefry hash that XLA compiles on its own (1.3 s for the three of a
-    depth-3 network on a CPU, against 0.4 s for one batched draw)."""
+    threefry hash that XLA compiles on its own (BENCHMARKS.md)."""
     keys = []
 
     def capture(k, shape, dtype):
@@ -89,11 +88,10 @@ def normals(keys: Sequence[jax.Array], shapes: Sequence[tuple[int, ...]], dtype)
     a longer draw with the same key: draws are padded to their group's
     largest and batched over keys. Groups keep the padding at most the
     numbers drawn (a depth-3 network: its two hidden layers, then the input
-    and readout layers). The normals are the same to rounding: how XLA
+    and readout layers). The normals are the same to an ulp or two: how XLA
     rounds the inverse-erf transform of the bits depends on the program
-    around it (25–64% of the entries of 7 of 12 layers checked moved by one
-    or two ulp), as it did before from one program to another. Other generators are drawn
-    one by one."""
+    around it, as it does from one program to another. Other generators are
+    drawn one by one."""
     sizes = [math.prod(s) for s in shapes]
     if not keys or not prefix_draws(keys[0]):
         return [jax.random.normal(k, s, dtype) for k, s in zip(keys, shapes)]
@@ -125,8 +123,7 @@ def unit_vectors(keys: jax.Array, sizes: Sequence[int], dtype) -> list[jax.Array
     """[g / ‖g‖ for g = jax.random.normal(keys[i], (sizes[i],))], drawn in
     one batch and normalised in one operation: the vectors of `normals`
     and a norm per vector, to an ulp (how XLA rounds depends on the program
-    around it), in about 60% of their compile time (0.43 against 0.70 s for
-    the 8 of a depth-4 network on a CPU)."""
+    around it), in less compile time (BENCHMARKS.md)."""
     size = max(sizes)
     if prefix_draws(keys[0]):
         flat = jax.vmap(lambda k: jax.random.normal(k, (size,), dtype))(keys)

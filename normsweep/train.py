@@ -66,8 +66,8 @@ def init_member(program: Program, hp: Hyper, init_key: jax.Array, power_key: jax
 def per_member(x: jax.Array, members: int) -> jax.Array:
     """The inputs broadcast to one copy per member, for `jax.vmap`. Shared
     inputs (vmap's in_axes None) let XLA fuse the first layer's products of
-    all members into one matmul over their columns, which ran 1.66× slower on
-    a CPU at width 512 than a batched matmul per member (BENCHMARKS.md)."""
+    all members into one matmul over their columns, slower than a batched
+    matmul per member (BENCHMARKS.md)."""
     return jnp.broadcast_to(x, (members,) + x.shape)
 
 
