@@ -2,6 +2,7 @@
 float64 upcast or a broadcast between mismatched ranks is a bug here."""
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
 import shutil
@@ -12,13 +13,23 @@ from pathlib import Path
 import jax
 import pytest
 
+
+
+def session_folder(prefix: str) -> str:
+    """A temporary folder that this process removes as it exits."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 # launches record their timings (normsweep.calibration) in the session's own
 # file, never in the user's ~/.cache, and the dry run reads only those
-os.environ["NORMSWEEP_TIMINGS"] = os.path.join(tempfile.mkdtemp(prefix="normsweep-timings-"),
+os.environ["NORMSWEEP_TIMINGS"] = os.path.join(session_folder("normsweep-timings-"),
                                                "timings.jsonl")
 # and compile into the session's own persistent cache, never the user's (a
-# test's child processes inherit it)
-os.environ.setdefault("NORMSWEEP_JAX_CACHE", tempfile.mkdtemp(prefix="normsweep-jax-"))
+# test's child processes and xdist's workers inherit it)
+if "NORMSWEEP_JAX_CACHE" not in os.environ:
+    os.environ["NORMSWEEP_JAX_CACHE"] = session_folder("normsweep-jax-")
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
