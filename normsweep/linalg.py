@@ -82,7 +82,8 @@ def top_eigenpair_psd(gram: jax.Array, squarings: int = SQUARINGS, rolled: bool 
     def square_twice(_, a):
         # a power-of-two rescale is exact: once per two squarings gives the
         # values of one per squaring, and the entries stay below size³ between
-        return _rescale(matmul(*[matmul(a, a)] * 2))
+        square = matmul(a, a)
+        return _rescale(matmul(square, square))
 
     a = _rescale(gram)
     if squarings % 2:

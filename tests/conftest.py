@@ -14,7 +14,6 @@ import jax
 import pytest
 
 
-
 def session_folder(prefix: str) -> str:
     """A temporary folder that this process removes as it exits."""
     path = tempfile.mkdtemp(prefix=prefix)
