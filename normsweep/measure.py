@@ -7,7 +7,6 @@ the member's state; `train` vmaps them over members.
 """
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 
@@ -216,7 +215,8 @@ def measured(program: Program, state: State, new: State, out, hp: Hyper, x, y, t
     new = new._replace(spec_v=spec_v, dist_v=dist_v)
     # a norm that overflows (finite weights whose squares do not fit the
     # dtype) diverges the member as a non-finite loss does: frozen from t on
-    overflow = ~jnp.all(jnp.isfinite(jnp.concatenate([jnp.ravel(rec[name]) for name in CHECKED])))
+    checked = jnp.concatenate([jnp.ravel(rec[name]) for name in CHECKED])
+    overflow = ~jnp.all(jnp.isfinite(checked))
     newly = (new.diverged_at < 0) & overflow
     new = new._replace(
         params=jax.tree.map(lambda a, b: jnp.where(newly, a, b), state.params, new.params),
