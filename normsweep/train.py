@@ -23,7 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from normsweep import measure, linalg, plan
+from normsweep import measure, linalg, plan, programs
 from normsweep.measure import tree_dot, tree_scale, empty_records, gradient_sums, measured
 from normsweep.model import kernels, normals, unit_kernels, unit_vectors, with_kernels
 from normsweep.step import Hyper, Program, State, hyper, optimizer, step
@@ -277,29 +277,32 @@ def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_ke
                                                     steps, devices, weight_decay, parametrization)
 
     def like_outputs(compiled):
-        # on one device train_members' arrays are uncommitted: no placement
+        # on one device a traced program's outputs are uncommitted, like its
+        # inputs: no placement
         info = compiled.out_info
-        if mesh is not None:
+        if mesh is not None or programs.exported((program, mesh)):
             return info
         return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type),
                             info)
 
     # (the annotations name each program's compilation in a jax.profiler trace)
     with jax.profiler.TraceAnnotation("normsweep compile init"):
-        compiled = {"init": init_cohort.lower(program, mesh, hp, init_keys, power_keys,
-                                              x).compile()}
+        compiled = {"init": programs.lowered(init_cohort, (program, mesh),
+                                             (hp, init_keys, power_keys, x)).compile()}
     # every segment has the same shapes
     t, gap, valid, due = segments(steps, probe_schedules(program, schedules), probe_points)[0]
     # init_cohort places its output as segment_cohort does, so one program
     # serves every segment (tested on two devices)
     state = like_outputs(compiled["init"])
     with jax.profiler.TraceAnnotation("normsweep compile segment"):
-        compiled["segment"] = segment_cohort.lower(program, mesh, state, hp, x, y, t, gap, valid,
-                                                   due).compile()
+        compiled["segment"] = programs.lowered(segment_cohort, (program, mesh),
+                                               (state, hp, x, y, t, gap, valid, due),
+                                               donate=(0,)).compile()
     if program.spectra:
         with jax.profiler.TraceAnnotation("normsweep compile spectra"):
-            compiled["spectra"] = spectra_cohort.lower(
-                program, mesh, plan.spectral_rank(program.dims), state, x, y).compile()
+            compiled["spectra"] = programs.lowered(
+                spectra_cohort, (program, mesh, plan.spectral_rank(program.dims)),
+                (state, x, y)).compile()
     return compiled
 
 
@@ -323,21 +326,23 @@ def train_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys
     members = len(lrs)
     mesh, hp, init_keys, power_keys, x, y = placed(program, x, y, lrs, init_keys, power_keys,
                                                     steps, devices, weight_decay, parametrization)
-    state = init_cohort(program, mesh, hp, init_keys, power_keys, x)
+    state = programs.called(init_cohort, (program, mesh), (hp, init_keys, power_keys, x))
     # A copy, not a view: the state's buffers are donated to the next call.
     initial = [np.array(w, copy=True)[:members] for w in state.params0] if keep_weights else None
     taken = []
 
     def take_spectra(state):
         if program.spectra:
-            out = spectra_cohort(program, mesh, plan.spectral_rank(program.dims), state, x, y)
+            out = programs.called(spectra_cohort,
+                                  (program, mesh, plan.spectral_rank(program.dims)), (state, x, y))
             taken.append({k: np.asarray(v)[:members] for k, v in out.items()})
 
     take_spectra(state)
     chunks = []
     for t, gap, valid, due in segments(steps, probe_schedules(program, schedules),
                                        probe_points):
-        state, rec = segment_cohort(program, mesh, state, hp, x, y, t, gap, valid, due)
+        state, rec = programs.called(segment_cohort, (program, mesh),
+                                     (state, hp, x, y, t, gap, valid, due), donate=(0,))
         chunks.append({k: np.asarray(v)[:members, valid] for k, v in rec.items()})
         if on_steps is not None:
             on_steps(int(np.sum(gap[valid] + 1)))

@@ -98,14 +98,23 @@ def test_a_compilation_ahead_that_fails_is_left_to_the_cohort_itself(tiny_sweep,
 
 # jax.monitoring's events of the persistent compilation cache: "cache_misses"
 # counts programs compiled and written to the cache (every one: normsweep sets
-# jax_persistent_cache_min_compile_time_secs to 0), "cache_hits" programs read from it
+# jax_persistent_cache_min_compile_time_secs to 0), "cache_hits" programs read
+# from it; "exported" counts the programs traced and exported (`programs`)
 CACHE_EVENTS = textwrap.dedent("""\
     import collections, json, sys
     import jax
+    import jax.export
     from normsweep import config, sweep
     counts = collections.Counter()
     jax.monitoring.register_event_listener(
         lambda event, **kw: counts.update([event.rsplit("/", 1)[-1]]))
+    export = jax.export.export
+
+    def counted(*args, **kwargs):
+        counts["exported"] += 1
+        return export(*args, **kwargs)
+
+    jax.export.export = counted
     cfg = config.parse('''
     name = "cache"
     [data]
@@ -125,7 +134,7 @@ CACHE_EVENTS = textwrap.dedent("""\
     """)
 
 
-def test_a_relaunch_compiles_nothing_that_the_first_launch_compiled(tmp_path):
+def test_a_relaunch_traces_and_compiles_nothing_that_the_first_launch_did(tmp_path):
     def launch_in_a_fresh_process(out, cache):
         env = dict(os.environ, NORMSWEEP_JAX_CACHE=cache, HOME=str(tmp_path / "home"))
         run = subprocess.run([sys.executable, "-c", CACHE_EVENTS, str(tmp_path / out)],
@@ -137,11 +146,25 @@ def test_a_relaunch_compiles_nothing_that_the_first_launch_compiled(tmp_path):
     first = launch_in_a_fresh_process("first", cache)
     second = launch_in_a_fresh_process("second", cache)
     assert first.get("cache_misses", 0) >= 2, first        # init and segment, at least
+    assert first["exported"] == 2, first                   # and kept beside the cache
     assert second.get("cache_misses", 0) == 0, second      # nothing compiled and stored again
     assert second.get("cache_hits", 0) >= first["cache_misses"], second
+    assert "exported" not in second, second                # nor traced: read back
+    # damaged programs are traced and exported again, to the same modules
+    kept = sorted((tmp_path / "cache" / "normsweep-programs").glob("*.bin"))
+    assert len(kept) == 2
+    for path in kept:
+        path.write_bytes(b"damaged")
+    again = launch_in_a_fresh_process("again", cache)
+    assert again["exported"] == 2 and again.get("cache_misses", 0) == 0, again
     off = launch_in_a_fresh_process("off", "off")          # the opt-out: no cache anywhere
     assert "cache_misses" not in off and "cache_hits" not in off, off
     assert not (tmp_path / "home").exists()
+    # and the traced programs (cache off) compute what the exported ones do, to the bit
+    with xr.open_dataset(tmp_path / "first" / "sweep.nc") as want:
+        for out in ("second", "again", "off"):
+            with xr.open_dataset(tmp_path / out / "sweep.nc") as got:
+                equal.assert_sweeps_identical(got, want)
 
 
 def test_the_compile_threads_run_at_once_and_hand_out_every_cohort_once():
@@ -268,3 +291,33 @@ def test_grids_that_differ_only_in_a_probe_stride_share_their_programs():
                                                   "\n[grid]")
     assert compiles(strides) == 0
     assert compiles(SCHEDULED.replace("jacobian_points = 5", "jacobian_points = 4")) == 2
+
+
+def test_a_kept_program_is_found_only_by_what_traces_it_alike(monkeypatch, tmp_path):
+    """The artifact's name digests what the trace reads: another shape, dtype,
+    Program or linalg setting finds another file; other values the same.
+    (Host arrays only: nothing compiles while the cache folder is changed.)"""
+    import jax
+    import numpy as np
+
+    from normsweep import linalg, programs, train
+
+    prog = train.Program(dims=(3, 5, 2))
+    args = (np.zeros((4, 3), np.float32), np.ones(2, np.float32))
+
+    def path(program=prog, args=args):
+        return programs.artifact_path(train.init_cohort, (program, None), args)
+
+    prior = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+    try:
+        base = path()
+        assert base.parent == tmp_path / "normsweep-programs"
+        assert path(args=(np.ones((4, 3), np.float32), args[1])) == base         # values
+        assert path(args=(np.zeros((5, 3), np.float32), args[1])) != base        # a shape
+        assert path(args=(args[0], np.ones(2, np.int32))) != base                # a dtype
+        assert path(program=train.Program(dims=(3, 5, 2), lanczos_steps=11)) != base
+        monkeypatch.setattr(linalg, "EXACT_MAX", linalg.EXACT_MAX + 1)
+        assert path() != base
+    finally:
+        jax.config.update("jax_compilation_cache_dir", prior)
