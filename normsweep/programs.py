@@ -37,7 +37,6 @@ OPTIONS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_threefry_parti
 _lock = threading.Lock()
 _programs: dict = {}
 _registering = threading.Lock()
-_registered: list = []
 
 
 def lowered(fn, static: tuple, args: tuple, donate: tuple[int, ...] = ()):
@@ -129,11 +128,10 @@ def _register_types() -> None:
     arguments and outputs: `Hyper`, `State` and the optimizer's states. Once
     a process, whichever thread comes first."""
     with _registering:
-        if not _registered:
-            _register()
-            _registered.append(True)
+        _register()
 
 
+@functools.cache
 def _register() -> None:
     from normsweep.model import with_kernels
     from normsweep.step import Program, State, hyper, optimizer
