@@ -164,10 +164,11 @@ class Lines(sweep.Reporter):
     def done(self, name, where=""):
         print(f"  {time.perf_counter() - t0:7.1f} s  {name} written", file=sys.stderr, flush=True)
 
-t0 = time.perf_counter()
+t0, cpu0 = time.perf_counter(), time.process_time()
 sweep.launch(cfg, sys.argv[2], reporter=Lines(),
              compile_workers=None if sys.argv[3] == "default" else int(sys.argv[3]))
 spent["wall"] = time.perf_counter() - t0
+spent["cpu"] = time.process_time() - cpu0      # every thread's, compiler's and training's
 spent["workers"] = (compile_ahead.default_compile_workers(len(sweep.plan.cohorts(cfg)))
                     if sys.argv[3] == "default" else int(sys.argv[3]))
 print(json.dumps(spent))
@@ -319,11 +320,12 @@ def launch_split(grid: str, root: str, workers: str, cache: bool | str = False,
     """`normsweep launch` of `grid` (with `--set` `overrides`) in a fresh
     process, the persistent compilation cache off (or on, for the smoke run,
     which times nothing; or in the folder `cache`, to time a warm cache
-    against the cold launch that filled it): wall seconds from the call (import excluded), and
-    the seconds its launching thread spent compiling, waiting for a
-    compilation ahead, training (records included) and building and writing
-    files; "compile_ahead" sums the compile threads' seconds, which overlap
-    the rest. Its stderr passes through: a line as each cohort is written,
+    against the cold launch that filled it): wall seconds from the call
+    (import excluded), and the seconds its launching thread spent compiling,
+    waiting for a compilation ahead, training (records included) and
+    building and writing files; "compile_ahead" sums the compile threads'
+    seconds, which overlap the rest; "cpu" is the CPU seconds of all its
+    threads. Its stderr passes through: a line as each cohort is written,
     and any error."""
     env = dict(os.environ)
     if isinstance(cache, str):
@@ -659,6 +661,13 @@ def main():
             warm = launch_split(grid, f"{tmp}/warm", "default", cache=f"{tmp}/cache")
             steps_only = launch_split(grid, f"{tmp}/bare", "default", cache=smoke, overrides=bare)
         res["sweep"]["warm_wall_s"] = warm["wall"]
+        # the CPU seconds of each launch, compiler's and training's, over this
+        # host's cores: the wall of the cores' whole time (XLA's thread pools
+        # spin a little while idle, so it is the work as run, not a strict floor)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else os.cpu_count()
+        res["sweep"]["cpu_s"] = {"cold cache": full["cpu"], "warm cache": warm["cpu"],
+                                 "cores": cores}
         res["sweep"]["wall_over_training"] = {"cold cache": wall / full["train"],
                                               "warm cache": warm["wall"] / warm["train"]}
         split = {"compile": full.get("compile", 0.0), "wait for compile": full.get("wait", 0.0),
@@ -673,6 +682,9 @@ def main():
         print("  wall / training (the launching thread's, records included): " + ", ".join(
             f"{k} ×{v:.2f}" for k, v in res["sweep"]["wall_over_training"].items()) +
             f" (warm: {warm['wall']:.1f} s wall)")
+        print(f"  CPU seconds, all threads: cold {full['cpu']:.1f} s, warm {warm['cpu']:.1f} s; "
+              f"the cold launch's, spread over {cores} cores, {full['cpu'] / cores:.1f} s "
+              f"(×{full['cpu'] / cores / full['train']:.2f} its training)")
 
     def print_split(title, seconds, wall):
         print(title)

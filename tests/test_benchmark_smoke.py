@@ -39,6 +39,9 @@ def test_benchmark_smoke(smoke):
     assert 0 < whole["training_share"] < 1 and whole["steps_only_wall_s"] > 0
     assert set(whole["wall_over_training"]) == {"cold cache", "warm cache"}
     assert all(ratio > 1 for ratio in whole["wall_over_training"].values())
+    # the cold launch compiled what the warm one found in the cache: more CPU time
+    cpu = whole["cpu_s"]
+    assert 0 < cpu["warm cache"] < cpu["cold cache"] and cpu["cores"] >= 1
     assert "recording" in result.stdout and "peak memory" in result.stdout
     split = figures["compile_split"][0]
     assert split["compile_s"] > 0 and split["second_run_s"] > 0
