@@ -28,7 +28,7 @@ import jax
 from jax import export
 from jax.sharding import Mesh
 
-from normsweep import linalg
+from normsweep import cpu, linalg
 
 # the jax options a trace reads
 OPTIONS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_threefry_partitionable",
@@ -65,7 +65,8 @@ def _program(fn, static, args, donate) -> Callable | None:
     where programs are traced (`exported`)."""
     if not exported(static):
         return None
-    key = (fn.__name__, static, _shapes(args))
+    options = cpu.compiler_options()
+    key = (fn.__name__, static, _shapes(args), tuple(sorted(options.items())))
     with _lock:
         if key in _programs:
             return _programs[key]
@@ -77,7 +78,8 @@ def _program(fn, static, args, donate) -> Callable | None:
                                                                                 *static)),
                                          donate_argnums=donate))(*args)
         _write(path, artifact.serialize())
-    jitted = jax.jit(_named(fn.__name__, artifact.call), donate_argnums=donate)
+    jitted = jax.jit(_named(fn.__name__, artifact.call), donate_argnums=donate,
+                     compiler_options=options)
     with _lock:
         return _programs.setdefault(key, jitted)
 

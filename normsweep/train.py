@@ -127,7 +127,7 @@ def _placed_like_members(mesh: Mesh | None, state):
     return jax.lax.with_sharding_constraint(state, NamedSharding(mesh, P("members")))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@cpu.jit(static_argnums=(0, 1))
 def init_cohort(program: Program, mesh: Mesh | None, hp: Hyper, init_keys, power_keys, x):
     member = functools.partial(init_member, program)
     with jax.default_matmul_precision(program.precision):
@@ -135,7 +135,7 @@ def init_cohort(program: Program, mesh: Mesh | None, hp: Hyper, init_keys, power
     return _placed_like_members(mesh, state)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=2)
+@cpu.jit(static_argnums=(0, 1), donate_argnums=2)
 def segment_cohort(program: Program, mesh: Mesh | None, state, hp: Hyper, x, y, t, gap, valid,
                    due):
     """`run_segment`, records (member, record, …). `mesh` is static so that
@@ -145,7 +145,7 @@ def segment_cohort(program: Program, mesh: Mesh | None, state, hp: Hyper, x, y, 
     return _placed_like_members(mesh, state), jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), rec)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+@cpu.jit(static_argnums=(0, 1, 2))
 def spectra_cohort(program: Program, mesh: Mesh | None, rank: int, state, x, y):
     """`measure.spectra` of every member: {name: (member, layer[, rank])}."""
     with jax.default_matmul_precision(program.precision):

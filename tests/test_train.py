@@ -278,3 +278,32 @@ def test_the_programs_loops_do_not_grow_with_depth(monkeypatch):
     assert loops[4]["segment"] == loops[6]["segment"], loops
     # at init, the model draws each layer's weights from a key of its own
     assert loops[6]["init"] - loops[4]["init"] <= 2, loops
+
+
+def test_the_cpu_compile_options_give_the_defaults_numbers_to_rounding(monkeypatch):
+    """On a CPU the programs compile with `cpu.COMPILE_OPTIONS` (faster to
+    compile); XLA's defaults give the same records to rounding, at stable
+    and at large η."""
+    from normsweep import cpu
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the options are a CPU's")
+    assert cpu.compiler_options() == cpu.COMPILE_OPTIONS     # this XLA takes them
+    prog = train.Program(dims=(D, 24, linalg.EXACT_MAX + 8, K), probes=("jacobian",),
+                         spectra=True)
+    steps, lrs = np.array([0, 1, 4, 9, 20]), np.array([0.05, 0.5])
+    keys = member_keys(np.array([0, 1]))
+    with compilations() as faster:
+        fast = train.train_members(prog, X, Y, lrs, *keys, steps)
+    monkeypatch.setattr(cpu, "compiler_options", lambda: {})
+    with compilations() as default:
+        slow = train.train_members(prog, X, Y, lrs, *keys, steps)
+    # each compiled its own init, segment and spectra programs
+    def programs(names):
+        return sorted(n for n in names if n.endswith("_cohort)"))
+    assert programs(faster) == programs(default) == [
+        "jit(init_cohort)", "jit(segment_cohort)", "jit(spectra_cohort)"]
+    for name, value in slow.records.items():
+        equal.assert_record_close(fast.records[name], value, name)
+    for name, value in slow.spectra.items():
+        np.testing.assert_allclose(fast.spectra[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
