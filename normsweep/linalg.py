@@ -216,12 +216,13 @@ def spectral_norms(ws: list[jax.Array], vs: list[jax.Array], iters: int, rolled:
     recursions of the matrices of one shape in one loop over them (compiled
     once, whatever the depth), then every small eigenproblem (the Gram
     matrices of the exact matrices and Lanczos' tridiagonal T's, zero-padded
-    to the largest) in one batched `top_eigenpair_psd`. A record's spectral
-    norms then compile to a few sets of kernels instead of one set per
-    matrix, which on an accelerator was most of a program's kernels
-    (BENCHMARKS.md). Zero padding leaves a PSD matrix's top eigenpair as it
-    is, so the values are `spectral`'s to rounding (tested). `rolled`: every
-    loop stays rolled (see `lanczos`)."""
+    within a factor 2 of one size, `size_buckets`) in one batched
+    `top_eigenpair_psd` per bucket. A record's spectral norms then compile
+    to a few sets of kernels instead of one set per matrix, which on an
+    accelerator was most of a program's kernels (BENCHMARKS.md). Zero
+    padding leaves a PSD matrix's top eigenpair as it is, so the values are
+    `spectral`'s to rounding (tested). `rolled`: every loop stays rolled
+    (see `lanczos`)."""
     shapes: dict[tuple[int, int], list[int]] = {}
     for i, w in enumerate(ws):
         shapes.setdefault(w.shape, []).append(i)
@@ -239,22 +240,42 @@ def spectral_norms(ws: list[jax.Array], vs: list[jax.Array], iters: int, rolled:
             small.append(jnp.stack([matmul(ws[i], ws[i].T) if p <= q else matmul(ws[i].T, ws[i])
                                     for i in idx]))
             finish.append((idx, None))
-    size = max(a.shape[-1] for a in small)
-    padded = jnp.concatenate([jnp.pad(a, ((0, 0), (0, size - a.shape[-1]),
-                                          (0, size - a.shape[-1]))) for a in small])
-    lam, vec = jax.vmap(lambda g: top_eigenpair_psd(g, rolled=rolled))(padded)
+    solved = [None] * len(small)        # (λ, eigenvectors) of each group of `small`
+    for bucket in size_buckets([a.shape[-1] for a in small]):
+        size = small[bucket[0]].shape[-1]
+        padded = jnp.concatenate([jnp.pad(small[g], ((0, 0), (0, size - small[g].shape[-1]),
+                                                     (0, size - small[g].shape[-1])))
+                                  for g in bucket])
+        lam, vec = jax.vmap(lambda g: top_eigenpair_psd(g, rolled=rolled))(padded)
+        start = 0
+        for g in bucket:
+            count = small[g].shape[0]
+            solved[g] = lam[start:start + count], vec[start:start + count]
+            start += count
     norms, vectors = [None] * len(ws), list(vs)
-    start = 0
-    for (idx, lanczos_group), a in zip(finish, small):
-        part = slice(start, start + len(idx))
-        start += len(idx)
+    for (idx, lanczos_group), a, (lam, vec) in zip(finish, small, solved):
         if lanczos_group is None:
-            values = jnp.sqrt(jnp.maximum(lam[part], 0.0))
+            values = jnp.sqrt(jnp.maximum(lam, 0.0))
         else:
-            values, us = jax.lax.map(lambda a: ritz(*a),
-                                     (*lanczos_group, vec[part, :a.shape[-1]]))
+            values, us = jax.lax.map(lambda a: ritz(*a), (*lanczos_group, vec[:, :a.shape[-1]]))
         for j, i in enumerate(idx):
             norms[i] = values[j]
             if lanczos_group is not None:
                 vectors[i] = us[j]
     return norms, vectors
+
+
+def size_buckets(sizes: list[int]) -> list[list[int]]:
+    """The indices of `sizes` grouped for one batched eigensolve each,
+    largest first: a group takes every size down to half its largest, so
+    zero padding costs at most 8× a problem's own matmuls. One group for
+    all (the Gram of a width-64 hidden layer beside the input layer's 16
+    and the readout's 10) made the small ones cost as much as the large."""
+    order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
+    buckets: list[list[int]] = []
+    for i in order:
+        if buckets and 2 * sizes[i] >= sizes[buckets[-1][0]]:
+            buckets[-1].append(i)
+        else:
+            buckets.append([i])
+    return buckets

@@ -176,10 +176,10 @@ def test_nan_matrix_gives_nan_and_returns():
 
 
 def test_spectral_norms_together_equal_each_alone():
-    # a record's mix: exact matrices of two shapes (a Gram of 16 and of 10),
-    # Lanczos on two shapes (one a zero matrix, whose vector is kept), with
-    # T's smaller than the largest Gram: every small problem is zero-padded
-    shapes = [(16, 100), (100, 100), (100, 10), (100, 100), (100, 80), (16, 100)]
+    # a record's mix: exact matrices of three shapes (a Gram of 40, 16 and
+    # 10), Lanczos on two shapes (one a zero matrix, whose vector is kept),
+    # with T's of 8: two buckets (40; 16, 10 and 8), each zero-padded
+    shapes = [(16, 100), (100, 100), (100, 10), (100, 100), (100, 80), (16, 100), (40, 100)]
     ws = [gaussian(*s, seed=i) for i, s in enumerate(shapes)]
     ws[3] = np.zeros((100, 100), np.float32)
     vs = [unit_vector(jax.random.key(i), s[1], jnp.float32) for i, s in enumerate(shapes)]
@@ -190,3 +190,11 @@ def test_spectral_norms_together_equal_each_alone():
         np.testing.assert_allclose(got_v, want_v, atol=1e-4)
         assert float(got) == pytest.approx(np.linalg.norm(w, 2), rel=0.05, abs=1e-6)
     assert float(together[0][3]) == 0.0 and np.array_equal(together[1][3], vs[3])
+
+
+def test_size_buckets_keep_each_problem_within_half_its_buckets_largest():
+    sizes = [64, 16, 10, 64, 100, 40]
+    buckets = linalg.size_buckets(sizes)
+    assert buckets == [[4, 0, 3], [5], [1, 2]]
+    assert sorted(i for b in buckets for i in b) == list(range(len(sizes)))
+    assert all(2 * sizes[i] >= sizes[b[0]] == max(sizes[j] for j in b) for b in buckets for i in b)
