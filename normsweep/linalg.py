@@ -268,9 +268,9 @@ def spectral_norms(ws: list[jax.Array], vs: list[jax.Array], iters: int, rolled:
 def size_buckets(sizes: list[int]) -> list[list[int]]:
     """The indices of `sizes` grouped for one batched eigensolve each,
     largest first: a group takes every size down to half its largest, so
-    zero padding costs at most 8× a problem's own matmuls. One group for
-    all (the Gram of a width-64 hidden layer beside the input layer's 16
-    and the readout's 10) made the small ones cost as much as the large."""
+    zero padding costs at most 8× a problem's own matmuls (padded to a
+    width-64 hidden layer's Gram, the input layer's 16×16 and the
+    readout's 10×10 would cost 64 and 262 times theirs)."""
     order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
     buckets: list[list[int]] = []
     for i in order:
