@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from normsweep import config as config_mod
-from normsweep import linalg, plan, train
+from normsweep import linalg, plan, resources, train
 from normsweep.data import member_keys, sphere_data
 
 import xprof
@@ -664,8 +664,7 @@ def main():
         # the CPU seconds of each launch, compiler's and training's, over this
         # host's cores: the wall of the cores' whole time (XLA's thread pools
         # spin a little while idle, so it is the work as run, not a strict floor)
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-            else os.cpu_count()
+        cores = resources.host_cores()
         res["sweep"]["cpu_s"] = {"cold cache": full["cpu"], "warm cache": warm["cpu"],
                                  "cores": cores}
         res["sweep"]["wall_over_training"] = {"cold cache": wall / full["train"],

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import collections
-import os
 import queue
 import threading
 from collections.abc import Callable
 
 import jax
 
-from normsweep.resources import COMPILE_BYTES, available_memory
+from normsweep.resources import COMPILE_BYTES, available_memory, host_cores
 
 
 COMPILE_THREAD = "normsweep-compile"     # the name prefix of the compile-ahead threads
@@ -81,8 +80,7 @@ def default_compile_workers(cohorts: int) -> int:
     there are cohorts."""
     if jax.default_backend() == "cpu":
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else os.cpu_count() or 2
+    cores = host_cores()
     free = available_memory()
     memory = cores if free is None else free // COMPILE_BYTES
     return max(1, min(cores - 1, memory, cohorts))

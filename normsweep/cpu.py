@@ -49,6 +49,12 @@ def compiler_options() -> dict:
     return dict(COMPILE_OPTIONS)
 
 
+def options_key() -> tuple:
+    """`compiler_options()` as a hashable key: programs compiled with
+    other options are other programs."""
+    return tuple(sorted(compiler_options().items()))
+
+
 def jit(**kwargs):
     """A decorator: `jax.jit(fn, **kwargs)` with `compiler_options()`, made
     at its first call or lowering, once the backend is known (importing
@@ -62,12 +68,11 @@ class _Jit:
         self._kwargs, self._jitted, self._lock = kwargs, {}, threading.Lock()
 
     def _made(self):
-        options = compiler_options()
-        key = tuple(sorted(options.items()))
+        key = options_key()
         with self._lock:
             if key not in self._jitted:
                 import jax
-                self._jitted[key] = jax.jit(self.__wrapped__, compiler_options=options,
+                self._jitted[key] = jax.jit(self.__wrapped__, compiler_options=dict(key),
                                             **self._kwargs)
             return self._jitted[key]
 

@@ -65,8 +65,8 @@ def _program(fn, static, args, donate) -> Callable | None:
     where programs are traced (`exported`)."""
     if not exported(static):
         return None
-    options = cpu.compiler_options()
-    key = (fn.__name__, static, _shapes(args), tuple(sorted(options.items())))
+    options = cpu.options_key()
+    key = (fn.__name__, static, _shapes(args), options)
     with _lock:
         if key in _programs:
             return _programs[key]
@@ -79,7 +79,7 @@ def _program(fn, static, args, donate) -> Callable | None:
                                          donate_argnums=donate))(*args)
         _write(path, artifact.serialize())
     jitted = jax.jit(_named(fn.__name__, artifact.call), donate_argnums=donate,
-                     compiler_options=options)
+                     compiler_options=dict(options))
     with _lock:
         return _programs.setdefault(key, jitted)
 

@@ -87,6 +87,14 @@ def check_disk(config: Config, root: Path, cohorts: list[plan.Cohort], todo: lis
 COMPILE_BYTES = 1 << 30
 
 
+def host_cores() -> int:
+    """The CPU cores this process may run on (its affinity, where the OS
+    says; else the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 2
+
+
 def available_memory() -> int | None:
     """Bytes of host memory available to a new allocation: Linux's
     MemAvailable (free memory and what the page cache would give back),

@@ -222,7 +222,7 @@ def test_a_closed_pool_starts_no_compilation_and_a_failed_one_is_left_to_the_cal
 ])
 def test_the_compile_pool_is_sized_to_the_host(monkeypatch, cores, free_gib, cohorts, want):
     monkeypatch.setattr(compile_ahead.jax, "default_backend", lambda: "gpu")
-    monkeypatch.setattr(compile_ahead.os, "sched_getaffinity", lambda pid: set(range(cores)),
+    monkeypatch.setattr(resources.os, "sched_getaffinity", lambda pid: set(range(cores)),
                         raising=False)
     monkeypatch.setattr(compile_ahead, "available_memory", lambda: free_gib * resources.COMPILE_BYTES)
     assert compile_ahead.default_compile_workers(cohorts) == want
