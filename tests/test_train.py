@@ -289,8 +289,10 @@ def test_the_programs_loops_do_not_grow_with_depth(monkeypatch):
 
 def test_the_cpu_compile_options_give_the_defaults_numbers_to_rounding(monkeypatch):
     """On a CPU the programs compile with `cpu.COMPILE_OPTIONS` (faster to
-    compile); XLA's defaults give the same records to rounding (at η 0.05
-    and 0.5 they differ by about 2e-7 relatively)."""
+    compile); XLA's defaults give the same records to rounding where the
+    dynamics are stable (at η 0.05 and 0.1 they differ by at most 2e-7
+    relatively; at 0.5 this network is chaotic: an ulp in W(0) grows to
+    1e-5 by step 9)."""
     from normsweep import cpu
 
     if jax.default_backend() != "cpu":
@@ -299,7 +301,7 @@ def test_the_cpu_compile_options_give_the_defaults_numbers_to_rounding(monkeypat
     assert cpu.compiler_options() == cpu.COMPILE_OPTIONS     # this XLA takes them
     prog = train.Program(dims=(D, 24, linalg.EXACT_MAX + 8, K), probes=("jacobian",),
                          spectra=True)
-    steps, lrs = np.array([0, 1, 4, 9, 20]), np.array([0.05, 0.5])
+    steps, lrs = np.array([0, 1, 4, 9, 20]), np.array([0.05, 0.1])
     keys = member_keys(np.array([0, 1]))
     with compilations() as faster:
         fast = train.train_members(prog, X, Y, lrs, *keys, steps)
