@@ -238,7 +238,8 @@ def fig_ntk(ds: xr.Dataset, outcome: xr.DataArray, out: Path) -> Path:
     labels = fits.slices(ds)
     depth = int(ds["depth"].values[-1])
     ok = outcomes.usable(outcome).sel(depth=depth)
-    fig, axes = plt.subplots(2, len(labels), figsize=(4.2 * len(labels), 6.4), squeeze=False)
+    fig, axes = plt.subplots(2, len(labels), figsize=(4.2 * len(labels), 6.4), squeeze=False,
+                             layout="constrained")     # the rows' labels clear of each other
     for col, lab in enumerate(labels):
         part = ok.sel(lab)
         stable = part.all([d for d in part.dims if d != "lr"])
