@@ -114,6 +114,25 @@ def test_init_table_matches_theory(tiny_sweep):
     assert (abs(table.frob / table.frob_theory - 1) < 0.1).all()
 
 
+def test_init_table_counts_each_matrix_once(tiny_sweep):
+    """W_l(0) depends on the seed and l: the input layer of depths 2 and 3 is
+    one matrix per seed, however its norms round in each depth's program."""
+    from normsweep import config
+    ds = xr.open_dataset(tiny_sweep / "sweep.nc").load()
+    at = dict(depth=3, layer=0)
+    for name in ("frob_norm", "spec_norm"):         # the depth-3 program's, a few ulps off
+        ds[name].loc[at] = ds[name].loc[at].values * (1 + 3e-7)
+    table = tables.init_numbers(ds, config.parse(ds.attrs["config_toml"]))
+    seeds = ds.sizes["seed"]
+    count = {(row.layer, row.width): row.n for row in table.itertuples()}
+    for width in ds["width"].values:
+        assert count["input", width] == count["hidden", width] == seeds
+        assert count["readout", width] == 2 * seeds        # each depth's readout is its own
+    shallow = ds["frob_norm"].isel(step=0, lr=0).sel(depth=2, layer=0, width=16)
+    assert table[(table.layer == "input") & (table.width == 16)].frob.item() == \
+        pytest.approx(float(shallow.mean()))
+
+
 def test_theory_values():
     assert theory.frobenius(256, 256, 2 / 256) == pytest.approx((2 * 256) ** 0.5, rel=1e-4)
     for m, want in ((64, 2.75), (256, 2.80), (1024, 2.82)):

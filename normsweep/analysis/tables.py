@@ -27,25 +27,33 @@ def slice_parametrization(ds: xr.Dataset, cfg: config_mod.Config) -> str:
 
 def init_numbers(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame:
     """Per layer role and width: the measured mean and sd of ‖W_l(0)‖_F and
-    ‖W_l(0)‖₂ over the distinct matrices (a seed gives the same layer at
-    every η and depth: counted once) beside theory for the init of the
+    ‖W_l(0)‖₂ over the distinct matrices beside theory for the init of the
     slice's parametrization (μP sets its own): Frobenius s√(pq)(1 − 1/(4pq)),
-    the Bai–Yin edge s(√p + √q) and its finite-size value."""
+    the Bai–Yin edge s(√p + √q) and its finite-size value. W_l(0) depends on
+    the seed and l alone, so a layer index that several depths share (the
+    input, the hidden layers) is one matrix, counted at the shallowest depth
+    that has it: its norms, computed in each depth's program, may differ in
+    the last bit. Each depth's readout is a matrix of its own."""
     param = slice_parametrization(ds, cfg)
     rows = []
     first = ds.isel(step=0, lr=0)
+    first = first.isel({dim: 0 for dim in first["frob_norm"].dims
+                        if dim not in ("width", "depth", "layer", "seed")})
     for width in ds["width"].values:
         for role in ("input", "hidden", "readout"):
-            frob, spec = [], []
+            pairs, seen = [], set()
             for depth in ds["depth"].values:
                 layers = {"input": [0], "readout": [depth - 1],
                           "hidden": list(range(1, depth - 1))}[role]
                 for layer in layers:
                     sel = first.sel(width=width, depth=depth, layer=layer)
-                    frob += sel["frob_norm"].values.tolist()
-                    spec += sel["spec_norm"].values.tolist()
-            pairs = np.array([frob, spec]).reshape(2, -1).T
-            pairs = np.unique(np.round(pairs[np.isfinite(pairs).all(1)], 6), axis=0)
+                    for seed, f, sp in zip(sel["seed"].values, sel["frob_norm"].values,
+                                           sel["spec_norm"].values):
+                        matrix = (seed, layer) if role != "readout" else (seed, layer, depth)
+                        if np.isfinite([f, sp]).all() and matrix not in seen:
+                            seen.add(matrix)
+                            pairs.append((f, sp))
+            pairs = np.array(pairs, dtype=float).reshape(-1, 2)
             if not len(pairs):
                 continue
             p = cfg.data.d if role == "input" else int(width)
