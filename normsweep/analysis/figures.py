@@ -63,8 +63,9 @@ def fig_init(ds: xr.Dataset, cfg, out: Path) -> Path:
         ax.set_xlabel("width m")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
-    axes[0].set_title("Frobenius norm at init vs σ√(pq)")
-    axes[1].set_title("spectral norm at init vs finite-size edge")
+    axes[0].set_title(f"Frobenius norm at init vs σ√(pq), depth {depth}")
+    axes[1].set_title(f"spectral norm at init vs finite-size edge, depth {depth}")
+    fig.suptitle("mean ± sd over seeds; the report's table pools every depth", fontsize=8)
     return _save(fig, out / "init_norms.png")
 
 
