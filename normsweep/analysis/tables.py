@@ -49,9 +49,9 @@ def init_numbers(ds: xr.Dataset, cfg: config_mod.Config) -> pd.DataFrame:
                     sel = first.sel(width=width, depth=depth, layer=layer)
                     for seed, f, sp in zip(sel["seed"].values, sel["frob_norm"].values,
                                            sel["spec_norm"].values):
-                        matrix = (seed, layer) if role != "readout" else (seed, layer, depth)
-                        if np.isfinite([f, sp]).all() and matrix not in seen:
-                            seen.add(matrix)
+                        # (a readout's index is its depth's: one matrix per depth)
+                        if np.isfinite([f, sp]).all() and (seed, layer) not in seen:
+                            seen.add((seed, layer))
                             pairs.append((f, sp))
             pairs = np.array(pairs, dtype=float).reshape(-1, 2)
             if not len(pairs):
