@@ -16,6 +16,8 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
+
 from normsweep import plan
 from normsweep.config import Config
 
@@ -53,16 +55,20 @@ def program_key(config: Config, cohort: plan.Cohort, members: int | None = None)
 
 
 def record(backend: str, device: str, key: str, flop: float, train_seconds: float,
-           compile_seconds: float | None) -> None:
+           compile_seconds: float | None, timing: dict | None = None,
+           size: dict | None = None) -> None:
     """Appends one cohort's times (an append of one short line: concurrent
-    writers do not interleave). A file that cannot be written is skipped:
-    timings are no reason to fail a launch."""
+    writers do not interleave), with the wall times of its programs' calls
+    (`timing`, as `fit_costs` reads it) and the `size` of one chunk's
+    program ("step_flop", "weights"). A file that cannot be written is
+    skipped: timings are no reason to fail a launch."""
     where = path()
     if where is None:
         return
     line = json.dumps({"backend": backend, "device": device, "program": key, "flop": flop,
                        "train_seconds": train_seconds, "compile_seconds": compile_seconds,
-                       "cache": cache_on(), "time": time.time()}) + "\n"
+                       "cache": cache_on(), "time": time.time(), "timing": timing,
+                       **(size or {})}) + "\n"
     try:
         where.parent.mkdir(parents=True, exist_ok=True)
         with open(where, "a", encoding="utf-8") as f:
@@ -137,30 +143,170 @@ def compile_guess(rows: list[dict], key: str) -> float:
     return 0.0
 
 
+def _shape_rate(timed: list[dict], key: str) -> float | None:
+    rates = [r["flop"] / r["train_seconds"] for r in timed
+             if _shape(r.get("program", "")) == _shape(key)][-4 * RECENT:]
+    return statistics.median(rates) if rates else None
+
+
 def rate_guess(timed: list[dict], key: str) -> float:
     """The training FLOP rate of program `key`: the median rate the latest
     recorded cohorts of its shape achieved (any members), else of any
     program."""
-    for same in (lambda r: _shape(r.get("program", "")) == _shape(key), lambda r: True):
-        rates = [r["flop"] / r["train_seconds"] for r in timed if same(r)][-4 * RECENT:]
-        if rates:
-            return statistics.median(rates)
-    raise ValueError("no recorded training time")
+    rate = _shape_rate(timed, key)
+    if rate is None:
+        rates = [r["flop"] / r["train_seconds"] for r in timed][-4 * RECENT:]
+        if not rates:
+            raise ValueError("no recorded training time")
+        rate = statistics.median(rates)
+    return rate
 
 
-def estimate(rows: list[dict], todo: list[tuple[str, float]], workers: int = 1
+def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Least squares with non-negative coefficients: a coefficient that
+    comes out negative is set to 0 and the rest refitted, the most negative
+    first."""
+    free = list(range(a.shape[1]))
+    while True:
+        coef = np.zeros(a.shape[1])
+        if free:
+            coef[free] = np.linalg.lstsq(a[:, free], b, rcond=None)[0]
+        if (coef >= 0).all():
+            return coef
+        free.remove(min(free, key=lambda j: coef[j]))
+
+
+# what each cost grows with, from one program to another: a step's FLOPs
+# ("step_flop", 6·n·P per network) or the weights ("weights", P per network);
+# a chunk's. The records' power iterations, the Jacobian (on its own points),
+# the NTK (on its own points) and the init work on the weights; a step, the
+# sharpness' Hessian products and the activations on the whole training set.
+GROWS_WITH = {"step": "step_flop", "sharpness": "step_flop", "activations": "step_flop",
+              "record": "weights", "jacobian": "weights", "ntk": "weights", "once": "weights"}
+RELIABLE = 0.5      # a step's cost is carried when its standard error is at most this share
+
+
+def fit_costs(row: dict) -> dict | None:
+    """What one chunk of a recorded cohort (one call of its programs) spends:
+    seconds per step ("step"), per record on top of its step ("record"), per
+    measurement of each probe on top of that (by probe name), and once per
+    run (init and spectra, "once"), fitted by non-negative least squares to
+    the wall times of its segments (`row["timing"]`: "once" in all, and
+    "runs", per chunk the segments of `train.Trajectory.timing`). A rate
+    that includes the records does not carry to a grid that records on
+    another schedule, or has another shape; these do. The segment with the
+    last record (measured, no step taken) is left out. A probe the segments
+    cannot tell from the records (due at every record, say) is folded into
+    "record". None where steps and records cannot be told apart (a run that
+    records every step, or at one stride), or the step's cost is not
+    determined within `RELIABLE` (training beside a compilation, say)."""
+    timing = row.get("timing") or {}
+    segs = [seg for run in timing.get("runs", []) for seg in run[:-1]]
+    if not segs:
+        return None
+    probes = sorted({name for _, _, due, _ in segs for name in due})
+    names = ["step", "record", *probes]
+    a = np.array([[taken, records, *(due.get(p, 0) for p in probes)]
+                  for taken, records, due, _ in segs], np.float64)
+    b = np.array([seconds for *_, seconds in segs])
+
+    def separable(cols):
+        cols = a[:, cols]
+        return np.linalg.matrix_rank(cols / np.linalg.norm(cols, axis=0)) == cols.shape[1]
+
+    cols = [j for j in range(len(names)) if a[:, j].any()]
+    while len(cols) > 2 and not separable(cols):
+        cols.pop()
+    if cols[:2] != [0, 1] or not separable(cols):
+        return None
+    coef = _nnls(a[:, cols], b)
+    free = [i for i, c in enumerate(coef) if c > 0]
+    if 0 not in free:
+        return None
+    # the step's standard error, from the fit's residuals over the free columns
+    dof = len(b) - len(free)
+    if dof > 0:
+        residual = b - a[:, cols] @ coef
+        inverse = np.linalg.pinv(a[:, cols][:, free].T @ a[:, cols][:, free])
+        if np.sqrt(residual @ residual / dof * inverse[0, 0]) > RELIABLE * coef[0]:
+            return None
+    out = {names[j]: float(c) for j, c in zip(cols, coef)}
+    return out | {"once": timing["once"] / len(timing["runs"])}
+
+
+NEAR = 4.0      # costs carry from programs within this factor of FLOPs per step
+
+
+def fitted(rows: list[dict]) -> list[tuple[dict, dict]]:
+    """(row, `fit_costs`) of the rows whose costs can be fitted."""
+    return [(r, c) for r in rows if r.get("step_flop") and r.get("weights")
+            for c in [fit_costs(r)] if c is not None]
+
+
+def costs_guess(fitted: list[tuple[dict, dict]], key: str, size: dict,
+                near: float | None = NEAR) -> dict | None:
+    """`fit_costs` for program `key`, whose chunk has `size` ("step_flop",
+    "weights"), from the `fitted` rows: the median of its own latest
+    costs; else carried from the programs nearest in FLOPs per step (within
+    `near`×; None: any), each cost at their seconds per unit of what it
+    grows with (`GROWS_WITH`). None when no recorded program qualifies."""
+    own = [c for r, c in fitted if r.get("program") == key][-RECENT:]
+    if own:
+        return {name: statistics.median(c.get(name, 0.0) for c in own)
+                for name in set().union(*own)}
+    if not fitted:
+        return None
+    far = [abs(np.log(r["step_flop"] / size["step_flop"])) for r, _ in fitted]
+    nearest = min(far)
+    if near is not None and nearest > np.log(near):
+        return None
+    close = [(r, c) for (r, c), d in zip(fitted, far) if d <= nearest + np.log(2)][-4 * RECENT:]
+    return {name: size[GROWS_WITH.get(name, "weights")] * statistics.median(
+                c[name] / r[GROWS_WITH.get(name, "weights")] for r, c in close if name in c)
+            for name in set().union(*(c for _, c in close))}
+
+
+def train_guess(rows: list[dict], key: str, flop: float, work: dict | None,
+                fits: list[tuple[dict, dict]] | None = None) -> float:
+    """The training seconds of program `key` over `work` (`plan.record_work`,
+    the chunks that run it, "chunks", and a chunk's "step_flop" and
+    "weights"; its training FLOPs `flop` in all): by `costs_guess` within
+    `NEAR`, else at the FLOP rate of its shape's recorded cohorts, else by
+    `costs_guess` from any distance, else at any program's FLOP rate. A
+    probe that no recorded program measured counts as its
+    `work["steps_per"]` steps (nothing where that has none). `fits`:
+    `fitted(rows)`, where the caller has it."""
+    timed = [r for r in rows if r.get("train_seconds") and r.get("flop")]
+    fits = fitted(rows) if fits is None and work else fits
+    costs = costs_guess(fits, key, work) if work else None
+    if costs is None and (not work or _shape_rate(timed, key) is not None):
+        return flop / rate_guess(timed, key)
+    costs = costs or costs_guess(fits, key, work, near=None)
+    if costs is None:
+        return flop / rate_guess(timed, key)
+    per_chunk = costs.get("once", 0.0) + work["steps"] * costs["step"] \
+        + work["records"] * costs.get("record", 0.0) \
+        + sum(n * costs.get(name, work.get("steps_per", {}).get(name, 0) * costs["step"])
+              for name, n in work["due"].items())
+    return work["chunks"] * per_chunk
+
+
+def estimate(rows: list[dict], todo: list[tuple], workers: int = 1
              ) -> tuple[float, float, float] | None:
     """(wall seconds, training seconds, compile seconds) of a launch that
-    trains `todo` ((program key, FLOPs) per cohort), from `rows`: training at
-    `rate_guess`'s FLOP rate and compiling as `compile_guess` has it. The
-    compile pool (`workers` threads) overlaps compiling with training, but
-    not the first compile: wall ≈ first compile + max(training, the other compiles / workers). None
-    without a recorded rate."""
+    trains `todo` ((program key, FLOPs, work or None) per cohort; work as
+    `train_guess` takes it), from `rows`: training as `train_guess` has it
+    and compiling as `compile_guess` has it. The compile pool (`workers`
+    threads) overlaps compiling with training, but not the first compile:
+    wall ≈ first compile + max(training, the other compiles / workers).
+    None without a recorded rate."""
     timed = [r for r in rows if r.get("train_seconds") and r.get("flop")]
     if not timed or not todo:
         return None
-    seconds = [compile_guess(rows, key) for key, _ in todo]
-    train = sum(flop / rate_guess(timed, key) for key, flop in todo)
+    seconds = [compile_guess(rows, item[0]) for item in todo]
+    fits = fitted(rows)
+    train = sum(train_guess(rows, key, flop, rest[0] if rest else None, fits)
+                for key, flop, *rest in todo)
     compile_total = sum(seconds)
     wall = seconds[0] + max(train, (compile_total - seconds[0]) / max(1, workers))
     return wall, train, compile_total

@@ -449,8 +449,8 @@ def print_preview(grid: Path, config, p, command: str) -> None:
     if calibrated is not None:
         seconds, train, compiled, earlier = calibrated
         basis = (f"estimate from {earlier} earlier cohorts on this machine: {train:.0f} s of "
-                 f"training at their FLOP rate, {compiled:.0f} s of compiling at their compile "
-                 "times, overlapped by the compile pool")
+                 f"training by their steps', records' and probes' times, {compiled:.0f} s of "
+                 "compiling at their compile times, overlapped by the compile pool")
     else:
         rate = preview_mod.matmul_rate()
         seconds = preview_mod.estimate_seconds(p, rate)

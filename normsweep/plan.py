@@ -139,6 +139,43 @@ def record_steps(total: int, schedule: str | int, log_points: int = 256) -> np.n
     return steps.astype(np.int64)
 
 
+def probe_due(steps: np.ndarray, every: int | str, points: int) -> np.ndarray:
+    """Which of the recorded `steps` a probe with schedule `every` measures:
+    the multiples of a stride, or for "log" about `points` of them spread
+    evenly in log(step) (the recorded step nearest each of a geometric
+    sequence from 1 to the last step; all of them when there are no more);
+    step 0 and the last always."""
+    due = np.zeros(len(steps), bool)
+    if not every:
+        return due
+    if every == "log" and len(steps) <= points:
+        due[:] = True
+    elif every == "log":
+        if steps[-1] >= 1:
+            targets = np.log(np.geomspace(1, steps[-1], max(points - 1, 1)))
+            with np.errstate(divide="ignore"):
+                logs = np.log(np.asarray(steps, np.float64))      # step 0: −inf, never nearest
+            due[np.abs(logs[None, :] - targets[:, None]).argmin(axis=1)] = True
+    else:
+        due = np.asarray(steps) % int(every) == 0
+    due[0] = due[-1] = True
+    return due
+
+
+def record_work(config: Config, cohort: Cohort) -> dict:
+    """What training one network of `cohort` runs: its steps, its records,
+    per probe on how many records it measures (`probe_due`), and "steps_per"
+    the cost of one sharpness measurement in steps, for a machine that has
+    recorded none: `sharpness_iters` Hessian-vector products, each about
+    two steps' forward and backward passes."""
+    config = cohort_config(config, cohort)
+    steps = record_steps(config.train.steps, config.record.steps, config.record.log_points)
+    return {"steps": int(steps[-1]), "records": len(steps),
+            "due": {name: int(probe_due(steps, every, config.record.probe_points).sum())
+                    for name, every in config.record.schedules().items()},
+            "steps_per": {"sharpness": 2 * config.record.sharpness_iters}}
+
+
 def record_count(total: int, schedule: str | int, log_points: int = 256) -> int:
     """len(record_steps(total, schedule, log_points)), computed without
     building the array (a grid may ask for 10⁹ records; refuse it from this)."""
@@ -157,6 +194,16 @@ def train_flop(config: Config, cohort: Cohort) -> float:
     dims = cohort.dims(config.data.d, config.data.k)
     weights = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
     return 6.0 * config.data.n * weights * config.train.steps * cohort.size
+
+
+def chunk_size(config: Config, cohort: Cohort, members: int) -> dict[str, float]:
+    """The size of a program that trains `members` networks of `cohort`,
+    for the time estimate: the FLOPs of one step ("step_flop", 6·n·P per
+    network) and the weights ("weights", P per network)."""
+    config = cohort_config(config, cohort)
+    dims = cohort.dims(config.data.d, config.data.k)
+    weights = members * sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+    return {"step_flop": 6.0 * config.data.n * weights, "weights": float(weights)}
 
 
 def member_terms(config: Config, cohort: Cohort, n_records: int) -> dict[str, int]:

@@ -28,7 +28,8 @@ class Preview:
     networks are `kept` (on disk) and `new` (to train; 0 where `only` leaves
     it out, `selected` False)."""
     root: Path
-    cohorts: list[dict]     # per cohort: name, networks, chunks, networks per chunk, memory
+    cohorts: list[dict]     # per cohort: name, networks, chunks, networks per chunk, memory,
+                            # and what trains its new networks (program, flop, work)
     networks: int
     steps: int
     records: int
@@ -82,7 +83,9 @@ def preview(config: Config, root: Path, *, budget_bytes: int | None = None,
                      "kept": kept, "new": new, "selected": chosen,
                      "program": calibration.program_key(config, c, trains.size),
                      "flop": plan.train_flop(config, c)
-                     * (trains.size * trains.count if grow else new) / c.size})
+                     * (trains.size * trains.count if grow else new) / c.size,
+                     "work": plan.record_work(config, c) | {"chunks": trains.count}
+                     | plan.chunk_size(config, c, trains.size)})
         flop += rows[-1]["flop"]
     # done: a file that holds every network of this grid (`store.holds`); a
     # file of an earlier grid this one extends still has networks to train
@@ -136,6 +139,6 @@ def calibrated_estimate(p: Preview) -> tuple[float, float, float, int] | None:
     `p` plans, from the times this machine recorded for earlier cohorts
     (`calibration.estimate`); None when it has recorded none."""
     rows = calibration.load(jax.default_backend(), jax.devices()[0].device_kind)
-    todo = [(row["program"], row["flop"]) for row in p.cohorts if row["new"] > 0]
+    todo = [(row["program"], row["flop"], row["work"]) for row in p.cohorts if row["new"] > 0]
     out = calibration.estimate(rows, todo, default_compile_workers(len(todo)))
     return None if out is None else (*out, len(rows))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import time
 from collections.abc import Callable
 
 from normsweep import cpu
@@ -159,49 +160,30 @@ class Trajectory:
     """Host arrays of one run of members. Layer metrics (member, record, layer),
     network metrics (member, record); weights (member, fan_in, fan_out) per
     layer; `spectra` (with `program.spectra`) {name: (member, 2, layer[, rank])},
-    at step 0 and the last."""
+    at step 0 and the last. `timing`: the wall seconds of the programs'
+    calls, for the time estimate (`calibration.fit_costs`): "once" (init and
+    spectra, per run) and per segment [steps taken, records, {probe: records
+    it measured}, seconds]."""
     records: dict[str, np.ndarray]
     diverged_at: np.ndarray
     initial: list[np.ndarray] | None = None
     final: list[np.ndarray] | None = None
     spectra: dict[str, np.ndarray] | None = None
-
-
-def probe_due(steps: np.ndarray, every: int | str, points: int) -> np.ndarray:
-    """Which of the recorded `steps` a probe with schedule `every` measures:
-    the multiples of a stride, or for "log" about `points` of them spread
-    evenly in log(step) (the recorded step nearest each of a geometric
-    sequence from 1 to the last step; all of them when there are no more);
-    step 0 and the last always."""
-    due = np.zeros(len(steps), bool)
-    if not every:
-        return due
-    if every == "log" and len(steps) <= points:
-        due[:] = True
-    elif every == "log":
-        if steps[-1] >= 1:
-            targets = np.log(np.geomspace(1, steps[-1], max(points - 1, 1)))
-            with np.errstate(divide="ignore"):
-                logs = np.log(np.asarray(steps, np.float64))      # step 0: −inf, never nearest
-            due[np.abs(logs[None, :] - targets[:, None]).argmin(axis=1)] = True
-    else:
-        due = np.asarray(steps) % int(every) == 0
-    due[0] = due[-1] = True
-    return due
+    timing: dict | None = None
 
 
 def segments(steps: np.ndarray, schedules: dict[str, int | str] | None = None,
              probe_points: int = 16, count: int = SEGMENTS):
     """Splits the records into `count` equal segments (padded) of
     (t, gap, valid, due) arrays (`run_segment`; due {probe: bool array} by
-    each probe's schedule in `schedules`, `probe_due`); the last record, the
+    each probe's schedule in `schedules`, `plan.probe_due`); the last record, the
     last step, has gap −1: it is measured in the last segment, and nothing
     moves past it."""
     t = steps
     gap = np.append(np.diff(steps) - 1, -1)
     size = max(1, math.ceil(len(t) / count))
     pad = size * math.ceil(len(t) / size) - len(t)
-    due = {name: np.concatenate([probe_due(steps, every, probe_points), np.zeros(pad, bool)])
+    due = {name: np.concatenate([plan.probe_due(steps, every, probe_points), np.zeros(pad, bool)])
            for name, every in (schedules or {}).items()}
     t = np.concatenate([t, np.zeros(pad, t.dtype)]).astype(np.int32)
     gap = np.concatenate([gap, np.zeros(pad, gap.dtype)]).astype(np.int32)
@@ -326,29 +308,40 @@ def train_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys
     members = len(lrs)
     mesh, hp, init_keys, power_keys, x, y = placed(program, x, y, lrs, init_keys, power_keys,
                                                     steps, devices, weight_decay, parametrization)
-    state = programs.called(init_cohort, (program, mesh), (hp, init_keys, power_keys, x))
+    started = time.perf_counter()
+    state = jax.block_until_ready(
+        programs.called(init_cohort, (program, mesh), (hp, init_keys, power_keys, x)))
+    timing = {"once": time.perf_counter() - started, "segments": []}
     # A copy, not a view: the state's buffers are donated to the next call.
     initial = [np.array(w, copy=True)[:members] for w in state.params0] if keep_weights else None
     taken = []
 
     def take_spectra(state):
         if program.spectra:
+            started = time.perf_counter()
             out = programs.called(spectra_cohort,
                                   (program, mesh, plan.spectral_rank(program.dims)), (state, x, y))
             taken.append({k: np.asarray(v)[:members] for k, v in out.items()})
+            timing["once"] += time.perf_counter() - started
 
     take_spectra(state)
     chunks = []
     for t, gap, valid, due in segments(steps, probe_schedules(program, schedules),
                                        probe_points):
+        started = time.perf_counter()
         state, rec = programs.called(segment_cohort, (program, mesh),
                                      (state, hp, x, y, t, gap, valid, due), donate=(0,))
         chunks.append({k: np.asarray(v)[:members, valid] for k, v in rec.items()})
+        taken_steps = int(np.sum(gap[valid] + 1))
+        timing["segments"].append([taken_steps, int(valid.sum()),
+                                   {k: int(d[valid].sum()) for k, d in due.items()},
+                                   time.perf_counter() - started])
         if on_steps is not None:
-            on_steps(int(np.sum(gap[valid] + 1)))
+            on_steps(taken_steps)
     records = {k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0]}
     final = [np.asarray(w)[:members] for w in kernels(state.params)] if keep_weights else None
     take_spectra(state)
     spectra = {k: np.stack([taken[0][k], taken[1][k]], axis=1) for k in taken[0]} \
         if taken else None
-    return Trajectory(records, np.asarray(state.diverged_at)[:members], initial, final, spectra)
+    return Trajectory(records, np.asarray(state.diverged_at)[:members], initial, final, spectra,
+                      timing)

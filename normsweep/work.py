@@ -215,8 +215,10 @@ def train_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
                               for l in range(cohort.depth)]
     spectra = {k: cat([p.spectra[k] for p in parts]) for k in parts[0].spectra} \
         if parts[0].spectra else None
+    timing = {"once": sum(p.timing["once"] for p in parts),
+              "runs": [p.timing["segments"] for p in parts]}
     return train.Trajectory(records, cat([p.diverged_at for p in parts]), **weights,
-                            spectra=spectra)
+                            spectra=spectra, timing=timing)
 
 
 def run_cohort(config: Config, root: Path, cohort: plan.Cohort, x, y, steps: np.ndarray,
@@ -250,7 +252,8 @@ def run_cohort(config: Config, root: Path, cohort: plan.Cohort, x, y, steps: np.
         calibration.record(jax.default_backend(), jax.devices()[0].device_kind,
                            calibration.program_key(config, cohort, chunks.size),
                            plan.train_flop(config, cohort) * trained / cohort.size,
-                           seconds["train_seconds"], compile_seconds)
+                           seconds["train_seconds"], compile_seconds, traj.timing,
+                           plan.chunk_size(config, cohort, chunks.size))
     if held is not None:
         traj, seconds = merged(config, cohort, held, subset, traj, seconds, path)
     ds = dataset.cohort_dataset(config, cohort, steps, traj, np.asarray(x), np.asarray(y),

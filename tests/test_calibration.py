@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import jax
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from normsweep import calibration, config, plan, sweep
+from normsweep import calibration, config, plan, sweep, train, work
 from normsweep.cli import main
 from tests.conftest import TINY, write_grid
 
@@ -37,6 +38,116 @@ def test_a_launch_records_each_cohorts_times(timings, tmp_path):
         assert r["flop"] == pytest.approx(flops[r["program"]])
         assert r["train_seconds"] > 0 and r["compile_seconds"] > 0
     assert calibration.load(*here()) == rows and calibration.load("tpu", "x") == []
+    for r in rows:      # each chunk's calls timed, and its size
+        assert [sum(seg[1] for seg in run) for run in r["timing"]["runs"]] == [cfg.train.steps + 1]
+        size = plan.chunk_size(cfg, cohorts[0], 1)
+        assert r["step_flop"] * cfg.train.steps == pytest.approx(r["flop"])
+        assert r["step_flop"] / r["weights"] == size["step_flop"] / size["weights"] == 6 * 64
+        # (the tiny grid records every step: steps and records not told apart)
+        assert calibration.fit_costs(r) is None
+
+
+def test_training_times_the_work_the_dry_run_counts():
+    # the segments' steps, records and probe measurements add up to
+    # `plan.record_work`, which the dry run's estimate multiplies by the costs
+    cfg = config.parse(TINY.replace('steps = "log"', 'steps = "log"\nlog_points = 12\nprobe_points = 4'))
+    cohort = plan.cohorts(cfg)[0]
+    steps = plan.record_steps(cfg.train.steps, cfg.record.steps, cfg.record.log_points)
+    x, y = work.training_data(cfg, cohort)
+    members = work.Members(cfg, cohort, len(steps), 2**30)
+    args, kwargs = members.arguments(members.chunks[0][:2])
+    timing = train.train_members(members.program, x, y, *args, steps, **kwargs).timing
+    counted = plan.record_work(cfg, cohort)
+    segs = timing["segments"]
+    assert sum(s[0] for s in segs) == counted["steps"] == cfg.train.steps
+    assert sum(s[1] for s in segs) == counted["records"] == len(steps) == 12
+    assert {p: sum(s[2][p] for s in segs) for p in counted["due"]} == counted["due"]
+    assert counted["due"]["jacobian"] < len(steps) and timing["once"] > 0
+    assert all(s[3] > 0 for s in segs)
+    # and the time estimate fits its costs to them
+    costs = calibration.fit_costs({"timing": {"once": timing["once"], "runs": [segs]}})
+    assert costs is None or (costs["step"] > 0 and costs["once"] == timing["once"])
+
+
+def _planted(steps, schedules, costs, once=0.5):
+    """The timing of a run in two chunks, each recording at `steps`, whose
+    wall times are exactly `costs` (seconds per step, record, probe
+    measurement; `once` per chunk)."""
+    segs = []
+    for _, gap, valid, due in train.segments(steps, schedules):
+        taken, records = int(np.sum(gap[valid] + 1)), int(valid.sum())
+        counts = {p: int(d[valid].sum()) for p, d in due.items()}
+        seconds = taken * costs["step"] + records * costs["record"] \
+            + sum(n * costs[p] for p, n in counts.items())
+        segs.append([taken, records, counts, seconds])
+    return {"once": 2 * once, "runs": [segs, segs]}
+
+
+PLANTED = {"step": 2e-3, "record": 5e-3, "jacobian": 0.04}
+LOG = plan.record_steps(400, "log", 64)
+
+
+def test_fit_costs_recovers_planted_costs():
+    got = calibration.fit_costs({"timing": _planted(LOG, {"jacobian": "log"}, PLANTED)})
+    assert got == pytest.approx(PLANTED | {"once": 0.5}, rel=1e-9)      # once: per chunk
+    # a probe due at every record cannot be told from the records: folded in
+    every = calibration.fit_costs({"timing": _planted(LOG, {"jacobian": 1}, PLANTED)})
+    assert "jacobian" not in every
+    assert every["record"] == pytest.approx(PLANTED["record"] + PLANTED["jacobian"])
+    # recording every step, or at one stride: steps and records cannot be told apart
+    for steps in (np.arange(101), plan.record_steps(1000, 10)):
+        assert calibration.fit_costs({"timing": _planted(steps, {}, PLANTED)}) is None
+    # segments whose seconds do not grow with their steps: no step cost to carry
+    flat = _planted(LOG, {"jacobian": "log"}, PLANTED)
+    flat["runs"] = [[seg[:3] + [1.0] for seg in run] for run in flat["runs"]]
+    assert calibration.fit_costs({"timing": flat}) is None
+    # with noise of 0.02 s per segment it is found (standard error about
+    # 10%); with 0.5 s (the segments' steps take 0.01–0.2 s), not within RELIABLE
+    for noise, found in ((0.02, True), (0.5, False)):
+        rng = np.random.default_rng(0)
+        noisy = _planted(LOG, {"jacobian": "log"}, PLANTED)
+        noisy["runs"] = [[seg[:3] + [seg[3] + float(rng.normal(0, noise))] for seg in run]
+                         for run in noisy["runs"]]
+        got = calibration.fit_costs({"timing": noisy})
+        assert (got is not None) == found
+        if found:
+            assert got["step"] == pytest.approx(PLANTED["step"], rel=0.3)
+
+
+def test_costs_carry_to_programs_of_other_sizes_by_what_each_grows_with():
+    size = {"step_flop": 1e9, "weights": 1e6}
+    rows = [{"program": "A", "flop": 1e12, "train_seconds": 10.0,
+             "timing": _planted(LOG, {"jacobian": "log"}, PLANTED)} | size]
+    work = {"steps": 100, "records": 10, "due": {"jacobian": 4}, "chunks": 3} | size
+
+    def per_chunk(step, record, jacobian, once):
+        return once + 100 * step + 10 * record + 4 * jacobian
+
+    # its own program: its own costs, per chunk
+    assert calibration.train_guess(rows, "A", 0.0, work) == pytest.approx(
+        3 * per_chunk(2e-3, 5e-3, 0.04, 0.5))
+    # twice the FLOPs per step (twice the data): the steps take twice as
+    # long; the records, the Jacobian and the init grow with the weights
+    twice = work | {"step_flop": 2e9}
+    assert calibration.train_guess(rows, "B", 0.0, twice) == pytest.approx(
+        3 * per_chunk(4e-3, 5e-3, 0.04, 0.5))
+    wider = work | {"step_flop": 2e9, "weights": 2e6}
+    assert calibration.train_guess(rows, "B", 0.0, wider) == pytest.approx(
+        2 * calibration.train_guess(rows, "A", 0.0, work))
+    # a probe no recorded program measured counts as its steps_per steps, or nothing
+    sharp = work | {"due": {"sharpness": 4}}
+    assert calibration.train_guess(rows, "B", 0.0, sharp | {"steps_per": {"sharpness": 40}}) \
+        == pytest.approx(3 * per_chunk(2e-3, 5e-3, 40 * 2e-3, 0.5))
+    assert calibration.train_guess(rows, "B", 0.0, sharp) == pytest.approx(
+        3 * per_chunk(2e-3, 5e-3, 0.0, 0.5))
+    # beyond `NEAR`× in FLOPs per step: its own shape's FLOP rate, where it
+    # has one; else the costs, from afar
+    far = work | {"step_flop": 1e12, "weights": 1e9}
+    assert calibration.train_guess(rows, "C", 0.0, far) == pytest.approx(
+        1000 * calibration.train_guess(rows, "A", 0.0, work))
+    shape = rows + [{"program": "dims=(1, 2) members=4", "flop": 4e12, "train_seconds": 2.0}]
+    assert calibration.train_guess(shape, "dims=(1, 2) members=8", 6e12, far) == \
+        pytest.approx(3.0)
 
 
 def test_the_estimate_uses_the_recorded_rate_and_compile_times():

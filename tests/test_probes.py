@@ -14,7 +14,7 @@ import pytest
 import xarray as xr
 
 from normsweep.data import member_keys
-from normsweep import train
+from normsweep import plan, train
 from normsweep.analysis import tables, theory
 from normsweep.data import sphere_data
 from normsweep.errors import GridError
@@ -95,7 +95,7 @@ def test_spectra_match_numpy_svd_and_the_gradient_rank(probed):
 def test_log_probes_measure_the_chosen_records(probed):
     _, traj = probed
     measured = np.isfinite(traj.records["jacobian_frob_norm"][0])
-    np.testing.assert_array_equal(STEPS[measured], STEPS[train.probe_due(STEPS, "log", 4)])
+    np.testing.assert_array_equal(STEPS[measured], STEPS[plan.probe_due(STEPS, "log", 4)])
     assert STEPS[measured][0] == 0 and STEPS[measured][-1] == 8 and 3 <= measured.sum() <= 4
 
 
