@@ -6,8 +6,9 @@ In a fresh timings file and compilation cache: launches the quickstart and
 a seed-shaped grid (sweeps/seed.toml's widths 256 and 512, depths 2–5,
 n = 1024, 100 steps) with one seed, to calibrate; then, each in a fresh
 process after its dry run's calibrated estimate: the quickstart again in a
-new folder (warm cache), grown by a seed, and the seed-shaped grid with two
-seeds in a new folder (new programs: two members per cohort). Prints
+new folder (warm cache), grown by a seed, the seed-shaped grid with two
+seeds in a new folder (new programs: two members per cohort), and
+sweeps/seed.toml at width 128 (shapes no launch here has trained). Prints
 wall / estimate for each, beside the uncalibrated estimate (the matmul
 rate and a stored compile time) as the baseline.
 """
@@ -65,7 +66,9 @@ def main() -> None:
                  ("quickstart, grown by a seed", quick, tmp / "again",
                   ("grid.seed=[0, 1, 2, 3]",)),
                  ("seed-shaped, two seeds, a new folder", seed, tmp / "seed2",
-                  tuple(SEED_SHAPED + ["grid.seed=[0, 1]"]))]
+                  tuple(SEED_SHAPED + ["grid.seed=[0, 1]"])),
+                 ("sweeps/seed.toml at width 128 (shapes not launched here)", seed,
+                  tmp / "w128", ("grid.width=[128]",))]
         print("| launch | wall (s) | estimate (s) | wall / estimate | cohorts recorded | "
               "uncalibrated estimate (s) | wall / it |")
         print("|---|---|---|---|---|---|---|")
