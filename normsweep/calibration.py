@@ -292,14 +292,15 @@ def train_guess(rows: list[dict], key: str, flop: float, work: dict | None,
 
 
 def estimate(rows: list[dict], todo: list[tuple], workers: int = 1
-             ) -> tuple[float, float, float] | None:
-    """(wall seconds, training seconds, compile seconds) of a launch that
-    trains `todo` ((program key, FLOPs, work or None) per cohort; work as
-    `train_guess` takes it), from `rows`: training as `train_guess` has it
-    and compiling as `compile_guess` has it. The compile pool (`workers`
-    threads) overlaps compiling with training, but not the first compile:
-    wall ≈ first compile + max(training, the other compiles / workers).
-    None without a recorded rate."""
+             ) -> tuple[float, float, float, int] | None:
+    """(wall seconds, training seconds, compile seconds, cohorts of shapes
+    `rows` never trained) of a launch that trains `todo` ((program key,
+    FLOPs, work or None) per cohort; work as `train_guess` takes it), from
+    `rows`: training as `train_guess` has it and compiling as
+    `compile_guess` has it. The compile pool (`workers` threads) overlaps
+    compiling with training, but not the first compile: wall ≈ first
+    compile + max(training, the other compiles / workers). None without a
+    recorded rate."""
     timed = [r for r in rows if r.get("train_seconds") and r.get("flop")]
     if not timed or not todo:
         return None
@@ -309,7 +310,8 @@ def estimate(rows: list[dict], todo: list[tuple], workers: int = 1
                 for key, flop, *rest in todo)
     compile_total = sum(seconds)
     wall = seconds[0] + max(train, (compile_total - seconds[0]) / max(1, workers))
-    return wall, train, compile_total
+    trained = {_shape(r.get("program", "")) for r in timed}
+    return wall, train, compile_total, sum(_shape(item[0]) not in trained for item in todo)
 
 
 def grow_chunking(config: Config, cohort: plan.Cohort, n_records: int, budget_bytes: int,

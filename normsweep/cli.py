@@ -447,10 +447,13 @@ def print_preview(grid: Path, config, p, command: str) -> None:
     calibrated = preview_mod.calibrated_estimate(p)
     left = sum(1 for row in p.cohorts if row["new"] > 0)
     if calibrated is not None:
-        seconds, train, compiled, earlier = calibrated
+        seconds, train, compiled, earlier, unseen = calibrated
         basis = (f"estimate from {earlier} earlier cohorts on this machine: {train:.0f} s of "
                  f"training by their steps', records' and probes' times, {compiled:.0f} s of "
                  "compiling at their compile times, overlapped by the compile pool")
+        if unseen:
+            basis += (f"; {unseen} of the {left} cohorts are of shapes not trained here, "
+                      "their times carried from other shapes")
     else:
         rate = preview_mod.matmul_rate()
         seconds = preview_mod.estimate_seconds(p, rate)

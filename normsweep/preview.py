@@ -134,11 +134,12 @@ def estimate_seconds(p: Preview, rate: float) -> float:
     return p.train_flop / (TRAIN_EFFICIENCY * rate) + left * compile_seconds()
 
 
-def calibrated_estimate(p: Preview) -> tuple[float, float, float, int] | None:
-    """(wall, training, compile seconds, cohorts it rests on) of the launch
-    `p` plans, from the times this machine recorded for earlier cohorts
-    (`calibration.estimate`); None when it has recorded none."""
+def calibrated_estimate(p: Preview) -> tuple[float, float, float, int, int] | None:
+    """(wall, training, compile seconds, cohorts it rests on, cohorts of
+    shapes not trained here) of the launch `p` plans, from the times this
+    machine recorded for earlier cohorts (`calibration.estimate`); None when
+    it has recorded none."""
     rows = calibration.load(jax.default_backend(), jax.devices()[0].device_kind)
     todo = [(row["program"], row["flop"], row["work"]) for row in p.cohorts if row["new"] > 0]
     out = calibration.estimate(rows, todo, default_compile_workers(len(todo)))
-    return None if out is None else (*out, len(rows))
+    return None if out is None else (*out[:3], len(rows), out[3])

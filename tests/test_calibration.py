@@ -155,8 +155,9 @@ def test_the_estimate_uses_the_recorded_rate_and_compile_times():
             for c in (2.0, 4.0, 6.0)]                       # 1 GFLOP/s; A compiles in 4 s
     rows.append({"program": "B", "flop": 1e9, "train_seconds": 0.5, "compile_seconds": 20.0})
     # median rate 1e9; A: median of its own 4 s; C never seen: median of all 5 s
-    wall, train, compiled = calibration.estimate(rows, [("A", 3e9), ("C", 1e9)], workers=1)
-    assert train == pytest.approx(4.0) and compiled == pytest.approx(9.0)
+    wall, train, compiled, unseen = calibration.estimate(rows, [("A", 3e9), ("C", 1e9)],
+                                                         workers=1)
+    assert train == pytest.approx(4.0) and compiled == pytest.approx(9.0) and unseen == 1
     assert wall == pytest.approx(4.0 + max(4.0, 5.0))
     assert calibration.estimate([], [("A", 1e9)]) is None
 
@@ -184,11 +185,16 @@ def test_the_dry_run_says_what_its_estimate_rests_on(timings, tmp_path, monkeypa
     assert first.exit_code == 0, first.output
     assert "uncalibrated: no earlier cohort recorded here" in " ".join(first.output.split())
     cfg = config.parse(TINY)
-    for c in plan.cohorts(cfg):
+    cohorts = plan.cohorts(cfg)
+    for c in cohorts[:3]:
         calibration.record(*here(), calibration.program_key(cfg, c), 1e9, 1.0, 2.0)
+    some = CliRunner().invoke(main, ["launch", str(grid), "--out", str(out), "--dry-run"])
+    assert "1 of the 4 cohorts are of shapes not trained here" in " ".join(some.output.split())
+    calibration.record(*here(), calibration.program_key(cfg, cohorts[3]), 1e9, 1.0, 2.0)
     again = CliRunner().invoke(main, ["launch", str(grid), "--out", str(out), "--dry-run"])
     said = " ".join(again.output.split())
     assert "estimate from 4 earlier cohorts on this machine" in said
+    assert "not trained here" not in said
     # 4 cohorts at 1 GFLOP/s: their FLOPs in seconds, plus 2 s to compile each
     flop = sum(plan.train_flop(cfg, c) for c in plan.cohorts(cfg))
     wall = 2.0 + max(flop / 1e9, 6.0)
