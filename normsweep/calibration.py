@@ -143,9 +143,11 @@ def compile_guess(rows: list[dict], key: str) -> float:
     return 0.0
 
 
-def _shape_rate(timed: list[dict], key: str) -> float | None:
+def _median_rate(timed: list[dict], key: str | None = None) -> float | None:
+    """The median training FLOP rate of the latest recorded cohorts of
+    program `key`'s shape (any members; of any program for None), or None."""
     rates = [r["flop"] / r["train_seconds"] for r in timed
-             if _shape(r.get("program", "")) == _shape(key)][-4 * RECENT:]
+             if key is None or _shape(r.get("program", "")) == _shape(key)][-4 * RECENT:]
     return statistics.median(rates) if rates else None
 
 
@@ -153,12 +155,9 @@ def rate_guess(timed: list[dict], key: str) -> float:
     """The training FLOP rate of program `key`: the median rate the latest
     recorded cohorts of its shape achieved (any members), else of any
     program."""
-    rate = _shape_rate(timed, key)
+    rate = _median_rate(timed, key) or _median_rate(timed)
     if rate is None:
-        rates = [r["flop"] / r["train_seconds"] for r in timed][-4 * RECENT:]
-        if not rates:
-            raise ValueError("no recorded training time")
-        rate = statistics.median(rates)
+        raise ValueError("no recorded training time")
     return rate
 
 
@@ -279,7 +278,7 @@ def train_guess(rows: list[dict], key: str, flop: float, work: dict | None,
     timed = [r for r in rows if r.get("train_seconds") and r.get("flop")]
     fits = fitted(rows) if fits is None and work else fits
     costs = costs_guess(fits, key, work) if work else None
-    if costs is None and (not work or _shape_rate(timed, key) is not None):
+    if costs is None and (not work or _median_rate(timed, key) is not None):
         return flop / rate_guess(timed, key)
     costs = costs or costs_guess(fits, key, work, near=None)
     if costs is None:

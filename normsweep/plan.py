@@ -190,10 +190,8 @@ def record_count(total: int, schedule: str | int, log_points: int = 256) -> int:
 def train_flop(config: Config, cohort: Cohort) -> float:
     """The FLOPs of training a cohort: 6·n·P per network-step (forward 2nP,
     backward 4nP; P the number of weights)."""
-    config = cohort_config(config, cohort)
-    dims = cohort.dims(config.data.d, config.data.k)
-    weights = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
-    return 6.0 * config.data.n * weights * config.train.steps * cohort.size
+    steps = cohort_config(config, cohort).train.steps
+    return chunk_size(config, cohort, cohort.size)["step_flop"] * steps
 
 
 def chunk_size(config: Config, cohort: Cohort, members: int) -> dict[str, float]:
