@@ -5,8 +5,9 @@ Every cohort a launch trains appends one JSON line to the timings file
 (`path`; default ~/.cache/normsweep/timings.jsonl, beside the compile
 cache; $NORMSWEEP_TIMINGS moves it, "off" turns it off): the backend and
 device kind, the program's shape (`program_key`), the training FLOPs and
-the seconds spent compiling and training. `estimate` reads them back. JAX
-is not imported here: the dry run's caller passes the backend in.
+the seconds spent compiling and training. `estimate` reads them back. Past
+`LIMIT` bytes the oldest lines go. JAX is not imported here: the dry run's
+caller passes the backend in.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from normsweep import plan
 from normsweep.config import Config
 
 RECENT = 5      # compile times per program shape: the median of the latest few
+LIMIT = 4 * 2**20   # the timings file's bytes; past them it keeps its newest half (`_trim`)
 
 
 def path() -> Path | None:
@@ -73,8 +75,43 @@ def record(backend: str, device: str, key: str, flop: float, train_seconds: floa
         where.parent.mkdir(parents=True, exist_ok=True)
         with open(where, "a", encoding="utf-8") as f:
             f.write(line)
+            size = f.tell()
+        if size > LIMIT:
+            _trim(where)
     except OSError:
         pass
+
+
+def _trim(where: Path) -> None:
+    """Rewrites the timings file with its newest lines that fill half of
+    `LIMIT` (the estimate reads only the latest few per program), each
+    marked with whether its compile was a cache hit, which `hits` could not
+    tell once the lines before it are gone. Atomic; a line another launch
+    appends while this runs may be lost."""
+    rows = []
+    for line in where.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row.get("backend"), row.get("device")), []).append(row)
+    for group in groups.values():
+        for row, hit in zip(group, hits(group)):
+            row["hit"] = hit
+    kept, size = [], 0
+    for row in reversed(rows):
+        text = json.dumps(row) + "\n"
+        size += len(text.encode())
+        if size > LIMIT // 2:
+            break
+        kept.append(text)
+    temporary = where.with_name(f"{where.name}.{os.getpid()}.tmp")
+    temporary.write_text("".join(reversed(kept)), encoding="utf-8")
+    os.replace(temporary, where)
 
 
 def load(backend: str, device: str) -> list[dict]:
@@ -105,11 +142,12 @@ HIT_SHARE = 0.2     # a cache hit's compile time over a miss's, before any hit i
 
 def hits(rows: list[dict]) -> list[bool]:
     """Per row, whether its compile was a persistent-cache hit: the same
-    program was recorded before, and the cache was on both times."""
+    program was recorded before, and the cache was on both times (as
+    `_trim` marked it, where it did)."""
     seen, out = set(), []
     for r in rows:
         key = r.get("program")
-        out.append(bool(r.get("cache")) and key in seen)
+        out.append(r["hit"] if "hit" in r else bool(r.get("cache")) and key in seen)
         if r.get("cache"):
             seen.add(key)
     return out

@@ -201,6 +201,24 @@ def test_the_dry_run_says_what_its_estimate_rests_on(timings, tmp_path, monkeypa
     assert f"about {wall / 60:.1f} min" in said
 
 
+def test_the_timings_file_keeps_its_newest_lines_and_their_cache_hits(timings, monkeypatch):
+    monkeypatch.setattr(calibration, "LIMIT", 4000)
+    every = []
+    for i in range(60):     # A's first compile is its only miss; B, with the cache off, no hit
+        key = "A" if i % 3 else "B"
+        if key == "B":
+            monkeypatch.setenv("NORMSWEEP_JAX_CACHE", "off")
+        else:
+            monkeypatch.delenv("NORMSWEEP_JAX_CACHE", raising=False)
+        calibration.record("cpu", "cpu", key, 1e9, 1.0, 5.0 + i, None)
+        every.append({"program": key, "cache": key == "A"})
+        assert timings.stat().st_size <= calibration.LIMIT + 200
+    rows = calibration.load("cpu", "cpu")
+    assert 10 < len(rows) < 60 and [r["compile_seconds"] for r in rows] == \
+        [5.0 + i for i in range(60 - len(rows), 60)]
+    assert calibration.hits(rows) == calibration.hits(every)[-len(rows):]
+
+
 def test_timings_off_records_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("NORMSWEEP_TIMINGS", "off")
     calibration.record("cpu", "cpu", "A", 1.0, 1.0, 1.0)
