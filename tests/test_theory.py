@@ -233,3 +233,41 @@ def test_first_order_term_at_init_matches_a_simulation(loss, output, tol, param)
     want = theory.first_order_init(loss, output, param, "he", dims, n)
     sem = np.std(total) / np.sqrt(len(total))
     assert abs(np.mean(total) - want) < 4 * sem + tol * want, (np.mean(total), sem, want)
+
+
+def test_lr_exponents_match_a_float64_simulation():
+    """`theory.predict_lr` against the η slope of a simulated network (η and
+    2η from the same W(0)): exactly 1 for the first step at any η, 1 to first
+    order for the mean over the first steps (at η far below 2/λ; over 10
+    steps at η = 1e-3 the slope here is 0.6), no law (NaN) for the end of
+    training."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((N, D))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = np.eye(K)[rng.integers(0, K, N)]
+    dims = (D, 32, 32, K)
+    stds, _ = setting("standard", dims)
+    w0 = [rng.standard_normal((a, b)) * s for a, b, s in zip(dims[:-1], dims[1:], stds)]
+
+    def measured(eta):
+        ws, moves = [w.copy() for w in w0], []
+        for _ in range(10):         # the early window: steps 1..10
+            g, _ = grads(ws, x, y)
+            moves.append([eta * gl for gl in g])
+            ws = [w - dw for w, dw in zip(ws, moves[-1])]
+        hidden = 1
+        return {"first_update_spec": spec(moves[0][hidden]),
+                "rel_first_step": np.linalg.norm(moves[0][hidden]) / np.linalg.norm(w0[hidden]),
+                "early_update_norm": np.mean([np.linalg.norm(m[hidden]) for m in moves])}
+
+    def slope(metric, eta):
+        return math.log(measured(2 * eta)[metric] / measured(eta)[metric]) / math.log(2)
+
+    for metric in theory.ONE_STEP:
+        if metric == "early_update_norm":
+            assert abs(slope(metric, 1e-6) - theory.predict_lr(metric)) < 0.01
+            assert abs(slope(metric, 1e-3) - 1) > 0.2          # first order only
+        else:
+            assert abs(slope(metric, 0.1) - theory.predict_lr(metric)) < 1e-9, metric
+    for metric in ("rel_frob_dist", "rel_spec_dist", "rel_param_dist", "rel_frob_change"):
+        assert math.isnan(theory.predict_lr(metric))

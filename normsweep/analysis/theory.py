@@ -157,7 +157,6 @@ def first_order_init(loss: str, output: str, parametrization: str, init: str, di
 # spectral condition (Yang, Simon & Bernstein 2023). Where it grows, the
 # sweep leaves the stable range at large width and only the one-step laws hold.
 
-ROLES = ("input", "hidden", "readout")
 # a width large enough that min(1, √(m/d)) and the like have saturated
 _M1, _M2 = 2.0 ** 20, 2.0 ** 24
 
@@ -228,18 +227,6 @@ def width_exponents(parametrization: str, init: str, lr_width_exponent: float,
     return Exponents(tuple(layers), stability)
 
 
-# the metrics `predict` knows, each with what its prediction assumes
-PREDICTED = {
-    "rel_frob_dist": "‖ΔW_l‖_F/‖W_l(0)‖_F with ΔW as one step (η·Θ bounded)",
-    "rel_spec_dist": "‖ΔW_l‖₂/‖W_l(0)‖₂ with ΔW as one step (η·Θ bounded)",
-    "rel_param_dist": "whole vector in trained coordinates (η·Θ bounded)",
-    "first_update_spec": "one step, ‖ΔW_l‖₂ = η·c_l·‖G_l‖₂",
-    "early_update_norm": "one step, ‖ΔW_l‖_F = η·c_l·‖G_l‖_F",
-    "rel_first_step": "one step relative to the init, ‖ΔW_l‖_F/‖W_l(0)‖_F",
-    "coordinate": "mean |a_l(1) − a_l(0)| of the layer's output",
-}
-
-
 def predict(metric: str, role: str, parametrization: str, init: str,
             lr_width_exponent: float, depth: int) -> float:
     """The width exponent of `metric` for the layer `role` ("all" for
@@ -267,11 +254,14 @@ def predict(metric: str, role: str, parametrization: str, init: str,
     return float(value) + 0.0
 
 
+ONE_STEP = ("first_update_spec", "rel_first_step", "early_update_norm")
+
+
 def predict_lr(metric: str) -> float:
-    """The η exponent of `metric`: 1 for the one-step metrics (ΔW = −η·c·G
-    exactly at the first step, to first order over the first few), NaN
-    for the rest (it depends on how far training has gone)."""
-    return 1.0 if metric in ("first_update_spec", "early_update_norm") else math.nan
+    """The η exponent of `metric`: 1 for the `ONE_STEP` metrics (ΔW =
+    −η·c·G exactly at the first step, to first order over the first few),
+    NaN for the rest (it depends on how far training has gone)."""
+    return 1.0 if metric in ONE_STEP else math.nan
 
 
 def regime(parametrization: str, init: str, lr_width_exponent: float) -> str:
