@@ -127,6 +127,14 @@ def test_outliers_count_a_planted_spike_and_nothing_in_noise():
             da = xr.DataArray(sv, dims=["singular"])
             counts[k].append(int(tables.outliers(da, p, q, xr.DataArray(s2))))
     assert counts[0] == [0] * 20 and counts[1] == [1] * 20 and counts[2] == [2] * 20
+    # the threshold's promise, below 1e-3 false outliers in pure noise, at the
+    # small shapes where finite-size effects are largest (a readout, an input
+    # layer): at 2 scales instead of 4 about 6e-3 exceed it, so the count tells
+    for p, q in ((32, 10), (16, 32)):
+        top = np.linalg.svd(rng.normal(0, math.sqrt(2 / p), (8000, p, q)), compute_uv=False)[:, 0]
+        noise = xr.DataArray(top[:, None], dims=["matrix", "singular"])
+        assert int(tables.outliers(noise, p, q, xr.DataArray(2 / p)).sum()) <= 8
+        assert (top > theory.outlier_threshold(p, q, 2 / p, scales=2.0)).sum() > 24
 
 
 def test_local_width_slopes_approach_a_planted_limit():
