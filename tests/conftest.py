@@ -55,6 +55,23 @@ TINY = textwrap.dedent("""\
     """)
 
 
+def invoke(*args):
+    """The `normsweep` command in this process, wide enough that rich never
+    wraps a path."""
+    from click.testing import CliRunner
+
+    from normsweep.cli import main
+    return CliRunner(env={"COLUMNS": "400"}).invoke(main, [str(a) for a in args],
+                                                    catch_exceptions=False)
+
+
+def temporaries(root: Path) -> list[Path]:
+    """The temporary files normsweep names (this version's and earlier ones') below `root`."""
+    from normsweep import store
+    return [p for p in root.rglob(".*") if store.TEMP_RE.fullmatch(p.name)
+            or store.LEGACY_TEMP_RE.fullmatch(p.name)]
+
+
 def write_grid(folder: Path, text: str, name: str = "grid.toml") -> Path:
     path = folder / name
     path.write_text(text)

@@ -12,7 +12,7 @@ import xarray as xr
 
 import normsweep
 from normsweep import outcomes
-from normsweep.analysis import fits, tables, theory
+from normsweep.analysis import fits, report, tables, theory
 from tests import synthetic
 from tests.conftest import TINY
 
@@ -365,3 +365,93 @@ def test_the_report_opens_with_the_answer_read_from_its_tables(analyzed, tiny_sw
     counts = outcomes.counts(ds["outcome"])
     assert (f"{counts['fit']} fit, {counts['training']} still training, {counts['failed']} "
             f"failed, {counts['diverged']} diverged") in head
+
+
+
+def rendered(analyzed, block, fit_table=None, **summary) -> str:
+    """One block of the template, rendered from the tiny sweep's tables with
+    `fit_table` in place of fits.csv and `summary` over summary.json; the
+    extrapolation table follows the fits as `report.compute` makes it."""
+    from normsweep.analysis import render
+    t, s = render.read_folder(analyzed[0] / "analysis")
+    s.update(summary)
+    if fit_table is not None:
+        t["fits"] = fit_table
+        lazy = report.lazy_extrapolation(fit_table, s["parametrization"], s["init"],
+                                         s["lr_width_exponent"])
+        t.pop("lazy", None)
+        if lazy is not None and len(lazy):
+            t["lazy"] = lazy
+    return render.render(t, s, block=block)
+
+
+def fit_rows(roles, param="standard", p=0.0):
+    """Fit rows as `fits.fit_sweep` gives them: a measured −0.5 [−0.6, −0.4]
+    everywhere, beside the table's own prediction column."""
+    from normsweep.analysis import theory
+    rows = [{"metric": m, "depth": 3, "layer": i, "layer_role": r, "lr_exponent": 1.0,
+             "lr_exponent_lo": 0.9, "lr_exponent_hi": 1.1, "sign": 1.0, "r2": 0.9, "n": 20,
+             "n_seeds": 3,
+             "width_exponent": -0.5, "width_exponent_lo": -0.6, "width_exponent_hi": -0.4,
+             "width_exponent_at_lr0": -0.5, "width_exponent_at_lr0_lo": -0.6,
+             "width_exponent_at_lr0_hi": -0.4,
+             "theory_width_exponent": theory.predict(m, r, param, "he", p, 3)}
+            for m in ("rel_frob_dist", "rel_spec_dist", "first_update_spec")
+            for i, r in enumerate(roles)]
+    import pandas as pd
+    return pd.DataFrame(rows)
+
+
+def test_first_step_fits_keep_networks_that_failed_only_later(tiny_sweep):
+    with xr.open_dataset(tiny_sweep / "sweep.nc") as ds:
+        ds = ds.load()
+    before = fits.fit_sweep(ds)
+    late = ds.copy(deep=True)
+    late["diverged_at"].loc[dict(width=16, depth=3, seed=0)] = 20    # diverged after step 10
+    after = fits.fit_sweep(late)
+    key = ["metric", "depth", "layer"]
+    b, a = before.set_index(key), after.set_index(key)
+    for metric in fits.WINDOWS:
+        assert (a.loc[metric].n == b.loc[metric].n).all(), metric
+        assert (a.loc[metric].excluded_diverged == 0).all()
+    # every network that did not diverge in 10 steps is in them, the failed ones too
+    assert (b.loc["first_update_spec"].n == 12).all()           # per depth
+    kept = int(outcomes.usable(outcomes.classify(ds)).sel(width=16, depth=3, seed=0).sum())
+    assert kept > 0
+    assert (a.loc["rel_frob_dist"].loc[3].n == b.loc["rel_frob_dist"].loc[3].n - kept).all()
+    assert (a.loc["rel_frob_dist"].loc[3].excluded_diverged == 3).all()
+
+
+@pytest.mark.parametrize("param,p,expect,absent", [
+    ("standard", -1.0, ["standard parametrization", "lazy training"], ["implied"]),
+    ("standard", 0.0, ["implied under η ∝ 1/m", "leaves the stable range"], []),
+    ("ntk", 0.0, ["NTK parametrization", "| rel_frob_dist | 3 | 0 (input) | -0.50 [-0.60, -0.40] "
+                  "| -0.5 | yes |"], ["-1.5"]),
+    ("mup", 0.0, ["μP", "feature learning", "| rel_spec_dist | 3 | 1 (hidden) | -0.50 [-0.60, "
+                  "-0.40] | +0.0 | no |"], []),
+    ("mup", -1.0, ["training slows with width", "| rel_frob_dist | 3 | 1 (hidden) | -0.50 "
+                   "[-0.60, -0.40] | -1.5 | no |"], ["implied"]),
+])
+def test_the_report_compares_with_the_predictions_of_its_parametrization(
+        analyzed, param, p, expect, absent):
+    from normsweep.analysis import theory
+    rows = fit_rows(["input", "hidden", "readout"], param, p)
+    text = rendered(analyzed, "theory", rows, parametrization=param, lr_width_exponent=p,
+                    regime=theory.regime(param, "he", p))
+    for fragment in expect:
+        assert fragment in text, (fragment, text)
+    for fragment in absent:
+        assert fragment not in text, (fragment, text)
+
+
+def test_the_per_step_prose_names_what_is_equal_across_layers(analyzed):
+    standard = rendered(analyzed, "iteration")
+    assert "every layer's squared norm moves by the same amount" in standard
+    for param in ("ntk", "mup"):
+        text = rendered(analyzed, "iteration", parametrization=param)
+        assert "Δ‖W_l‖_F²/c_l is the same for every layer" in text
+        assert "same amount" not in text
+    first = rendered(analyzed, "iteration", fit_rows(["input", "hidden", "readout"], "ntk"),
+                     parametrization="ntk", lr_width_exponent=0.0)
+    assert "Prediction for the NTK parametrization at width_exponent = 0: -0.5" in first
+    assert "layer 1: -0.50 [-0.60, -0.40]" in first

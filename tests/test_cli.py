@@ -10,15 +10,10 @@ import time
 import numpy as np
 import pytest
 import xarray as xr
-from click.testing import CliRunner
 
 from normsweep.cli import main
 from tests import equal
-from tests.conftest import TINY, write_grid
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+from tests.conftest import TINY, invoke, write_grid
 
 
 def test_every_command_has_help_with_an_example():

@@ -1,29 +1,24 @@
-"""The results folder against planted links, odd files and bad command-line
-input: every case ends in a clear message and an exit status, writes
-nothing through a link, and leaves what is on disk intact."""
+"""The results folder against links, locks, odd files and vanishing: every
+case ends in a clear message and an exit status, writes nothing through a
+link, removes nothing that is not normsweep's own, and leaves what is on
+disk intact."""
 from __future__ import annotations
 
+import collections
+import fcntl
 import os
 import resource
 import shutil
+import subprocess
+import sys
 
-import numpy as np
 import pytest
-import xarray as xr
-from click.testing import CliRunner
 
-from normsweep import config, store
-from normsweep.cli import main
-from normsweep.errors import GridError, RunError
-from tests.conftest import TINY, write_grid
+from normsweep import config, folder, store, sweep
+from tests.conftest import TINY, invoke, temporaries, write_grid
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def temporaries(root):
-    return [p for p in root.rglob(".*") if store.TEMP_RE.fullmatch(p.name)]
+Usage = collections.namedtuple("usage", "total used free")
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +37,116 @@ def analyzed_copy(tiny_sweep, tmp_path_factory):
         (root / "analysis" / name).symlink_to(outside / name)
     result = invoke("analyze", root)
     return root, outside, names, result
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink"])
+def test_a_lock_file_that_leads_elsewhere_is_refused_and_its_target_untouched(
+        tiny_copy, tmp_path, kind):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tiny_copy / ".lock").unlink()
+    (os.symlink if kind == "symlink" else os.link)(victim, tiny_copy / ".lock")
+    result = invoke("launch", write_grid(tmp_path, TINY), "--out", tiny_copy, "--quiet")
+    assert result.exit_code == 1 and "not normsweep's lock file" in result.output
+    assert victim.read_text() == "precious"
+
+
+def test_the_folder_is_checked_while_the_lock_is_held(tmp_path, monkeypatch):
+    """Check, then write, under one lock: otherwise a second launch can pass
+    the check and then mix its cohorts into the first's folder."""
+    held = []
+    real = folder.check_folder
+
+    def check(cfg, root):
+        with open(root / ".lock", "rb") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except OSError:
+                held.append(True)
+        return real(cfg, root)
+
+    monkeypatch.setattr(folder, "check_folder", check)
+    cfg = config.parse(TINY.replace("steps = 30", "steps = 3").replace(
+        "width = [16, 24]", "width = [16]").replace("depth = [2, 3]", "depth = [2]"))
+    sweep.launch(cfg, tmp_path / "out")
+    assert held == [True]
+
+
+def test_a_folder_holding_the_users_own_grid_file_is_not_a_results_folder(tmp_path):
+    """`--out .` beside one's grid.toml: refused, every file left as it was."""
+    grid = write_grid(tmp_path, TINY)
+    mine = {".notes.tmp-1": "draft", ".grid.toml.tmp-7": "an editor's backup", "data.csv": "1,2"}
+    for name, text in mine.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "cohorts").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = invoke("launch", grid, "--out", tmp_path, "--quiet")
+    assert result.exit_code == 2 and "not a normsweep results folder" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert all((tmp_path / n).read_text() == t for n, t in mine.items())
+    assert invoke("show", tmp_path).exit_code == 2
+
+
+def test_only_temporaries_named_by_normsweep_are_removed(tiny_copy, tmp_path):
+    ours = [tiny_copy / ".sweep.nc.normsweep-tmp-123",
+            tiny_copy / "cohorts" / ".width16_depth2.nc.normsweep-tmp-9",
+            tiny_copy / ".sweep.nc.tmp-99"]                   # an earlier version's
+    theirs = [tiny_copy / ".mine.tmp-3", tiny_copy / ".x.normsweep-tmp-abc",
+              tiny_copy / "cohorts" / ".notes.tmp"]
+    for p in ours + theirs:
+        p.write_text("x")
+    result = invoke("launch", write_grid(tmp_path, TINY), "--out", tiny_copy, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert not any(p.exists() for p in ours)
+    assert all(p.read_text() == "x" for p in theirs)
+
+
+def test_a_results_folder_of_an_earlier_version_resumes_and_is_marked(tiny_copy, tmp_path):
+    (tiny_copy / store.MARKER).unlink()          # grid.toml, cohorts/ and .lock remain
+    assert store.is_sweep_folder(tiny_copy)
+    result = invoke("launch", write_grid(tmp_path, TINY), "--out", tiny_copy, "--quiet")
+    assert result.exit_code == 0 and "4 already done" in result.output
+    assert (tiny_copy / store.MARKER).is_file()
+
+
+def test_a_refused_launch_leaves_no_folder_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(10**6, 10**6 - 1000, 1000))
+    out = tmp_path / "a" / "b"
+    result = invoke("launch", write_grid(tmp_path, TINY), "--out", out, "--quiet")
+    assert result.exit_code == 2 and "1000 B free" in result.output
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_vanished_folder_is_named_as_such(tmp_path):
+    err = store.write_failure(tmp_path / "gone" / "sweep.nc", PermissionError(13, "denied"))
+    assert "the folder" in str(err) and "no longer exists" in str(err)
+    assert "denied" not in str(err)
+
+
+def test_concurrent_launch_is_refused_while_the_folder_is_locked(tiny_copy, tmp_path):
+    grid = write_grid(tmp_path, TINY)
+    with store.folder_lock(tiny_copy):
+        result = invoke("launch", grid, "--out", tiny_copy, "--quiet")
+    assert result.exit_code == 1 and "being written by another launch" in result.output
+    assert invoke("launch", grid, "--out", tiny_copy, "--quiet").exit_code == 0
+
+
+def test_lock_held_by_another_process(tiny_copy, tmp_path):
+    code = ("import sys, time\nfrom pathlib import Path\nfrom normsweep import store\n"
+            "with store.folder_lock(Path(sys.argv[1])):\n    print('locked', flush=True)\n"
+            "    time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tiny_copy)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = invoke("launch", write_grid(tmp_path, TINY), "--out", tiny_copy, "--quiet")
+        assert result.exit_code == 1 and f"pid {holder.pid}" in result.output
+    finally:
+        holder.kill()
+        holder.wait()
+    # the dead holder's lock is gone
+    assert invoke("launch", write_grid(tmp_path, TINY), "--out", tiny_copy, "--quiet").exit_code == 0
 
 
 def test_analyze_writes_no_file_through_a_planted_link(analyzed_copy):
@@ -109,44 +214,6 @@ def test_a_linked_cohorts_folder_is_refused_and_its_target_untouched(tiny_copy, 
     assert not (tiny_copy / "sweep.nc").exists()
 
 
-@pytest.mark.parametrize("override, said", [
-    ("train.steps=5\n", "control character"),
-    ('train.steps=5\ninit = "width"', "control character"),
-    ("train.steps=5\r", "control character"),
-    ("grid.lr=" + "[" * 2000 + "0.1" + "]" * 2000, "nested more than"),
-    ("a.b.c.d.e.f.g.h.i.j=1", "nested more than"),
-], ids=["newline", "second-line", "carriage-return", "deep-value", "deep-key"])
-def test_set_refuses_control_characters_and_deep_nesting(tmp_path, override, said):
-    grid = write_grid(tmp_path, TINY)
-    out = tmp_path / "out"
-    result = invoke("launch", grid, "--out", out, "--set", override, "--quiet")
-    assert result.exit_code == 2 and said in result.output, result.output
-    assert not out.exists()
-    with pytest.raises(GridError, match=said):      # the Python API's `overrides` too
-        config.load(grid, [override])
-
-
-def test_a_key_set_twice_is_refused(tmp_path):
-    grid = write_grid(tmp_path, TINY)
-    result = invoke("launch", grid, "--dry-run", "--set", "train.steps=5",
-                    "--set", "train.steps=6")
-    assert result.exit_code == 2 and "set twice" in result.output
-
-
-def test_the_recorded_grid_parses_back_whatever_the_source_name(tmp_path):
-    odd = tmp_path / "odd\nname.toml"
-    odd.write_text(TINY)
-    cfg = config.load(odd, ["train.steps=5"])
-    assert config.parse(cfg.text).train.steps == 5
-
-
-def test_only_naming_an_axis_twice_is_refused(tmp_path):
-    result = invoke("launch", write_grid(tmp_path, TINY), "--out", tmp_path / "o",
-                    "--only", "width=16,width=24", "--quiet")
-    assert result.exit_code == 2 and "names width twice" in result.output
-    assert not (tmp_path / "o").exists()
-
-
 def test_out_below_a_file_is_a_usage_error(tmp_path):
     (tmp_path / "file").write_text("x")
     result = invoke("launch", write_grid(tmp_path, TINY), "--out", tmp_path / "file" / "sub",
@@ -159,119 +226,3 @@ def test_a_fifo_lock_is_refused_by_name(tiny_copy, tmp_path):
     os.mkfifo(tiny_copy / ".lock")
     result = invoke("launch", write_grid(tmp_path, TINY), "--out", tiny_copy, "--quiet")
     assert result.exit_code == 1 and ".lock is not a regular file" in result.output
-
-
-def test_a_foreign_netcdf_under_a_cohorts_name_is_named_and_kept(tiny_copy, tmp_path):
-    victim = tiny_copy / "cohorts" / "width16_depth2.nc"
-    victim.unlink()
-    xr.Dataset({"x": ("width", [1.0])}, coords={"width": [16]}).to_netcdf(victim)
-    foreign = victim.read_bytes()
-    result = invoke("launch", write_grid(tmp_path, TINY), "--out", tiny_copy, "--quiet")
-    said = " ".join(result.output.split())           # unwrapped
-    assert result.exit_code == 0, result.output
-    assert "width16_depth2.nc: not a cohort file" in said
-    assert (tiny_copy / "cohorts" / "width16_depth2.nc.damaged").read_bytes() == foreign
-    assert "Traceback" not in result.output
-
-
-def flip(path, offset):
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
-def test_a_flipped_attribute_byte_is_caught_moved_aside_and_recomputed(tiny_sweep, tiny_copy,
-                                                                      tmp_path):
-    """HDF5 refuses the damaged attribute (AttributeError from netCDF4):
-    every command names the file instead of a traceback."""
-    import normsweep
-    victim = tiny_copy / "cohorts" / "width16_depth2.nc"
-    flip(victim, victim.read_bytes().index(b"normsweep sweep tiny") + 2)
-    for args in (["show", tiny_copy], ["ls", tiny_copy.parent]):
-        result = invoke(*args)
-        assert result.exit_code == 0 and "Traceback" not in result.output, result.output
-    with pytest.warns(Warning, match="width16_depth2.nc"):
-        with pytest.raises(RunError, match="cohorts are not on disk"):
-            normsweep.open_sweep(tiny_copy)
-    result = invoke("launch", write_grid(tmp_path, TINY), "--out", tiny_copy, "--quiet")
-    said = " ".join(result.output.split())
-    assert result.exit_code == 0, result.output
-    assert "moved to width16_depth2.nc.damaged and recomputing" in said
-    with xr.open_dataset(tiny_copy / "sweep.nc") as a, xr.open_dataset(tiny_sweep / "sweep.nc") as b:
-        np.testing.assert_array_equal(a["frob_norm"].values, b["frob_norm"].values)
-
-
-def test_an_altered_attribute_fails_its_checksum(tiny_sweep, tiny_copy, tmp_path):
-    """An attribute changed in place (HDF5 checks no attribute values): the
-    grid recorded in the file no longer matches its digest."""
-    import netCDF4
-    victim = tiny_copy / "cohorts" / "width24_depth2.nc"
-    with netCDF4.Dataset(victim, "a") as nc:
-        nc.setncattr("config_toml", nc.getncattr("config_toml").replace("steps = 30",
-                                                                          "steps = 31"))
-    with pytest.raises(RunError, match="do not match their checksum"):
-        store.read_cohort(victim)
-    result = invoke("launch", write_grid(tmp_path, TINY), "--out", tiny_copy, "--quiet")
-    said = " ".join(result.output.split())
-    assert result.exit_code == 0 and "checksum" in said and "width24_depth2.nc.damaged" in said
-    with xr.open_dataset(tiny_copy / "sweep.nc") as a, xr.open_dataset(tiny_sweep / "sweep.nc") as b:
-        np.testing.assert_array_equal(a["frob_norm"].values, b["frob_norm"].values)
-
-
-def test_damaged_weights_are_named_and_recomputed(tiny_sweep, tiny_copy, tmp_path):
-    import normsweep
-    victim = tiny_copy / "cohorts" / "width24_depth3.nc"
-    original = victim.read_bytes()
-    point = dict(width=24, depth=3, lr=0.5, seed=0)
-    damaged = False
-    for offset in range(len(original) - 1, len(original) // 2, -97):   # the group is written last
-        flip(victim, offset)
-        try:
-            store.read_cohort(victim)
-            normsweep.load_weights(tiny_copy, **point)
-            store.read_cohort(victim, weights=True)
-        except RunError:
-            try:
-                store.read_cohort(victim)       # the trajectories still read: only weights hit
-                damaged = True
-                break
-            except RunError:
-                pass
-        victim.write_bytes(original)
-    assert damaged, "no single flip damaged the weights alone"
-    with pytest.raises(RunError, match="width24_depth3.nc"):
-        store.read_cohort(victim, weights=True)
-    result = invoke("launch", write_grid(tmp_path, TINY), "--out", tiny_copy, "--quiet")
-    said = " ".join(result.output.split())
-    assert result.exit_code == 0 and "width24_depth3.nc.damaged" in said, result.output
-    for a, b in zip(normsweep.load_weights(tiny_copy, **point),
-                    normsweep.load_weights(tiny_sweep, **point)):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_a_damaged_sweep_nc_is_rebuilt_from_intact_cohorts(tiny_sweep, tiny_copy):
-    import normsweep
-    victim = tiny_copy / "sweep.nc"
-    flip(victim, victim.read_bytes().index(b"normsweep sweep tiny") + 2)
-    with pytest.warns(Warning, match="sweep.nc"):
-        ds = normsweep.open_sweep(tiny_copy).load()
-    with xr.open_dataset(tiny_sweep / "sweep.nc") as ref:
-        np.testing.assert_array_equal(ds["frob_norm"].values, ref["frob_norm"].values)
-
-
-def test_a_sweep_nc_normsweep_did_not_write_is_moved_aside(tmp_path):
-    """A stray marker makes a folder look like a results folder: its own
-    sweep.nc is kept, moved aside, not overwritten."""
-    root = tmp_path / "looks-like"
-    root.mkdir()
-    (root / store.MARKER).write_text(store.MARKER_TEXT)
-    xr.Dataset({"mine": ("x", [1.0, 2.0])}).to_netcdf(root / "sweep.nc")
-    theirs = (root / "sweep.nc").read_bytes()
-    small = TINY.replace("width = [16, 24]", "width = [8]").replace("depth = [2, 3]", "depth = [2]")
-    result = invoke("launch", write_grid(tmp_path, small.replace("steps = 30", "steps = 3")),
-                    "--out", root, "--quiet")
-    said = " ".join(result.output.split())
-    assert result.exit_code == 0 and "moved to sweep.nc.damaged" in said, result.output
-    assert (root / "sweep.nc.damaged").read_bytes() == theirs
-    with xr.open_dataset(root / "sweep.nc") as ds:
-        assert "frob_norm" in ds

@@ -2,16 +2,22 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import jax
 import jax.numpy as jnp
 import pytest
+import xarray as xr
 
 from normsweep.data import member_keys
-from normsweep import linalg, model, plan, train
+from normsweep import config, linalg, model, plan, sweep, train
 from normsweep.data import sphere_data
 from tests import equal, reference
+from tests.conftest import TINY, write_grid
 
 D, K, N = 8, 4, 48
 X, Y = sphere_data(jax.random.key(7), N, D, K, jnp.float32)
@@ -317,3 +323,43 @@ def test_the_cpu_compile_options_give_the_defaults_numbers_to_rounding(monkeypat
         equal.assert_record_close(fast.records[name], value, name)
     for name, value in slow.spectra.items():
         np.testing.assert_allclose(fast.spectra[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+
+def test_results_agree_whatever_the_chunking(tmp_path):
+    """A memory budget that splits every cohort into chunks changes the
+    records by rounding at most, at learning rates where the dynamics are
+    stable (TINY's larger rates are chaotic: there rounding grows, as any
+    change of machine or version would make it grow)."""
+    from normsweep import plan
+    text = TINY.replace("lr = { geomspace = [0.5, 8.0, 3] }", "lr = [0.02, 0.1]") \
+               .replace("width = [16, 24]", "width = [16]").replace("depth = [2, 3]", "depth = [3]")
+    cfg = config.load(write_grid(tmp_path, text))
+    per = max(plan.member_bytes(cfg, c, 31) for c in plan.cohorts(cfg))
+    budget = int(1.5 * per)
+    counts = [plan.chunking(cfg, c, 31, budget).count for c in plan.cohorts(cfg)]
+    assert min(counts) >= 2, counts
+    sweep.launch(cfg, tmp_path / "whole")
+    sweep.launch(cfg, tmp_path / "chunked", budget_bytes=budget)
+    with xr.open_dataset(tmp_path / "chunked" / "sweep.nc") as a, \
+            xr.open_dataset(tmp_path / "whole" / "sweep.nc") as b:
+        equal.assert_sweeps_close(a, b)
+
+
+def test_the_seed_grids_spectra_do_not_deadlock_a_cpu(tmp_path):
+    """XLA's CPU runtime ran the spectra program's independent LAPACK calls
+    at once and deadlocked on this cohort of sweeps/seed.toml, every time
+    (normsweep/cpu.py); a fresh process, as a user's launch is. Three steps
+    and no probes still deadlock without the flag: the spectra program is
+    the same."""
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "normsweep.cli", "launch", str(root / "sweeps" / "seed.toml"),
+         "--set", "grid.width=64", "--set", "grid.depth=4", "--set", "grid.lr=[0.001, 0.1]",
+         "--set", "train.steps=3", "--set", "record.jacobian_norm=0", "--set", "record.sharpness=0",
+         "--out", str(tmp_path / "seed"), "--quiet"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    with xr.open_dataset(tmp_path / "seed" / "sweep.nc") as ds:
+        assert np.isfinite(ds["singular_values"].isel(spectrum_step=0).values).any()
