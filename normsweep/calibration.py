@@ -110,8 +110,11 @@ def _trim(where: Path) -> None:
             break
         kept.append(text)
     temporary = where.with_name(f"{where.name}.{os.getpid()}.tmp")
-    temporary.write_text("".join(reversed(kept)), encoding="utf-8")
-    os.replace(temporary, where)
+    try:
+        temporary.write_text("".join(reversed(kept)), encoding="utf-8")
+        os.replace(temporary, where)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def load(backend: str, device: str) -> list[dict]:
