@@ -75,8 +75,8 @@ def record(backend: str, device: str, key: str, flop: float, train_seconds: floa
         where.parent.mkdir(parents=True, exist_ok=True)
         with open(where, "a", encoding="utf-8") as f:
             f.write(line)
-            size = f.tell()
-        if size > LIMIT:
+            end = f.tell()
+        if end > LIMIT:
             _trim(where)
     except OSError:
         pass
@@ -88,14 +88,7 @@ def _trim(where: Path) -> None:
     marked with whether its compile was a cache hit, which `hits` could not
     tell once the lines before it are gone. Atomic; a line another launch
     appends while this runs may be lost."""
-    rows = []
-    for line in where.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
+    rows = _rows(where.read_text(encoding="utf-8"))
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row.get("backend"), row.get("device")), []).append(row)
@@ -123,18 +116,23 @@ def load(backend: str, device: str) -> list[dict]:
     where = path()
     if where is None or not where.exists():
         return []
-    rows = []
     try:
         text = where.read_text(encoding="utf-8")
     except OSError:
         return []
+    return [row for row in _rows(text)
+            if row.get("backend") == backend and row.get("device") == device]
+
+
+def _rows(text: str) -> list[dict]:
+    """The timings file's lines that parse as JSON objects, in order."""
+    rows = []
     for line in text.splitlines():
         try:
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict) and row.get("backend") == backend \
-                and row.get("device") == device:
+        if isinstance(row, dict):
             rows.append(row)
     return rows
 
