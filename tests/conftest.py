@@ -10,8 +10,15 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-import jax
-import pytest
+# xdist's workers share the machine's cores: in each, OpenBLAS (numpy's, and
+# the LAPACK under jax's CPU linear algebra) runs on one thread, or the
+# workers' spinning BLAS threads crowd out each other's work. Set before
+# numpy loads; the tests' child processes inherit it.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 
 def session_folder(prefix: str) -> str:
