@@ -12,8 +12,8 @@ from pathlib import Path
 
 # xdist's workers share the machine's cores: in each, OpenBLAS (numpy's, and
 # the LAPACK under jax's CPU linear algebra) runs on one thread, or the
-# workers' spinning BLAS threads crowd out each other's work. Set before
-# numpy loads; the tests' child processes inherit it.
+# workers' threads oversubscribe the cores (BENCHMARKS.md). Set before numpy
+# loads; the tests' child processes inherit it.
 if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
