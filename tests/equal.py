@@ -45,3 +45,9 @@ def assert_sweeps_identical(a: xr.Dataset, b: xr.Dataset) -> None:
     the same variable attributes."""
     a, b = a.drop_vars(TIMES, errors="ignore"), b.drop_vars(TIMES, errors="ignore")
     xr.testing.assert_identical(a.drop_attrs(deep=False), b.drop_attrs(deep=False))
+
+
+def assert_folders_identical(a, b) -> None:
+    """`assert_sweeps_identical` on the sweep.nc of results folders `a` and `b`."""
+    with xr.open_dataset(a / "sweep.nc") as x, xr.open_dataset(b / "sweep.nc") as y:
+        assert_sweeps_identical(x, y)

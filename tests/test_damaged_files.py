@@ -21,11 +21,6 @@ from tests import equal
 from tests.conftest import TINY, invoke, write_grid
 
 
-def same_sweep(a, b):
-    with xr.open_dataset(a / "sweep.nc") as x, xr.open_dataset(b / "sweep.nc") as y:
-        equal.assert_sweeps_identical(x, y)
-
-
 def flip(path, offset):
     data = bytearray(path.read_bytes())
     data[offset] ^= 0x01
@@ -70,9 +65,7 @@ def test_a_flipped_bit_is_caught_and_the_cohort_recomputed(tiny_sweep, tiny_copy
     result = invoke("launch", write_grid(tmp_path, TINY), "--out", tiny_copy, "--quiet")
     assert result.exit_code == 0 and "damaged" in result.output
     assert "1 trained, 3 already done" in result.output
-    with xr.open_dataset(tiny_copy / "sweep.nc") as a, \
-            xr.open_dataset(tiny_sweep / "sweep.nc") as b:
-        equal.assert_sweeps_identical(a, b)
+    equal.assert_folders_identical(tiny_copy, tiny_sweep)
 
 
 def test_a_partial_sweep_is_refused_or_opened_as_partial(tiny_copy):
@@ -181,7 +174,7 @@ def test_truncated_cohort_is_reported_and_recomputed(tiny_sweep, tiny_copy, tmp_
     assert "width16_depth3.nc" in result.output and "damaged" in result.output
     assert "1 trained, 3 already done" in result.output
     assert (tiny_copy / "cohorts" / "width16_depth3.nc.damaged").exists()
-    same_sweep(tiny_copy, tiny_sweep)
+    equal.assert_folders_identical(tiny_copy, tiny_sweep)
 
 
 def test_cohort_of_another_grid_is_refused_by_name(tiny_copy, tmp_path):
@@ -203,7 +196,7 @@ def test_stray_file_is_reported_and_not_combined(tiny_sweep, tiny_copy, tmp_path
                                        str(tiny_copy), "--quiet"])
     assert result.exit_code == 0
     assert "extra.nc is not a cohort of this grid" in result.output
-    same_sweep(tiny_copy, tiny_sweep)
+    equal.assert_folders_identical(tiny_copy, tiny_sweep)
 
 
 def test_a_foreign_netcdf_under_a_cohorts_name_is_named_and_kept(tiny_copy, tmp_path):

@@ -9,7 +9,6 @@ import threading
 import time
 
 import pytest
-import xarray as xr
 
 distributed = pytest.importorskip("distributed")
 
@@ -26,11 +25,6 @@ def cluster():
         yield c
 
 
-def same(a, b):
-    with xr.open_dataset(a / "sweep.nc") as x, xr.open_dataset(b / "sweep.nc") as y:
-        equal.assert_sweeps_identical(x, y)
-
-
 def test_dask_run_equals_local_run_and_relaunch_skips(cluster, tiny_sweep, tmp_path):
     cfg = config.parse(TINY, source="tiny.toml")
     out = tmp_path / "dask"
@@ -42,7 +36,7 @@ def test_dask_run_equals_local_run_and_relaunch_skips(cluster, tiny_sweep, tmp_p
 
     summary = sweep.launch(cfg, out, scheduler=cluster.scheduler_address, reporter=Record())
     assert len(summary.trained) == 4
-    same(out, tiny_sweep)
+    equal.assert_folders_identical(out, tiny_sweep)
     # each cohort reported as it finished, with the worker that trained it
     assert sorted(n for n, _ in finished) == sorted(summary.trained)
     assert all(w.startswith("trained in ") and " by worker " in w for _, w in finished)
@@ -79,7 +73,7 @@ def test_worker_killed_mid_sweep_still_completes(cluster, tiny_sweep, tmp_path):
     sweep.launch(cfg, out, scheduler=cluster.scheduler_address)
     killer.join()
     assert killed
-    same(out, tiny_sweep)
+    equal.assert_folders_identical(out, tiny_sweep)
     assert sorted(p.name for p in out.glob("cohorts/*")) == sorted(
         p.name for p in tiny_sweep.glob("cohorts/*.nc")), "a temporary file was left behind"
 

@@ -325,13 +325,11 @@ def test_the_cpu_compile_options_give_the_defaults_numbers_to_rounding(monkeypat
         np.testing.assert_allclose(fast.spectra[name], value, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
-
 def test_results_agree_whatever_the_chunking(tmp_path):
     """A memory budget that splits every cohort into chunks changes the
     records by rounding at most, at learning rates where the dynamics are
     stable (TINY's larger rates are chaotic: there rounding grows, as any
     change of machine or version would make it grow)."""
-    from normsweep import plan
     text = TINY.replace("lr = { geomspace = [0.5, 8.0, 3] }", "lr = [0.02, 0.1]") \
                .replace("width = [16, 24]", "width = [16]").replace("depth = [2, 3]", "depth = [3]")
     cfg = config.load(write_grid(tmp_path, text))
