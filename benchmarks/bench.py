@@ -375,10 +375,8 @@ def segment_group(stack: tuple[str, ...]) -> str:
             if extra in names:
                 return f"record: {extra}"
         return "record: the rest (W - W(0), NaN masks, stacking)"
-    if has("recorded_step"):
-        return "recorded steps (the step a record measures)"
-    if has("advance"):
-        return "steps between records"
+    if has("record_and_advance"):
+        return "steps (the loop of a record's step and those to the next)"
     return "other (scan, conditions, copies)" if stack else "other (no source)"
 
 

@@ -59,8 +59,8 @@ def sharpness(program: Program, params, v, x, y, iters: int, lr_mult=None):
 
 def gradient_sums(params, grads) -> tuple[jax.Array, jax.Array]:
     """Per layer, ‖∇L‖² and ⟨W, ∇L⟩: the records that need the gradient,
-    taken where the step has it (`recorded_step`), so that the gradient
-    itself never leaves the step."""
+    taken where the step has it (`train.record_and_advance`), so that the
+    gradient itself never leaves the step."""
     pairs = list(zip(kernels(params), kernels(grads)))
     return (jnp.stack([linalg.sum_squares(g) for _, g in pairs]),
             jnp.stack([linalg.inner(w, g) for w, g in pairs]))
@@ -206,10 +206,12 @@ def ntk_eigs(program: Program, params, lr_mult, xs) -> tuple[jax.Array, jax.Arra
 
 
 def measured(program: Program, state: State, new: State, out, hp: Hyper, x, y, t, due):
-    """The records of step t, from the state before it, the state after it
-    and the step's (loss, logits, `gradient_sums`) `out`: (state at t+1 with its
-    spectral-norm vectors advanced, records). `due` {probe: traced bool}
-    says which of the program's probes measure this record."""
+    """The records of step t, from the state before it, the state `new`
+    after it and any steps that followed, and step t's (loss, logits,
+    `gradient_sums`) `out`: (`new` with its spectral-norm vectors advanced,
+    records). A norm that overflows at t rolls `new` back to W(t), as the
+    member diverged there. `due` {probe: traced bool} says which of the
+    program's probes measure this record."""
     loss, z, grad_sums = out
     rec, spec_v, dist_v = measure(program, state, loss, z, grad_sums, y)
     new = new._replace(spec_v=spec_v, dist_v=dist_v)
@@ -217,7 +219,7 @@ def measured(program: Program, state: State, new: State, out, hp: Hyper, x, y, t
     # dtype) diverges the member as a non-finite loss does: frozen from t on
     checked = jnp.concatenate([jnp.ravel(rec[name]) for name in CHECKED])
     overflow = ~jnp.all(jnp.isfinite(checked))
-    newly = (new.diverged_at < 0) & overflow
+    newly = ~((new.diverged_at >= 0) & (new.diverged_at <= t)) & overflow
     new = new._replace(
         params=jax.tree.map(lambda a, b: jnp.where(newly, a, b), state.params, new.params),
         diverged_at=jnp.where(newly, jnp.asarray(t, jnp.int32), new.diverged_at))

@@ -3,9 +3,10 @@ record schedule.
 
 One compiled program runs all members of a cohort (`jax.vmap`; the member
 axis sharded across devices where there are several) and `jax.lax.scan`
-walks the record schedule: each record measures a step (`measure`), then
-plain steps run to the next record with no host round-trip. The host
-regains control only between segments of records (for progress).
+walks the record schedule: at each record one loop takes the steps to the
+next, and the first of them feeds the record (`measure`), with no host
+round-trip. The host regains control only between segments of records
+(for progress).
 """
 from __future__ import annotations
 
@@ -72,33 +73,43 @@ def per_member(x: jax.Array, members: int) -> jax.Array:
     return jnp.broadcast_to(x, (members,) + x.shape)
 
 
-def recorded_step(program: Program, state: State, hp: Hyper, x, y, t, last, due):
-    """Every member's step t, measured: (states at t+1, records of t). With
-    `last` (traced) true, t is the final record: its step is measured and
-    not taken (`step`'s `frozen`). `due`: which probes measure it."""
-    def one(s, h, xi):
-        new, (loss, z, grads) = step(program, s, h, xi, y, t, frozen=last)
-        return measured(program, s, new, (loss, z, gradient_sums(s.params, grads)), h, xi, y,
-                        t, due)
+def record_and_advance(program: Program, state: State, hp: Hyper, x, y, t, gap, due):
+    """One member's record at step t and the steps to the next: steps t to
+    t + gap in one loop, of which the first's (loss, logits, `gradient_sums`)
+    feed the record (`measured`, from the state at t). gap = −1 marks the last
+    record: its step is measured and not taken (`step`'s `frozen`). One copy
+    of the step in the program, where a record's own step would be a
+    second one to compile."""
+    last = gap < 0
+    n = jnp.maximum(gap + 1, 1)
+    dt = program.jdtype
+    zeros = jnp.zeros((program.depth,), dt)
+    first = (jnp.zeros((), dt), jnp.zeros((y.shape[0], program.dims[-1]), dt), (zeros, zeros))
 
-    return jax.vmap(one)(state, hp, per_member(x, hp.lr.shape[0]))
+    def body(i, carry):
+        s, kept = carry
+        # only the run's last update is read (by the next record)
+        new, (loss, z, grads) = step(program, s, hp, x, y, t + i, frozen=last,
+                                     keep_update=i == n - 1)
+        kept = jax.lax.cond(i == 0, lambda: (loss, z, gradient_sums(s.params, grads)),
+                            lambda: kept)
+        return new, kept
+
+    new, out = jax.lax.fori_loop(0, n, body, (state, first))
+    return measured(program, state, new, out, hp, x, y, t, due)
 
 
 def run_segment(program: Program, state: State, hp: Hyper, x, y, t, gap, valid, due):
-    """For each record r of the segment, for every member: measure step t[r],
-    then advance 1 + gap[r] steps (to the next record); gap[r] = −1 marks the
-    last record, which is measured and moves nothing. Entries with valid[r]
-    False are padding and do nothing; due[probe][r] says whether the probe
-    measures record r. t, gap, valid, due are the same for every
-    member. Members run batched (`jax.vmap`), which XLA partitions across
-    devices as the member axis is placed (`shard_members`). Returns (state,
-    records with a leading record axis, then the member axis)."""
+    """For each record r of the segment, for every member: measure step t[r]
+    and advance 1 + gap[r] steps (to the next record; `record_and_advance`);
+    gap[r] = −1 marks the last record, which is measured and moves nothing.
+    Entries with valid[r] False are padding and do nothing; due[probe][r]
+    says whether the probe measures record r. t, gap, valid, due are the
+    same for every member. Members run batched (`jax.vmap`), which XLA
+    partitions across devices as the member axis is placed
+    (`shard_members`). Returns (state, records with a leading record axis,
+    then the member axis)."""
     members = hp.lr.shape[0]
-
-    def advance(s, h, xi, t0, n):
-        # only the last step's update is read (by the next record)
-        return jax.lax.fori_loop(
-            0, n, lambda i, s: step(program, s, h, xi, y, t0 + i, keep_update=i == n - 1)[0], s)
 
     def skip(state):
         empty = jax.tree.map(lambda a: jnp.broadcast_to(a, (members,) + a.shape),
@@ -109,9 +120,10 @@ def run_segment(program: Program, state: State, hp: Hyper, x, y, t, gap, valid, 
         t_r, gap_r, valid_r, due_r = inp
 
         def go(state):
-            state, rec = recorded_step(program, state, hp, x, y, t_r, gap_r < 0, due_r)
-            return jax.vmap(advance, (0, 0, 0, None, None))(state, hp, per_member(x, members),
-                                                             t_r + 1, gap_r), rec
+            def one(s, h, xi):
+                return record_and_advance(program, s, h, xi, y, t_r, gap_r, due_r)
+
+            return jax.vmap(one)(state, hp, per_member(x, members))
 
         return jax.lax.cond(valid_r, go, skip, state)
 

@@ -176,6 +176,27 @@ def test_a_member_whose_weights_or_norms_overflow_is_diverged(planted):
     np.testing.assert_array_equal(np.asarray(model.kernels(state.params)[1][1]), np.float32(planted))
 
 
+def test_the_segment_program_holds_one_copy_of_the_step(monkeypatch):
+    """A record's step and the steps to the next record run in one loop: the
+    step is traced (and compiled) once per segment program, not once for
+    the record and again for the steps between."""
+    from normsweep.step import step
+    traced = []
+
+    def counted(*args, **kwargs):
+        traced.append(1)
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(train, "step", counted)
+    prog = train.Program(dims=(D, 16, 16, K), probes=("jacobian",))
+    lrs, ik, pk = members([0.05], [0])
+    mesh, hp, ik, pk, x, y = train.placed(prog, X, Y, lrs, ik, pk, STEPS, 1, None, None)
+    state = train.init_cohort(prog, mesh, hp, ik, pk, x)
+    t, gap, valid, due = train.segments(STEPS, {"jacobian": "log"})[0]
+    jax.make_jaxpr(lambda s: train.run_segment(prog, s, hp, x, y, t, gap, valid, due))(state)
+    assert len(traced) == 1
+
+
 def test_record_schedule_subsamples_the_same_trajectory(cohort):
     sparse = run(PROG, [0.05, 4.0], [0, 1], np.array([0, 1, 7, 8, 20]), weights=False)
     for name in ("loss", "frob_norm", "grad_norm", "update_norm", "frob_dist"):
