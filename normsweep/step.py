@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from normsweep import linalg
 from normsweep.model import MLP, init_stds, kernels, lr_multipliers, with_kernels
 from normsweep.probes import PROBES, sizes as probe_sizes
 
@@ -149,15 +148,13 @@ def optimizer(program: Program, hp: Hyper) -> optax.GradientTransformation:
     return optax.chain(*parts, optax.sgd(hp.lr))
 
 
-def step(program: Program, state: State, hp: Hyper, x, y, t, frozen=False, keep_update=True):
+def step(program: Program, state: State, hp: Hyper, x, y, t, frozen=False):
     """One gradient-descent step from W(t) by `optimizer`:
         W_l ← W_l − η·(c_l·∂L/∂W_l + λ·W_l). Returns the new state and (loss, logits,
-    grads) at W(t). With `frozen` (traced) true, the weights and the last
-    update stay as they were: the last record measures W(T) and moves
-    nothing. ‖ΔW_l‖² goes into `update_sq` only where `keep_update` (traced)
-    is true: the next record reads the last step's, so a run of steps between
-    records sums only its last update's squares (a pass over every matrix
-    per step saved)."""
+    grads, updates) at W(t). With `frozen` (traced) true, the weights stay as
+    they were: the last record measures W(T) and moves nothing. `update_sq`
+    is left to the caller, which reads only some steps' (a pass over every
+    matrix per step saved)."""
     (loss, z), grads = jax.value_and_grad(loss_and_logits, argnums=1, has_aux=True)(
         program, state.params, x, y)
     # a weight can overflow while dead ReLUs downstream keep the loss finite
@@ -171,9 +168,5 @@ def step(program: Program, state: State, hp: Hyper, x, y, t, frozen=False, keep_
     updates, opt_state = optimizer(program, hp).update(grads, state.opt_state, state.params)
     moved = optax.apply_updates(state.params, updates)
     params = jax.tree.map(lambda new, old: jnp.where(moving, new, old), moved, state.params)
-    update_sq = jax.lax.cond(jnp.logical_and(keep_update, jnp.logical_not(frozen)),
-                             lambda ups: jnp.stack([linalg.sum_squares(u) for u in ups]),
-                             lambda _: state.update_sq, list(kernels(updates)))
-    new = state._replace(params=params, opt_state=opt_state, update_sq=update_sq,
-                         diverged_at=diverged_at)
-    return new, (loss, z, grads)
+    new = state._replace(params=params, opt_state=opt_state, diverged_at=diverged_at)
+    return new, (loss, z, grads, updates)

@@ -88,12 +88,20 @@ def record_and_advance(program: Program, state: State, hp: Hyper, x, y, t, gap, 
 
     def body(i, carry):
         s, kept = carry
-        # only the run's last update is read (by the next record)
-        new, (loss, z, grads) = step(program, s, hp, x, y, t + i, frozen=last,
-                                     keep_update=i == n - 1)
-        kept = jax.lax.cond(i == 0, lambda: (loss, z, gradient_sums(s.params, grads)),
-                            lambda: kept)
-        return new, kept
+        new, (loss, z, grads, updates) = step(program, s, hp, x, y, t + i, frozen=last)
+        # the next record reads the run's last update (‖ΔW_l‖² into update_sq);
+        # this record, the first step's sums: both in one conditional per step
+        keep = (i == n - 1) & ~last
+
+        def ends(kept):
+            update_sq = jnp.stack([linalg.sum_squares(u) for u in kernels(updates)])
+            now = (loss, z, gradient_sums(s.params, grads))
+            return (jnp.where(keep, update_sq, new.update_sq),
+                    jax.tree.map(lambda a, b: jnp.where(i == 0, a, b), now, kept))
+
+        update_sq, kept = jax.lax.cond((i == 0) | keep, ends,
+                                       lambda kept: (new.update_sq, kept), kept)
+        return new._replace(update_sq=update_sq), kept
 
     new, out = jax.lax.fori_loop(0, n, body, (state, first))
     return measured(program, state, new, out, hp, x, y, t, due)
