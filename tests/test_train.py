@@ -156,24 +156,29 @@ def test_divergence_is_contained():
 def test_a_member_whose_weights_or_norms_overflow_is_diverged(planted):
     """All-negative hidden weights kill every ReLU after them, so the logits
     are 0 and the loss stays finite: an infinite weight, or finite weights
-    whose ‖W‖_F² overflows float32, must still mark the member diverged."""
-    prog = train.Program(dims=(D, 16, 16, K))
+    whose ‖W‖_F² overflows float32, must still mark the member diverged.
+    Weight decay moves the finite weights in the steps after the record
+    that finds the overflow: the member must be frozen at that record's."""
+    prog = train.Program(dims=(D, 16, 16, K), decay=True)
+    steps = np.array([0, 4, 8, 12])
     lrs, ik, pk = members([0.05, 0.05], [0])
-    mesh, hp, ik, pk, x, y = train.placed(prog, X, Y, lrs, ik, pk, STEPS, 1, None, None)
+    mesh, hp, ik, pk, x, y = train.placed(prog, X, Y, lrs, ik, pk, steps, 1, [0.0, 0.1], None)
     state = train.init_cohort(prog, mesh, hp, ik, pk, x)
     ws = list(model.kernels(state.params))
     ws[1] = ws[1].at[1].set(planted)          # member 1's hidden layer
     state = state._replace(params=model.with_kernels(state.params, ws))
+    ws = [np.array(w) for w in ws]            # (the state's buffers are donated)
     records, diverged = [], None
-    for t, gap, valid, due in train.segments(STEPS):
+    for t, gap, valid, due in train.segments(steps):
         state, rec = train.segment_cohort(prog, mesh, state, hp, x, y, t, gap, valid, due)
         records.append({k: np.asarray(v)[:, valid] for k, v in rec.items()})
     diverged = np.asarray(state.diverged_at)[:2]
     loss = np.concatenate([r["loss"] for r in records], 1)
     assert diverged.tolist() == [-1, 0]
     assert np.isfinite(loss[0]).all() and np.isnan(loss[1]).all()
-    # frozen from the divergence on: the planted weights are as they were
-    np.testing.assert_array_equal(np.asarray(model.kernels(state.params)[1][1]), np.float32(planted))
+    # frozen from the divergence on: every weight of member 1 is as planted
+    for final, planted_w in zip(model.kernels(state.params), ws):
+        np.testing.assert_array_equal(np.asarray(final)[1], planted_w[1])
 
 
 def test_the_segment_program_holds_one_copy_of_the_step(monkeypatch):
