@@ -205,9 +205,9 @@ def test_the_segment_program_holds_one_copy_of_the_step(monkeypatch):
 def test_where_a_run_records_does_not_change_its_trajectory():
     """Recording a step measures it and does not perturb it: every step is
     the same compiled code, so recording every step and recording a few
-    give the same weights and records, bit for bit (with a record's step
-    compiled apart from the others they differed in the last bits, which
-    chaotic members grew to O(1))."""
+    give the same weights and records, bit for bit. (A record's step
+    compiled apart from the others would round differently, and chaotic
+    members grow a last-bit difference to O(1).)"""
     x, y = sphere_data(jax.random.key(3), 256, 16, 10, jnp.float32)
     prog = train.Program(dims=(16, 16, 16, 10))
     lr, ik, pk = members([0.05, 0.5, 2.0], [0, 1])
