@@ -219,7 +219,9 @@ def measured(program: Program, state: State, new: State, out, hp: Hyper, x, y, t
     # dtype) diverges the member as a non-finite loss does: frozen from t on
     checked = jnp.concatenate([jnp.ravel(rec[name]) for name in CHECKED])
     overflow = ~jnp.all(jnp.isfinite(checked))
-    newly = ~((new.diverged_at >= 0) & (new.diverged_at <= t)) & overflow
+    # diverged by step t (a step after t in `new`'s loop may have diverged it later)
+    by_t = (new.diverged_at >= 0) & (new.diverged_at <= t)
+    newly = ~by_t & overflow
     new = new._replace(
         params=jax.tree.map(lambda a, b: jnp.where(newly, a, b), state.params, new.params),
         diverged_at=jnp.where(newly, jnp.asarray(t, jnp.int32), new.diverged_at))
@@ -235,7 +237,7 @@ def measured(program: Program, state: State, new: State, out, hp: Hyper, x, y, t
                                   lambda s, n=name: empty_probe(program, n), state)
         rec.update(zip(probe.records, values))
     # every record is NaN from the member's divergence on
-    dead = (new.diverged_at >= 0) & (new.diverged_at <= t)
+    dead = by_t | newly
     return new, {name: jnp.where(dead, jnp.nan, val) for name, val in rec.items()}
 
 
