@@ -42,18 +42,29 @@ def cache_on() -> bool:
 
 def program_shape(config: Config, cohort: plan.Cohort) -> str:
     """What shapes a cohort's compiled programs, but the number of members:
-    the layer sizes, the training set's size, dtype, output, loss and the
-    probes that are on."""
+    the layer sizes (the deepest network's the program serves, and the
+    depths it serves, `plan.program_depths`), the training set's size,
+    dtype, output, loss and the probes that are on."""
     cfg = plan.cohort_config(config, cohort)
     on = ",".join([*cfg.record.schedules(), *(["spectra"] if cfg.record.spectra else [])])
-    return (f"dims={cohort.dims(cfg.data.d, cfg.data.k)} n={cfg.data.n} "
+    shallowest, deepest = plan.program_depths(config, cohort)
+    served = f" depths={shallowest}-{deepest}" if shallowest < deepest else ""
+    return (f"dims={cohort.dims(cfg.data.d, cfg.data.k, deepest)}{served} n={cfg.data.n} "
             f"{cfg.train.dtype} {cfg.model.output} {cfg.train.loss} probes={on or '-'}")
 
 
 def program_key(config: Config, cohort: plan.Cohort, members: int | None = None) -> str:
     """`program_shape` and the members the program trains (default: the
-    whole cohort; a grow trains only the new ones): one compiled program."""
-    return f"{program_shape(config, cohort)} members={members or cohort.size}"
+    whole cohort; a grow trains only the new ones): one compiled program;
+    then the depth of the networks it trains, which sets the training time
+    in a program that serves several (`compiled` leaves it out)."""
+    return f"{program_shape(config, cohort)} members={members or cohort.size} " \
+        f"depth={cohort.depth}"
+
+
+def compiled(key: str) -> str:
+    """The compiled program of a `program_key`: without the networks' depth."""
+    return key.rsplit(" depth=", 1)[0]
 
 
 def record(backend: str, device: str, key: str, flop: float, train_seconds: float,
@@ -147,7 +158,7 @@ def hits(rows: list[dict]) -> list[bool]:
     `_trim` marked it, where it did)."""
     seen, out = set(), []
     for r in rows:
-        key = r.get("program")
+        key = compiled(r.get("program", ""))
         out.append(r["hit"] if "hit" in r else bool(r.get("cache")) and key in seen)
         if r.get("cache"):
             seen.add(key)
@@ -155,7 +166,11 @@ def hits(rows: list[dict]) -> list[bool]:
 
 
 def _shape(key: str) -> str:
-    return key.rsplit(" members=", 1)[0]
+    """A `program_key` without its members: the program's shape and the
+    networks' depth (the training rate's key)."""
+    program, _, rest = key.partition(" members=")
+    depth = rest.partition(" depth=")[2]
+    return f"{program} depth={depth}" if depth else program
 
 
 def compile_guess(rows: list[dict], key: str) -> float:
@@ -163,20 +178,24 @@ def compile_guess(rows: list[dict], key: str) -> float:
     was compiled before with the cache on (and it is on now), at its own
     latest hits, or `HIT_SHARE` of its misses; else a miss, at the latest
     misses of the same program, of the same shape with other members, of
-    the same probes, or of any program, the first of these that has any."""
-    compiled = [(r, hit) for r, hit in zip(rows, hits(rows)) if r.get("compile_seconds")]
-    own = [(r["compile_seconds"], hit) for r, hit in compiled if r.get("program") == key]
-    if own and cache_on() and any(r.get("cache") for r, _ in compiled
-                                  if r.get("program") == key):
+    the same probes, or of any program, the first of these that has any.
+    Programs are compared without the networks' depth (`compiled`); a
+    cohort that found its program compiled by another recorded none."""
+    key = compiled(key)
+    done = [(r, hit) for r, hit in zip(rows, hits(rows)) if r.get("compile_seconds")]
+    own = [(r["compile_seconds"], hit) for r, hit in done if compiled(r.get("program", "")) == key]
+    if own and cache_on() and any(r.get("cache") for r, _ in done
+                                  if compiled(r.get("program", "")) == key):
         warm = [c for c, hit in own if hit][-RECENT:]
         cold = [c for c, hit in own if not hit][-RECENT:]
         return statistics.median(warm) if warm else HIT_SHARE * statistics.median(cold)
     probes = key.split(" probes=")[1].split(" ")[0] if " probes=" in key else None
-    for same in (lambda r: r.get("program") == key,
-                 lambda r: _shape(r.get("program", "")) == _shape(key),
+    shape = key.rsplit(" members=", 1)[0]
+    for same in (lambda r: compiled(r.get("program", "")) == key,
+                 lambda r: r.get("program", "").rsplit(" members=", 1)[0] == shape,
                  lambda r: probes is not None and f" probes={probes} " in r.get("program", ""),
                  lambda r: True):
-        cold = [r["compile_seconds"] for r, hit in compiled if not hit and same(r)][-RECENT:]
+        cold = [r["compile_seconds"] for r, hit in done if not hit and same(r)][-RECENT:]
         if cold:
             return statistics.median(cold)
     return 0.0
@@ -338,11 +357,14 @@ def estimate(rows: list[dict], todo: list[tuple], workers: int = 1
     `compile_guess` has it. The compile pool (`workers` threads) overlaps
     compiling with training, but not the first compile: wall ≈ first
     compile + max(training, the other compiles / workers). None without a
-    recorded rate."""
+    recorded rate. Cohorts that share a program (`compiled`) compile it once."""
     timed = [r for r in rows if r.get("train_seconds") and r.get("flop")]
     if not timed or not todo:
         return None
-    seconds = [compile_guess(rows, item[0]) for item in todo]
+    # a program compiles once, for the first cohort that runs it
+    first = {compiled(item[0]): i for i, item in reversed(list(enumerate(todo)))}
+    seconds = [compile_guess(rows, item[0]) if first[compiled(item[0])] == i else 0.0
+               for i, item in enumerate(todo)]
     fits = fitted(rows)
     train = sum(train_guess(rows, key, flop, rest[0] if rest else None, fits)
                 for key, flop, *rest in todo)

@@ -461,7 +461,8 @@ def print_preview(grid: Path, config, p, command: str) -> None:
                  f"{p.train_flop / 1e12:.3g} TFLOP of training at "
                  f"{preview_mod.TRAIN_EFFICIENCY:.0%} of this machine's matmul rate, "
                  f"{rate / 1e9:.0f} GFLOP/s measured now, plus "
-                 f"{preview_mod.compile_seconds():g} s to compile each cohort")
+                 f"{preview_mod.compile_seconds():g} s to compile each of "
+                 f"{preview_mod.programs_left(p)} programs")
     new = sum(row["new"] for row in p.cohorts)
     kept = sum(row["kept"] for row in p.cohorts if row["selected"])
     console.print(escape(

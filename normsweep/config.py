@@ -42,6 +42,7 @@ PARAMETRIZATIONS = ("standard", "ntk", "mup")
 LOSSES = ("mse", "cross_entropy")
 DTYPES = ("float32", "float64")
 PRECISIONS = ("highest", "high", "default")
+PROGRAMS = ("width", "cohort")     # one compiled program per width, or per (width, depth)
 NAME_RE = re.compile(r"[A-Za-z0-9._-]+")     # matched whole (fullmatch)
 MAX_NAME = 128          # a folder name, with room for the files normsweep writes in it
 MAX_GRID_BYTES = 1 << 20        # a grid file is copied into every results file
@@ -99,12 +100,16 @@ class TrainConfig:
     `matmul_precision`: "highest" computes float32 matmuls in full float32 on
     every backend; "high"/"default" let a GPU or TPU use TF32/bf16 passes
     (faster, about 1e-3 relative error per product; the same on CPU).
-    `weight_decay` λ ≥ 0: each step also subtracts η·λ·W_l (see step.optimizer)."""
+    `weight_decay` λ ≥ 0: each step also subtracts η·λ·W_l (see step.optimizer).
+    `programs`: "width" compiles one program per width that trains every
+    depth of the grid (`step.Program.shallowest`), "cohort" one per (width,
+    depth); results agree to rounding."""
     loss: str = setting("mse", lambda p: p.choice(LOSSES))
     steps: int = setting(2000, lambda p: p.integer(1, 10**9))
     dtype: str = setting("float32", lambda p: p.choice(DTYPES))
     matmul_precision: str = setting("highest", lambda p: p.choice(PRECISIONS))
     weight_decay: float = setting(0.0, lambda p: p.nonnegative)
+    programs: str = setting("width", lambda p: p.choice(PROGRAMS))
 
 
 def with_probes(cls: type) -> type:

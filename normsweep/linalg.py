@@ -210,8 +210,8 @@ def spectral(w: jax.Array, v: jax.Array, iters: int, rolled: bool = False
     return spectral_exact(w), v
 
 
-def spectral_norms(ws: list[jax.Array], vs: list[jax.Array], iters: int, rolled: bool = False
-                   ) -> tuple[list[jax.Array], list[jax.Array]]:
+def spectral_norms(ws: list[jax.Array], vs: list[jax.Array], iters: int, rolled: bool = False,
+                   present: list | None = None) -> tuple[list[jax.Array], list[jax.Array]]:
     """`spectral` of every (W, v) pair, solved together: the Lanczos
     recursions of the matrices of one shape in one loop over them (compiled
     once, whatever the depth), then every small eigenproblem (the Gram
@@ -222,7 +222,10 @@ def spectral_norms(ws: list[jax.Array], vs: list[jax.Array], iters: int, rolled:
     accelerator was most of a program's kernels (BENCHMARKS.md). Zero
     padding leaves a PSD matrix's top eigenpair as it is, so the values are
     `spectral`'s to rounding (tested). `rolled`: every loop stays rolled
-    (see `lanczos`)."""
+    (see `lanczos`). `present`: per matrix None, or a traced flag: where
+    it is false the matrix is zero (a layer the network lacks) and its
+    Lanczos recursion is skipped, its norm 0 and its vector unchanged."""
+    present = present or [None] * len(ws)
     shapes: dict[tuple[int, int], list[int]] = {}
     for i, w in enumerate(ws):
         shapes.setdefault(w.shape, []).append(i)
@@ -232,7 +235,20 @@ def spectral_norms(ws: list[jax.Array], vs: list[jax.Array], iters: int, rolled:
             # a loop over the matrices, compiled once for any depth (not
             # vmap: batched matrix-vector products were slower, BENCHMARKS.md)
             w, v = jnp.stack([ws[i] for i in idx]), jnp.stack([vs[i] for i in idx])
-            basis, tri = jax.lax.map(lambda a: lanczos_basis(*a, iters, rolled), (w, v))
+            if all(present[i] is None for i in idx):
+                basis, tri = jax.lax.map(lambda a: lanczos_basis(*a, iters, rolled), (w, v))
+            else:
+                flags = jnp.stack([jnp.asarray(True) if present[i] is None else present[i]
+                                   for i in idx])
+                size = min(iters, krylov_dim(shape))
+
+                def one(a, size=size):
+                    w, v, on = a
+                    return jax.lax.cond(on, lambda w, v: lanczos_basis(w, v, iters, rolled),
+                                        lambda w, v: (jnp.zeros((size, v.shape[0]), v.dtype),
+                                                      jnp.zeros((size, size), v.dtype)), w, v)
+
+                basis, tri = jax.lax.map(one, (w, v, flags))
             small.append(tri)
             finish.append((idx, (w, v, basis)))
         else:

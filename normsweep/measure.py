@@ -72,8 +72,9 @@ def measure(program: Program, state: State, loss, z, grad_sums, y):
     ws = list(kernels(state.params))
     ds = [w - w0 for w, w0 in zip(ws, state.params0)]
     # the norms of W and of W − W(0) of every layer, solved together (`spectral_norms`)
+    flags = [program.skipped(l) for l in range(len(ws))]
     norms, vectors = linalg.spectral_norms(ws + ds, list(state.spec_v) + list(state.dist_v),
-                                            program.lanczos_steps)
+                                            program.lanczos_steps, present=flags * 2)
     depth = len(ws)
     spec_v, dist_v = vectors[:depth], vectors[depth:]
     rec = {"frob_norm": jnp.stack([linalg.frobenius(w) for w in ws]),
@@ -100,7 +101,7 @@ def margin(z: jax.Array, y: jax.Array) -> jax.Array:
 
 def preactivations(program: Program, ws, x: jax.Array) -> list[jax.Array]:
     """a_l = h_l W_l of every layer at the weights `ws` (the logits last)."""
-    _, found = program.model().apply(with_kernels(None, ws), x, mutable="intermediates")
+    _, found = program.apply(with_kernels(None, ws), x, mutable="intermediates")
     inputs = [found["intermediates"][f"input_{l}"][0] for l in range(program.depth)]
     return [linalg.matmul(h, w) for h, w in zip(inputs, ws)]
 
@@ -132,18 +133,26 @@ def spectra(program: Program, state: State, x, y, rank: int) -> dict:
         s = jnp.linalg.svd(a, compute_uv=False)
         return nan.at[:s.shape[0]].set(s)
 
-    ws = kernels(state.params)
-    out = {"singular_values": jnp.stack([values(w) for w in ws]),
-           "change_singular_values": jnp.stack([values(w - w0)
-                                                for w, w0 in zip(ws, state.params0)]),
-           "gradient_effective_rank": jnp.stack([
-               effective_rank(jnp.linalg.svd(g, compute_uv=False)) for g in kernels(grads)])}
+    def layer(l, w, w0, g):
+        return (values(w), values(w - w0),
+                effective_rank(jnp.linalg.svd(g, compute_uv=False)))
+
+    def lacking(l, w, w0, g):
+        return nan, nan, jnp.full((), jnp.nan, program.jdtype)
+
+    per = []
+    for l, args in enumerate(zip(kernels(state.params), state.params0, kernels(grads))):
+        has = program.skipped(l)        # a slot the network lacks takes no SVD
+        per.append(layer(l, *args) if has is None else
+                   jax.lax.cond(has, layer, lacking, l, *args))
+    out = {name: jnp.stack([p[i] for p in per]) for i, name in
+           enumerate(("singular_values", "change_singular_values", "gradient_effective_rank"))}
     return {k: jnp.where(state.diverged_at >= 0, jnp.nan, v) for k, v in out.items()}
 
 
 def output(program: Program, params, x: jax.Array) -> jax.Array:
     """F(x): the softmax of the logits, or the logits for a linear output."""
-    z = program.model().apply(params, x)
+    z = program.apply(params, x)
     return jax.nn.softmax(z) if program.output == "softmax" else z
 
 
@@ -152,7 +161,7 @@ def jacobian_norms(program: Program, params, x: jax.Array) -> tuple[jax.Array, j
     Jacobian k×d). The logits' Jacobian J_z comes from forward-mode JVPs; a
     softmax output's is s ⊙ (J_z − 1·(sᵀJ_z)) with s = softmax(z)."""
     def logits(xi):
-        return program.model().apply(params, xi[None])[0]
+        return program.apply(params, xi[None])[0]
 
     jac = jax.vmap(jax.jacfwd(logits))(x)
     if program.output == "softmax":
@@ -177,11 +186,10 @@ def ntk_gram(program: Program, params, lr_mult: jax.Array, xs: jax.Array) -> jax
     Θ = Σ_l c_l (H_l H_lᵀ) ⊙ (Σ_c D_lc D_lcᵀ): k backward passes over s points,
     never the (s·k)×P Jacobian.
     """
-    model = program.model()
     depth = program.depth
 
     def logits(pert):
-        z, found = model.apply({**params, "perturbations": pert}, xs, mutable="intermediates")
+        z, found = program.apply({**params, "perturbations": pert}, xs, mutable="intermediates")
         return z, [found["intermediates"][f"input_{l}"][0] for l in range(depth)]
 
     zero = {f"preactivation_{l}": jnp.zeros((xs.shape[0], w.shape[1]), xs.dtype)

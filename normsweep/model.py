@@ -11,6 +11,7 @@ Init (untruncated normals; Flax's `he_normal` is truncated and not used):
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -26,29 +27,104 @@ def layer_name(l: int) -> str:
     return f"layer_{l:03d}"
 
 
+def slots(depth: int, deepest: int) -> list[int]:
+    """Where the layers of a network of `depth` sit in a program of
+    `deepest` layers (`MLP.shallowest`): its first depth − 1 layers in the
+    first slots, its readout in the last; the hidden slots between are
+    skipped."""
+    return list(range(depth - 1)) + [deepest - 1]
+
+
+def present(slot: int, depth, deepest: int):
+    """Whether a network of (traced) `depth` has a layer in `slot` of a
+    program of `deepest` layers (`slots`)."""
+    return (slot < depth - 1) | (slot == deepest - 1)
+
+
+def skippable(dot_general, active, relu: bool, reverse: bool):
+    """A `dot_general` for a square layer that a network may lack: its
+    product (then ReLU, with `relu`) where `active` (traced, unbatched),
+    else its input unchanged, in a conditional. After a ReLU, and followed
+    by one (`relu`, or after the layer), the skipped layer is the identity,
+    as if it were not there, and costs no matmul. With `reverse`, its
+    gradient is written out (`_relu_layer`): only reverse mode then."""
+    def dot(x, w, *args, **kwargs):
+        product = functools.partial(dot_general, dimension_numbers=args[0] if args else
+                                    kwargs.pop("dimension_numbers"), **kwargs)
+        if reverse and relu:
+            return _relu_layer(product, active, x, w)
+        return jax.lax.cond(active, lambda x, w: jax.nn.relu(product(x, w)) if relu
+                            else product(x, w), lambda x, w: x, x, w)
+    return dot
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _relu_layer(product, active, x, w):
+    return jax.lax.cond(active, lambda x, w: jax.nn.relu(product(x, w)), lambda x, w: x, x, w)
+
+
+def _relu_layer_fwd(product, active, x, w):
+    # the residuals are the inputs and the output: JAX's own rule for a
+    # conditional makes both branches output the product's intermediates,
+    # zero-filled in the skipping one (passes over h and W every step)
+    y = _relu_layer(product, active, x, w)
+    return y, (active, x, w, y)
+
+
+def _relu_layer_bwd(product, res, dy):
+    active, x, w, y = res
+
+    def on(x, w, y, dy):
+        da = jnp.where(y > 0, dy, 0)
+        _, pull = jax.vjp(product, x, w)
+        return pull(da)
+
+    dx, dw = jax.lax.cond(active, on, lambda x, w, y, dy: (dy, jnp.zeros_like(w)), x, w, y, dy)
+    return None, dx, dw
+
+
+_relu_layer.defvjp(_relu_layer_fwd, _relu_layer_bwd)
+
+
 class MLP(nn.Module):
     """Bias-free ReLU network with layer sizes `dims` = (d, m, ..., m, k):
     the one forward pass of training, the Jacobian and the NTK. Applied with
     a "perturbations" collection, ∂/∂ of a layer's preactivation
     ("preactivation_l") is the gradient at it; with "intermediates" mutable,
-    each layer's input is sown as "input_l" (the NTK needs both)."""
+    each layer's input is sown as "input_l" (the NTK needs both).
+
+    With `shallowest` below the depth, one program serves every network of
+    depth `shallowest` to len(dims) − 1, the network's depth an input
+    (traced): hidden layers from `shallowest` − 1 on are skipped in a
+    network that lacks them (`slots`), each in a conditional."""
     dims: Sequence[int]
     init_scheme: str = "he"
     dtype: jnp.dtype = jnp.float32
     kernel_init: Callable | None = None     # replaces the normals of `init_scheme`
+    shallowest: int | None = None
+    reverse_only: bool = False          # skipped layers differentiate in reverse mode only
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, depth: jax.Array | None = None) -> jax.Array:
         width = self.dims[1]
-        depth = len(self.dims) - 1
-        for l in range(depth):
+        deepest = len(self.dims) - 1
+        for l in range(deepest):
             std = init_std(self.init_scheme, self.dims[l], width, self.dims[l + 1])
             self.sow("intermediates", f"input_{l}", x)
+            dot, relu = jax.lax.dot_general, l < deepest - 1
+            if depth is not None and self.shallowest is not None \
+                    and self.shallowest - 1 <= l < deepest - 1:
+                # the ReLU inside the conditional, where no perturbation is
+                # added between: a skipped layer then makes no pass over h
+                perturbed = self.has_variable("perturbations", f"preactivation_{l}")
+                dot = skippable(dot, present(l, depth, deepest), not perturbed,
+                                self.reverse_only)
+                relu = perturbed
             x = nn.Dense(self.dims[l + 1], use_bias=False, name=layer_name(l),
                          kernel_init=self.kernel_init or jax.nn.initializers.normal(std),
-                         dtype=self.dtype, param_dtype=self.dtype)(x)
+                         dtype=self.dtype, param_dtype=self.dtype, dot_general=dot)(x)
             x = self.perturb(f"preactivation_{l}", x)
-            if l < depth - 1:
+            if relu:
                 x = nn.relu(x)
         return x
 
@@ -64,11 +140,15 @@ def with_kernels(params, ws: Sequence[jax.Array]):
     return {"params": {layer_name(l): {"kernel": w} for l, w in enumerate(ws)}}
 
 
-def unit_kernels(model: MLP, key: jax.Array, x: jax.Array) -> tuple[jax.Array, ...]:
+def unit_kernels(model: MLP, key: jax.Array, x: jax.Array, depth=None
+                 ) -> tuple[jax.Array, ...]:
     """The kernels `model.init(key, x)` draws with `init_scheme="unit"`, from
     the same random bits, in fewer random-number computations (`normals`):
     Flax derives each layer's key and draws it alone, and each draw is a
-    threefry hash that XLA compiles on its own (BENCHMARKS.md)."""
+    threefry hash that XLA compiles on its own (BENCHMARKS.md). With
+    `depth` (traced; `MLP.shallowest`), the readout slot draws from the key
+    of the network's own readout, layer depth − 1, as that network's
+    `init` would."""
     keys = []
 
     def capture(k, shape, dtype):
@@ -76,6 +156,8 @@ def unit_kernels(model: MLP, key: jax.Array, x: jax.Array) -> tuple[jax.Array, .
         return jnp.zeros(shape, dtype)
 
     shapes = [w.shape for w in kernels(model.clone(kernel_init=capture).init(key, x))]
+    if depth is not None:
+        keys[-1] = jnp.stack(keys)[depth - 1]
     return tuple(normals(keys, shapes, model.dtype))
 
 

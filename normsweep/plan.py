@@ -85,9 +85,18 @@ class Cohort:
     def member_seed(self) -> np.ndarray:
         return self._members(np.asarray(self.seed, np.int64), 3)
 
-    def dims(self, d: int, k: int) -> tuple[int, ...]:
-        """Layer sizes (d, m, ..., m, k): layer l maps dims[l] → dims[l+1]."""
-        return (d,) + (self.width,) * (self.depth - 1) + (k,)
+    def dims(self, d: int, k: int, depth: int | None = None) -> tuple[int, ...]:
+        """Layer sizes (d, m, ..., m, k): layer l maps dims[l] → dims[l+1];
+        of a network of `depth` (default the cohort's) at its width."""
+        return (d,) + (self.width,) * ((depth or self.depth) - 1) + (k,)
+
+
+def program_depths(config: Config, cohort: Cohort) -> tuple[int, int]:
+    """(shallowest, deepest): the depths of the networks that the compiled
+    program training `cohort` serves: every depth of the grid at its width
+    with `train.programs = "width"`, its own with "cohort"."""
+    depths = config.grid.depth if config.train.programs == "width" else (cohort.depth,)
+    return min(depths), max(depths)
 
 
 def spectral_rank(dims) -> int:
@@ -209,13 +218,16 @@ def member_terms(config: Config, cohort: Cohort, n_records: int) -> dict[str, in
     layer (data.d), the other weights (grid.width), the activations (data.n)
     and the records (record.steps), so a refusal can name the key to change."""
     config = cohort_config(config, cohort)
-    dims = cohort.dims(config.data.d, config.data.k)
+    # the program's layers: a shallower network in a program of several
+    # depths holds the deepest one's (`program_depths`)
+    deepest = program_depths(config, cohort)[1]
+    dims = cohort.dims(config.data.d, config.data.k, deepest)
     word = DTYPE_BYTES[config.train.dtype]
     inner = sum(a * b for a, b in zip(dims[1:-1], dims[2:]))
     return {"data.d": 8 * dims[0] * dims[1] * word,
             "grid.width": (8 * inner + 4 * sum(dims[1:])) * word,
             "data.n": 4 * config.data.n * sum(dims[1:]) * word,
-            "record.steps": n_records * (7 * cohort.depth + 2) * word}
+            "record.steps": n_records * (7 * deepest + 2) * word}
 
 
 def member_bytes(config: Config, cohort: Cohort, n_records: int) -> int:

@@ -99,6 +99,7 @@ def preview(config: Config, root: Path, *, budget_bytes: int | None = None,
 
 
 # a stored figure for the time estimate: seconds to compile one cohort's programs
+# (its init, segment and spectra programs: `program_key`'s compiled program)
 COMPILE_SECONDS = {"cpu": 5.0, "gpu": 45.0, "tpu": 45.0}
 
 
@@ -129,9 +130,14 @@ def compile_seconds() -> float:
 def estimate_seconds(p: Preview, rate: float) -> float:
     """An uncalibrated estimate of a launch's wall time: the training FLOPs
     of its new networks at `TRAIN_EFFICIENCY` of `rate`, and
-    `compile_seconds()` per cohort with networks to train."""
-    left = sum(1 for row in p.cohorts if row["new"] > 0)
-    return p.train_flop / (TRAIN_EFFICIENCY * rate) + left * compile_seconds()
+    `compile_seconds()` per program that cohorts with networks to train run."""
+    return p.train_flop / (TRAIN_EFFICIENCY * rate) + programs_left(p) * compile_seconds()
+
+
+def programs_left(p: Preview) -> int:
+    """How many programs the cohorts with networks to train compile: one
+    per width, or per cohort (`train.programs`)."""
+    return len({calibration.compiled(row["program"]) for row in p.cohorts if row["new"] > 0})
 
 
 def calibrated_estimate(p: Preview) -> tuple[float, float, float, int, int] | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
 import time
 from collections.abc import Callable
 
@@ -27,7 +28,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from normsweep import measure, linalg, plan, programs
 from normsweep.measure import tree_dot, tree_scale, empty_records, gradient_sums, measured
-from normsweep.model import kernels, normals, unit_kernels, unit_vectors, with_kernels
+from normsweep.model import (kernels, normals, present, slots, unit_kernels, unit_vectors,
+                             with_kernels)
+from normsweep.probes import PROBES
+from normsweep.schema import LAYER_METRICS
 from normsweep.step import Hyper, Program, State, hyper, optimizer, step
 
 SEGMENTS = 16
@@ -37,27 +41,39 @@ def init_member(program: Program, hp: Hyper, init_key: jax.Array, power_key: jax
                 x: jax.Array) -> State:
     """W(0) from `init_key` (unit normals times the member's init stds);
     the spectral norms' start vectors from `power_key`, the one for W
-    converged by a cold start of `cold_iters` Lanczos steps."""
-    unit = unit_kernels(program.model(), init_key, x[:1])
+    converged by a cold start of `cold_iters` Lanczos steps. In a program
+    serving several depths, each slot draws from its layer's keys
+    (`model.slots`), and the slots the network lacks are zero (init std 0)."""
+    shared = program.shallowest is not None
+    depth = program.network_depth if shared else None
+    unit = unit_kernels(program.model(), init_key, x[:1], depth)
     ws = tuple(w * hp.init_std[l] for l, w in enumerate(unit))
     params = with_kernels(None, ws)
     dt = program.jdtype
-    # the start vectors: unit normals of keys (power_key, l) and (power_key, 1000 + l)
-    # (the keys folded in one batched call: one loop in the program at any depth)
-    folds = np.concatenate([np.arange(program.depth), 1000 + np.arange(program.depth)])
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(power_key, jnp.asarray(folds, jnp.uint32))
+    # the start vectors: unit normals of keys (power_key, l) and (power_key, 1000 + l),
+    # l the slot's layer (the keys folded in one batched call: one loop at any depth)
+    layer = jnp.arange(program.depth, dtype=jnp.uint32)
+    if shared:
+        layer = jnp.where(layer == program.depth - 1, jnp.asarray(depth - 1, jnp.uint32), layer)
+    folds = jnp.concatenate([layer, 1000 + layer])
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(power_key, folds)
     starts = unit_vectors(keys, [w.shape[1] for w in ws] * 2, dt)
     # rolled: a cold start's loop, unrolled on an accelerator, is most of a
     # GPU cohort's compilation (BENCHMARKS.md)
     spec_v = linalg.spectral_norms(list(ws), starts[:program.depth], program.cold_iters,
-                                    rolled=True)[1]
+                                    rolled=True,
+                                    present=[program.skipped(l) for l in range(program.depth)])[1]
     dist_v = starts[program.depth:]
     nan = jnp.full((program.depth,), jnp.nan, dt)
     hess_v = ()
     if "sharpness" in program.probes:
         # every layer's start from the key (power_key, 2000), in one batched draw
-        hess_v = with_kernels(None, normals([jax.random.fold_in(power_key, 2000)] * program.depth,
-                                            [w.shape for w in ws], dt))
+        hess_v = normals([jax.random.fold_in(power_key, 2000)] * program.depth,
+                         [w.shape for w in ws], dt)
+        if shared:      # the network's layers only: a lacking slot's is zero
+            hess_v = [jnp.where(present(l, depth, program.depth), v, 0)
+                      for l, v in enumerate(hess_v)]
+        hess_v = with_kernels(None, hess_v)
         hess_v = tree_scale(hess_v, 1 / jnp.sqrt(tree_dot(hess_v, hess_v)))
     return State(params, ws, optimizer(program, hp).init(params), tuple(spec_v), tuple(dist_v),
                  nan, jnp.asarray(-1, jnp.int32), hess_v)
@@ -88,15 +104,14 @@ def record_and_advance(program: Program, state: State, hp: Hyper, x, y, t, gap, 
 
     def body(i, carry):
         s, kept = carry
-        new, (loss, z, grads, updates) = step(program, s, hp, x, y, t + i, frozen=last)
+        new, (loss, z, grads, update_sq) = step(program, s, hp, x, y, t + i, frozen=last)
         # the next record reads the run's last update (‖ΔW_l‖² into update_sq);
         # this record, the first step's sums: both in one conditional per step
         keep = (i == n - 1) & ~last
 
         def ends(kept):
-            update_sq = jnp.stack([linalg.sum_squares(u) for u in kernels(updates)])
             now = (loss, z, gradient_sums(s.params, grads))
-            return (jnp.where(keep, update_sq, new.update_sq),
+            return (jnp.where(keep, update_sq(), new.update_sq),
                     jax.tree.map(lambda a, b: jnp.where(i == 0, a, b), now, kept))
 
         update_sq, kept = jax.lax.cond((i == 0) | keep, ends,
@@ -149,8 +164,10 @@ def _placed_like_members(mesh: Mesh | None, state):
 
 
 @cpu.jit(static_argnums=(0, 1))
-def init_cohort(program: Program, mesh: Mesh | None, hp: Hyper, init_keys, power_keys, x):
-    member = functools.partial(init_member, program)
+def init_cohort(program: Program, mesh: Mesh | None, hp: Hyper, init_keys, power_keys, x,
+                depth):
+    """`init_member` of every member, networks of `depth` (`Program.shallowest`)."""
+    member = functools.partial(init_member, program.at_depth(depth))
     with jax.default_matmul_precision(program.precision):
         state = jax.vmap(member, (0, 0, 0, None))(hp, init_keys, power_keys, x)
     return _placed_like_members(mesh, state)
@@ -158,17 +175,19 @@ def init_cohort(program: Program, mesh: Mesh | None, hp: Hyper, init_keys, power
 
 @cpu.jit(static_argnums=(0, 1), donate_argnums=2)
 def segment_cohort(program: Program, mesh: Mesh | None, state, hp: Hyper, x, y, t, gap, valid,
-                   due):
-    """`run_segment`, records (member, record, …). `mesh` is static so that
-    a program is compiled per placement."""
+                   due, depth):
+    """`run_segment`, records (member, record, …), networks of `depth`.
+    `mesh` is static so that a program is compiled per placement."""
+    program = program.at_depth(depth)
     with jax.default_matmul_precision(program.precision):
         state, rec = run_segment(program, state, hp, x, y, t, gap, valid, due)
     return _placed_like_members(mesh, state), jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), rec)
 
 
 @cpu.jit(static_argnums=(0, 1, 2))
-def spectra_cohort(program: Program, mesh: Mesh | None, rank: int, state, x, y):
-    """`measure.spectra` of every member: {name: (member, layer[, rank])}."""
+def spectra_cohort(program: Program, mesh: Mesh | None, rank: int, state, x, y, depth):
+    """`measure.spectra` of every member: {name: (member, slot[, rank])}."""
+    program = program.at_depth(depth)
     with jax.default_matmul_precision(program.precision):
         out = jax.vmap(lambda s, xi: measure.spectra(program, s, xi, y, rank))(
             state, per_member(x, state.diverged_at.shape[0]))
@@ -190,6 +209,12 @@ class Trajectory:
     final: list[np.ndarray] | None = None
     spectra: dict[str, np.ndarray] | None = None
     timing: dict | None = None
+
+
+def layer_records(program: Program) -> set[str]:
+    """The records over layers (the last axis: the program's slots)."""
+    return set(LAYER_METRICS) | {name for probe in program.probes if PROBES[probe].per_layer
+                                 for name in PROBES[probe].records}
 
 
 def segments(steps: np.ndarray, schedules: dict[str, int | str] | None = None,
@@ -240,16 +265,20 @@ def shard_members(mesh: Mesh | None, hp: Hyper, init_keys, power_keys, x, y):
 
 
 def placed(program: Program, x, y, lrs, init_keys, power_keys, steps, devices, weight_decay,
-            parametrization):
+            parametrization, depth=None):
     """train_members' arguments checked, padded and placed on its mesh:
-    (mesh, hp, init_keys, power_keys, x, y)."""
+    (mesh, hp, init_keys, power_keys, x, y, depth)."""
     if steps[0] != 0 or len(steps) < 2:
         raise ValueError("steps must start at 0 and hold at least two records")
     if weight_decay is not None and np.any(np.asarray(weight_decay) != 0) and not program.decay:
         raise ValueError("weight_decay > 0 needs a Program with decay=True")
-    hp = hyper(program, lrs, weight_decay, parametrization)
+    depth = program.depth if depth is None else depth
+    if depth not in program.served():
+        raise ValueError(f"depth = {depth}: the program serves depths {list(program.served())}")
+    hp = hyper(program, lrs, weight_decay, parametrization, depth)
     mesh = member_mesh(devices)
-    return (mesh, *shard_members(mesh, hp, init_keys, power_keys, x, y))
+    return (mesh, *shard_members(mesh, hp, init_keys, power_keys, x, y),
+            jnp.asarray(depth, jnp.int32))
 
 
 def probe_schedules(program: Program, schedules: dict | None) -> dict[str, int | str]:
@@ -265,7 +294,8 @@ def probe_schedules(program: Program, schedules: dict | None) -> dict[str, int |
 def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys,
                     steps: np.ndarray, devices: int | None = 1, *,
                     weight_decay: np.ndarray | None = None, parametrization=None,
-                    schedules: dict | None = None, probe_points: int = 16) -> dict:
+                    schedules: dict | None = None, probe_points: int = 16,
+                    depth: int | None = None) -> dict:
     """Compiles, and runs nothing of, the programs that `train_members` with
     the same arguments runs, so that its calls find them compiled (in JAX's
     in-memory cache; the persistent cache too, where enabled). The state is
@@ -275,9 +305,26 @@ def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_ke
     would otherwise idle for the whole compilation). Thread-safe. Returns
     the compiled programs by name ("init", "segment", and "spectra" when
     recorded), for inspection (the benchmark counts their kernels)."""
-    mesh, hp, init_keys, power_keys, x, y = placed(program, x, y, lrs, init_keys, power_keys,
-                                                    steps, devices, weight_decay, parametrization)
+    mesh, hp, init_keys, power_keys, x, y, depth = placed(
+        program, x, y, lrs, init_keys, power_keys, steps, devices, weight_decay, parametrization,
+        depth)
+    # the cohorts of one program compile it once: a second thread waits for
+    # the first, then finds it compiled (a program serves every depth)
+    key = (program, mesh, len(hp.lr), x.shape, y.shape, str(x.dtype),
+           len(segments(steps, count=SEGMENTS)[0][0]), tuple(sorted(schedules or {})))
+    with _compiling_lock:
+        lock = _compiling.setdefault(key, threading.Lock())
+    with lock:
+        return _compile_members(program, mesh, hp, init_keys, power_keys, x, y, depth, steps,
+                                schedules, probe_points)
 
+
+_compiling_lock = threading.Lock()
+_compiling: dict = {}
+
+
+def _compile_members(program, mesh, hp, init_keys, power_keys, x, y, depth, steps, schedules,
+                     probe_points):
     def like_outputs(compiled):
         # on one device a traced program's outputs are uncommitted, like its
         # inputs: no placement
@@ -290,7 +337,7 @@ def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_ke
     # (the annotations name each program's compilation in a jax.profiler trace)
     with jax.profiler.TraceAnnotation("normsweep compile init"):
         compiled = {"init": programs.lowered(init_cohort, (program, mesh),
-                                             (hp, init_keys, power_keys, x)).compile()}
+                                             (hp, init_keys, power_keys, x, depth)).compile()}
     # every segment has the same shapes
     t, gap, valid, due = segments(steps, probe_schedules(program, schedules), probe_points)[0]
     # init_cohort places its output as segment_cohort does, so one program
@@ -298,13 +345,13 @@ def compile_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_ke
     state = like_outputs(compiled["init"])
     with jax.profiler.TraceAnnotation("normsweep compile segment"):
         compiled["segment"] = programs.lowered(segment_cohort, (program, mesh),
-                                               (state, hp, x, y, t, gap, valid, due),
+                                               (state, hp, x, y, t, gap, valid, due, depth),
                                                donate=(0,)).compile()
     if program.spectra:
         with jax.profiler.TraceAnnotation("normsweep compile spectra"):
             compiled["spectra"] = programs.lowered(
                 spectra_cohort, (program, mesh, plan.spectral_rank(program.dims)),
-                (state, x, y)).compile()
+                (state, x, y, depth)).compile()
     return compiled
 
 
@@ -313,7 +360,7 @@ def train_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys
                   on_steps: Callable[[int], None] | None = None,
                   devices: int | None = 1, *, weight_decay: np.ndarray | None = None,
                   parametrization=None, schedules: dict | None = None,
-                  probe_points: int = 16) -> Trajectory:
+                  probe_points: int = 16, depth: int | None = None) -> Trajectory:
     """Trains the members (one per entry of `lrs`) and records at `steps`.
 
     `steps` must start at 0; its last entry is the number of steps trained.
@@ -324,34 +371,44 @@ def train_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys
     (None: all); results equal a one-device run (tested). `schedules`: each
     probe's schedule ({probe: stride or "log"}, "log" by default;
     `probe_points` records at "log"), an input of the compiled program.
+    `depth`: the networks' depth, one the program serves (`Program.shallowest`;
+    default its own); the trajectory holds the network's layers.
     """
     members = len(lrs)
-    mesh, hp, init_keys, power_keys, x, y = placed(program, x, y, lrs, init_keys, power_keys,
-                                                    steps, devices, weight_decay, parametrization)
+    mesh, hp, init_keys, power_keys, x, y, depth = placed(
+        program, x, y, lrs, init_keys, power_keys, steps, devices, weight_decay, parametrization,
+        depth)
+    own = slots(int(depth), program.depth)       # the network's layers among the slots
     started = time.perf_counter()
     state = jax.block_until_ready(
-        programs.called(init_cohort, (program, mesh), (hp, init_keys, power_keys, x)))
+        programs.called(init_cohort, (program, mesh), (hp, init_keys, power_keys, x, depth)))
     timing = {"once": time.perf_counter() - started, "segments": []}
     # A copy, not a view: the state's buffers are donated to the next call.
-    initial = [np.array(w, copy=True)[:members] for w in state.params0] if keep_weights else None
+    initial = [np.array(state.params0[l], copy=True)[:members] for l in own] \
+        if keep_weights else None
     taken = []
 
     def take_spectra(state):
         if program.spectra:
             started = time.perf_counter()
             out = programs.called(spectra_cohort,
-                                  (program, mesh, plan.spectral_rank(program.dims)), (state, x, y))
-            taken.append({k: np.asarray(v)[:members] for k, v in out.items()})
+                                  (program, mesh, plan.spectral_rank(program.dims)),
+                                  (state, x, y, depth))
+            rank = plan.spectral_rank(program.network_dims(len(own)))
+            taken.append({k: np.asarray(v)[:members, own, ...][..., :rank] if v.ndim == 3
+                          else np.asarray(v)[:members, own] for k, v in out.items()})
             timing["once"] += time.perf_counter() - started
 
     take_spectra(state)
+    per_layer = layer_records(program)
     chunks = []
     for t, gap, valid, due in segments(steps, probe_schedules(program, schedules),
                                        probe_points):
         started = time.perf_counter()
         state, rec = programs.called(segment_cohort, (program, mesh),
-                                     (state, hp, x, y, t, gap, valid, due), donate=(0,))
-        chunks.append({k: np.asarray(v)[:members, valid] for k, v in rec.items()})
+                                     (state, hp, x, y, t, gap, valid, due, depth), donate=(0,))
+        chunks.append({k: np.asarray(v)[:members, valid][..., own] if k in per_layer
+                       else np.asarray(v)[:members, valid] for k, v in rec.items()})
         taken_steps = int(np.sum(gap[valid] + 1))
         timing["segments"].append([taken_steps, int(valid.sum()),
                                    {k: int(d[valid].sum()) for k, d in due.items()},
@@ -359,7 +416,8 @@ def train_members(program: Program, x, y, lrs: np.ndarray, init_keys, power_keys
         if on_steps is not None:
             on_steps(taken_steps)
     records = {k: np.concatenate([c[k] for c in chunks], axis=1) for k in chunks[0]}
-    final = [np.asarray(w)[:members] for w in kernels(state.params)] if keep_weights else None
+    final = [np.asarray(kernels(state.params)[l])[:members] for l in own] \
+        if keep_weights else None
     take_spectra(state)
     spectra = {k: np.stack([taken[0][k], taken[1][k]], axis=1) for k in taken[0]} \
         if taken else None

@@ -5,6 +5,7 @@ compiling, training and writing it.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from collections.abc import Callable
@@ -22,12 +23,15 @@ from normsweep.probes import sizes as probe_sizes
 
 
 def program_for(config: Config, cohort: plan.Cohort) -> train.Program:
-    """The compiled program's shape for `cohort`: its dims, dtype, precision,
-    output and loss, and which probes are on with their sizes (their
-    schedules are inputs: `RecordConfig.schedules`)."""
+    """The compiled program's shape for `cohort`: its dims (the deepest
+    network's it serves, `plan.program_depths`), dtype, precision, output
+    and loss, and which probes are on with their sizes (their schedules are
+    inputs: `RecordConfig.schedules`)."""
     config = plan.cohort_config(config, cohort)
     on = config.record.schedules()
-    return train.Program(dims=cohort.dims(config.data.d, config.data.k), init=config.model.init,
+    shallowest, deepest = plan.program_depths(config, cohort)
+    return train.Program(dims=cohort.dims(config.data.d, config.data.k, deepest),
+                         shallowest=shallowest, init=config.model.init,
                          output=config.model.output, loss=config.train.loss,
                          dtype=config.train.dtype, lanczos_steps=config.record.lanczos_steps,
                          probes=tuple(on), sizes={key: getattr(config.record, key)
@@ -132,6 +136,7 @@ class Members:
     def __init__(self, config: Config, cohort: plan.Cohort, n_records: int, budget_bytes: int,
                  subset: np.ndarray | None = None, chunks: plan.Chunking | None = None):
         self.program = program_for(config, cohort)
+        self.depth = cohort.depth
         subset = np.arange(cohort.size) if subset is None else np.asarray(subset)
         if chunks is None:
             chunks = chunking(config, cohort, n_records, budget_bytes, len(subset))
@@ -146,7 +151,8 @@ class Members:
         """(lrs, init_keys, power_keys) and the keyword arguments of chunk `idx`."""
         return ((self.lrs[idx], self.init_keys[idx], self.power_keys[idx]),
                 {"weight_decay": self.wds[idx], "parametrization": self.params[idx],
-                 "schedules": self.schedules, "probe_points": self.probe_points})
+                 "schedules": self.schedules, "probe_points": self.probe_points,
+                 "depth": self.depth})
 
 
 def to_train(config: Config, root: Path, cohort: plan.Cohort, n_records: int,
@@ -186,8 +192,27 @@ def compile_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
     started = time.perf_counter()
     members = Members(config, cohort, len(steps), budget_bytes, subset, chunks)
     args, kwargs = members.arguments(members.chunks[0])
+    with _compilers_lock:
+        _compilers.setdefault(compiled_key(config, cohort, members), cohort.name)
     train.compile_members(members.program, x, y, *args, steps, devices, **kwargs)
     return time.perf_counter() - started
+
+
+_compilers_lock = threading.Lock()
+_compilers: dict[str, str] = {}     # compiled program -> the cohort that compiled it here
+
+
+def compiled_key(config: Config, cohort: plan.Cohort, members: Members) -> str:
+    return calibration.compiled(calibration.program_key(config, cohort, len(members.chunks[0])))
+
+
+def compiled_by_another(config: Config, cohort: plan.Cohort, chunks: plan.Chunking) -> bool:
+    """Whether this process compiled `cohort`'s program for another cohort
+    (a program serving several depths): its compile time is then not the
+    program's, and is not recorded for the estimate."""
+    key = calibration.compiled(calibration.program_key(config, cohort, chunks.size))
+    with _compilers_lock:
+        return _compilers.get(key, cohort.name) != cohort.name
 
 
 def train_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
@@ -252,7 +277,9 @@ def run_cohort(config: Config, root: Path, cohort: plan.Cohort, x, y, steps: np.
         calibration.record(jax.default_backend(), jax.devices()[0].device_kind,
                            calibration.program_key(config, cohort, chunks.size),
                            plan.train_flop(config, cohort) * trained / cohort.size,
-                           seconds["train_seconds"], compile_seconds, traj.timing,
+                           seconds["train_seconds"],
+                           None if compiled_by_another(config, cohort, chunks)
+                           else compile_seconds, traj.timing,
                            plan.chunk_size(config, cohort, chunks.size))
     if held is not None:
         traj, seconds = merged(config, cohort, held, subset, traj, seconds, path)

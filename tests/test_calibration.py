@@ -33,10 +33,18 @@ def test_a_launch_records_each_cohorts_times(timings, tmp_path):
     assert sorted(r["program"] for r in rows) == sorted(calibration.program_key(cfg, c)
                                                        for c in cohorts)
     flops = {calibration.program_key(cfg, c): plan.train_flop(cfg, c) for c in cohorts}
+    # one program per width trains both depths: the cohort that compiled it
+    # records its compile time, the other none (it found it compiled)
+    compiled = {}
     for r in rows:
         assert (r["backend"], r["device"]) == here()
         assert r["flop"] == pytest.approx(flops[r["program"]])
-        assert r["train_seconds"] > 0 and r["compile_seconds"] > 0
+        assert r["train_seconds"] > 0
+        assert r["compile_seconds"] is None or r["compile_seconds"] > 0
+        compiled.setdefault(calibration.compiled(r["program"]), []).append(
+            r["compile_seconds"] is not None)
+    assert len(compiled) == len(cfg.grid.width)
+    assert all(sorted(flags) == [False, True] for flags in compiled.values())
     assert calibration.load(*here()) == rows and calibration.load("tpu", "x") == []
     for r in rows:      # each chunk's calls timed, and its size
         assert [sum(seg[1] for seg in run) for run in r["timing"]["runs"]] == [cfg.train.steps + 1]
@@ -162,6 +170,20 @@ def test_the_estimate_uses_the_recorded_rate_and_compile_times():
     assert calibration.estimate([], [("A", 1e9)]) is None
 
 
+def test_cohorts_that_share_a_program_compile_it_once_in_the_estimate():
+    shared = "dims=(8, 16, 16, 3) depths=2-3 n=64 float32 softmax mse probes=- members=4"
+    rows = [{"program": f"{shared} depth=2", "flop": 1e9, "train_seconds": 1.0,
+             "compile_seconds": 8.0},
+            {"program": f"{shared} depth=3", "flop": 2e9, "train_seconds": 4.0,
+             "compile_seconds": None}]
+    # depth 3's rate is its own (0.5 GFLOP/s); the program compiles in 8 s, once
+    wall, train, compiled, unseen = calibration.estimate(
+        rows, [(f"{shared} depth=2", 1e9), (f"{shared} depth=3", 1e9)], workers=1)
+    assert train == pytest.approx(1.0 + 2.0) and compiled == pytest.approx(8.0)
+    assert wall == pytest.approx(8.0 + 3.0) and unseen == 0
+    assert calibration.compile_guess(rows, f"{shared} depth=3") == 8.0
+
+
 def test_a_program_compiled_before_with_the_cache_on_is_a_cache_hit(monkeypatch):
     key = "dims=(8, 16, 3) n=64 float32 softmax mse probes=- members=4"
     cold = {"program": key, "flop": 1e9, "train_seconds": 1.0, "compile_seconds": 10.0,
@@ -196,9 +218,16 @@ def test_the_dry_run_says_what_its_estimate_rests_on(timings, tmp_path, monkeypa
     assert "estimate from 4 earlier cohorts on this machine" in said
     assert "not trained here" not in said
     # 4 cohorts at 1 GFLOP/s: their FLOPs in seconds, plus 2 s to compile each
+    # of the 2 programs (one per width): the first before any training
     flop = sum(plan.train_flop(cfg, c) for c in plan.cohorts(cfg))
-    wall = 2.0 + max(flop / 1e9, 6.0)
+    wall = 2.0 + max(flop / 1e9, 2.0)
     assert f"about {wall / 60:.1f} min" in said
+    per_cohort = CliRunner().invoke(main, ["launch", str(grid), "--out", str(out), "--dry-run",
+                                           "--set", "train.programs=cohort"])
+    said = " ".join(per_cohort.output.split())
+    # a program per cohort: programs of other shapes, none recorded
+    assert "4 of the 4 cohorts are of shapes not trained here" in said
+    assert f"about {(2.0 + max(flop / 1e9, 6.0)) / 60:.1f} min" in said
 
 
 def test_the_timings_file_keeps_its_newest_lines_and_their_cache_hits(timings, monkeypatch):

@@ -192,6 +192,28 @@ def test_spectral_norms_together_equal_each_alone():
     assert float(together[0][3]) == 0.0 and np.array_equal(together[1][3], vs[3])
 
 
+def test_a_matrix_flagged_absent_is_skipped_and_the_others_solved_as_before():
+    # a program serving several depths: a layer the network lacks is zero,
+    # and its flag (traced) skips its Lanczos recursion
+    shapes = [(100, 100), (100, 100), (100, 100), (16, 100)]
+    ws = [gaussian(*s, seed=i) for i, s in enumerate(shapes)]
+    ws[1] = np.zeros((100, 100), np.float32)
+    vs = [unit_vector(jax.random.key(i), s[1], jnp.float32) for i, s in enumerate(shapes)]
+
+    def solve(ws, vs, on):
+        return linalg.spectral_norms(ws, vs, 8, present=[None, on, on == on, None])
+
+    flagged = jax.jit(solve)(ws, vs, False)
+    plain = jax.jit(lambda ws, vs: linalg.spectral_norms(ws, vs, 8))(ws, vs)
+    assert float(flagged[0][1]) == 0.0 and np.array_equal(flagged[1][1], vs[1])
+    for i in (0, 2, 3):
+        assert float(flagged[0][i]) == pytest.approx(float(plain[0][i]), rel=1e-6)
+        np.testing.assert_allclose(flagged[1][i], plain[1][i], atol=1e-5)
+    # flagged present, the zero matrix is solved: the same norm and vector
+    on = jax.jit(solve)(ws, vs, True)
+    assert float(on[0][1]) == 0.0 and np.array_equal(on[1][1], vs[1])
+
+
 def test_size_buckets_keep_each_problem_within_half_its_buckets_largest():
     sizes = [64, 16, 10, 64, 100, 40]
     buckets = linalg.size_buckets(sizes)

@@ -162,15 +162,16 @@ def test_a_member_whose_weights_or_norms_overflow_is_diverged(planted):
     prog = train.Program(dims=(D, 16, 16, K), decay=True)
     steps = np.array([0, 4, 8, 12])
     lrs, ik, pk = members([0.05, 0.05], [0])
-    mesh, hp, ik, pk, x, y = train.placed(prog, X, Y, lrs, ik, pk, steps, 1, [0.0, 0.1], None)
-    state = train.init_cohort(prog, mesh, hp, ik, pk, x)
+    mesh, hp, ik, pk, x, y, depth = train.placed(prog, X, Y, lrs, ik, pk, steps, 1, [0.0, 0.1],
+                                                 None)
+    state = train.init_cohort(prog, mesh, hp, ik, pk, x, depth)
     ws = list(model.kernels(state.params))
     ws[1] = ws[1].at[1].set(planted)          # member 1's hidden layer
     state = state._replace(params=model.with_kernels(state.params, ws))
     ws = [np.array(w) for w in ws]            # (the state's buffers are donated)
     records, diverged = [], None
     for t, gap, valid, due in train.segments(steps):
-        state, rec = train.segment_cohort(prog, mesh, state, hp, x, y, t, gap, valid, due)
+        state, rec = train.segment_cohort(prog, mesh, state, hp, x, y, t, gap, valid, due, depth)
         records.append({k: np.asarray(v)[:, valid] for k, v in rec.items()})
     diverged = np.asarray(state.diverged_at)[:2]
     loss = np.concatenate([r["loss"] for r in records], 1)
@@ -179,6 +180,44 @@ def test_a_member_whose_weights_or_norms_overflow_is_diverged(planted):
     # frozen from the divergence on: every weight of member 1 is as planted
     for final, planted_w in zip(model.kernels(state.params), ws):
         np.testing.assert_array_equal(np.asarray(final)[1], planted_w[1])
+
+
+@pytest.mark.parametrize("width", [16, 32])
+def test_a_program_serving_several_depths_trains_each_as_its_own_program(width):
+    """One program of 4 layer slots trains networks of depth 2 and 3 (the
+    depth an input; a lacking hidden layer skipped in a conditional) as
+    their own programs do, to rounding: every record and probe, the spectra,
+    and W(0) and W(T); a divergence at the same step. Width 32 (a Gram
+    matrix of 32 in the Lanczos' place) and rates up to divergence."""
+    probes = {"sharpness": 3, "jacobian": "log", "ntk": 4, "activations": 4}
+    steps = np.array([0, 1, 2, 4, 7, 12])
+    lrs, ik, pk = members([0.02, 0.1, 1e3], [0, 1])
+    shared = train.Program(dims=(D, width, width, width, K), probes=tuple(probes),
+                           spectra=True, shallowest=2, decay=True, output="linear")
+    wd = np.tile([0.0, 0.01], 3)
+    for depth in (2, 3):
+        own = train.Program(dims=(D,) + (width,) * (depth - 1) + (K,), probes=tuple(probes),
+                            spectra=True, decay=True, output="linear")
+        a, b = (train.train_members(p, X, Y, lrs, ik, pk, steps, keep_weights=True,
+                                    schedules=probes, weight_decay=wd, **kw)
+                for p, kw in ((own, {}), (shared, {"depth": depth})))
+        np.testing.assert_array_equal(a.diverged_at, b.diverged_at)
+        assert (a.diverged_at >= 0).any() and (a.diverged_at < 0).any()
+        assert a.records.keys() == b.records.keys() and a.spectra.keys() == b.spectra.keys()
+        for name in a.records:
+            assert a.records[name].shape == b.records[name].shape, name
+            np.testing.assert_allclose(b.records[name], a.records[name], rtol=2e-4, atol=1e-5,
+                                       err_msg=name)
+        for name in a.spectra:
+            assert a.spectra[name].shape == b.spectra[name].shape, name
+            np.testing.assert_allclose(b.spectra[name], a.spectra[name], rtol=1e-4, atol=1e-5,
+                                       err_msg=name)
+        for l in range(depth):
+            np.testing.assert_allclose(b.initial[l], a.initial[l], rtol=1e-6, atol=1e-7)
+            alive = a.diverged_at < 0
+            np.testing.assert_allclose(b.final[l][alive], a.final[l][alive], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="serves depths"):
+        train.train_members(shared, X, Y, lrs, ik, pk, steps, depth=5)
 
 
 def test_the_segment_program_holds_one_copy_of_the_step(monkeypatch):
@@ -195,8 +234,8 @@ def test_the_segment_program_holds_one_copy_of_the_step(monkeypatch):
     monkeypatch.setattr(train, "step", counted)
     prog = train.Program(dims=(D, 16, 16, K), probes=("jacobian",))
     lrs, ik, pk = members([0.05], [0])
-    mesh, hp, ik, pk, x, y = train.placed(prog, X, Y, lrs, ik, pk, STEPS, 1, None, None)
-    state = train.init_cohort(prog, mesh, hp, ik, pk, x)
+    mesh, hp, ik, pk, x, y, depth = train.placed(prog, X, Y, lrs, ik, pk, STEPS, 1, None, None)
+    state = train.init_cohort(prog, mesh, hp, ik, pk, x, depth)
     t, gap, valid, due = train.segments(STEPS, {"jacobian": "log"})[0]
     jax.make_jaxpr(lambda s: train.run_segment(prog, s, hp, x, y, t, gap, valid, due))(state)
     assert len(traced) == 1
