@@ -182,7 +182,7 @@ from normsweep import config, linalg, plan, resources, train, work
 from bench import LAUNCHES
 if sys.argv[2] == "1":      # an accelerator's unrolling of the small loops, on this CPU
     linalg._unroll = linalg.accelerator_unroll
-cfg = config.parse(sys.argv[1], source="bench.toml")
+cfg = config.parse(sys.argv[1], source="bench.toml", overrides=json.loads(sys.argv[3]))
 work.enable_dtype(cfg)
 x, y = work.training_data(cfg)
 steps = plan.record_steps(cfg.train.steps, cfg.record.steps, cfg.record.log_points)
@@ -196,16 +196,21 @@ def listener(event, duration, **_):
         python["s"] += duration
 
 jax.monitoring.register_event_duration_secs_listener(listener)
+first = {}         # program -> the first cohort that compiled it
 for cohort in plan.cohorts(cfg):
     python["s"] = 0.0
     members = work.Members(cfg, cohort, len(steps), budget)
     args, kwargs = members.arguments(members.chunks[0])
     start = time.perf_counter()
     compiled = train.compile_members(members.program, x, y, *args, steps, 1, **kwargs)
+    key = (members.program, len(members.chunks[0]))
+    # a program that serves several depths is counted once, for its first cohort
     rows.append({"cohort": cohort.name, "width": cohort.width, "depth": cohort.depth,
                  "compile_s": time.perf_counter() - start, "trace_lower_s": python["s"],
+                 "program_of": first.setdefault(key, cohort.name),
                  "kernels": {name: sum(c.as_text().count(op) for op in LAUNCHES)
-                             for name, c in compiled.items()}})
+                             for name, c in compiled.items()} if first[key] == cohort.name
+                 else {}})
 print(json.dumps(rows))
 """
 
@@ -220,13 +225,16 @@ def fresh_env(extra: dict | None = None) -> dict:
     return env
 
 
-def program_sizes(grid: str, unrolled: bool) -> list[dict]:
-    """Every cohort of `grid` compiled in a fresh process (cache off, running
-    nothing): per cohort its compile seconds and the kernels (fusions,
-    library calls, loops) of each program's optimised HLO; `unrolled`
-    unrolls the small loops as an accelerator does, so that a CPU counts
-    about the kernels a GPU compiles one by one."""
-    out = subprocess.run([sys.executable, "-c", PROGRAMS, grid, str(int(unrolled))],
+def program_sizes(grid: str, unrolled: bool, overrides: tuple[str, ...] = ()) -> list[dict]:
+    """Every cohort of `grid` (with `--set` `overrides`) compiled in a fresh
+    process (cache off, running nothing): per cohort its compile seconds and
+    the kernels (fusions, library calls, loops) of each program's optimised
+    HLO, none for a cohort whose program an earlier cohort compiled
+    ("program_of" names it); `unrolled` unrolls the small loops as an
+    accelerator does, so that a CPU counts about the kernels a GPU compiles
+    one by one."""
+    out = subprocess.run([sys.executable, "-c", PROGRAMS, grid, str(int(unrolled)),
+                          json.dumps(list(overrides))],
                          env=fresh_env(),
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -428,6 +436,10 @@ def main():
     ap.add_argument("--widths", help="the table's widths, comma-separated (default: the preset's)")
     ap.add_argument("--grid", help="the grid file of the sweep and programs parts (default: the "
                                    "preset's: sweeps/quickstart.toml, sweeps/seed.toml on a GPU)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="set a grid key in the sweep and programs parts, as `normsweep "
+                         "launch --set` does (repeatable): train.programs=cohort measures "
+                         "one program per cohort against the default one per width")
     ap.add_argument("--one-launch", action="store_true",
                     help="the sweep part's first launch only, without the second that "
                          "splits training from records (for comparing variants)")
@@ -639,9 +651,11 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             # into a fresh compilation cache: cold, as a first launch is
             os.mkdir(f"{tmp}/cache")
-            full = launch_split(grid, f"{tmp}/sweep", "default", cache=f"{tmp}/cache")
+            full = launch_split(grid, f"{tmp}/sweep", "default", cache=f"{tmp}/cache",
+                                overrides=tuple(args.set))
             wall = full["wall"]
-            res["sweep"] = {"grid": name, "cohorts": len(plan.cohorts(parsed)), "wall_s": wall,
+            res["sweep"] = {"grid": name, "set": args.set,
+                            "cohorts": len(plan.cohorts(parsed)), "wall_s": wall,
                             "launching_thread_s": {k: full.get(k, 0.0) for k in
                                                    ("compile", "wait", "train", "write")},
                             "compile_ahead_s": full.get("compile_ahead", 0.0),
@@ -656,8 +670,10 @@ def main():
                             res["sweep"]["launching_thread_s"], wall)
                 return
             # the same launch again, its programs in the cache now
-            warm = launch_split(grid, f"{tmp}/warm", "default", cache=f"{tmp}/cache")
-            steps_only = launch_split(grid, f"{tmp}/bare", "default", cache=smoke, overrides=bare)
+            warm = launch_split(grid, f"{tmp}/warm", "default", cache=f"{tmp}/cache",
+                                overrides=tuple(args.set))
+            steps_only = launch_split(grid, f"{tmp}/bare", "default", cache=smoke,
+                                      overrides=(*args.set, *bare))
         res["sweep"]["warm_wall_s"] = warm["wall"]
         # the CPU seconds of each launch, compiler's and training's, over this
         # host's cores: the wall of the cores' whole time (XLA's thread pools
@@ -702,12 +718,13 @@ def main():
         # with the accelerator's unrolling where this is a CPU
         name, grid = sweep_grid()
         unrolled = jax.default_backend() == "cpu"
-        rows = program_sizes(grid, unrolled)
+        rows = program_sizes(grid, unrolled, tuple(args.set))
         totals = {}
         for row in rows:
             for program, count in row["kernels"].items():
                 totals[program] = totals.get(program, 0) + count
-        res["programs"] = {"grid": name, "unrolled_as_accelerator": unrolled, "cohorts": rows,
+        res["programs"] = {"grid": name, "set": args.set, "unrolled_as_accelerator": unrolled,
+                           "cohorts": rows,
                            "kernels": totals,
                            "compile_s": sum(r["compile_s"] for r in rows),
                            "trace_lower_s": sum(r["trace_lower_s"] for r in rows)}
@@ -720,7 +737,8 @@ def main():
         for row in rows:
             print(f"    {row['cohort']:>22s}  {row['compile_s']:5.1f} s "
                   f"({row['trace_lower_s']:4.1f} s traced and lowered)  "
-                  + "  ".join(f"{p} {c}" for p, c in row["kernels"].items()))
+                  + ("  ".join(f"{p} {c}" for p, c in row["kernels"].items())
+                     if row["kernels"] else f"the program of {row['program_of']}"))
 
     def part_compile():
         # a cohort's compilation alone, then its first and second runs, in
