@@ -438,8 +438,8 @@ def main():
                                    "preset's: sweeps/quickstart.toml, sweeps/seed.toml on a GPU)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="set a grid key in the sweep and programs parts, as `normsweep "
-                         "launch --set` does (repeatable): train.programs=cohort measures "
-                         "one program per cohort against the default one per width")
+                         "launch --set` does (repeatable): train.programs=width measures "
+                         "one program per width against the default one per cohort")
     ap.add_argument("--one-launch", action="store_true",
                     help="the sweep part's first launch only, without the second that "
                          "splits training from records (for comparing variants)")

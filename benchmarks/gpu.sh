@@ -15,6 +15,10 @@
 #   XLA_FLAGS=--xla_gpu_enable_llvm_module_compilation_parallelism=true \
 #   BENCH_TIMEOUT=300 QUICKSTART=0 TESTS=0 NAME=sweep-llvm bash benchmarks/gpu.sh --parts sweep --one-launch
 #   BENCH_TIMEOUT=300 QUICKSTART=0 TESTS=0 NAME=sweep-rolled bash benchmarks/gpu.sh --parts sweep --one-launch --unroll 1
+# and with one program per width serving every depth, against the default one
+# per (width, depth) (its skipped layers are conditionals, each a branch the
+# host picks every step):
+#   BENCH_TIMEOUT=540 QUICKSTART=0 TESTS=0 NAME=sweep-width bash benchmarks/gpu.sh --parts sweep --set train.programs=width
 # Each part's figures reach $OUT/$NAME.json (NAME: bench-gpu unless set) as
 # soon as it finishes; BENCH=0, QUICKSTART=0 and TESTS=0 leave a stage out.
 # On a machine with a package registry it installs jax[cuda12] and normsweep.

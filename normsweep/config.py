@@ -101,15 +101,16 @@ class TrainConfig:
     every backend; "high"/"default" let a GPU or TPU use TF32/bf16 passes
     (faster, about 1e-3 relative error per product; the same on CPU).
     `weight_decay` λ ≥ 0: each step also subtracts η·λ·W_l (see step.optimizer).
-    `programs`: "width" compiles one program per width that trains every
-    depth of the grid (`step.Program.shallowest`), "cohort" one per (width,
-    depth); results agree to rounding."""
+    `programs`: "cohort" compiles one program per (width, depth), "width"
+    one per width that trains every depth of the grid
+    (`step.Program.shallowest`): fewer compilations, slower training of the
+    shallower networks; results agree to rounding."""
     loss: str = setting("mse", lambda p: p.choice(LOSSES))
     steps: int = setting(2000, lambda p: p.integer(1, 10**9))
     dtype: str = setting("float32", lambda p: p.choice(DTYPES))
     matmul_precision: str = setting("highest", lambda p: p.choice(PRECISIONS))
     weight_decay: float = setting(0.0, lambda p: p.nonnegative)
-    programs: str = setting("width", lambda p: p.choice(PROGRAMS))
+    programs: str = setting("cohort", lambda p: p.choice(PROGRAMS))
 
 
 def with_probes(cls: type) -> type:

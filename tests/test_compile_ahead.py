@@ -39,6 +39,7 @@ COUNT_COMPILES = textwrap.dedent("""\
     k = 3
     [train]
     steps = 7
+    programs = "width"
     [grid]
     width = [11, 13]
     depth = [2, 3]
@@ -79,11 +80,11 @@ def test_results_do_not_depend_on_how_many_cohorts_compile_ahead(tiny_sweep, tmp
 
 
 def test_a_program_per_width_gives_a_program_per_cohorts_results(tiny_sweep, tmp_path):
-    """tiny_sweep trains both depths of a width in one program (the
-    default); one program per (width, depth) gives the same records to
-    rounding, and the same weights."""
-    cfg = config.load(write_grid(tmp_path, TINY), ["train.programs=cohort"])
-    out = tmp_path / "per-cohort"
+    """tiny_sweep trains each (width, depth) in its own program (the
+    default); one program per width, serving both depths, gives the same
+    records to rounding, and the same weights."""
+    cfg = config.load(write_grid(tmp_path, TINY), ["train.programs=width"])
+    out = tmp_path / "per-width"
     sweep.launch(cfg, out)
     with xr.open_dataset(out / "sweep.nc") as a, xr.open_dataset(tiny_sweep / "sweep.nc") as b:
         assert a.attrs["config_fingerprint"] != b.attrs["config_fingerprint"]

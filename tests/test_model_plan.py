@@ -144,7 +144,7 @@ def test_chunking_fits_the_budget_and_pads_equal_chunks():
 def test_a_program_per_width_serves_every_depth_and_is_budgeted_as_the_deepest():
     from normsweep import work
     text = 'name = "a"\n[grid]\nwidth = [8, 16]\ndepth = [2, 4]\nlr = [1]\n'
-    c = parse(text)
+    c = parse(text + '[train]\nprograms = "width"\n')
     by = {(co.width, co.depth): co for co in plan.cohorts(c)}
     for m in (8, 16):
         shallow, deep = work.program_for(c, by[m, 2]), work.program_for(c, by[m, 4])
@@ -152,7 +152,7 @@ def test_a_program_per_width_serves_every_depth_and_is_budgeted_as_the_deepest()
         assert deep.dims == (16, m, m, m, 10)
         assert plan.member_bytes(c, by[m, 2], 50) == plan.member_bytes(c, by[m, 4], 50)
     assert work.program_for(c, by[8, 2]) != work.program_for(c, by[16, 2])
-    per_cohort = parse(text + '[train]\nprograms = "cohort"\n')
+    per_cohort = parse(text)       # the default
     own = work.program_for(per_cohort, by[8, 2])
     assert own.dims == (16, 8, 10) and list(own.served()) == [2]
     assert plan.member_bytes(per_cohort, by[8, 2], 50) < plan.member_bytes(c, by[8, 2], 50)
