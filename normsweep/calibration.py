@@ -56,10 +56,13 @@ def program_shape(config: Config, cohort: plan.Cohort) -> str:
 def program_key(config: Config, cohort: plan.Cohort, members: int | None = None) -> str:
     """`program_shape` and the members the program trains (default: the
     whole cohort; a grow trains only the new ones): one compiled program;
-    then the depth of the networks it trains, which sets the training time
-    in a program that serves several (`compiled` leaves it out)."""
-    return f"{program_shape(config, cohort)} members={members or cohort.size} " \
-        f"depth={cohort.depth}"
+    then, in a program that serves several depths, the depth of the
+    networks it trains, which sets the training time (`compiled` leaves it
+    out). A program of one depth has the key it had before programs
+    served several, so that the timings recorded then still count."""
+    key = f"{program_shape(config, cohort)} members={members or cohort.size}"
+    shallowest, deepest = plan.program_depths(config, cohort)
+    return f"{key} depth={cohort.depth}" if shallowest < deepest else key
 
 
 def compiled(key: str) -> str:

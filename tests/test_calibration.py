@@ -170,6 +170,20 @@ def test_the_estimate_uses_the_recorded_rate_and_compile_times():
     assert calibration.estimate([], [("A", 1e9)]) is None
 
 
+def test_a_program_of_one_depth_keeps_the_key_recorded_before_programs_served_several():
+    cfg = config.parse(TINY)
+    cohort = plan.cohorts(cfg)[1]                  # width 16, depth 3
+    # the format of the timings already on users' disks
+    assert calibration.program_key(cfg, cohort) == \
+        "dims=(8, 16, 16, 4) n=64 float32 softmax mse probes=jacobian,activations,spectra members=6"
+    shared = config.parse(TINY, overrides=["train.programs=width"])
+    keys = [calibration.program_key(shared, c) for c in plan.cohorts(shared)[:2]]
+    assert [k.rsplit(" depth=", 1)[1] for k in keys] == ["2", "3"]
+    assert calibration.compiled(keys[0]) == calibration.compiled(keys[1]) == \
+        "dims=(8, 16, 16, 4) depths=2-3 n=64 float32 softmax mse " \
+        "probes=jacobian,activations,spectra members=6"
+
+
 def test_cohorts_that_share_a_program_compile_it_once_in_the_estimate():
     shared = "dims=(8, 16, 16, 3) depths=2-3 n=64 float32 softmax mse probes=- members=4"
     rows = [{"program": f"{shared} depth=2", "flop": 1e9, "train_seconds": 1.0,
