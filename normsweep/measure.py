@@ -133,18 +133,17 @@ def spectra(program: Program, state: State, x, y, rank: int) -> dict:
         s = jnp.linalg.svd(a, compute_uv=False)
         return nan.at[:s.shape[0]].set(s)
 
-    def layer(l, w, w0, g):
+    def layer(w, w0, g):
         return (values(w), values(w - w0),
                 effective_rank(jnp.linalg.svd(g, compute_uv=False)))
 
-    def lacking(l, w, w0, g):
+    def lacking(w, w0, g):
         return nan, nan, jnp.full((), jnp.nan, program.jdtype)
 
     per = []
     for l, args in enumerate(zip(kernels(state.params), state.params0, kernels(grads))):
         has = program.skipped(l)        # a slot the network lacks takes no SVD
-        per.append(layer(l, *args) if has is None else
-                   jax.lax.cond(has, layer, lacking, l, *args))
+        per.append(layer(*args) if has is None else jax.lax.cond(has, layer, lacking, *args))
     out = {name: jnp.stack([p[i] for p in per]) for i, name in
            enumerate(("singular_values", "change_singular_values", "gradient_effective_rank"))}
     return {k: jnp.where(state.diverged_at >= 0, jnp.nan, v) for k, v in out.items()}

@@ -222,40 +222,31 @@ def step(program: Program, state: State, hp: Hyper, x, y, t, frozen=False):
     alive = diverged_at < 0
     moving = jnp.logical_and(alive, jnp.logical_not(frozen))
 
-    def advance(idx, ws, gs):
-        # the optimizer on the slots `idx` (stateless: see below)
+    def advance(idx):
+        # the optimizer on the slots `idx`, as (new weights, ‖update‖² thunks):
+        # it keeps no state (plain SGD), so a slot's update is the same
+        # whichever slots share the call
         sub = optimizer(program, hp._replace(lr_mult=hp.lr_mult[np.asarray(idx)]))
-        params, grads = with_kernels(None, ws), with_kernels(None, gs)
-        updates, _ = sub.update(grads, sub.init(params), params)
+        params = with_kernels(None, [ws[l] for l in idx])
+        updates, _ = sub.update(with_kernels(None, [gs[l] for l in idx]), sub.init(params),
+                                params)
         moved = optax.apply_updates(params, updates)
-        return [jnp.where(moving, new, old) for new, old in zip(kernels(moved), ws)], \
-            list(kernels(updates))
+        return [jnp.where(moving, new, old) for new, old in zip(kernels(moved), kernels(params))], \
+            [lambda u=u: linalg.sum_squares(u) for u in kernels(updates)]
 
-    if not skip:
-        updates, opt_state = optimizer(program, hp).update(grads, state.opt_state, state.params)
-        moved = optax.apply_updates(state.params, updates)
-        params = jax.tree.map(lambda new, old: jnp.where(moving, new, old), moved, state.params)
-        sq = [lambda u=u: linalg.sum_squares(u) for u in kernels(updates)]
-    else:
-        # per group of slots: SGD keeps no state, so the update of a slot
-        # is the same whichever slots share its call
-        if jax.tree.leaves(state.opt_state):
-            raise ValueError("a program serving several depths needs a stateless optimizer")
-        opt_state = state.opt_state
-        new_ws, sq = [None] * len(ws), [None] * len(ws)
-        moved, us = advance(shared, [ws[l] for l in shared], [gs[l] for l in shared])
-        for j, l in enumerate(shared):
-            new_ws[l], sq[l] = moved[j], lambda u=us[j]: linalg.sum_squares(u)
+    if jax.tree.leaves(state.opt_state):
+        raise ValueError("the step's optimizer must keep no state (plain SGD)")
+    new_ws, sq = [None] * len(ws), [None] * len(ws)
+    for l, w, u in zip(shared, *advance(shared)):
+        new_ws[l], sq[l] = w, u
 
-        def present_slot(w, g, l):
-            (w,), (u,) = advance([l], [w], [g])
-            return w, linalg.sum_squares(u)
+    def present_slot(l):
+        (w,), (u,) = advance([l])
+        return w, u()
 
-        for l in skip:
-            new_ws[l], u_sq = jax.lax.cond(
-                program.skipped(l), functools.partial(present_slot, l=l),
-                lambda w, g: (w, jnp.zeros((), w.dtype)), ws[l], gs[l])
-            sq[l] = lambda u_sq=u_sq: u_sq
-        params = with_kernels(None, new_ws)
-    new = state._replace(params=params, opt_state=opt_state, diverged_at=diverged_at)
+    for l in skip:
+        new_ws[l], u_sq = jax.lax.cond(program.skipped(l), functools.partial(present_slot, l),
+                                       lambda l=l: (ws[l], jnp.zeros((), ws[l].dtype)))
+        sq[l] = lambda u_sq=u_sq: u_sq
+    new = state._replace(params=with_kernels(None, new_ws), diverged_at=diverged_at)
     return new, (loss, z, grads, lambda: jnp.stack([f() for f in sq]))

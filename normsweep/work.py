@@ -193,7 +193,7 @@ def compile_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
     members = Members(config, cohort, len(steps), budget_bytes, subset, chunks)
     args, kwargs = members.arguments(members.chunks[0])
     with _compilers_lock:
-        _compilers.setdefault(compiled_key(config, cohort, members), cohort.name)
+        _compilers.setdefault(_compiled(config, cohort, len(members.chunks[0])), cohort.name)
     train.compile_members(members.program, x, y, *args, steps, devices, **kwargs)
     return time.perf_counter() - started
 
@@ -202,17 +202,17 @@ _compilers_lock = threading.Lock()
 _compilers: dict[str, str] = {}     # compiled program -> the cohort that compiled it here
 
 
-def compiled_key(config: Config, cohort: plan.Cohort, members: Members) -> str:
-    return calibration.compiled(calibration.program_key(config, cohort, len(members.chunks[0])))
+def _compiled(config: Config, cohort: plan.Cohort, members: int) -> str:
+    """The program that trains `members` networks of `cohort` at a time."""
+    return calibration.compiled(calibration.program_key(config, cohort, members))
 
 
 def compiled_by_another(config: Config, cohort: plan.Cohort, chunks: plan.Chunking) -> bool:
     """Whether this process compiled `cohort`'s program for another cohort
     (a program serving several depths): its compile time is then not the
     program's, and is not recorded for the estimate."""
-    key = calibration.compiled(calibration.program_key(config, cohort, chunks.size))
     with _compilers_lock:
-        return _compilers.get(key, cohort.name) != cohort.name
+        return _compilers.get(_compiled(config, cohort, chunks.size), cohort.name) != cohort.name
 
 
 def train_cohort(config: Config, cohort: plan.Cohort, x, y, steps: np.ndarray,
